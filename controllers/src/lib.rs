@@ -1,0 +1,8 @@
+//! Bulwark's controllers, one module per controller, and the runtime pieces they share.
+//!
+//! Decision logic lives in pure functions inside each module so unit tests and model checks
+//! call exactly what production runs; Kubernetes and network I/O stays at the edges.
+
+pub mod leadership;
+pub mod metrics;
+pub mod readiness;

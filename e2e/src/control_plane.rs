@@ -1,0 +1,294 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler and kwok (simulated nodes whose pods become Running with IPs).
+
+use crate::binaries::binary;
+use crate::pki::{self, Pki};
+use crate::process::{Process, free_port, wait_until};
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Kwok stages: nodes become Ready, scheduled pods become Running with an IP, deleted pods go.
+const KWOK_STAGES: &str = include_str!("../kwok-stages.yaml");
+/// The simulated nodes, one per zone, as in kind-config.yaml.
+pub const ZONES: [&str; 3] = ["a", "b", "c"];
+
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    /// Started in order; stopped in reverse (Drop of the Vec runs front to back, so reversed here).
+    processes: Vec<Process>,
+    pub started_in: Duration,
+}
+
+/// Root of all local control plane directories; each run gets `<root>/<pid>`.
+fn runs_root() -> PathBuf {
+    std::env::temp_dir().join("bulwark-control-plane")
+}
+
+/// Removes directories of runs whose process is gone (a SIGKILLed test binary leaves them).
+fn sweep_stale_runs() {
+    let Ok(entries) = std::fs::read_dir(runs_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid: Option<i32> = entry.file_name().to_str().and_then(|n| n.parse().ok());
+        // SAFETY: kill(pid, 0) only checks for existence.
+        if pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts everything and waits until pods can be scheduled onto Ready kwok nodes.
+    pub fn start() -> Result<Self> {
+        let started = Instant::now();
+        sweep_stale_runs();
+        let dir = runs_root().join(std::process::id().to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let bins = [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+        ]
+        .map(|name| binary(name).map(|path| (name, path)))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+        let bin = |name: &str| {
+            bins.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| p.clone())
+                .unwrap()
+        };
+
+        let (pki, authority) = Pki::generate(&dir.join("pki"))?;
+        let etcd_port = free_port()?;
+        let etcd_peer_port = free_port()?;
+        let api_port = free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+        let write_kubeconfig = |name: &str, cn: &str, groups: &[&str]| -> Result<PathBuf> {
+            let path = dir.join(format!("{name}.kubeconfig"));
+            std::fs::write(
+                &path,
+                pki::kubeconfig(&server, &pki.ca_cert, &authority.client(cn, groups)?),
+            )?;
+            Ok(path)
+        };
+        let kubeconfig = write_kubeconfig("admin", "bulwark-admin", &["system:masters"])?;
+        let kcm_kubeconfig =
+            write_kubeconfig("controller-manager", "system:kube-controller-manager", &[])?;
+        let scheduler_kubeconfig = write_kubeconfig("scheduler", "system:kube-scheduler", &[])?;
+        let kwok_kubeconfig = write_kubeconfig("kwok", "kwok", &["system:masters"])?;
+        let stages = dir.join("kwok-stages.yaml");
+        std::fs::write(&stages, KWOK_STAGES)?;
+
+        let mut plane = Self {
+            dir: dir.clone(),
+            kubeconfig: kubeconfig.clone(),
+            server,
+            processes: vec![],
+            started_in: Duration::ZERO,
+        };
+        let p = |path: &Path| path.display().to_string();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer_port}");
+        plane.spawn(
+            "etcd",
+            &bin("etcd"),
+            vec![
+                "--name=bulwark".into(),
+                format!("--data-dir={}", p(&dir.join("etcd"))),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=bulwark={peer_url}"),
+                // A throwaway test store: durability across power loss buys nothing, fsync costs a lot.
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
+        plane.spawn(
+            "kube-apiserver",
+            &bin("kube-apiserver"),
+            vec![
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The `kubernetes` Service may not point at loopback; nothing here needs its endpoints.
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={api_port}"),
+                format!("--tls-cert-file={}", p(&pki.serving_cert)),
+                format!("--tls-private-key-file={}", p(&pki.serving_key)),
+                format!("--client-ca-file={}", p(&pki.ca_cert)),
+                // Lets the controller-manager and scheduler load their authentication config quietly.
+                format!("--requestheader-client-ca-file={}", p(&pki.ca_cert)),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", p(&pki.service_account_pub)),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    p(&pki.service_account_key)
+                ),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                "--authorization-mode=Node,RBAC".into(),
+                "--allow-privileged=true".into(),
+                "--profiling=false".into(),
+                "--v=0".into(),
+            ],
+        )?;
+        plane.wait_for_apiserver()?;
+        plane.spawn(
+            "kube-controller-manager",
+            &bin("kube-controller-manager"),
+            vec![
+                format!("--kubeconfig={}", p(&kcm_kubeconfig)),
+                format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
+                format!("--authorization-kubeconfig={}", p(&kcm_kubeconfig)),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                "--leader-elect=false".into(),
+                "--use-service-account-credentials=true".into(),
+                format!(
+                    "--service-account-private-key-file={}",
+                    p(&pki.service_account_key)
+                ),
+                format!("--root-ca-file={}", p(&pki.ca_cert)),
+                format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
+                format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
+                "--profiling=false".into(),
+            ],
+        )?;
+        plane.spawn(
+            "kube-scheduler",
+            &bin("kube-scheduler"),
+            vec![
+                format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
+                format!("--authentication-kubeconfig={}", p(&scheduler_kubeconfig)),
+                format!("--authorization-kubeconfig={}", p(&scheduler_kubeconfig)),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                "--leader-elect=false".into(),
+                "--profiling=false".into(),
+            ],
+        )?;
+        plane.spawn(
+            "kwok",
+            &bin("kwok"),
+            vec![
+                format!("--kubeconfig={}", p(&kwok_kubeconfig)),
+                format!("--config={}", p(&stages)),
+                "--manage-all-nodes=false".into(),
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+                "--cidr=10.244.0.1/16".into(),
+                "--node-ip=10.0.0.1".into(),
+                "--node-lease-duration-seconds=40".into(),
+                format!("--server-address=127.0.0.1:{}", free_port()?),
+            ],
+        )?;
+        crate::block_on(plane.create_nodes_and_wait())?;
+        plane.started_in = started.elapsed();
+        Ok(plane)
+    }
+
+    fn spawn(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
+        let log = self.dir.join("logs").join(format!("{name}.log"));
+        self.processes
+            .push(Process::spawn(name, program, &args, &[], &log)?);
+        Ok(())
+    }
+
+    /// Fails with the failing component's log tail if any process died.
+    fn check_alive(&mut self) -> Result<()> {
+        self.processes.iter_mut().try_for_each(Process::check_alive)
+    }
+
+    pub async fn client(&self) -> Result<kube::Client> {
+        crate::client_for(&self.kubeconfig).await
+    }
+
+    fn wait_for_apiserver(&mut self) -> Result<()> {
+        let kubeconfig = self.kubeconfig.clone();
+        wait_until("kube-apiserver /readyz", Duration::from_secs(90), || {
+            self.check_alive()?;
+            crate::block_on(async {
+                let client = crate::client_for(&kubeconfig).await?;
+                let request = http::Request::get("/readyz").body(Vec::new())?;
+                let answer =
+                    tokio::time::timeout(Duration::from_secs(2), client.request_text(request))
+                        .await;
+                Ok(matches!(answer, Ok(Ok(body)) if body.trim() == "ok"))
+            })
+        })
+    }
+
+    async fn create_nodes_and_wait(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        for zone in ZONES {
+            let node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": format!("kwok-node-{zone}"),
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {
+                        "kubernetes.io/hostname": format!("kwok-node-{zone}"),
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "topology.kubernetes.io/zone": zone,
+                        "type": "kwok",
+                    },
+                },
+            }))?;
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .context("creating kwok node")?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            self.check_alive()?;
+            let ready = nodes
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|n| crate::node_is_ready(n))
+                .count();
+            // The controller-manager creates each namespace's default ServiceAccount; pods need it.
+            let default_sa = Api::<ServiceAccount>::namespaced(client.clone(), "default")
+                .get_opt("default")
+                .await?;
+            if ready == ZONES.len() && default_sa.is_some() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "after 90s only {ready}/{} kwok nodes are Ready (default ServiceAccount present: {}); logs in {}",
+                ZONES.len(),
+                default_sa.is_some(),
+                self.dir.join("logs").display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops every component (newest first) and removes the run directory.
+    pub fn stop(&mut self) {
+        while let Some(mut process) = self.processes.pop() {
+            process.stop(Duration::from_secs(10));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,138 @@
+//! Bulwark's real-cluster test harness.
+//!
+//! By default each test binary starts one local control plane ([`control_plane`]) on first use
+//! and shares it; every test gets its own namespace. With `BULWARK_E2E_KUBECONFIG` set, the same
+//! tests run against that cluster instead (for example kind, see README.md).
+
+pub mod binaries;
+pub mod control_plane;
+pub mod operator;
+pub mod pki;
+pub mod process;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// Runs `future` to completion on a fresh runtime in a fresh thread, so synchronous harness code
+/// can make API calls whether or not the caller is already inside a tokio runtime.
+pub fn block_on<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime")
+                    .block_on(future)
+            })
+            .join()
+            .expect("harness thread panicked")
+    })
+}
+
+/// A client for the cluster a kubeconfig file points at.
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    let file = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+pub fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The cluster the tests of this binary share.
+pub struct TestCluster {
+    pub kubeconfig: PathBuf,
+    /// `Some` when the harness started the control plane itself; taken at exit to stop it.
+    pub local: Mutex<Option<control_plane::ControlPlane>>,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+
+extern "C" fn stop_shared_cluster() {
+    // Statics are never dropped; stop the shared control plane when the test binary exits.
+    // (If the binary is killed instead, PR_SET_PDEATHSIG takes the components down.)
+    if let Some(cluster) = CLUSTER.get() {
+        drop(
+            cluster
+                .local
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+    }
+}
+
+/// The shared cluster, started on first use.
+pub fn cluster() -> &'static TestCluster {
+    CLUSTER.get_or_init(|| {
+        if let Some(path) = std::env::var_os("BULWARK_E2E_KUBECONFIG") {
+            eprintln!("e2e: using the existing cluster in {}", Path::new(&path).display());
+            return TestCluster { kubeconfig: path.into(), local: Mutex::new(None) };
+        }
+        eprintln!("e2e: starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)");
+        let plane = control_plane::ControlPlane::start().unwrap_or_else(|e| panic!("local control plane: {e:#}"));
+        eprintln!("e2e: control plane ready in {:.1}s at {}", plane.started_in.as_secs_f64(), plane.server);
+        // SAFETY: registering a plain extern "C" fn with atexit.
+        unsafe { libc::atexit(stop_shared_cluster) };
+        TestCluster { kubeconfig: plane.kubeconfig.clone(), local: Mutex::new(Some(plane)) }
+    })
+}
+
+impl TestCluster {
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig)
+            .await
+            .expect("client for the test cluster")
+    }
+
+    /// Creates a fresh namespace `<prefix>-<n>` for one test.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let client = self.client().await;
+        let api: Api<Namespace> = Api::all(client);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"generateName": format!("{prefix}-"), "labels": {"bulwark.dev/e2e": "true"}}
+        }))
+        .unwrap();
+        let created = api
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        created.metadata.name.unwrap()
+    }
+}
+
+/// Applies every Bulwark CRD (server-side apply) and waits until each is Established.
+pub async fn install_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("bulwark-e2e").force();
+    for crd in bulwark_crds::all() {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+    }
+    for crd in bulwark_crds::all() {
+        let name = crd.metadata.name.unwrap();
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .with_context(|| format!("CRD {name} not Established within 30s"))??;
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Child processes that cannot outlive the test run.
+//!
+//! Every child gets `PR_SET_PDEATHSIG(SIGKILL)`, so the kernel kills it when its parent dies,
+//! even by SIGKILL. The signal is tied to the *thread* that forked, so all children are forked
+//! by one thread that lives as long as the process, not by a short-lived test thread.
+
+use anyhow::{Context, Result, bail};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("bulwark-e2e-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+                // The sender lives in a static, so this loop (and thread) ends only with the process.
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    })
+}
+
+/// A running child whose output goes to `log`; killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Process {
+    pub name: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        log: &Path,
+    ) -> Result<Self> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl and setpgid are async-signal-safe and touch only the child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::setpgid(0, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        spawner()
+            .lock()
+            .unwrap()
+            .send((command, tx))
+            .expect("spawner thread is alive");
+        let child = rx
+            .recv()
+            .expect("spawner replies")
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self {
+            name: name.into(),
+            log: log.to_path_buf(),
+            child: Some(child),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Fails with the tail of the log if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!(
+                "{} exited with {status}; last lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, a grace period, then SIGKILL of the whole process group.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return;
+        };
+        self.signal(libc::SIGTERM);
+        if self.wait_exit(grace).is_none() {
+            // SAFETY: kill(2) on the child's own process group (setpgid in pre_exec).
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            self.wait_exit(Duration::from_secs(5));
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// A free loopback TCP port (bound then released; good enough on a quiet test machine).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Polls `probe` every 100 ms until it returns `Ok(true)` or `timeout` passes.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        match probe() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match last_error {
+        Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
+        None => bail!("timed out after {timeout:?} waiting for {what}"),
+    }
+}

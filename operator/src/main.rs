@@ -1,0 +1,226 @@
+//! `bulwark`: the operator binary.
+
+mod http;
+mod leader;
+mod telemetry;
+
+use anyhow::Context as _;
+use bulwark_controllers::{metrics::Metrics, readiness::Readiness};
+use clap::{Parser, Subcommand};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    name = "bulwark",
+    version,
+    about = "Bulwark: fenced DNS, replicated PostgreSQL, SLO alerting, DR drills"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controllers against the cluster in KUBECONFIG (or in-cluster config).
+    Run(RunArgs),
+    /// Write the CustomResourceDefinition manifests generated from the API types.
+    Crdgen {
+        /// Directories to write `<plural>.bulwark.dev.yaml` files into.
+        #[arg(long = "out", default_values = ["crds", "charts/bulwark/crds"])]
+        out: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "BULWARK_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: telemetry::LogFormat,
+    /// Namespace of the leader Lease (default: the pod's namespace, else the kubeconfig's).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, default_value = "bulwark-leader")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a leader's Lease stays valid after its last renewal, e.g. `15s`.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// A leader that cannot renew for this long steps down; must be below the lease duration.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    renew_deadline: Duration,
+    /// Interval between renewals and acquisition attempts.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    retry_period: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen { out } => match crdgen(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark crdgen: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // One actionable line, whatever the cause.
+                    eprintln!("bulwark: {}", format!("{e:#}").replace('\n', " "));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn crdgen(dirs: &[PathBuf]) -> anyhow::Result<()> {
+    for dir in dirs {
+        let written =
+            bulwark_crds::write_all(dir).with_context(|| format!("writing {}", dir.display()))?;
+        println!("{}: {}", dir.display(), written.join(", "));
+    }
+    Ok(())
+}
+
+/// Where the client configuration came from, for error messages.
+fn config_source() -> String {
+    if let Ok(path) = std::env::var("KUBECONFIG") {
+        return format!("kubeconfig {path}");
+    }
+    let default = std::env::var("HOME")
+        .map(|h| format!("{h}/.kube/config"))
+        .unwrap_or_default();
+    if std::path::Path::new(&default).exists() || std::env::var("KUBERNETES_SERVICE_HOST").is_err()
+    {
+        format!("kubeconfig {default}")
+    } else {
+        "in-cluster service account".into()
+    }
+}
+
+/// Builds a client and proves the API server answers, so a wrong kubeconfig fails in seconds.
+async fn connect() -> anyhow::Result<(kube::Client, String)> {
+    let hint =
+        "start the local control plane with `./dev up`, or set KUBECONFIG to a reachable cluster";
+    let source = config_source();
+    let mut config = kube::Config::infer().await.map_err(|e| {
+        anyhow::anyhow!("cannot load a Kubernetes client config ({source}): {e}; {hint}")
+    })?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(60));
+    let url = config.cluster_url.clone();
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("invalid Kubernetes client config ({source}): {e}; {hint}"))?;
+    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+        Ok(Ok(version)) => {
+            info!(server = %url, version = %version.git_version, "connected to the Kubernetes API")
+        }
+        Ok(Err(e)) => {
+            anyhow::bail!("cannot reach the Kubernetes API server {url} ({source}): {e}; {hint}")
+        }
+        Err(_) => anyhow::bail!(
+            "the Kubernetes API server {url} ({source}) did not answer within 10s; {hint}"
+        ),
+    }
+    Ok((client, namespace))
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.renew_deadline < args.lease_duration,
+        "--renew-deadline must be shorter than --lease-duration, or two leaders could overlap"
+    );
+    let (client, default_namespace) = connect().await?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    readiness.gate("apiserver").open();
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let identity = args.identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let election = leader::ElectionConfig {
+        lease_name: args.lease_name,
+        namespace: args.lease_namespace.unwrap_or(default_namespace),
+        identity,
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        retry_period: args.retry_period,
+    };
+    info!(identity = %election.identity, lease = %election.lease_name, namespace = %election.namespace, "starting");
+    let (elector, _leadership) = leader::Elector::new(client.clone(), election, metrics.clone());
+
+    let http = tokio::spawn(http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let election = tokio::spawn(elector.run(shutdown.clone()));
+
+    shutdown.cancelled().await;
+    info!("shutting down");
+    // The elector releases the Lease on its way out; wait for it so a standby leads at once.
+    election.await.context("leader election task")?;
+    http.await.context("http task")??;
+    info!("stopped");
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_reject_garbage() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("15h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+}
