@@ -3,7 +3,7 @@
 
 use crate::binaries::binary;
 use crate::pki::{self, Pki};
-use crate::process::{Process, free_port, wait_until};
+use crate::process::{Process, free_port};
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
@@ -130,6 +130,7 @@ impl ControlPlane {
                 format!("--client-ca-file={}", p(&pki.ca_cert)),
                 // Lets the controller-manager and scheduler load their authentication config quietly.
                 format!("--requestheader-client-ca-file={}", p(&pki.ca_cert)),
+                "--requestheader-allowed-names=front-proxy-client".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", p(&pki.service_account_pub)),
                 format!(
@@ -215,17 +216,28 @@ impl ControlPlane {
 
     fn wait_for_apiserver(&mut self) -> Result<()> {
         let kubeconfig = self.kubeconfig.clone();
-        wait_until("kube-apiserver /readyz", Duration::from_secs(90), || {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            // A component that died will not recover: fail at once with its log.
             self.check_alive()?;
-            crate::block_on(async {
-                let client = crate::client_for(&kubeconfig).await?;
-                let request = http::Request::get("/readyz").body(Vec::new())?;
+            let ready = crate::block_on(async {
+                let client = crate::client_for(&kubeconfig).await.ok()?;
+                let request = http::Request::get("/readyz").body(Vec::new()).ok()?;
                 let answer =
                     tokio::time::timeout(Duration::from_secs(2), client.request_text(request))
                         .await;
-                Ok(matches!(answer, Ok(Ok(body)) if body.trim() == "ok"))
-            })
-        })
+                answer.ok()?.ok()
+            });
+            if ready.is_some_and(|body| body.trim() == "ok") {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready after 90s; logs in {}",
+                self.dir.join("logs").display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     async fn create_nodes_and_wait(&mut self) -> Result<()> {

@@ -58,12 +58,13 @@ pub struct TestCluster {
     pub local: Mutex<Option<control_plane::ControlPlane>>,
 }
 
-static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+/// A failed start is remembered so later tests fail at once with the same reason.
+static CLUSTER: OnceLock<Result<TestCluster, String>> = OnceLock::new();
 
 extern "C" fn stop_shared_cluster() {
     // Statics are never dropped; stop the shared control plane when the test binary exits.
     // (If the binary is killed instead, PR_SET_PDEATHSIG takes the components down.)
-    if let Some(cluster) = CLUSTER.get() {
+    if let Some(Ok(cluster)) = CLUSTER.get() {
         drop(
             cluster
                 .local
@@ -76,18 +77,19 @@ extern "C" fn stop_shared_cluster() {
 
 /// The shared cluster, started on first use.
 pub fn cluster() -> &'static TestCluster {
-    CLUSTER.get_or_init(|| {
+    let cluster = CLUSTER.get_or_init(|| {
         if let Some(path) = std::env::var_os("BULWARK_E2E_KUBECONFIG") {
             eprintln!("e2e: using the existing cluster in {}", Path::new(&path).display());
-            return TestCluster { kubeconfig: path.into(), local: Mutex::new(None) };
+            return Ok(TestCluster { kubeconfig: path.into(), local: Mutex::new(None) });
         }
         eprintln!("e2e: starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)");
-        let plane = control_plane::ControlPlane::start().unwrap_or_else(|e| panic!("local control plane: {e:#}"));
+        let plane = control_plane::ControlPlane::start().map_err(|e| format!("local control plane: {e:#}"))?;
         eprintln!("e2e: control plane ready in {:.1}s at {}", plane.started_in.as_secs_f64(), plane.server);
         // SAFETY: registering a plain extern "C" fn with atexit.
         unsafe { libc::atexit(stop_shared_cluster) };
-        TestCluster { kubeconfig: plane.kubeconfig.clone(), local: Mutex::new(Some(plane)) }
-    })
+        Ok(TestCluster { kubeconfig: plane.kubeconfig.clone(), local: Mutex::new(Some(plane)) })
+    });
+    cluster.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl TestCluster {

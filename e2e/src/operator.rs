@@ -1,41 +1,50 @@
 //! The `bulwark` operator binary, run as a real process against the test cluster.
 
 use crate::process::{Process, free_port};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, anyhow};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Path of the `bulwark` binary: `BULWARK_BIN`, else the one cargo built next to this test
-/// binary (target/<profile>/bulwark), else built now with cargo.
+/// Path of the `bulwark` binary: `BULWARK_BIN`, else the workspace's own, rebuilt once per test
+/// process with cargo (a no-op when fresh) so a test never runs a stale operator.
 pub fn bulwark_binary() -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     if let Some(path) = std::env::var_os("BULWARK_BIN") {
         return Ok(path.into());
     }
-    let exe = std::env::current_exe()?;
-    // Test binaries live in target/<profile>/deps; binaries in target/<profile>.
-    let profile_dir = exe
-        .ancestors()
-        .find(|p| p.join("bulwark").is_file() || p.ends_with("deps"))
-        .map(|p| {
-            if p.ends_with("deps") {
-                p.parent().unwrap().to_path_buf()
-            } else {
-                p.to_path_buf()
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            // Test and harness binaries live in target/<profile>[/deps]; `bulwark` in target/<profile>.
+            let profile_dir = exe.parent().map(|d| {
+                if d.ends_with("deps") {
+                    d.parent().unwrap()
+                } else {
+                    d
+                }
+            });
+            let path = profile_dir.ok_or("no target directory")?.join("bulwark");
+            let release = profile_dir.is_some_and(|d| d.ends_with("release"));
+            let mut cargo = std::process::Command::new(
+                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+            );
+            cargo.args(["build", "--quiet", "-p", "bulwark", "--bin", "bulwark"]);
+            if release {
+                cargo.arg("--release");
             }
-        });
-    let candidate = profile_dir.map(|d| d.join("bulwark"));
-    if let Some(path) = candidate.as_ref().filter(|p| p.is_file()) {
-        return Ok(path.clone());
-    }
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-p", "bulwark", "--bin", "bulwark"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .status()
-        .context("cargo build -p bulwark")?;
-    match candidate {
-        Some(path) if status.success() && path.is_file() => Ok(path),
-        _ => bail!("could not find or build the bulwark binary; set BULWARK_BIN"),
-    }
+            let status = cargo
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .status();
+            match status {
+                Ok(s) if s.success() && path.is_file() => Ok(path),
+                other => Err(format!(
+                    "could not build the bulwark binary ({other:?}); set BULWARK_BIN"
+                )),
+            }
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
 }
 
 /// A running `bulwark run` process with its own metrics port.

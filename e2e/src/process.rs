@@ -160,25 +160,3 @@ pub fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
-
-/// Polls `probe` every 100 ms until it returns `Ok(true)` or `timeout` passes.
-pub fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut probe: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut last_error = None;
-    while Instant::now() < deadline {
-        match probe() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_error = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    match last_error {
-        Some(e) => bail!("timed out after {timeout:?} waiting for {what}: {e:#}"),
-        None => bail!("timed out after {timeout:?} waiting for {what}"),
-    }
-}

@@ -87,7 +87,6 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => {
-            telemetry::init(args.log_format);
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +126,8 @@ fn config_source() -> String {
 }
 
 /// Builds a client and proves the API server answers, so a wrong kubeconfig fails in seconds.
-async fn connect() -> anyhow::Result<(kube::Client, String)> {
+/// Runs before logging starts, so a failure is the one line `main` prints, not a log stream.
+async fn connect() -> anyhow::Result<(kube::Client, String, String)> {
     let hint =
         "start the local control plane with `./dev up`, or set KUBECONFIG to a reachable cluster";
     let source = config_source();
@@ -140,18 +140,18 @@ async fn connect() -> anyhow::Result<(kube::Client, String)> {
     let namespace = config.default_namespace.clone();
     let client = kube::Client::try_from(config)
         .map_err(|e| anyhow::anyhow!("invalid Kubernetes client config ({source}): {e}; {hint}"))?;
-    match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
-        Ok(Ok(version)) => {
-            info!(server = %url, version = %version.git_version, "connected to the Kubernetes API")
-        }
+    let version = match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+        .await
+    {
+        Ok(Ok(version)) => version.git_version,
         Ok(Err(e)) => {
             anyhow::bail!("cannot reach the Kubernetes API server {url} ({source}): {e}; {hint}")
         }
         Err(_) => anyhow::bail!(
             "the Kubernetes API server {url} ({source}) did not answer within 10s; {hint}"
         ),
-    }
-    Ok((client, namespace))
+    };
+    Ok((client, namespace, format!("{url} ({version})")))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -159,7 +159,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.renew_deadline < args.lease_duration,
         "--renew-deadline must be shorter than --lease-duration, or two leaders could overlap"
     );
-    let (client, default_namespace) = connect().await?;
+    let (client, default_namespace, server) = connect().await?;
+    telemetry::init(args.log_format);
+    info!(%server, "connected to the Kubernetes API");
     let metrics = Metrics::new();
     let readiness = Readiness::default();
     readiness.gate("apiserver").open();
