@@ -196,7 +196,9 @@ async fn chart_installs_and_the_deployment_becomes_available() {
     // The disruption controller sees both replicas healthy, so one may be evicted at a time.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut pdb = pdb;
-    while pdb.status.as_ref().map(|s| s.current_healthy) != Some(Some(2)) && Instant::now() < deadline {
+    while pdb.status.as_ref().map(|s| s.current_healthy) != Some(Some(2))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
         pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
             .get("bulwark")
