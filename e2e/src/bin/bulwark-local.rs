@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 fn main() -> Result<()> {
+    // Installed first: a Ctrl-C during startup is held until everything started can be stopped.
+    let stop_requested = stop_signals()?;
     let use_current = std::env::args().any(|a| a == "--use-current-kubeconfig");
     let (plane, kubeconfig) = if use_current {
         let path = std::env::var_os("KUBECONFIG")
@@ -77,10 +79,8 @@ fn main() -> Result<()> {
     );
     println!("Press Ctrl-C to stop everything.");
 
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc_channel(tx)?;
     loop {
-        if rx.recv_timeout(Duration::from_secs(1)).is_ok() {
+        if stop_requested.recv_timeout(Duration::from_secs(1)).is_ok() {
             break;
         }
         operator.process.check_alive()?;
@@ -92,7 +92,10 @@ fn main() -> Result<()> {
 }
 
 /// Delivers SIGINT/SIGTERM as a message instead of killing the process, so children are stopped.
-fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> Result<()> {
+/// Returns once the handlers are installed.
+fn stop_signals() -> Result<std::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (installed_tx, installed_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -102,9 +105,11 @@ fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) -> Result<()> {
             use tokio::signal::unix::{SignalKind, signal};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
             let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            let _ = installed_tx.send(());
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         });
         let _ = tx.send(());
     });
-    Ok(())
+    installed_rx.recv().context("signal handler thread")?;
+    Ok(rx)
 }
