@@ -3,6 +3,9 @@
 //! The Rust types are the source of truth; `bulwark crdgen` renders them to `crds/*.yaml` and
 //! `charts/bulwark/crds/*.yaml`, and a test fails when the committed files drift.
 
+// kube-derive takes one `printcolumn(...)` per column; clippy reads repeated keys as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod dns;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

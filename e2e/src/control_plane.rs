@@ -145,39 +145,38 @@ impl ControlPlane {
             ],
         )?;
         plane.wait_for_apiserver()?;
-        plane.spawn(
-            "kube-controller-manager",
-            &bin("kube-controller-manager"),
-            vec![
-                format!("--kubeconfig={}", p(&kcm_kubeconfig)),
-                format!("--authentication-kubeconfig={}", p(&kcm_kubeconfig)),
-                format!("--authorization-kubeconfig={}", p(&kcm_kubeconfig)),
+        // Flags the controller-manager and scheduler share: who they are, where they serve.
+        let component = |kubeconfig: &Path| -> Result<Vec<String>> {
+            Ok(vec![
+                format!("--kubeconfig={}", p(kubeconfig)),
+                format!("--authentication-kubeconfig={}", p(kubeconfig)),
+                format!("--authorization-kubeconfig={}", p(kubeconfig)),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={}", free_port()?),
                 "--leader-elect=false".into(),
-                "--use-service-account-credentials=true".into(),
-                format!(
-                    "--service-account-private-key-file={}",
-                    p(&pki.service_account_key)
-                ),
-                format!("--root-ca-file={}", p(&pki.ca_cert)),
-                format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
-                format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
                 "--profiling=false".into(),
-            ],
+            ])
+        };
+        let mut kcm_args = component(&kcm_kubeconfig)?;
+        kcm_args.extend([
+            "--use-service-account-credentials=true".into(),
+            format!(
+                "--service-account-private-key-file={}",
+                p(&pki.service_account_key)
+            ),
+            format!("--root-ca-file={}", p(&pki.ca_cert)),
+            format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
+            format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
+        ]);
+        plane.spawn(
+            "kube-controller-manager",
+            &bin("kube-controller-manager"),
+            kcm_args,
         )?;
         plane.spawn(
             "kube-scheduler",
             &bin("kube-scheduler"),
-            vec![
-                format!("--kubeconfig={}", p(&scheduler_kubeconfig)),
-                format!("--authentication-kubeconfig={}", p(&scheduler_kubeconfig)),
-                format!("--authorization-kubeconfig={}", p(&scheduler_kubeconfig)),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
-                "--leader-elect=false".into(),
-                "--profiling=false".into(),
-            ],
+            component(&scheduler_kubeconfig)?,
         )?;
         plane.spawn(
             "kwok",
