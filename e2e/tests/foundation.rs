@@ -196,7 +196,7 @@ async fn operator_serves_metrics_health_and_readiness() {
 
 const FAST_LEASE: [&str; 6] = [
     "--lease-duration=6s",
-    "--renew-deadline=4s",
+    "--renew-deadline=3s",
     "--retry-period=1s",
     "--lease-name=handover",
     "--lease-namespace",

@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -120,9 +120,13 @@ impl Elector {
         // Lease changes (a release, a new holder) wake a waiting standby at once.
         let selector =
             watcher::Config::default().fields(&format!("metadata.name={}", self.config.lease_name));
-        let mut changes = watcher(self.api.clone(), selector).boxed();
+        let mut changes = watcher(self.api.clone(), selector)
+            .default_backoff()
+            .boxed();
         let mut last_renewal = tokio::time::Instant::now();
         loop {
+            // After a pause (GC, SIGSTOP, a slow node) a standby may already lead: stop first.
+            self.step_down_if_stale(last_renewal);
             // A hung API call must not keep a leader that can no longer renew.
             let round = tokio::time::timeout(self.config.retry_period * 2, self.step()).await;
             let wake_at = match round.unwrap_or_else(|_| Err("lease request timed out".to_string()))
@@ -138,12 +142,7 @@ impl Elector {
                 }
                 Err(error) => {
                     warn!(%error, lease = %self.config.lease_name, "lease update failed");
-                    if self.tx.borrow().token().is_some()
-                        && last_renewal.elapsed() > self.config.renew_deadline
-                    {
-                        warn!("could not renew the lease within the renew deadline; stepping down");
-                        self.set(Leadership::Follower);
-                    }
+                    self.step_down_if_stale(last_renewal);
                     tokio::time::Instant::now() + self.config.retry_period
                 }
             };
@@ -154,6 +153,16 @@ impl Elector {
             }
         }
         self.release().await;
+    }
+
+    /// A leader whose last successful renewal is older than the renew deadline stops leading,
+    /// so it stops before any standby may take over (`lease_duration` after that renewal).
+    fn step_down_if_stale(&self, last_renewal: tokio::time::Instant) {
+        if self.tx.borrow().token().is_some() && last_renewal.elapsed() > self.config.renew_deadline
+        {
+            warn!("could not renew the lease within the renew deadline; stepping down");
+            self.set(Leadership::Follower);
+        }
     }
 
     /// One round: returns `Some(time)` to wait for another holder, `None` after holding it.

@@ -155,9 +155,11 @@ async fn connect() -> anyhow::Result<(kube::Client, String, String)> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // A leader notices a failed renewal at most one request timeout (2 retry periods) after the
+    // deadline; that must still be before a standby may take the lease.
     anyhow::ensure!(
-        args.renew_deadline < args.lease_duration,
-        "--renew-deadline must be shorter than --lease-duration, or two leaders could overlap"
+        args.renew_deadline + 2 * args.retry_period < args.lease_duration,
+        "--renew-deadline plus two --retry-period must be shorter than --lease-duration, or two leaders could overlap"
     );
     let (client, default_namespace, server) = connect().await?;
     telemetry::init(args.log_format);
