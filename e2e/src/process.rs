@@ -83,10 +83,6 @@ impl Process {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
     /// Fails with the tail of the log if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         if let Some(status) = self

@@ -9,7 +9,7 @@
 
 use bulwark_controllers::{leadership::Leadership, metrics::Metrics};
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
@@ -203,7 +203,7 @@ impl Elector {
                 spec.lease_transitions = Some(transitions);
             }
         }
-        lease.spec = Some(LeaseSpec { ..spec });
+        lease.spec = Some(spec);
         // resourceVersion from the read makes replace a compare-and-set; create fails if another
         // replica created it first. Either way a conflict means someone else won this round.
         let written = match current {
