@@ -5,6 +5,7 @@
 //! tests run against that cluster instead (for example kind, see README.md).
 
 pub mod binaries;
+pub mod bind;
 pub mod control_plane;
 pub mod operator;
 pub mod pki;

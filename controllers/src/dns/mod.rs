@@ -5,3 +5,5 @@
 
 pub mod desired;
 pub mod fencing;
+pub mod provider;
+pub mod rfc2136;

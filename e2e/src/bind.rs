@@ -1,0 +1,185 @@
+//! A real BIND9 (Debian's `named`) on a loopback port, authoritative for one zone that accepts
+//! RFC 2136 updates signed with one TSIG key.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use bulwark_controllers::dns::provider::{DnsProvider, ProviderError};
+use bulwark_controllers::dns::rfc2136::Rfc2136;
+use bulwark_crds::dns::TsigAlgorithm;
+
+use crate::process::{Process, free_port};
+
+pub const KEY_NAME: &str = "bulwark-test-key";
+
+pub struct Bind {
+    pub zone: String,
+    pub port: u16,
+    /// Base64 TSIG secret, as `tsig-keygen` prints it.
+    pub secret: String,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl Bind {
+    /// Starts `named` for `zone` and waits until it answers for it.
+    pub fn start(zone: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bulwark-bind-").tempdir()?;
+        let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let mut bind = Bind {
+            zone: zone.trim_end_matches('.').to_owned(),
+            port: free_port()?,
+            secret,
+            dir,
+            process: None,
+        };
+        bind.write_config()?;
+        bind.write_empty_zone()?;
+        bind.run()?;
+        Ok(bind)
+    }
+
+    pub fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A provider for the zone with the right key.
+    pub fn provider(&self) -> Rfc2136 {
+        self.provider_with(&self.zone, KEY_NAME, &self.secret)
+    }
+
+    pub fn provider_with(&self, zone: &str, key_name: &str, secret: &str) -> Rfc2136 {
+        Rfc2136::new(
+            &self.server(),
+            zone,
+            key_name,
+            TsigAlgorithm::HmacSha256,
+            secret,
+            Duration::from_secs(2),
+        )
+        .expect("valid provider settings")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops and starts `named` on the same port; the zone and its update journal survive.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.run()
+    }
+
+    /// Stops `named`, puts back the zone as it was before any update (a restore from an old
+    /// backup), and starts it again.
+    pub fn restore_empty_zone(&mut self) -> Result<()> {
+        self.stop();
+        let _ = std::fs::remove_file(self.journal());
+        self.write_empty_zone()?;
+        self.run()
+    }
+
+    pub fn log_tail(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| p.log_tail(30))
+            .unwrap_or_default()
+    }
+
+    fn zone_file(&self) -> PathBuf {
+        self.dir.path().join("zone.db")
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.path().join("zone.db.jnl")
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let dir = self.dir.path().display();
+        let config = format!(
+            r#"options {{
+    directory "{dir}";
+    pid-file "{dir}/named.pid";
+    session-keyfile "{dir}/session.key";
+    managed-keys-directory "{dir}";
+    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+    allow-transfer {{ none; }};
+}};
+controls {{ }};
+key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+zone "{zone}" {{
+    type primary;
+    file "{zone_file}";
+    journal "{journal}";
+    allow-update {{ key "{KEY_NAME}"; }};
+}};
+"#,
+            port = self.port,
+            secret = self.secret,
+            zone = self.zone,
+            zone_file = self.zone_file().display(),
+            journal = self.journal().display(),
+        );
+        std::fs::write(self.dir.path().join("named.conf"), config)?;
+        Ok(())
+    }
+
+    fn write_empty_zone(&self) -> Result<()> {
+        let zone = &self.zone;
+        let records = format!(
+            "$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 60 60 600 60\n@ IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"
+        );
+        std::fs::write(self.zone_file(), records)?;
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let config = self.dir.path().join("named.conf");
+        let named = PathBuf::from("/usr/sbin/named");
+        if !named.exists() {
+            bail!("BIND9 is not installed (/usr/sbin/named); `./dev deps` installs it");
+        }
+        let mut process = Process::spawn(
+            "named",
+            &named,
+            &[
+                "-g".into(),
+                "-4".into(),
+                "-c".into(),
+                config.display().to_string(),
+            ],
+            &[],
+            &self.dir.path().join("named.log"),
+        )?;
+        let provider = self.provider();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let probe = format!("probe.{}", self.zone);
+        loop {
+            process.check_alive()?;
+            match crate::block_on(provider.read_fence(&probe)) {
+                Ok(_) => break,
+                // Not listening yet, or SERVFAIL while the zone loads.
+                Err(ProviderError::Unreachable { .. } | ProviderError::Rejected { .. })
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("named did not come up:\n{}", process.log_tail(20))
+                    });
+                }
+            }
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! The RFC 2136 provider against a real BIND9: fenced writes are all-or-nothing at the server,
+//! and every kind of refusal comes back as a specific error.
+
+use bulwark_controllers::dns::fencing::FenceGuard;
+use bulwark_controllers::dns::provider::{DnsProvider, ProviderError, WriteOutcome};
+use bulwark_crds::dns::{RRSet, RecordType};
+use bulwark_e2e::bind::{Bind, KEY_NAME};
+
+fn a(values: &[&str]) -> RRSet {
+    RRSet {
+        record_type: RecordType::A,
+        ttl: 30,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+fn guard(expect_fence: Option<u64>) -> Option<FenceGuard> {
+    Some(FenceGuard { expect_fence })
+}
+
+#[tokio::test]
+async fn fenced_writes_apply_all_or_nothing_at_the_server() {
+    let bind = Bind::start("fence.test").unwrap();
+    let dns = bind.provider();
+    let name = "api.fence.test";
+    assert_eq!(dns.read_fence(name).await.unwrap(), None);
+    assert!(dns.served_records(name).await.unwrap().is_empty());
+
+    let gen1 = vec![a(&["10.0.0.2", "10.0.0.1"])];
+    assert_eq!(
+        dns.write_plan(name, 1, &gen1, guard(None)).await.unwrap(),
+        WriteOutcome::Applied
+    );
+    assert_eq!(dns.read_fence(name).await.unwrap(), Some(1));
+    assert_eq!(
+        dns.served_records(name).await.unwrap(),
+        vec![a(&["10.0.0.1", "10.0.0.2"])]
+    );
+
+    // A writer that read "no fence" before gen 1 landed is refused, and nothing changes.
+    let stale = vec![a(&["192.0.2.66"])];
+    assert_eq!(
+        dns.write_plan(name, 2, &stale, guard(None)).await.unwrap(),
+        WriteOutcome::FenceMismatch
+    );
+    // So is one that expects a fence value the server does not hold.
+    assert_eq!(
+        dns.write_plan(name, 3, &stale, guard(Some(2)))
+            .await
+            .unwrap(),
+        WriteOutcome::FenceMismatch
+    );
+    assert_eq!(dns.read_fence(name).await.unwrap(), Some(1));
+    assert_eq!(
+        dns.served_records(name).await.unwrap(),
+        vec![a(&["10.0.0.1", "10.0.0.2"])]
+    );
+
+    // The right prerequisite replaces every managed RRset, including switching to dual stack.
+    let gen2 = vec![
+        a(&["10.0.0.3"]),
+        RRSet {
+            record_type: RecordType::AAAA,
+            ttl: 30,
+            values: vec!["2001:db8::3".into()],
+        },
+    ];
+    assert_eq!(
+        dns.write_plan(name, 2, &gen2, guard(Some(1)))
+            .await
+            .unwrap(),
+        WriteOutcome::Applied
+    );
+    assert_eq!(dns.served_records(name).await.unwrap(), gen2);
+    assert_eq!(dns.read_fence(name).await.unwrap(), Some(2));
+
+    // The unfenced strategy's unconditional write does regress the server: what fencing stops.
+    dns.write_plan(name, 1, &gen1, None).await.unwrap();
+    assert_eq!(dns.read_fence(name).await.unwrap(), Some(1));
+    dns.delete_records(name, &gen1).await.unwrap();
+    assert!(dns.served_records(name).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn refusals_name_the_cause_and_change_nothing() {
+    let mut bind = Bind::start("faults.test").unwrap();
+    let good = bind.provider();
+    let name = "www.faults.test";
+    let records = vec![a(&["10.1.0.1"])];
+    good.write_plan(name, 1, &records, guard(None))
+        .await
+        .unwrap();
+
+    let wrong_secret = bind.provider_with(&bind.zone, KEY_NAME, "c2VjcmV0LXRoYXQtaXMtd3Jvbmc=");
+    let error = wrong_secret
+        .write_plan(name, 2, &[a(&["192.0.2.1"])], guard(Some(1)))
+        .await
+        .unwrap_err();
+    println!("wrong secret: {error}");
+    assert!(
+        matches!(&error, ProviderError::Rejected { rcode, detail } if rcode == "NOTAUTH" && detail.contains("BADSIG")),
+        "{error}"
+    );
+
+    let unknown_key = bind.provider_with(&bind.zone, "no-such-key", &bind.secret);
+    let error = unknown_key
+        .write_plan(name, 2, &[a(&["192.0.2.1"])], guard(Some(1)))
+        .await
+        .unwrap_err();
+    println!("unknown key: {error}");
+    assert!(error.to_string().contains("BADKEY"), "{error}");
+
+    let error = good
+        .write_plan("www.elsewhere.test", 2, &records, guard(None))
+        .await
+        .unwrap_err();
+    println!("outside the zone: {error}");
+    assert!(
+        matches!(&error, ProviderError::Config(m) if m.contains("outside zone faults.test")),
+        "{error}"
+    );
+
+    // A zone this server does not serve: the server's own refusal comes back.
+    let foreign = bind.provider_with("other.test", KEY_NAME, &bind.secret);
+    let error = foreign
+        .write_plan("www.other.test", 1, &records, guard(None))
+        .await
+        .unwrap_err();
+    println!("zone not served: {error}");
+    assert!(matches!(error, ProviderError::Rejected { .. }), "{error}");
+
+    assert_eq!(good.read_fence(name).await.unwrap(), Some(1));
+    assert_eq!(good.served_records(name).await.unwrap(), records);
+
+    bind.stop();
+    let error = good.read_fence(name).await.unwrap_err();
+    println!("server down: {error}");
+    assert!(
+        matches!(error, ProviderError::Unreachable { .. }),
+        "{error}"
+    );
+
+    // A restart keeps the applied update (BIND's journal); a restore from an old backup loses it.
+    bind.restart().unwrap();
+    assert_eq!(good.read_fence(name).await.unwrap(), Some(1));
+    assert_eq!(good.served_records(name).await.unwrap(), records);
+    bind.restore_empty_zone().unwrap();
+    assert_eq!(good.read_fence(name).await.unwrap(), None);
+}
