@@ -1,5 +1,6 @@
 //! Prometheus metrics shared by every controller, labelled by controller name.
 
+use crate::dns::metrics::DnsMetrics;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ pub struct Metrics {
     reconcile_duration: HistogramVec,
     pub is_leader: IntGauge,
     pub leader_token: IntGauge,
+    pub dns: DnsMetrics,
 }
 
 impl Metrics {
@@ -62,7 +64,9 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        let dns = DnsMetrics::register(&registry);
         Self {
+            dns,
             registry,
             reconciles,
             reconcile_errors,

@@ -134,11 +134,15 @@ pub struct DnsZoneStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DnsEndpointSpec {
-    /// Name of the `DnsZone` (same namespace) that holds `fqdn`.
+    /// Name of the `DnsZone` (same namespace) that holds `fqdn`. Immutable: records written in
+    /// one zone are not moved to another.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("zoneRef is immutable; create a new DnsEndpoint for another zone"))]
     pub zone_ref: String,
-    /// Fully qualified name inside the zone, for example `api.example.com`.
+    /// Fully qualified name inside the zone, for example `api.example.com`. Immutable, since the
+    /// plans and the fence record are tied to the name.
     #[schemars(length(min = 1, max = 253), pattern(DNS_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("fqdn is immutable; create a new DnsEndpoint for another name"))]
     pub fqdn: String,
     /// Record TTL in seconds.
     #[serde(default = "default_ttl")]
@@ -181,7 +185,8 @@ pub struct DnsTarget {
     /// Service (same namespace) whose ready EndpointSlice addresses are the targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ref: Option<ServiceRef>,
-    /// Relative weight among targets of the same group (for weighted answers).
+    /// 0 drains the target; any positive weight puts it in the answer (plain DNS answers carry
+    /// no weights, so weights are not proportional).
     #[serde(default = "default_weight")]
     #[schemars(range(min = 0, max = 1000))]
     pub weight: u32,

@@ -5,11 +5,14 @@ mod leader;
 mod telemetry;
 
 use anyhow::Context as _;
+use bulwark_chaos::slow_enactor::SlowEnactor;
+use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
 use bulwark_controllers::{metrics::Metrics, readiness::Readiness};
 use clap::{Parser, Subcommand};
+use kube::runtime::events::{Recorder, Reporter};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +61,25 @@ struct RunArgs {
     /// Interval between renewals and acquisition attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     retry_period: Duration,
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "BULWARK_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// DnsPlans kept below each endpoint's live generation (for audit and rollback).
+    #[arg(long, default_value_t = 2)]
+    dns_plan_retention: u64,
+    /// How often a converged DnsEndpoint is checked against its DNS server again.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    dns_resync: Duration,
+    /// Timeout of one exchange with a DNS server.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    dns_server_timeout: Duration,
+    /// TEST ONLY: enact DNS plans the unsafe way (check, then write without a fence; clean up by
+    /// age), so tests can show the outage fencing prevents. Hidden; never set by the chart.
+    #[arg(long, hide = true)]
+    test_unfenced_enactment: bool,
+    /// TEST ONLY (chaos): stall this long between reading a DNS plan and writing it.
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    chaos_slow_enactor: Option<Duration>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -184,7 +206,47 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         retry_period: args.retry_period,
     };
     info!(identity = %election.identity, lease = %election.lease_name, namespace = %election.namespace, "starting");
-    let (elector, _leadership) = leader::Elector::new(client.clone(), election, metrics.clone());
+    let identity = election.identity.clone();
+    let (elector, leadership) = leader::Elector::new(client.clone(), election, metrics.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "bulwark".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let strategy = if args.test_unfenced_enactment {
+        warn!("TEST ONLY: DNS enactment is unfenced; stale plans can overwrite newer ones");
+        Strategy::Unfenced
+    } else {
+        Strategy::Fenced
+    };
+    let dns_settings = DnsSettings {
+        namespace: args.watch_namespace.clone(),
+        identity,
+        strategy,
+        retention: args.dns_plan_retention,
+        resync: args.dns_resync,
+        server_timeout: args.dns_server_timeout,
+        slow_enactor: SlowEnactor::new(args.chaos_slow_enactor.unwrap_or_default()),
+    };
+    let planner = tokio::spawn(dns::planner::run(
+        client.clone(),
+        metrics.clone(),
+        recorder.clone(),
+        readiness.clone(),
+        leadership,
+        args.watch_namespace,
+        shutdown.clone(),
+    ));
+    let enactor = tokio::spawn(dns::enactor::run(
+        client.clone(),
+        metrics.clone(),
+        recorder,
+        readiness.clone(),
+        dns_settings,
+        shutdown.clone(),
+    ));
 
     let http = tokio::spawn(http::serve(
         args.metrics_addr,
@@ -198,6 +260,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!("shutting down");
     // The elector releases the Lease on its way out; wait for it so a standby leads at once.
     election.await.context("leader election task")?;
+    planner.await.context("DNS planner task")?;
+    enactor.await.context("DNS enactor task")?;
     http.await.context("http task")??;
     info!("stopped");
     Ok(())

@@ -4,6 +4,10 @@
 //! controllers (planner, enactor, cleanup) connect them to the Kubernetes API.
 
 pub mod desired;
+pub mod enactor;
 pub mod fencing;
+pub mod metrics;
+pub mod planner;
 pub mod provider;
 pub mod rfc2136;
+pub mod runtime;

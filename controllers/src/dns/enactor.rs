@@ -1,0 +1,455 @@
+//! The enactor, one in every replica on purpose (availability, as in the original design):
+//! applies each endpoint's newest plan to the DNS server in one fenced UPDATE, verifies the
+//! authoritative answer, marks superseded plans, and collects old ones.
+//!
+//! Several enactors may race on the same endpoint; the fence at the server decides, so a stale
+//! or slow enactor's write is refused rather than applied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::fencing::{Enactment, decide_cleanup, decide_enactment, write_guard};
+use super::provider::{DnsProvider, WriteOutcome};
+use super::rfc2136::Rfc2136;
+use super::runtime::{
+    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, endpoint_condition,
+    endpoints_in_zone, key, plans_of, publish, scoped_api, zone_provider,
+};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+const CONTROLLER: &str = "dns-enactor";
+const FIELD_MANAGER: &str = "bulwark-dns-enactor";
+/// Prerequisite failures in one pass before yielding to other work (the fence keeps moving).
+const MAX_FENCE_RETRIES: u32 = 5;
+
+struct Context {
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    settings: DnsSettings,
+    plans: Store<DnsPlan>,
+    backoff: Backoff,
+}
+
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    readiness: Readiness,
+    settings: DnsSettings,
+    shutdown: CancellationToken,
+) {
+    let scope = settings.namespace.clone();
+    let namespace = scope.as_deref();
+    let (plans, plan_writer) = reflector::store();
+    let plan_events = watcher(
+        scoped_api::<DnsPlan>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(plan_writer)
+    .touched_objects();
+    let zone_events = watcher(
+        scoped_api::<DnsZone>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let controller = Controller::new(
+        scoped_api::<DnsEndpoint>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let endpoints = controller.store();
+    let gate = readiness.gate(CONTROLLER);
+    let caches = (endpoints.clone(), plans.clone());
+    tokio::spawn(async move {
+        let (endpoints, plans) = caches;
+        if endpoints.wait_until_ready().await.is_ok() && plans.wait_until_ready().await.is_ok() {
+            gate.open();
+        }
+    });
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        recorder,
+        settings,
+        plans,
+        backoff: Backoff::default(),
+    });
+    controller
+        .owns_stream(plan_events)
+        .watches_stream(zone_events, move |zone| {
+            endpoints_in_zone(&endpoints, &zone)
+        })
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {
+    if endpoint.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let timer = context.metrics.reconcile(CONTROLLER);
+    let result = enact(&endpoint, &context).await;
+    timer.done(result.as_ref().err().map(Error::kind));
+    match &result {
+        Ok(_) => context.backoff.succeeded(&key(&endpoint)),
+        Err(error) => report_failure(&endpoint, &context, error).await,
+    }
+    result
+}
+
+fn error_policy(endpoint: Arc<DnsEndpoint>, error: &Error, context: Arc<Context>) -> Action {
+    warn!(endpoint = %key(&endpoint), %error, "enactment failed; retrying with backoff");
+    context.backoff.failed(&key(&endpoint))
+}
+
+/// Ready=False quoting the cause, and a Warning Event when the cause is new.
+async fn report_failure(endpoint: &DnsEndpoint, context: &Context, error: &Error) {
+    let (ready, changed) =
+        endpoint_condition(endpoint, "Ready", false, error.reason(), error.to_string());
+    if !changed {
+        return;
+    }
+    publish(
+        &context.recorder,
+        endpoint,
+        EventType::Warning,
+        error.reason(),
+        error.to_string(),
+    )
+    .await;
+    let live = endpoint.status.as_ref().and_then(|s| s.live_generation);
+    if let Err(e) = apply_endpoint_status(
+        &context.client,
+        endpoint,
+        FIELD_MANAGER,
+        serde_json::json!({ "liveGeneration": live }),
+        &[ready],
+        None,
+    )
+    .await
+    {
+        warn!(endpoint = %key(endpoint), error = %e, "could not record the failure in status");
+    }
+}
+
+fn phase(plan: &DnsPlan) -> PlanPhase {
+    plan.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
+    let plans = plans_of(&context.plans, endpoint);
+    // Superseded plans are never retried; the newest other plan is the one to enact.
+    let Some(newest) = plans
+        .iter()
+        .rev()
+        .find(|p| phase(p) != PlanPhase::Superseded)
+        .cloned()
+    else {
+        let (ready, changed) = endpoint_condition(
+            endpoint,
+            "Ready",
+            false,
+            "NoPlan",
+            "waiting for the planner to mint a plan",
+        );
+        if changed {
+            apply_endpoint_status(
+                &context.client,
+                endpoint,
+                FIELD_MANAGER,
+                serde_json::json!({ "liveGeneration": null }),
+                &[ready],
+                None,
+            )
+            .await?;
+        }
+        return Ok(Action::await_change());
+    };
+    let settings = &context.settings;
+    let dns = match zone_provider(&context.client, endpoint, settings.server_timeout).await {
+        Ok((_, dns)) => dns,
+        Err(error @ Error::Invalid { .. }) => {
+            if phase(&newest) != PlanPhase::Rejected {
+                mark_plan(context, &newest, PlanPhase::Rejected, &error.to_string()).await?;
+            }
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
+    let fqdn = newest.spec.fqdn.as_str();
+    let generation = newest.spec.generation;
+
+    let mut refused = 0;
+    loop {
+        let fence = dns.read_fence(fqdn).await?;
+        match decide_enactment(generation, fence) {
+            Enactment::Apply { expect_fence } => {
+                settings
+                    .slow_enactor
+                    .stall_before_write(fqdn, generation)
+                    .await;
+                let guard = write_guard(settings.strategy, expect_fence);
+                match dns
+                    .write_plan(fqdn, generation, &newest.spec.rrsets, guard)
+                    .await?
+                {
+                    WriteOutcome::Applied => {
+                        mark_live(context, endpoint, &newest).await?;
+                        break;
+                    }
+                    WriteOutcome::FenceMismatch => {
+                        context.metrics.dns.stale_writes_refused.inc();
+                        refused += 1;
+                        debug!(fqdn, generation, ?expect_fence, "fence moved; re-reading");
+                        if refused == MAX_FENCE_RETRIES {
+                            return Ok(Action::requeue(Duration::from_millis(100)));
+                        }
+                    }
+                }
+            }
+            Enactment::AlreadyLive => break,
+            Enactment::Superseded { live } => {
+                let message = format!("generation {live} is live at the server");
+                mark_plan(context, &newest, PlanPhase::Superseded, &message).await?;
+                // The newer plan's own event brings this endpoint back.
+                return Ok(Action::await_change());
+            }
+        }
+    }
+
+    verify(context, &dns, &newest).await?;
+    supersede_older(context, &plans, generation).await?;
+    collect(context, &dns, &plans, fqdn).await?;
+
+    let (ready, changed) = endpoint_condition(
+        endpoint,
+        "Ready",
+        true,
+        "Live",
+        format!("plan {generation} is live and verified at the authoritative server"),
+    );
+    let live = endpoint.status.as_ref().and_then(|s| s.live_generation);
+    if changed || live != Some(generation) {
+        apply_endpoint_status(
+            &context.client,
+            endpoint,
+            FIELD_MANAGER,
+            serde_json::json!({ "liveGeneration": generation }),
+            &[ready],
+            None,
+        )
+        .await?;
+    }
+    context
+        .metrics
+        .dns
+        .live_generation
+        .with_label_values(&[
+            endpoint.namespace().unwrap_or_default().as_str(),
+            endpoint.name_any().as_str(),
+        ])
+        .set(generation as i64);
+    Ok(Action::requeue(settings.resync))
+}
+
+async fn mark_live(context: &Context, endpoint: &DnsEndpoint, plan: &DnsPlan) -> Result<(), Error> {
+    let generation = plan.spec.generation;
+    patch_plan_status(
+        context,
+        plan,
+        serde_json::json!({
+            "phase": PlanPhase::Live,
+            "enactedBy": context.settings.identity,
+            "enactedAt": Time(Timestamp::now()),
+            "message": null,
+        }),
+    )
+    .await?;
+    info!(endpoint = %key(endpoint), generation, "plan live");
+    publish(
+        &context.recorder,
+        plan,
+        EventType::Normal,
+        "Live",
+        format!(
+            "generation {generation} applied by {}",
+            context.settings.identity
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+async fn mark_plan(
+    context: &Context,
+    plan: &DnsPlan,
+    phase: PlanPhase,
+    message: &str,
+) -> Result<(), Error> {
+    patch_plan_status(
+        context,
+        plan,
+        serde_json::json!({ "phase": phase, "message": message }),
+    )
+    .await?;
+    if phase == PlanPhase::Superseded {
+        context.metrics.dns.plans_superseded.inc();
+    }
+    let type_ = if phase == PlanPhase::Rejected {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    publish(
+        &context.recorder,
+        plan,
+        type_,
+        &format!("{phase:?}"),
+        message.to_owned(),
+    )
+    .await;
+    Ok(())
+}
+
+/// Reads the authoritative answer; records verifiedAt and the enactment latency the first time
+/// it matches. Records that differ under a current fence (a manual edit) are rewritten, fenced
+/// on that same generation so nothing newer can be overwritten.
+async fn verify(context: &Context, dns: &Rfc2136, plan: &DnsPlan) -> Result<(), Error> {
+    let fqdn = plan.spec.fqdn.as_str();
+    let generation = plan.spec.generation;
+    let mut served = dns.served_records(fqdn).await?;
+    if served != plan.spec.rrsets {
+        warn!(
+            fqdn,
+            generation,
+            ?served,
+            "answer differs from the live plan; repairing"
+        );
+        let guard = write_guard(context.settings.strategy, Some(generation));
+        if dns
+            .write_plan(fqdn, generation, &plan.spec.rrsets, guard)
+            .await?
+            == WriteOutcome::FenceMismatch
+        {
+            // A newer generation went live meanwhile; its enactor verifies it.
+            return Ok(());
+        }
+        served = dns.served_records(fqdn).await?;
+    }
+    let status = plan.status.clone().unwrap_or_default();
+    if served == plan.spec.rrsets && status.verified_at.is_none() {
+        let now = Timestamp::now();
+        patch_plan_status(
+            context,
+            plan,
+            serde_json::json!({ "phase": PlanPhase::Live, "verifiedAt": Time(now) }),
+        )
+        .await?;
+        if let Some(minted) = plan
+            .annotations()
+            .get(MINTED_AT_ANNOTATION)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        {
+            let latency = now.duration_since(minted).as_secs_f64().max(0.0);
+            context.metrics.dns.enactment_latency.observe(latency);
+        }
+    }
+    Ok(())
+}
+
+async fn supersede_older(
+    context: &Context,
+    plans: &[Arc<DnsPlan>],
+    live: u64,
+) -> Result<(), Error> {
+    for plan in plans {
+        if plan.spec.generation < live && phase(plan) != PlanPhase::Superseded {
+            let message = format!("generation {live} is live at the server");
+            mark_plan(context, plan, PlanPhase::Superseded, &message).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes plans below the retention window. The live generation is read from the server's fence
+/// now, never remembered, and each delete carries the plan's UID as a precondition.
+async fn collect(
+    context: &Context,
+    dns: &Rfc2136,
+    plans: &[Arc<DnsPlan>],
+    fqdn: &str,
+) -> Result<(), Error> {
+    let settings = &context.settings;
+    let generations: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
+    let live = dns.read_fence(fqdn).await?;
+    let cleanup = decide_cleanup(settings.strategy, &generations, live, settings.retention);
+    for plan in plans {
+        let generation = plan.spec.generation;
+        if cleanup.delete_records_of.contains(&generation) {
+            dns.delete_records(fqdn, &plan.spec.rrsets).await?;
+        }
+        if !cleanup.delete_plans.contains(&generation) {
+            continue;
+        }
+        let api: Api<DnsPlan> = Api::namespaced(
+            context.client.clone(),
+            &plan.namespace().unwrap_or_default(),
+        );
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: plan.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&plan.name_any(), &params).await {
+            Ok(_) => context.metrics.dns.plans_collected.inc(),
+            // Another enactor collected it first.
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn patch_plan_status(
+    context: &Context,
+    plan: &DnsPlan,
+    status: serde_json::Value,
+) -> Result<(), Error> {
+    let api: Api<DnsPlan> = Api::namespaced(
+        context.client.clone(),
+        &plan.namespace().unwrap_or_default(),
+    );
+    match api
+        .patch_status(
+            &plan.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Collected meanwhile: nothing left to mark.
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

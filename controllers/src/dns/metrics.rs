@@ -1,0 +1,70 @@
+//! DNS enactment metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct DnsMetrics {
+    /// Generation in each endpoint's fence at the server, as this replica last read it.
+    pub live_generation: IntGaugeVec,
+    /// From the planner minting a plan to the authoritative server answering with it.
+    pub enactment_latency: Histogram,
+    pub plans_minted: IntCounter,
+    /// Writes the server refused because the fence had moved on: stale enactors stopped.
+    pub stale_writes_refused: IntCounter,
+    pub plans_superseded: IntCounter,
+    pub plans_collected: IntCounter,
+}
+
+impl DnsMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let metrics = DnsMetrics {
+            live_generation: IntGaugeVec::new(
+                Opts::new(
+                    "dns_live_generation",
+                    "Plan generation the DNS server's fence holds, per endpoint",
+                ),
+                &["namespace", "endpoint"],
+            )
+            .unwrap(),
+            enactment_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dns_enactment_latency_seconds",
+                    "Time from a plan being minted to the authoritative server answering with it",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+            )
+            .unwrap(),
+            plans_minted: IntCounter::new("dns_plans_minted_total", "DnsPlans created").unwrap(),
+            stale_writes_refused: IntCounter::new(
+                "dns_stale_writes_refused_total",
+                "Enactor writes the DNS server refused because its fence had moved on",
+            )
+            .unwrap(),
+            plans_superseded: IntCounter::new(
+                "dns_plans_superseded_total",
+                "Plans marked Superseded because a newer generation was live",
+            )
+            .unwrap(),
+            plans_collected: IntCounter::new(
+                "dns_plans_collected_total",
+                "Old DnsPlans deleted by cleanup",
+            )
+            .unwrap(),
+        };
+        for collector in [
+            Box::new(metrics.live_generation.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.enactment_latency.clone()),
+            Box::new(metrics.plans_minted.clone()),
+            Box::new(metrics.stale_writes_refused.clone()),
+            Box::new(metrics.plans_superseded.clone()),
+            Box::new(metrics.plans_collected.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        metrics
+    }
+}

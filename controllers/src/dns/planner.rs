@@ -1,0 +1,405 @@
+//! The planner (leader only): turns each DnsEndpoint and the readiness of its targets into
+//! immutable, generation-numbered DnsPlans.
+//!
+//! The generation counter lives in the endpoint's status and advances by compare-and-set on
+//! its resourceVersion, so two planners (a deposed leader that has not noticed yet, and the new
+//! one) cannot mint the same generation; the plan's deterministic name is a second guard.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec};
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::desired::{Candidate, PlanDecision, decide_plan, desired_rrsets};
+use super::runtime::{
+    Backoff, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
+    apply_endpoint_status, endpoint_condition, key, plans_of, publish, scoped_api,
+};
+use crate::leadership::Leadership;
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+const CONTROLLER: &str = "dns-planner";
+const FIELD_MANAGER: &str = "bulwark-dns-planner";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+struct Context {
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    leadership: watch::Receiver<Leadership>,
+    plans: Store<DnsPlan>,
+    slices: Store<EndpointSlice>,
+    backoff: Backoff,
+}
+
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    readiness: Readiness,
+    leadership: watch::Receiver<Leadership>,
+    namespace: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let namespace = namespace.as_deref();
+    let (plans, plan_writer) = reflector::store();
+    let plan_events = watcher(
+        scoped_api::<DnsPlan>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(plan_writer)
+    .touched_objects();
+    let (slices, slice_writer) = reflector::store();
+    let slice_events = watcher(
+        scoped_api::<EndpointSlice>(&client, namespace),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+    )
+    .default_backoff()
+    .reflect(slice_writer)
+    .touched_objects();
+    let controller = Controller::new(
+        scoped_api::<DnsEndpoint>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let endpoints = controller.store();
+    let endpoints_for_slices = endpoints.clone();
+    let gate = readiness.gate(CONTROLLER);
+    let caches = (endpoints.clone(), plans.clone(), slices.clone());
+    tokio::spawn(async move {
+        let (endpoints, plans, slices) = caches;
+        if endpoints.wait_until_ready().await.is_ok()
+            && plans.wait_until_ready().await.is_ok()
+            && slices.wait_until_ready().await.is_ok()
+        {
+            gate.open();
+        }
+    });
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        recorder,
+        leadership: leadership.clone(),
+        plans,
+        slices,
+        backoff: Backoff::default(),
+    });
+    controller
+        .owns_stream(plan_events)
+        .watches_stream(slice_events, move |slice| {
+            endpoints_using_service(&endpoints_for_slices, &slice)
+        })
+        .reconcile_all_on(became_leader(leadership))
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// One item each time this replica becomes leader, so it re-plans everything it may have missed.
+fn became_leader(leadership: watch::Receiver<Leadership>) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(leadership, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if rx.borrow_and_update().token().is_some() {
+                return Some(((), rx));
+            }
+        }
+    })
+}
+
+fn endpoints_using_service(
+    endpoints: &Store<DnsEndpoint>,
+    slice: &EndpointSlice,
+) -> Vec<ObjectRef<DnsEndpoint>> {
+    let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) else {
+        return Vec::new();
+    };
+    let namespace = slice.namespace();
+    endpoints
+        .state()
+        .iter()
+        .filter(|e| {
+            e.namespace() == namespace
+                && e.spec
+                    .targets
+                    .iter()
+                    .any(|t| t.service_ref.as_ref().is_some_and(|s| &s.name == service))
+        })
+        .map(|e| ObjectRef::from_obj(e.as_ref()))
+        .collect()
+}
+
+/// Every address the endpoint's targets stand for, with readiness from EndpointSlices.
+/// Returns the candidates and, for the Degraded message, the Services with no ready address.
+fn candidates(
+    spec: &DnsEndpointSpec,
+    namespace: &str,
+    slices: &Store<EndpointSlice>,
+) -> (Vec<Candidate>, Vec<String>) {
+    let mut found = Vec::new();
+    let mut services_without_ready = Vec::new();
+    for target in &spec.targets {
+        if let Some(address) = &target.address {
+            // CEL validation guarantees an IP; an unparsable one is skipped, not fatal.
+            if let Ok(address) = address.parse() {
+                found.push(Candidate {
+                    address,
+                    weight: target.weight,
+                    group: target.group,
+                    healthy: true,
+                });
+            }
+            continue;
+        }
+        let Some(service) = &target.service_ref else {
+            continue;
+        };
+        let before = found.len();
+        for slice in slices.state() {
+            if slice.namespace().as_deref() != Some(namespace)
+                || slice.labels().get(SERVICE_NAME_LABEL) != Some(&service.name)
+            {
+                continue;
+            }
+            for endpoint in slice.endpoints.iter().flatten() {
+                // An unset `ready` means ready (EndpointSlice API contract).
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
+                for address in endpoint.addresses.iter() {
+                    if let Ok(address) = address.parse() {
+                        found.push(Candidate {
+                            address,
+                            weight: target.weight,
+                            group: target.group,
+                            healthy: ready,
+                        });
+                    }
+                }
+            }
+        }
+        if !found[before..].iter().any(|c| c.healthy) {
+            services_without_ready.push(service.name.clone());
+        }
+    }
+    (found, services_without_ready)
+}
+
+async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {
+    let Some(token) = context.leadership.borrow().token() else {
+        return Ok(Action::await_change());
+    };
+    if endpoint.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let timer = context.metrics.reconcile(CONTROLLER);
+    let result = plan(&endpoint, &context, token).await;
+    timer.done(result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        context.backoff.succeeded(&key(&endpoint));
+    }
+    result
+}
+
+fn error_policy(endpoint: Arc<DnsEndpoint>, error: &Error, context: Arc<Context>) -> Action {
+    warn!(endpoint = %key(&endpoint), %error, "planning failed");
+    context.backoff.failed(&key(&endpoint))
+}
+
+async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<Action, Error> {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let spec = &endpoint.spec;
+    let (found, services_without_ready) = candidates(spec, &namespace, &context.slices);
+    let rrsets = desired_rrsets(spec.routing, spec.ttl, &found);
+    let latest = endpoint
+        .status
+        .as_ref()
+        .map_or(0, |s| s.latest_plan_generation);
+    let plans = plans_of(&context.plans, endpoint);
+    let newest = plans.iter().find(|p| p.spec.generation == latest);
+    if latest > 0 && newest.is_none() {
+        // The generation was reserved but its plan is not in the cache: either the cache lags
+        // behind our own create, or a planner died between reserving and creating. Creating it
+        // is idempotent by name; the next pass compares content as usual.
+        let decision = decide_plan(latest - 1, None, rrsets, true);
+        if let PlanDecision::Mint {
+            rrsets,
+            content_hash,
+            ..
+        } = decision
+        {
+            create_plan(endpoint, context, latest, rrsets, content_hash, token).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let decision = decide_plan(
+        latest,
+        newest.map(|p| p.spec.content_hash.as_str()),
+        rrsets,
+        spec.allow_empty,
+    );
+    let (degraded, degraded_changed) = match &decision {
+        PlanDecision::WithheldEmpty => endpoint_condition(
+            endpoint,
+            "Degraded",
+            true,
+            "NoHealthyTarget",
+            no_healthy_message(&services_without_ready, latest),
+        ),
+        _ => endpoint_condition(
+            endpoint,
+            "Degraded",
+            false,
+            "TargetsHealthy",
+            "at least one target is healthy",
+        ),
+    };
+    match decision {
+        PlanDecision::Mint {
+            generation,
+            rrsets,
+            content_hash,
+        } => {
+            // Reserve the generation: compare-and-set on the resourceVersion we planned from.
+            apply_endpoint_status(
+                &context.client,
+                endpoint,
+                FIELD_MANAGER,
+                serde_json::json!({
+                    "latestPlanGeneration": generation,
+                    "observedGeneration": endpoint.metadata.generation,
+                }),
+                &[degraded],
+                endpoint.resource_version().as_deref(),
+            )
+            .await?;
+            create_plan(endpoint, context, generation, rrsets, content_hash, token).await?;
+        }
+        PlanDecision::Unchanged | PlanDecision::WithheldEmpty => {
+            let observed_changed = endpoint.status.as_ref().and_then(|s| s.observed_generation)
+                != endpoint.metadata.generation;
+            if degraded_changed || observed_changed {
+                if degraded_changed && degraded.status == "True" {
+                    publish(
+                        &context.recorder,
+                        endpoint,
+                        EventType::Warning,
+                        "NoHealthyTarget",
+                        degraded.message.clone(),
+                    )
+                    .await;
+                }
+                apply_endpoint_status(
+                    &context.client,
+                    endpoint,
+                    FIELD_MANAGER,
+                    serde_json::json!({
+                        "latestPlanGeneration": latest,
+                        "observedGeneration": endpoint.metadata.generation,
+                    }),
+                    &[degraded],
+                    endpoint.resource_version().as_deref(),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+fn no_healthy_message(services_without_ready: &[String], latest: u64) -> String {
+    let keeping = if latest > 0 {
+        format!("plan {latest} stays live")
+    } else {
+        "no plan is minted".into()
+    };
+    if services_without_ready.is_empty() {
+        format!("no target is healthy and allowEmpty is false; {keeping}")
+    } else {
+        format!(
+            "no target is healthy (no ready endpoints in Service {}) and allowEmpty is false; {keeping}",
+            services_without_ready.join(", ")
+        )
+    }
+}
+
+async fn create_plan(
+    endpoint: &DnsEndpoint,
+    context: &Context,
+    generation: u64,
+    rrsets: Vec<bulwark_crds::dns::RRSet>,
+    content_hash: String,
+    token: u64,
+) -> Result<(), Error> {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let name = endpoint.name_any();
+    let summary = rrsets
+        .iter()
+        .map(|r| format!("{:?} {}", r.record_type, r.values.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let plan = DnsPlan {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-{generation}")),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([(ENDPOINT_LABEL.into(), name.clone())])),
+            annotations: Some(BTreeMap::from([
+                (
+                    MINTED_AT_ANNOTATION.into(),
+                    k8s_openapi::jiff::Timestamp::now().to_string(),
+                ),
+                (LEADER_TOKEN_ANNOTATION.into(), token.to_string()),
+            ])),
+            owner_references: endpoint.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: DnsPlanSpec {
+            endpoint_ref: name.clone(),
+            fqdn: endpoint.spec.fqdn.clone(),
+            generation,
+            rrsets,
+            content_hash,
+        },
+        status: None,
+    };
+    let api: Api<DnsPlan> = Api::namespaced(context.client.clone(), &namespace);
+    match api.create(&PostParams::default(), &plan).await {
+        Ok(_) => {
+            context.metrics.dns.plans_minted.inc();
+            info!(endpoint = %key(endpoint), generation, records = %summary, "plan minted");
+            let note = if summary.is_empty() {
+                format!("plan {generation}: no records (allowEmpty)")
+            } else {
+                format!("plan {generation}: {summary}")
+            };
+            publish(
+                &context.recorder,
+                endpoint,
+                EventType::Normal,
+                "PlanMinted",
+                note,
+            )
+            .await;
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,345 @@
+//! What the planner and enactor controllers share: settings, errors, backoff, plan lookup,
+//! endpoint status writes and Events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulwark_chaos::slow_enactor::SlowEnactor;
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use tracing::warn;
+
+use super::fencing::Strategy;
+use super::provider::ProviderError;
+use super::rfc2136::Rfc2136;
+use crate::conditions;
+
+/// An API over the watched namespace, or over all namespaces when `namespace` is `None`.
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Label on every DnsPlan naming its DnsEndpoint.
+pub const ENDPOINT_LABEL: &str = "bulwark.dev/endpoint";
+/// When the planner minted a plan, with nanoseconds (creationTimestamp has whole seconds only).
+pub const MINTED_AT_ANNOTATION: &str = "bulwark.dev/minted-at";
+/// The planner's leader fencing token at minting time, for audits of who minted what.
+pub const LEADER_TOKEN_ANNOTATION: &str = "bulwark.dev/leader-token";
+
+#[derive(Clone, Debug)]
+pub struct DnsSettings {
+    /// Only this namespace's objects, or every namespace's when `None`.
+    pub namespace: Option<String>,
+    /// This replica's identity, recorded as a plan's `enactedBy`.
+    pub identity: String,
+    pub strategy: Strategy,
+    /// Plans kept below the live generation.
+    pub retention: u64,
+    /// How often a converged endpoint is verified against the server again (repairs drift).
+    pub resync: Duration,
+    pub server_timeout: Duration,
+    pub slow_enactor: SlowEnactor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    /// The objects as written cannot work; the message says what to change.
+    #[error("{message}")]
+    Invalid {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "api",
+            Error::Provider(e) => e.kind(),
+            Error::Invalid { .. } => "invalid",
+        }
+    }
+
+    /// The Condition reason that explains this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "ApiError",
+            Error::Provider(ProviderError::Config(_)) => "ProviderConfigInvalid",
+            Error::Provider(ProviderError::Unreachable { .. }) => "ServerUnreachable",
+            Error::Provider(ProviderError::Rejected { .. }) => "ServerRejected",
+            Error::Provider(ProviderError::BadResponse(_)) => "ServerAnswerInvalid",
+            Error::Invalid { reason, .. } => reason,
+        }
+    }
+}
+
+/// Exponential backoff per object: 0.5 s doubling to 60 s, reset by a success.
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    pub fn failed(&self, key: &str) -> Action {
+        let mut failures = self.failures.lock().unwrap();
+        let count = failures.entry(key.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        let delay = Duration::from_millis(500).saturating_mul(1 << (*count - 1).min(7));
+        Action::requeue(delay.min(Duration::from_secs(60)))
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+    }
+}
+
+pub fn key(endpoint: &DnsEndpoint) -> String {
+    format!(
+        "{}/{}",
+        endpoint.namespace().unwrap_or_default(),
+        endpoint.name_any()
+    )
+}
+
+/// The endpoint's plans in the cache, oldest first.
+pub fn plans_of(plans: &Store<DnsPlan>, endpoint: &DnsEndpoint) -> Vec<Arc<DnsPlan>> {
+    let namespace = endpoint.namespace();
+    let name = endpoint.name_any();
+    let uid = endpoint.uid();
+    let mut found: Vec<Arc<DnsPlan>> = plans
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace() == namespace
+                && p.spec.endpoint_ref == name
+                // A same-named endpoint that was deleted and recreated does not inherit plans.
+                && p.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    found.sort_by_key(|p| p.spec.generation);
+    found
+}
+
+/// Every DnsEndpoint in the plan's namespace that a zone change concerns.
+pub fn endpoints_in_zone(
+    endpoints: &Store<DnsEndpoint>,
+    zone: &DnsZone,
+) -> Vec<ObjectRef<DnsEndpoint>> {
+    let namespace = zone.namespace();
+    let name = zone.name_any();
+    endpoints
+        .state()
+        .iter()
+        .filter(|e| e.namespace() == namespace && e.spec.zone_ref == name)
+        .map(|e| ObjectRef::from_obj(e.as_ref()))
+        .collect()
+}
+
+/// Whether `fqdn` is `zone` or a name below it.
+pub fn fqdn_in_zone(fqdn: &str, zone: &str) -> bool {
+    let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    fqdn == zone || fqdn.ends_with(&format!(".{zone}"))
+}
+
+/// The zone and a provider for it, with the TSIG secret read from its Secret.
+pub async fn zone_provider(
+    client: &kube::Client,
+    endpoint: &DnsEndpoint,
+    timeout: Duration,
+) -> Result<(DnsZone, Rfc2136), Error> {
+    let namespace = endpoint.namespace().unwrap_or_default();
+    let zones: Api<DnsZone> = Api::namespaced(client.clone(), &namespace);
+    let zone = zones
+        .get_opt(&endpoint.spec.zone_ref)
+        .await?
+        .ok_or_else(|| Error::Invalid {
+            reason: "ZoneNotFound",
+            message: format!(
+                "DnsZone {:?} does not exist in namespace {namespace}",
+                endpoint.spec.zone_ref
+            ),
+        })?;
+    if !fqdn_in_zone(&endpoint.spec.fqdn, &zone.spec.zone) {
+        return Err(Error::Invalid {
+            reason: "FqdnOutsideZone",
+            message: format!(
+                "{} is not inside zone {} (DnsZone {})",
+                endpoint.spec.fqdn,
+                zone.spec.zone,
+                zone.name_any()
+            ),
+        });
+    }
+    let settings = zone
+        .spec
+        .provider
+        .rfc2136
+        .as_ref()
+        .ok_or_else(|| Error::Invalid {
+            reason: "ProviderMissing",
+            message: format!("DnsZone {} has no provider", zone.name_any()),
+        })?;
+    let secret_ref = &settings.tsig_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let missing = |what: &str| Error::Invalid {
+        reason: "TsigSecretMissing",
+        message: format!(
+            "TSIG secret {}/{} key {:?}: {what}",
+            namespace, secret_ref.name, secret_ref.key
+        ),
+    };
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await?
+        .ok_or_else(|| missing("Secret not found"))?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&secret_ref.key))
+        .ok_or_else(|| missing("key not found in the Secret"))?;
+    let value = std::str::from_utf8(&value.0).map_err(|_| missing("value is not text"))?;
+    let provider = Rfc2136::new(
+        &settings.server,
+        &zone.spec.zone,
+        &settings.tsig_key_name,
+        settings.tsig_algorithm,
+        value,
+        timeout,
+    )?;
+    Ok((zone, provider))
+}
+
+/// Writes the status fields and conditions one controller owns, by server-side apply under its
+/// own field manager, so the planner and the enactors never overwrite each other's fields.
+/// `resource_version` turns the write into a compare-and-set.
+pub async fn apply_endpoint_status(
+    client: &kube::Client,
+    endpoint: &DnsEndpoint,
+    manager: &str,
+    fields: serde_json::Value,
+    conditions: &[Condition],
+    resource_version: Option<&str>,
+) -> Result<(), kube::Error> {
+    let api: Api<DnsEndpoint> =
+        Api::namespaced(client.clone(), &endpoint.namespace().unwrap_or_default());
+    let mut status = fields;
+    status["conditions"] = serde_json::to_value(conditions).expect("conditions serialize");
+    let mut metadata = serde_json::json!({ "name": endpoint.name_any() });
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = rv.into();
+    }
+    let patch = serde_json::json!({
+        "apiVersion": DnsEndpoint::api_version(&()),
+        "kind": DnsEndpoint::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    });
+    api.patch_status(
+        &endpoint.name_any(),
+        &PatchParams::apply(manager).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map(drop)
+}
+
+/// The endpoint's current conditions, for [`conditions::condition`].
+pub fn endpoint_conditions(endpoint: &DnsEndpoint) -> &[Condition] {
+    endpoint
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default()
+}
+
+/// Builds the condition `type_` for the endpoint and reports whether it changes anything.
+pub fn endpoint_condition(
+    endpoint: &DnsEndpoint,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+) -> (Condition, bool) {
+    let existing = endpoint_conditions(endpoint);
+    let wanted = conditions::condition(
+        existing,
+        type_,
+        status,
+        reason,
+        message,
+        endpoint.metadata.generation,
+    );
+    let changed = conditions::differs(existing, &wanted);
+    (wanted, changed)
+}
+
+/// Publishes an Event; failing to record one never fails a reconciliation.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(error = %e, reason, "could not record Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_belong_to_a_zone_only_at_a_label_boundary() {
+        assert!(fqdn_in_zone("api.example.com", "example.com"));
+        assert!(fqdn_in_zone("API.Example.com.", "example.com."));
+        assert!(fqdn_in_zone("example.com", "example.com"));
+        assert!(!fqdn_in_zone("api.badexample.com", "example.com"));
+        assert!(!fqdn_in_zone("api.example.org", "example.com"));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_resets() {
+        let backoff = Backoff::default();
+        let delays: Vec<Action> = (0..10).map(|_| backoff.failed("ns/a")).collect();
+        assert_eq!(delays[0], Action::requeue(Duration::from_millis(500)));
+        assert_eq!(delays[1], Action::requeue(Duration::from_secs(1)));
+        assert_eq!(delays[6], Action::requeue(Duration::from_secs(32)));
+        assert_eq!(delays[9], Action::requeue(Duration::from_secs(60)));
+        assert_eq!(
+            backoff.failed("ns/b"),
+            Action::requeue(Duration::from_millis(500))
+        );
+        backoff.succeeded("ns/a");
+        assert_eq!(
+            backoff.failed("ns/a"),
+            Action::requeue(Duration::from_millis(500))
+        );
+    }
+}
