@@ -1,0 +1,151 @@
+//! DNS fixtures for e2e tests and benchmarks: a zone backed by a real BIND9, endpoints, and a
+//! set of operator replicas scoped to one namespace.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::bind::{Bind, KEY_NAME};
+use crate::operator::Operator;
+
+pub const SECRET_NAME: &str = "tsig";
+pub const SECRET_KEY: &str = "secret";
+
+/// Creates the TSIG Secret and a DnsZone `zone_name` pointing at `bind`.
+pub async fn create_zone(
+    client: &kube::Client,
+    ns: &str,
+    zone_name: &str,
+    bind: &Bind,
+) -> Result<()> {
+    set_tsig_secret(client, ns, &bind.secret).await?;
+    let zones: Api<DnsZone> = Api::namespaced(client.clone(), ns);
+    let zone: DnsZone = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsZone",
+        "metadata": {"name": zone_name},
+        "spec": {"zone": bind.zone, "provider": {"rfc2136": {
+            "server": bind.server(), "tsigKeyName": KEY_NAME,
+            "tsigSecretRef": {"name": SECRET_NAME, "key": SECRET_KEY}}}}
+    }))?;
+    zones.create(&PostParams::default(), &zone).await?;
+    Ok(())
+}
+
+/// Creates or replaces the TSIG Secret's value.
+pub async fn set_tsig_secret(client: &kube::Client, ns: &str, secret: &str) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let object: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET_NAME},
+        "stringData": {SECRET_KEY: secret}
+    }))?;
+    secrets
+        .patch(
+            SECRET_NAME,
+            &PatchParams::apply("bulwark-e2e").force(),
+            &Patch::Apply(&object),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Creates or updates a DnsEndpoint answering with literal `addresses`.
+pub async fn apply_endpoint(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    zone_ref: &str,
+    fqdn: &str,
+    addresses: &[String],
+) -> Result<()> {
+    let targets: Vec<serde_json::Value> = addresses
+        .iter()
+        .map(|a| serde_json::json!({"address": a}))
+        .collect();
+    let endpoint = serde_json::json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+        "metadata": {"name": name},
+        "spec": {"zoneRef": zone_ref, "fqdn": fqdn, "ttl": 30, "targets": targets}
+    });
+    let api: Api<DnsEndpoint> = Api::namespaced(client.clone(), ns);
+    api.patch(
+        name,
+        &PatchParams::apply("bulwark-e2e").force(),
+        &Patch::Apply(&endpoint),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `replicas` operators watching only `ns`, sharing a leader Lease there.
+pub fn start_operators(
+    kubeconfig: &Path,
+    ns: &str,
+    replicas: usize,
+    extra_args: &[&str],
+    log_dir: &Path,
+) -> Result<Vec<Operator>> {
+    (0..replicas)
+        .map(|i| {
+            start_operator(
+                kubeconfig,
+                ns,
+                &format!("{ns}-enactor-{i}"),
+                extra_args,
+                log_dir,
+            )
+        })
+        .collect()
+}
+
+/// One operator replica watching only `ns`, with a short leader Lease there.
+pub fn start_operator(
+    kubeconfig: &Path,
+    ns: &str,
+    identity: &str,
+    extra_args: &[&str],
+    log_dir: &Path,
+) -> Result<Operator> {
+    let mut args = vec![
+        format!("--watch-namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-duration=6s".into(),
+        "--renew-deadline=3s".into(),
+        "--retry-period=1s".into(),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::start(kubeconfig, identity, &args, log_dir)
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The endpoint's DnsPlans, oldest first.
+pub async fn plans(client: &kube::Client, ns: &str, endpoint: &str) -> Result<Vec<DnsPlan>> {
+    let api: Api<DnsPlan> = Api::namespaced(client.clone(), ns);
+    let mut plans: Vec<DnsPlan> = api
+        .list(&kube::api::ListParams::default().labels(&format!("bulwark.dev/endpoint={endpoint}")))
+        .await?
+        .items;
+    plans.sort_by_key(|p| p.spec.generation);
+    Ok(plans)
+}

@@ -1,0 +1,489 @@
+//! DNS plan enactment end to end: the real control plane, three operator replicas, a real
+//! BIND9, and a poller that queries the authoritative server continuously.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bulwark_controllers::dns::provider::DnsProvider;
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
+use bulwark_e2e::bind::Bind;
+use bulwark_e2e::dns::{
+    apply_endpoint, create_zone, eventually, plans, set_tsig_secret, start_operator,
+    start_operators,
+};
+use bulwark_e2e::{cluster, install_crds};
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+
+fn log_dir(test: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join("bulwark-e2e-logs").join(test)
+}
+
+fn a(values: &[&str]) -> Vec<RRSet> {
+    vec![RRSet {
+        record_type: RecordType::A,
+        ttl: 30,
+        values: values.iter().map(|v| v.to_string()).collect(),
+    }]
+}
+
+fn strings(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
+}
+
+/// The endpoint's Ready condition as (status, reason, message).
+async fn ready(api: &Api<DnsEndpoint>, name: &str) -> Option<(String, String, String)> {
+    let endpoint = api.get(name).await.ok()?;
+    let status = endpoint.status?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_for_answer(dns: &impl DnsProvider, fqdn: &str, want: &[RRSet], what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        (dns.served_records(fqdn).await.ok()? == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+async fn wait_for_ready(api: &Api<DnsEndpoint>, name: &str, status: &str, reason: &str) -> String {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} Ready={status} reason {reason}"),
+        || async {
+            let (s, r, message) = ready(api, name).await?;
+            (s == status && r == reason).then_some(message)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("dns-converge").await;
+    let mut bind = Bind::start("converge.test").unwrap();
+    let dns = bind.provider();
+    create_zone(&client, &ns, "converge", &bind).await.unwrap();
+    let _operators = start_operators(
+        &cluster.kubeconfig,
+        &ns,
+        3,
+        &["--dns-resync=1s"],
+        &log_dir("dns-converge"),
+    )
+    .unwrap();
+    let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
+    let fqdn = "api.converge.test";
+
+    // A new endpoint: plan 1 goes live and is verified at the server.
+    let started = Instant::now();
+    apply_endpoint(
+        &client,
+        &ns,
+        "api",
+        "converge",
+        fqdn,
+        &strings(&["10.0.0.2", "10.0.0.1"]),
+    )
+    .await
+    .unwrap();
+    wait_for_answer(&dns, fqdn, &a(&["10.0.0.1", "10.0.0.2"]), "plan 1 served").await;
+    println!(
+        "first plan served {:?} after the DnsEndpoint was created",
+        started.elapsed()
+    );
+    wait_for_ready(&endpoints, "api", "True", "Live").await;
+    let plan1 = &plans(&client, &ns, "api").await.unwrap()[0];
+    let status = plan1.status.clone().unwrap();
+    assert_eq!(plan1.spec.generation, 1);
+    assert_eq!(status.phase, PlanPhase::Live);
+    assert!(
+        status
+            .enacted_by
+            .unwrap()
+            .starts_with(&format!("{ns}-enactor-"))
+    );
+
+    // A change mints plan 2; plan 1 is marked Superseded.
+    apply_endpoint(
+        &client,
+        &ns,
+        "api",
+        "converge",
+        fqdn,
+        &strings(&["10.0.0.3"]),
+    )
+    .await
+    .unwrap();
+    wait_for_answer(&dns, fqdn, &a(&["10.0.0.3"]), "plan 2 served").await;
+    assert_eq!(dns.read_fence(fqdn).await.unwrap(), Some(2));
+    eventually(Duration::from_secs(10), "plan 1 Superseded", || async {
+        let all = plans(&client, &ns, "api").await.ok()?;
+        (all[0].status.as_ref()?.phase == PlanPhase::Superseded).then_some(())
+    })
+    .await
+    .unwrap();
+    let live = endpoints.get("api").await.unwrap().status.unwrap();
+    assert_eq!(
+        (live.latest_plan_generation, live.live_generation),
+        (2, Some(2))
+    );
+
+    // Unknown zone and a name outside the zone: Ready=False says which, nothing is written.
+    let endpoint_in = |zone: &str, fqdn: &str| {
+        serde_json::json!({"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+            "metadata": {"name": fqdn.split('.').next().unwrap()},
+            "spec": {"zoneRef": zone, "fqdn": fqdn, "targets": [{"address": "10.0.0.9"}]}})
+    };
+    for (zone, name) in [
+        ("nope", "lost.converge.test"),
+        ("converge", "outside.elsewhere.test"),
+    ] {
+        endpoints
+            .patch(
+                name.split('.').next().unwrap(),
+                &PatchParams::apply("bulwark-e2e"),
+                &Patch::Apply(endpoint_in(zone, name)),
+            )
+            .await
+            .unwrap();
+    }
+    let message = wait_for_ready(&endpoints, "lost", "False", "ZoneNotFound").await;
+    assert!(message.contains("\"nope\""), "{message}");
+    let message = wait_for_ready(&endpoints, "outside", "False", "FqdnOutsideZone").await;
+    assert!(
+        message.contains("not inside zone converge.test"),
+        "{message}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "outside's plan Rejected",
+        || async {
+            let plan = plans(&client, &ns, "outside").await.ok()?.pop()?;
+            (plan.status?.phase == PlanPhase::Rejected).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // Wrong TSIG secret: the server's NOTAUTH/BADSIG is quoted, the old answer stays.
+    set_tsig_secret(&client, &ns, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==")
+        .await
+        .unwrap();
+    apply_endpoint(
+        &client,
+        &ns,
+        "api",
+        "converge",
+        fqdn,
+        &strings(&["10.0.0.4"]),
+    )
+    .await
+    .unwrap();
+    let message = wait_for_ready(&endpoints, "api", "False", "ServerRejected").await;
+    println!("wrong key: {message}");
+    assert!(
+        message.contains("NOTAUTH") && message.contains("BADSIG"),
+        "{message}"
+    );
+    assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.0.0.3"]));
+    set_tsig_secret(&client, &ns, &bind.secret).await.unwrap();
+    wait_for_answer(
+        &dns,
+        fqdn,
+        &a(&["10.0.0.4"]),
+        "plan 3 after the key is fixed",
+    )
+    .await;
+    wait_for_ready(&endpoints, "api", "True", "Live").await;
+
+    // Server down: ServerUnreachable; it converges once the server is back.
+    bind.stop();
+    apply_endpoint(
+        &client,
+        &ns,
+        "api",
+        "converge",
+        fqdn,
+        &strings(&["10.0.0.5"]),
+    )
+    .await
+    .unwrap();
+    let message = wait_for_ready(&endpoints, "api", "False", "ServerUnreachable").await;
+    println!("server down: {message}");
+    bind.restart().unwrap();
+    wait_for_answer(&dns, fqdn, &a(&["10.0.0.5"]), "plan 4 after the restart").await;
+
+    // Restored from an old backup (no records, no fence): the resync repairs it.
+    let live_generation = dns.read_fence(fqdn).await.unwrap();
+    bind.restore_empty_zone().unwrap();
+    assert_eq!(dns.read_fence(fqdn).await.unwrap(), None);
+    wait_for_answer(
+        &dns,
+        fqdn,
+        &a(&["10.0.0.5"]),
+        "records repaired after a restore",
+    )
+    .await;
+    assert_eq!(dns.read_fence(fqdn).await.unwrap(), live_generation);
+
+    // A Service target follows EndpointSlice readiness; with none ready the answer stays.
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let slice = |ready: bool| {
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.9.0.1"], "conditions": {"ready": ready}}]})
+    };
+    let apply = PatchParams::apply("bulwark-e2e").force();
+    slices
+        .patch("web-1", &apply, &Patch::Apply(slice(true)))
+        .await
+        .unwrap();
+    endpoints
+        .patch(
+            "web",
+            &apply,
+            &Patch::Apply(
+                serde_json::json!({"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+                "metadata": {"name": "web"},
+                "spec": {"zoneRef": "converge", "fqdn": "web.converge.test", "ttl": 30,
+                         "targets": [{"serviceRef": {"name": "web"}}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_answer(
+        &dns,
+        "web.converge.test",
+        &a(&["10.9.0.1"]),
+        "Service target served",
+    )
+    .await;
+    slices
+        .patch("web-1", &apply, &Patch::Apply(slice(false)))
+        .await
+        .unwrap();
+    let degraded = eventually(Duration::from_secs(20), "web Degraded", || async {
+        let status = endpoints.get("web").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
+        (c.status == "True").then(|| format!("{}: {}", c.reason, c.message))
+    })
+    .await
+    .unwrap();
+    println!("no ready target: {degraded}");
+    assert!(
+        degraded.contains("NoHealthyTarget") && degraded.contains("Service web"),
+        "{degraded}"
+    );
+    assert_eq!(
+        dns.served_records("web.converge.test").await.unwrap(),
+        a(&["10.9.0.1"]),
+        "the last non-empty plan stays live"
+    );
+}
+
+/// What the poller saw while plans churned and one enactor was slow.
+#[derive(Default, Debug)]
+struct Observations {
+    polls: u64,
+    empty_answers: Vec<String>,
+    regressions: Vec<String>,
+    live_plan_deleted: Vec<String>,
+}
+
+/// Churns `rounds` plans through 3 operators, one of them a slow enactor, while a poller checks
+/// NeverEmpty and NeverRegress on BIND's answers and a watcher checks NeverDeleteActive.
+async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize) -> Observations {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace(test).await;
+    let bind = Bind::start(&format!("{test}.test")).unwrap();
+    create_zone(&client, &ns, "zone", &bind).await.unwrap();
+    let fqdn = format!("api.{test}.test");
+    let address = |i: usize| format!("10.77.{}.{}", i / 250, i % 250 + 1);
+    let round_of: HashMap<String, usize> = (0..=rounds).map(|i| (address(i), i)).collect();
+
+    let mut args = vec!["--dns-plan-retention=0", "--dns-resync=2s"];
+    args.extend_from_slice(extra_args);
+    let mut operators =
+        start_operators(&cluster.kubeconfig, &ns, 2, &args, &log_dir(test)).unwrap();
+    let mut slow_args = args.clone();
+    slow_args.push("--chaos-slow-enactor=1500ms");
+    let slow = start_operator(
+        &cluster.kubeconfig,
+        &ns,
+        &format!("{ns}-slow-enactor"),
+        &slow_args,
+        &log_dir(test),
+    )
+    .unwrap();
+    operators.push(slow);
+
+    apply_endpoint(&client, &ns, "api", "zone", &fqdn, &[address(0)])
+        .await
+        .unwrap();
+    let dns = bind.provider();
+    wait_for_answer(&dns, &fqdn, &a(&[&address(0)]), "the first plan").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let observations = Arc::new(std::sync::Mutex::new(Observations::default()));
+    let poller = {
+        let (stop, observations, dns, fqdn) = (
+            stop.clone(),
+            observations.clone(),
+            bind.provider(),
+            fqdn.clone(),
+        );
+        let round_of = round_of.clone();
+        tokio::spawn(async move {
+            let mut highest_round = 0;
+            let mut highest_fence = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (Ok(answer), Ok(fence)) =
+                    (dns.served_records(&fqdn).await, dns.read_fence(&fqdn).await)
+                else {
+                    continue;
+                };
+                let mut seen = observations.lock().unwrap();
+                seen.polls += 1;
+                let values: Vec<&String> = answer.iter().flat_map(|r| &r.values).collect();
+                if values.is_empty() {
+                    seen.empty_answers
+                        .push(format!("no records (fence {fence:?})"));
+                    continue;
+                }
+                let round = values
+                    .iter()
+                    .filter_map(|v| round_of.get(*v))
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
+                if round < highest_round {
+                    seen.regressions.push(format!(
+                        "answer went back from round {highest_round} to round {round}"
+                    ));
+                }
+                highest_round = highest_round.max(round);
+                let fence = fence.unwrap_or(0);
+                if fence < highest_fence {
+                    seen.regressions.push(format!(
+                        "fence went back from gen={highest_fence} to gen={fence}"
+                    ));
+                }
+                highest_fence = highest_fence.max(fence);
+            }
+        })
+    };
+    let deletions = {
+        let (observations, dns, fqdn) = (observations.clone(), bind.provider(), fqdn.clone());
+        let plans: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
+        tokio::spawn(async move {
+            let mut events = watcher(plans, watcher::Config::default()).boxed();
+            while let Some(Ok(event)) = events.next().await {
+                if let watcher::Event::Delete(plan) = event {
+                    // The fence only grows, so a later read that still shows (or is below) the
+                    // deleted generation means the deleted plan was the live one.
+                    let fence = dns.read_fence(&fqdn).await.ok().flatten().unwrap_or(0);
+                    if plan.spec.generation >= fence {
+                        observations.lock().unwrap().live_plan_deleted.push(format!(
+                            "plan {} deleted while the fence was gen={fence}",
+                            plan.spec.generation
+                        ));
+                    }
+                }
+            }
+        })
+    };
+
+    for round in 1..=rounds {
+        apply_endpoint(&client, &ns, "api", "zone", &fqdn, &[address(round)])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Let the slow enactor's last stall play out, then let everything converge.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let converged = eventually(Duration::from_secs(20), "the last plan served", || async {
+        (dns.served_records(&fqdn).await.ok()? == a(&[&address(rounds)])).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    poller.await.unwrap();
+    deletions.abort();
+    let refused: u64 = futures::future::join_all(operators.iter().map(|o| o.get("/metrics")))
+        .await
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .flat_map(|(_, body)| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix("bulwark_dns_stale_writes_refused_total "))
+                .filter_map(|v| v.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    let observations = std::mem::take(&mut *observations.lock().unwrap());
+    println!(
+        "{test}: {} polls; {} empty answers, {} regressions, {} live plans deleted; stale writes refused by BIND: {refused}; converged: {}",
+        observations.polls,
+        observations.empty_answers.len(),
+        observations.regressions.len(),
+        observations.live_plan_deleted.len(),
+        converged.is_ok(),
+    );
+    for line in observations
+        .empty_answers
+        .iter()
+        .chain(&observations.regressions)
+        .chain(&observations.live_plan_deleted)
+        .take(10)
+    {
+        println!("  {line}");
+    }
+    if extra_args.is_empty() {
+        converged.unwrap();
+        assert!(
+            refused > 0,
+            "the slow enactor's stale writes must reach BIND and be refused"
+        );
+    }
+    observations
+}
+
+#[tokio::test]
+async fn fenced_enactors_never_regress_empty_or_delete_the_live_plan_under_a_slow_enactor() {
+    let seen = churn_with_slow_enactor("fenced", &[], 40).await;
+    assert!(
+        seen.polls > 200,
+        "the poller must have watched the whole run"
+    );
+    assert!(seen.empty_answers.is_empty(), "{:?}", seen.empty_answers);
+    assert!(seen.regressions.is_empty(), "{:?}", seen.regressions);
+    assert!(
+        seen.live_plan_deleted.is_empty(),
+        "{:?}",
+        seen.live_plan_deleted
+    );
+}
+
+#[tokio::test]
+async fn unfenced_enactors_let_the_poller_see_the_outage() {
+    let seen = churn_with_slow_enactor("unfenced", &["--test-unfenced-enactment"], 40).await;
+    assert!(
+        !seen.regressions.is_empty() || !seen.empty_answers.is_empty(),
+        "without fencing the slow enactor must regress or empty the answer: {seen:?}"
+    );
+}
