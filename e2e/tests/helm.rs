@@ -83,6 +83,8 @@ fn rbac_is_least_privilege_and_every_rule_says_why() {
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "Deployment",
         "Service",
         "ServiceMonitor",
