@@ -2,6 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use futures::{Stream, StreamExt};
+use kube::runtime::watcher;
+
 /// A set of named gates; ready when every gate is open and at least one was registered.
 #[derive(Clone, Default)]
 pub struct Readiness {
@@ -41,6 +44,20 @@ impl Readiness {
 impl Gate {
     pub fn open(&self) {
         self.readiness.gates.lock().unwrap()[self.index].1 = true;
+    }
+
+    /// Passes a watch stream through and opens the gate once its first full list is in.
+    /// (Not `Store::wait_until_ready`: kube wakes only one of several waiters on a store, and a
+    /// controller's runner already waits on its own.)
+    pub fn open_when_listed<K, S>(self, events: S) -> impl Stream<Item = S::Item>
+    where
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    {
+        events.inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                self.open();
+            }
+        })
     }
 }
 

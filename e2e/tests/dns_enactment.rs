@@ -135,11 +135,16 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     })
     .await
     .unwrap();
-    let live = endpoints.get("api").await.unwrap().status.unwrap();
-    assert_eq!(
-        (live.latest_plan_generation, live.live_generation),
-        (2, Some(2))
-    );
+    eventually(
+        Duration::from_secs(10),
+        "status latest 2, live 2",
+        || async {
+            let status = endpoints.get("api").await.ok()?.status?;
+            (status.latest_plan_generation == 2 && status.live_generation == Some(2)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
 
     // Unknown zone and a name outside the zone: Ready=False says which, nothing is written.
     let endpoint_in = |zone: &str, fqdn: &str| {
@@ -228,8 +233,9 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
 
     // Restored from an old backup (no records, no fence): the resync repairs it.
     let live_generation = dns.read_fence(fqdn).await.unwrap();
+    // (That the restore really empties the zone is asserted in tests/dns_provider.rs; with a
+    // 1 s resync the repair can land before this test could look.)
     bind.restore_empty_zone().unwrap();
-    assert_eq!(dns.read_fence(fqdn).await.unwrap(), None);
     wait_for_answer(
         &dns,
         fqdn,

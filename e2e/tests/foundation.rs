@@ -142,15 +142,17 @@ async fn crds_are_accepted_and_validate_input() {
     }
 }
 
+/// Waits for /readyz: every watch has listed its objects.
 async fn wait_ready(operator: &Operator) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok((200, _)) = operator.get("/readyz").await {
+        let answer = operator.get("/readyz").await;
+        if let Ok((200, _)) = answer {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "operator not ready in 20s; log {}",
+            "operator not ready in 20s ({answer:?}); log {}",
             operator.process.log.display()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -161,6 +163,7 @@ async fn wait_ready(operator: &Operator) {
 async fn operator_serves_metrics_health_and_readiness() {
     let cluster = cluster();
     let ns = cluster.namespace("endpoints").await;
+    install_crds(&cluster.client().await).await.unwrap();
     let operator = Operator::start(
         &cluster.kubeconfig,
         "probe",
@@ -235,6 +238,7 @@ async fn wait_holder(api: &Api<Lease>, among: &[&str], timeout: Duration) -> (St
 async fn two_replicas(ns: &str, test: &str) -> (Vec<Operator>, Api<Lease>, String, i32) {
     let cluster = cluster();
     let args = fast_lease_args(ns);
+    install_crds(&cluster.client().await).await.unwrap();
     let replicas: Vec<Operator> = ["a", "b"]
         .iter()
         .map(|id| Operator::start(&cluster.kubeconfig, id, &args, &log_dir(test)).unwrap())

@@ -176,6 +176,34 @@ async fn connect() -> anyhow::Result<(kube::Client, String, String)> {
     Ok((client, namespace, format!("{url} ({version})")))
 }
 
+/// Fails with one actionable line when the cluster lacks Bulwark's CRDs: without them every
+/// watch would retry forever and the operator would sit unready without saying why.
+async fn require_crds(client: &kube::Client) -> anyhow::Result<()> {
+    let wanted: Vec<String> = bulwark_crds::all()
+        .iter()
+        .map(|crd| crd.spec.names.plural.clone())
+        .collect();
+    let served: Vec<String> = match client
+        .list_api_group_resources("bulwark.dev/v1alpha1")
+        .await
+    {
+        Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+        Err(e) => return Err(e).context("discovering the bulwark.dev API"),
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|name| !served.contains(name))
+        .map(String::as_str)
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the cluster does not serve bulwark.dev/v1alpha1 {}; install the CRDs with `kubectl apply -f crds/` (the Helm chart installs them too)",
+        missing.join(", ")
+    );
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // A leader notices a failed renewal at most one request timeout (2 retry periods) after the
     // deadline; that must still be before a standby may take the lease.
@@ -184,6 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "--renew-deadline plus two --retry-period must be shorter than --lease-duration, or two leaders could overlap"
     );
     let (client, default_namespace, server) = connect().await?;
+    require_crds(&client).await?;
     telemetry::init(args.log_format);
     info!(%server, "connected to the Kubernetes API");
     let metrics = Metrics::new();

@@ -55,33 +55,36 @@ pub async fn run(
 ) {
     let scope = settings.namespace.clone();
     let namespace = scope.as_deref();
+    let listed = |kind: &str| readiness.gate(format!("{CONTROLLER}/{kind}"));
+    let (endpoints, endpoint_writer) = reflector::store();
+    let endpoint_events = listed("DnsEndpoint")
+        .open_when_listed(
+            watcher(
+                scoped_api::<DnsEndpoint>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .reflect(endpoint_writer)
+        .applied_objects();
     let (plans, plan_writer) = reflector::store();
-    let plan_events = watcher(
-        scoped_api::<DnsPlan>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(plan_writer)
-    .touched_objects();
+    let plan_events = listed("DnsPlan")
+        .open_when_listed(
+            watcher(
+                scoped_api::<DnsPlan>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .reflect(plan_writer)
+        .touched_objects();
     let zone_events = watcher(
         scoped_api::<DnsZone>(&client, namespace),
         watcher::Config::default(),
     )
     .default_backoff()
     .touched_objects();
-    let controller = Controller::new(
-        scoped_api::<DnsEndpoint>(&client, namespace),
-        watcher::Config::default(),
-    );
-    let endpoints = controller.store();
-    let gate = readiness.gate(CONTROLLER);
-    let caches = (endpoints.clone(), plans.clone());
-    tokio::spawn(async move {
-        let (endpoints, plans) = caches;
-        if endpoints.wait_until_ready().await.is_ok() && plans.wait_until_ready().await.is_ok() {
-            gate.open();
-        }
-    });
+    let controller = Controller::for_stream(endpoint_events, endpoints.clone());
     let context = Arc::new(Context {
         client,
         metrics,
@@ -97,7 +100,18 @@ pub async fn run(
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|result| {
+            if let Err(error) = result {
+                // Reconcile failures are logged by the error policy; this is the watch side.
+                if !matches!(
+                    error,
+                    kube::runtime::controller::Error::ReconcilerFailed(..)
+                ) {
+                    warn!(%error, "DNS enactor watch");
+                }
+            }
+            futures::future::ready(())
+        })
         .await;
 }
 

@@ -55,39 +55,42 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let namespace = namespace.as_deref();
+    let listed = |kind: &str| readiness.gate(format!("{CONTROLLER}/{kind}"));
+    let (endpoints, endpoint_writer) = reflector::store();
+    let endpoint_events = listed("DnsEndpoint")
+        .open_when_listed(
+            watcher(
+                scoped_api::<DnsEndpoint>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .reflect(endpoint_writer)
+        .applied_objects();
     let (plans, plan_writer) = reflector::store();
-    let plan_events = watcher(
-        scoped_api::<DnsPlan>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(plan_writer)
-    .touched_objects();
+    let plan_events = listed("DnsPlan")
+        .open_when_listed(
+            watcher(
+                scoped_api::<DnsPlan>(&client, namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .reflect(plan_writer)
+        .touched_objects();
     let (slices, slice_writer) = reflector::store();
-    let slice_events = watcher(
-        scoped_api::<EndpointSlice>(&client, namespace),
-        watcher::Config::default().labels(SERVICE_NAME_LABEL),
-    )
-    .default_backoff()
-    .reflect(slice_writer)
-    .touched_objects();
-    let controller = Controller::new(
-        scoped_api::<DnsEndpoint>(&client, namespace),
-        watcher::Config::default(),
-    );
-    let endpoints = controller.store();
-    let endpoints_for_slices = endpoints.clone();
-    let gate = readiness.gate(CONTROLLER);
-    let caches = (endpoints.clone(), plans.clone(), slices.clone());
-    tokio::spawn(async move {
-        let (endpoints, plans, slices) = caches;
-        if endpoints.wait_until_ready().await.is_ok()
-            && plans.wait_until_ready().await.is_ok()
-            && slices.wait_until_ready().await.is_ok()
-        {
-            gate.open();
-        }
-    });
+    let slice_events = listed("EndpointSlice")
+        .open_when_listed(
+            watcher(
+                scoped_api::<EndpointSlice>(&client, namespace),
+                watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            )
+            .default_backoff(),
+        )
+        .reflect(slice_writer)
+        .touched_objects();
+    let controller = Controller::for_stream(endpoint_events, endpoints.clone());
+    let endpoints_for_slices = endpoints;
     let context = Arc::new(Context {
         client,
         metrics,
@@ -105,7 +108,18 @@ pub async fn run(
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|result| {
+            if let Err(error) = result {
+                // Reconcile failures are logged by the error policy; this is the watch side.
+                if !matches!(
+                    error,
+                    kube::runtime::controller::Error::ReconcilerFailed(..)
+                ) {
+                    warn!(%error, "DNS planner watch");
+                }
+            }
+            futures::future::ready(())
+        })
         .await;
 }
 
