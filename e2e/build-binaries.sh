@@ -6,6 +6,7 @@
 #
 #   e2e/build-binaries.sh            # build whatever is missing
 #   e2e/build-binaries.sh --print    # print the cache directory and exit
+#   e2e/build-binaries.sh --peers    # also build the peers benchmarks compare with (external-dns)
 #
 # Cache: $BULWARK_CACHE_DIR/bin (default ~/.cache/bulwark/bin); each file is named
 # <binary>-<version>, which is where the Rust harness (e2e/src/binaries.rs) looks for it.
@@ -87,4 +88,7 @@ build_simple etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VER
 build_simple kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 build_simple helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 build_kubernetes
+if [ "${1:-}" = "--peers" ]; then
+  build_simple external-dns sigs.k8s.io/external-dns sigs.k8s.io/external-dns "$EXTERNAL_DNS_VERSION"
+fi
 log "all binaries ready in $cache ($((SECONDS - total))s)"

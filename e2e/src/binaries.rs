@@ -23,6 +23,7 @@ fn version_of(binary: &str) -> &'static str {
         "etcd" => pinned("ETCD_VERSION"),
         "kwok" => pinned("KWOK_VERSION"),
         "helm" => pinned("HELM_VERSION"),
+        "external-dns" => pinned("EXTERNAL_DNS_VERSION"),
         _ => pinned("KUBERNETES_VERSION"),
     }
 }
@@ -38,6 +39,8 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
 }
 
 static BUILD: Mutex<()> = Mutex::new(());
+
+const PEERS: [&str; 1] = ["external-dns"];
 
 /// Absolute path of an upstream binary (`etcd`, `kube-apiserver`, `kwok`, `helm`, …), building
 /// the pinned versions first if nothing provides it.
@@ -59,8 +62,11 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         eprintln!(
             "{name} not found in KUBEBUILDER_ASSETS, BULWARK_K8S_BIN or the cache; building the pinned binaries"
         );
+        // Peers only benchmarks compare with are built on request.
+        let peers = PEERS.contains(&name).then_some("--peers");
         let status = Command::new("bash")
             .arg(BUILD_SCRIPT)
+            .args(peers)
             .status()
             .context("running build-binaries.sh")?;
         if !status.success() || !cached.is_file() {

@@ -15,7 +15,9 @@ use crate::process::{Process, free_port};
 pub const KEY_NAME: &str = "bulwark-test-key";
 
 pub struct Bind {
+    /// The first zone; `provider()` is for this one.
     pub zone: String,
+    pub zones: Vec<String>,
     pub port: u16,
     /// Base64 TSIG secret, as `tsig-keygen` prints it.
     pub secret: String,
@@ -26,17 +28,29 @@ pub struct Bind {
 impl Bind {
     /// Starts `named` for `zone` and waits until it answers for it.
     pub fn start(zone: &str) -> Result<Self> {
+        Self::start_zones(&[zone])
+    }
+
+    /// Starts `named` authoritative for every zone in `zones`, all updatable with one key.
+    pub fn start_zones(zones: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("bulwark-bind-").tempdir()?;
         let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+        let zones: Vec<String> = zones
+            .iter()
+            .map(|z| z.trim_end_matches('.').to_owned())
+            .collect();
         let mut bind = Bind {
-            zone: zone.trim_end_matches('.').to_owned(),
+            zone: zones[0].clone(),
+            zones,
             port: free_port()?,
             secret,
             dir,
             process: None,
         };
         bind.write_config()?;
-        bind.write_empty_zone()?;
+        for zone in &bind.zones {
+            bind.write_empty_zone(zone)?;
+        }
         bind.run()?;
         Ok(bind)
     }
@@ -74,12 +88,13 @@ impl Bind {
         self.run()
     }
 
-    /// Stops `named`, puts back the zone as it was before any update (a restore from an old
-    /// backup), and starts it again.
+    /// Stops `named`, puts back the first zone as it was before any update (a restore from an
+    /// old backup), and starts it again.
     pub fn restore_empty_zone(&mut self) -> Result<()> {
         self.stop();
-        let _ = std::fs::remove_file(self.journal());
-        self.write_empty_zone()?;
+        let zone = self.zone.clone();
+        let _ = std::fs::remove_file(self.journal(&zone));
+        self.write_empty_zone(&zone)?;
         self.run()
     }
 
@@ -90,17 +105,17 @@ impl Bind {
             .unwrap_or_default()
     }
 
-    fn zone_file(&self) -> PathBuf {
-        self.dir.path().join("zone.db")
+    fn zone_file(&self, zone: &str) -> PathBuf {
+        self.dir.path().join(format!("{zone}.db"))
     }
 
-    fn journal(&self) -> PathBuf {
-        self.dir.path().join("zone.db.jnl")
+    fn journal(&self, zone: &str) -> PathBuf {
+        self.dir.path().join(format!("{zone}.db.jnl"))
     }
 
     fn write_config(&self) -> Result<()> {
         let dir = self.dir.path().display();
-        let config = format!(
+        let mut config = format!(
             r#"options {{
     directory "{dir}";
     pid-file "{dir}/named.pid";
@@ -111,33 +126,37 @@ impl Bind {
     recursion no;
     dnssec-validation no;
     notify no;
-    allow-transfer {{ none; }};
+    // external-dns lists a zone's records by AXFR (the benchmark compares with it).
+    allow-transfer {{ key "{KEY_NAME}"; }};
 }};
 controls {{ }};
 key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
-zone "{zone}" {{
+"#,
+            port = self.port,
+            secret = self.secret,
+        );
+        for zone in &self.zones {
+            config.push_str(&format!(
+                r#"zone "{zone}" {{
     type primary;
     file "{zone_file}";
     journal "{journal}";
     allow-update {{ key "{KEY_NAME}"; }};
 }};
 "#,
-            port = self.port,
-            secret = self.secret,
-            zone = self.zone,
-            zone_file = self.zone_file().display(),
-            journal = self.journal().display(),
-        );
+                zone_file = self.zone_file(zone).display(),
+                journal = self.journal(zone).display(),
+            ));
+        }
         std::fs::write(self.dir.path().join("named.conf"), config)?;
         Ok(())
     }
 
-    fn write_empty_zone(&self) -> Result<()> {
-        let zone = &self.zone;
+    fn write_empty_zone(&self, zone: &str) -> Result<()> {
         let records = format!(
             "$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 60 60 600 60\n@ IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"
         );
-        std::fs::write(self.zone_file(), records)?;
+        std::fs::write(self.zone_file(zone), records)?;
         Ok(())
     }
 

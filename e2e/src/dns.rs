@@ -15,19 +15,30 @@ use crate::operator::Operator;
 pub const SECRET_NAME: &str = "tsig";
 pub const SECRET_KEY: &str = "secret";
 
-/// Creates the TSIG Secret and a DnsZone `zone_name` pointing at `bind`.
+/// Creates the TSIG Secret and a DnsZone `zone_name` for `bind`'s first zone.
 pub async fn create_zone(
     client: &kube::Client,
     ns: &str,
     zone_name: &str,
     bind: &Bind,
 ) -> Result<()> {
+    create_zone_for(client, ns, zone_name, bind, &bind.zone).await
+}
+
+/// Creates the TSIG Secret and a DnsZone `zone_name` for `dns_zone`, one of `bind`'s zones.
+pub async fn create_zone_for(
+    client: &kube::Client,
+    ns: &str,
+    zone_name: &str,
+    bind: &Bind,
+    dns_zone: &str,
+) -> Result<()> {
     set_tsig_secret(client, ns, &bind.secret).await?;
     let zones: Api<DnsZone> = Api::namespaced(client.clone(), ns);
     let zone: DnsZone = serde_json::from_value(serde_json::json!({
         "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsZone",
         "metadata": {"name": zone_name},
-        "spec": {"zone": bind.zone, "provider": {"rfc2136": {
+        "spec": {"zone": dns_zone, "provider": {"rfc2136": {
             "server": bind.server(), "tsigKeyName": KEY_NAME,
             "tsigSecretRef": {"name": SECRET_NAME, "key": SECRET_KEY}}}}
     }))?;
