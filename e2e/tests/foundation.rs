@@ -359,3 +359,37 @@ fn unreachable_or_broken_kubeconfig_fails_fast_with_one_actionable_line() {
         assert!(took < Duration::from_secs(15), "took {took:?}");
     }
 }
+
+#[tokio::test]
+async fn examples_are_accepted_by_the_api_server() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("examples").await;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap() {
+            let object: DynamicObject = serde_json::from_value(document).unwrap();
+            let types = object.types.clone().unwrap();
+            let (group, version) = types
+                .api_version
+                .split_once('/')
+                .unwrap_or(("", &types.api_version));
+            let gvk = GroupVersionKind::gvk(group, version, &types.kind);
+            let (resource, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+            let params = PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            };
+            api.create(&params, &object).await.unwrap_or_else(|e| {
+                panic!("{} in {} is rejected: {e}", types.kind, path.display())
+            });
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "examples/ holds the documented objects");
+}
