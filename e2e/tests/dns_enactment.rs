@@ -245,6 +245,20 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     .await;
     assert_eq!(dns.read_fence(fqdn).await.unwrap(), live_generation);
 
+    // Deleting the endpoint removes its records and fence from the server before it goes.
+    endpoints
+        .delete("outside", &Default::default())
+        .await
+        .unwrap();
+    endpoints.delete("api", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(20), "api deleted", || async {
+        endpoints.get_opt("api").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(dns.served_records(fqdn).await.unwrap().is_empty());
+    assert_eq!(dns.read_fence(fqdn).await.unwrap(), None);
+
     // A Service target follows EndpointSlice readiness; with none ready the answer stays.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let slice = |ready: bool| {

@@ -21,7 +21,7 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::fencing::{Enactment, decide_cleanup, decide_enactment, write_guard};
+use super::fencing::{Enactment, FenceGuard, decide_cleanup, decide_enactment, write_guard};
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
@@ -32,6 +32,8 @@ use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
 const CONTROLLER: &str = "dns-enactor";
+/// Keeps a deleted DnsEndpoint until its records and fence are gone from the DNS server.
+pub const RECORDS_FINALIZER: &str = "bulwark.dev/dns-records";
 const FIELD_MANAGER: &str = "bulwark-dns-enactor";
 /// Prerequisite failures in one pass before yielding to other work (the fence keeps moving).
 const MAX_FENCE_RETRIES: u32 = 5;
@@ -116,17 +118,101 @@ pub async fn run(
 }
 
 async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {
-    if endpoint.meta().deletion_timestamp.is_some() {
+    let has_finalizer = endpoint.finalizers().iter().any(|f| f == RECORDS_FINALIZER);
+    let deleting = endpoint.meta().deletion_timestamp.is_some();
+    if deleting && !has_finalizer {
         return Ok(Action::await_change());
     }
     let timer = context.metrics.reconcile(CONTROLLER);
-    let result = enact(&endpoint, &context).await;
+    let result = match (deleting, has_finalizer) {
+        (true, _) => remove(&endpoint, &context).await,
+        (false, false) => set_records_finalizer(&context.client, &endpoint, true).await,
+        (false, true) => enact(&endpoint, &context).await,
+    };
     timer.done(result.as_ref().err().map(Error::kind));
     match &result {
         Ok(_) => context.backoff.succeeded(&key(&endpoint)),
         Err(error) => report_failure(&endpoint, &context, error).await,
     }
     result
+}
+
+/// Adds or removes the finalizer that keeps a deleted endpoint until its name is gone from DNS.
+/// A compare-and-set on the resourceVersion; losing the race to another replica is not an error.
+async fn set_records_finalizer(
+    client: &kube::Client,
+    endpoint: &DnsEndpoint,
+    present: bool,
+) -> Result<Action, Error> {
+    let mut finalizers: Vec<String> = endpoint
+        .finalizers()
+        .iter()
+        .filter(|f| *f != RECORDS_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(RECORDS_FINALIZER.into());
+    }
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": endpoint.resource_version(),
+    }});
+    let api: Api<DnsEndpoint> =
+        Api::namespaced(client.clone(), &endpoint.namespace().unwrap_or_default());
+    match api
+        .patch(
+            &endpoint.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        // The update brings the endpoint back with the finalizer in place.
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+            Ok(Action::await_change())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A deleted DnsEndpoint: remove its records and fence from the server, fenced on the generation
+/// just read so a concurrent enactment is never half-removed, then let the object go.
+async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
+    let fqdn = endpoint.spec.fqdn.as_str();
+    match zone_provider(&context.client, endpoint, context.settings.server_timeout).await {
+        Ok((_, dns)) => {
+            let mut removed = false;
+            for _ in 0..MAX_FENCE_RETRIES {
+                let fence = dns.read_fence(fqdn).await?;
+                let guard = FenceGuard {
+                    expect_fence: fence,
+                };
+                if dns.remove_name(fqdn, guard).await? == WriteOutcome::Applied {
+                    removed = true;
+                    break;
+                }
+            }
+            if !removed {
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            info!(endpoint = %key(endpoint), fqdn, "records removed");
+            publish(
+                &context.recorder,
+                endpoint,
+                EventType::Normal,
+                "RecordsRemoved",
+                format!("{fqdn} and its fence removed from the DNS server"),
+            )
+            .await;
+        }
+        // No zone, or a name outside it: nothing Bulwark wrote is reachable, so nothing to remove.
+        Err(error @ Error::Invalid { .. }) => {
+            warn!(endpoint = %key(endpoint), %error, "deleted without removing records");
+        }
+        Err(error) => return Err(error),
+    }
+    set_records_finalizer(&context.client, endpoint, false).await
 }
 
 fn error_policy(endpoint: Arc<DnsEndpoint>, error: &Error, context: Arc<Context>) -> Action {

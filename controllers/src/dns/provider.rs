@@ -58,6 +58,13 @@ pub trait DnsProvider: Send + Sync {
         guard: Option<FenceGuard>,
     ) -> impl Future<Output = Result<WriteOutcome, ProviderError>> + Send;
 
+    /// Remove the name's managed records and its fence, all or nothing, only if `guard` holds.
+    fn remove_name(
+        &self,
+        fqdn: &str,
+        guard: FenceGuard,
+    ) -> impl Future<Output = Result<WriteOutcome, ProviderError>> + Send;
+
     /// What the authoritative server answers for the name, canonicalised like a plan's RRsets.
     fn served_records(
         &self,

@@ -84,6 +84,53 @@ impl Rfc2136 {
         message
     }
 
+    /// An UPDATE that (after the optional fence prerequisite) deletes the name's managed RRsets
+    /// and its fence; callers add what replaces them. Returns the name, the fence name and it.
+    fn clearing_update(
+        &self,
+        fqdn: &str,
+        guard: Option<FenceGuard>,
+    ) -> Result<(Name, Name, Message), ProviderError> {
+        let name = self.name_in_zone(fqdn)?;
+        let fence = self.name_in_zone(&fence_name(fqdn))?;
+        let mut message = self.update_message();
+        if let Some(FenceGuard { expect_fence }) = guard {
+            message.add_pre_requisite(match expect_fence {
+                // RFC 2136 2.4.2: the RRset exists and equals exactly this value.
+                Some(generation) => fence_record(&fence, generation, 0),
+                // RFC 2136 2.4.3: the RRset does not exist.
+                None => {
+                    let mut absent = Record::update0(fence.clone(), 0, RecordType::TXT);
+                    absent.set_dns_class(DNSClass::NONE);
+                    absent
+                }
+            });
+        }
+        for (owner, managed) in [
+            (&name, RecordType::A),
+            (&name, RecordType::AAAA),
+            (&fence, RecordType::TXT),
+        ] {
+            // RFC 2136 2.5.2: delete the whole RRset.
+            let mut delete = Record::update0(owner.clone(), 0, managed);
+            delete.set_dns_class(DNSClass::ANY);
+            message.add_update(delete);
+        }
+        Ok((name, fence, message))
+    }
+
+    async fn send_update(&self, message: Message) -> Result<WriteOutcome, ProviderError> {
+        let response = self.exchange(message).await?;
+        match response.response_code() {
+            ResponseCode::NoError => Ok(WriteOutcome::Applied),
+            ResponseCode::YXRRSet | ResponseCode::NXRRSet => Ok(WriteOutcome::FenceMismatch),
+            other => Err(ProviderError::Rejected {
+                rcode: mnemonic(other),
+                detail: "unexpected answer to an update".into(),
+            }),
+        }
+    }
+
     async fn query(&self, name: &Name, record_type: RecordType) -> Result<Message, ProviderError> {
         let mut message = Message::new();
         message
@@ -194,45 +241,21 @@ impl DnsProvider for Rfc2136 {
         rrsets: &[RRSet],
         guard: Option<FenceGuard>,
     ) -> Result<WriteOutcome, ProviderError> {
-        let name = self.name_in_zone(fqdn)?;
-        let fence = self.name_in_zone(&fence_name(fqdn))?;
-        let mut message = self.update_message();
-        if let Some(FenceGuard { expect_fence }) = guard {
-            message.add_pre_requisite(match expect_fence {
-                // RFC 2136 2.4.2: the RRset exists and equals exactly this value.
-                Some(generation) => fence_record(&fence, generation, 0),
-                // RFC 2136 2.4.3: the RRset does not exist.
-                None => {
-                    let mut absent = Record::update0(fence.clone(), 0, RecordType::TXT);
-                    absent.set_dns_class(DNSClass::NONE);
-                    absent
-                }
-            });
-        }
-        for managed in [RecordType::A, RecordType::AAAA, RecordType::TXT] {
-            let owner = if managed == RecordType::TXT {
-                &fence
-            } else {
-                &name
-            };
-            // RFC 2136 2.5.2: delete the whole RRset.
-            let mut delete = Record::update0(owner.clone(), 0, managed);
-            delete.set_dns_class(DNSClass::ANY);
-            message.add_update(delete);
-        }
+        let (name, fence, mut message) = self.clearing_update(fqdn, guard)?;
         for record in plan_records(&name, rrsets)? {
             message.add_update(record);
         }
         message.add_update(fence_record(&fence, generation, 0));
-        let response = self.exchange(message).await?;
-        match response.response_code() {
-            ResponseCode::NoError => Ok(WriteOutcome::Applied),
-            ResponseCode::YXRRSet | ResponseCode::NXRRSet => Ok(WriteOutcome::FenceMismatch),
-            other => Err(ProviderError::Rejected {
-                rcode: mnemonic(other),
-                detail: "unexpected answer to an update".into(),
-            }),
-        }
+        self.send_update(message).await
+    }
+
+    async fn remove_name(
+        &self,
+        fqdn: &str,
+        guard: FenceGuard,
+    ) -> Result<WriteOutcome, ProviderError> {
+        let (_, _, message) = self.clearing_update(fqdn, Some(guard))?;
+        self.send_update(message).await
     }
 
     async fn served_records(&self, fqdn: &str) -> Result<Vec<RRSet>, ProviderError> {
