@@ -298,6 +298,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     let generation = newest.spec.generation;
 
     let mut refused = 0;
+    let mut applied = false;
     loop {
         let fence = dns.read_fence(fqdn).await?;
         match decide_enactment(generation, fence) {
@@ -312,7 +313,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
                     .await?
                 {
                     WriteOutcome::Applied => {
-                        mark_live(context, endpoint, &newest).await?;
+                        applied = true;
                         break;
                     }
                     WriteOutcome::FenceMismatch => {
@@ -335,7 +336,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         }
     }
 
-    verify(context, &dns, &newest).await?;
+    verify(context, endpoint, &dns, &newest, applied).await?;
     supersede_older(context, &plans, generation).await?;
     collect(context, &dns, &plans, fqdn).await?;
 
@@ -370,34 +371,6 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     Ok(Action::requeue(settings.resync))
 }
 
-async fn mark_live(context: &Context, endpoint: &DnsEndpoint, plan: &DnsPlan) -> Result<(), Error> {
-    let generation = plan.spec.generation;
-    patch_plan_status(
-        context,
-        plan,
-        serde_json::json!({
-            "phase": PlanPhase::Live,
-            "enactedBy": context.settings.identity,
-            "enactedAt": Time(Timestamp::now()),
-            "message": null,
-        }),
-    )
-    .await?;
-    info!(endpoint = %key(endpoint), generation, "plan live");
-    publish(
-        &context.recorder,
-        plan,
-        EventType::Normal,
-        "Live",
-        format!(
-            "generation {generation} applied by {}",
-            context.settings.identity
-        ),
-    )
-    .await;
-    Ok(())
-}
-
 async fn mark_plan(
     context: &Context,
     plan: &DnsPlan,
@@ -429,10 +402,17 @@ async fn mark_plan(
     Ok(())
 }
 
-/// Reads the authoritative answer; records verifiedAt and the enactment latency the first time
-/// it matches. Records that differ under a current fence (a manual edit) are rewritten, fenced
-/// on that same generation so nothing newer can be overwritten.
-async fn verify(context: &Context, dns: &Rfc2136, plan: &DnsPlan) -> Result<(), Error> {
+/// Reads the authoritative answer and records the plan's status in one write: who enacted it
+/// (when `applied` by this replica) and, the first time the answer matches, verifiedAt and the
+/// enactment latency. Records that differ under a current fence (a manual edit) are rewritten,
+/// fenced on that same generation so nothing newer can be overwritten.
+async fn verify(
+    context: &Context,
+    endpoint: &DnsEndpoint,
+    dns: &Rfc2136,
+    plan: &DnsPlan,
+    applied: bool,
+) -> Result<(), Error> {
     let fqdn = plan.spec.fqdn.as_str();
     let generation = plan.spec.generation;
     let mut served = dns.served_records(fqdn).await?;
@@ -454,23 +434,37 @@ async fn verify(context: &Context, dns: &Rfc2136, plan: &DnsPlan) -> Result<(), 
         }
         served = dns.served_records(fqdn).await?;
     }
-    let status = plan.status.clone().unwrap_or_default();
-    if served == plan.spec.rrsets && status.verified_at.is_none() {
-        let now = Timestamp::now();
-        patch_plan_status(
-            context,
-            plan,
-            serde_json::json!({ "phase": PlanPhase::Live, "verifiedAt": Time(now) }),
-        )
-        .await?;
-        if let Some(minted) = plan
+    let now = Timestamp::now();
+    let first_verification =
+        served == plan.spec.rrsets && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none());
+    let mut status = serde_json::json!({ "phase": PlanPhase::Live });
+    if applied {
+        status["enactedBy"] = context.settings.identity.clone().into();
+        status["enactedAt"] = serde_json::to_value(Time(now)).expect("time serializes");
+        status["message"] = serde_json::Value::Null;
+    }
+    if first_verification {
+        status["verifiedAt"] = serde_json::to_value(Time(now)).expect("time serializes");
+    }
+    if applied || first_verification {
+        patch_plan_status(context, plan, status).await?;
+    }
+    if applied {
+        info!(endpoint = %key(endpoint), generation, "plan live");
+        let note = format!(
+            "generation {generation} applied by {}",
+            context.settings.identity
+        );
+        publish(&context.recorder, plan, EventType::Normal, "Live", note).await;
+    }
+    if first_verification
+        && let Some(minted) = plan
             .annotations()
             .get(MINTED_AT_ANNOTATION)
             .and_then(|t| t.parse::<Timestamp>().ok())
-        {
-            let latency = now.duration_since(minted).as_secs_f64().max(0.0);
-            context.metrics.dns.enactment_latency.observe(latency);
-        }
+    {
+        let latency = now.duration_since(minted).as_secs_f64().max(0.0);
+        context.metrics.dns.enactment_latency.observe(latency);
     }
     Ok(())
 }

@@ -223,7 +223,14 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let timer = context.metrics.reconcile(CONTROLLER);
-    let result = plan(&endpoint, &context, token).await;
+    let result = match plan(&endpoint, &context, token).await {
+        // Lost a compare-and-set to a newer version of the endpoint (an enactor wrote its status):
+        // that version's watch event brings the endpoint back, so this is not a failure.
+        Err(Error::Kube(kube::Error::Api(status))) if status.is_conflict() => {
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     timer.done(result.as_ref().err().map(Error::kind));
     if result.is_ok() {
         context.backoff.succeeded(&key(&endpoint));

@@ -14,7 +14,8 @@ use bulwark_controllers::dns::rfc2136::Rfc2136;
 use bulwark_crds::dns::{DnsPlan, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::binaries::{binary, pinned};
 use bulwark_e2e::bind::{Bind, KEY_NAME};
-use bulwark_e2e::dns::{apply_endpoint, create_zone_for, start_operators};
+use bulwark_e2e::dns::{apply_endpoint, create_zone_for};
+use bulwark_e2e::operator::Operator;
 use bulwark_e2e::process::{Process, free_port};
 use bulwark_e2e::{cluster, install_crds};
 use futures::StreamExt;
@@ -160,6 +161,18 @@ where
     })
 }
 
+/// Two replicas watching `ns`, with the chart's default lease and DNS settings.
+fn start_replicas(kubeconfig: &Path, ns: &str, logs: &Path) -> Result<Vec<Operator>> {
+    let args = [
+        format!("--watch-namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (0..2)
+        .map(|i| Operator::start(kubeconfig, &format!("{ns}-{i}"), &args, logs))
+        .collect()
+}
+
 async fn bench_bulwark(
     client: &kube::Client,
     kubeconfig: &Path,
@@ -168,7 +181,7 @@ async fn bench_bulwark(
 ) -> Result<Sample> {
     let ns = cluster().namespace("bench-bulwark").await;
     create_zone_for(client, &ns, "bench", bind, ZONE_BULWARK).await?;
-    let _operators = start_operators(kubeconfig, &ns, 2, &[], logs)?;
+    let _operators = start_replicas(kubeconfig, &ns, logs)?;
     let dns = bind.provider_with(ZONE_BULWARK, KEY_NAME, &bind.secret);
     progress(format!("bulwark: creating {CHANGES} DnsEndpoints"));
     let mut initial = Vec::new();
@@ -342,7 +355,7 @@ async fn bench_throughput(
 ) -> Result<(Duration, Duration)> {
     let ns = cluster().namespace("bench-1k").await;
     create_zone_for(client, &ns, "bench", bind, ZONE_THROUGHPUT).await?;
-    let _operators = start_operators(kubeconfig, &ns, 2, &[], logs)?;
+    let _operators = start_replicas(kubeconfig, &ns, logs)?;
     let plans: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
     let live_count = |generation: u64| {
         let plans = plans.clone();
@@ -416,51 +429,7 @@ fn ms(d: Duration) -> String {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let started = Instant::now();
-    progress("starting BIND9 and the control plane");
-    let bind = Bind::start_zones(&[
-        ZONE_BULWARK,
-        ZONE_EDNS_DEFAULT,
-        ZONE_EDNS_FAST,
-        ZONE_THROUGHPUT,
-    ])?;
-    let cluster = cluster();
-    let client = cluster.client().await;
-    install_crds(&client).await?;
-    install_external_dns_crd(&client).await?;
-    let logs = std::env::temp_dir().join("bulwark-bench-logs");
-    std::fs::create_dir_all(&logs)?;
-    let kubeconfig = cluster.kubeconfig.clone();
-
-    let mut samples = vec![bench_bulwark(&client, &kubeconfig, &bind, &logs).await?];
-    samples.push(
-        bench_external_dns(
-            &client,
-            &kubeconfig,
-            &bind,
-            &logs,
-            "external-dns defaults (interval 1m)",
-            ZONE_EDNS_DEFAULT,
-            &[],
-        )
-        .await?,
-    );
-    samples.push(
-        bench_external_dns(
-            &client,
-            &kubeconfig,
-            &bind,
-            &logs,
-            "external-dns fastest (--events, min-event-sync 0s, interval 1s)",
-            ZONE_EDNS_FAST,
-            &["--events", "--min-event-sync-interval=0s", "--interval=1s"],
-        )
-        .await?,
-    );
-    let (create_1k, change_1k) = bench_throughput(&client, &kubeconfig, &bind, &logs).await?;
-
+fn print_convergence(samples: &[Sample]) {
     println!();
     println!("DNS convergence: endpoint object changed -> authoritative BIND9 answer changed");
     println!(
@@ -471,7 +440,7 @@ async fn main() -> Result<()> {
         "{:<66} {:>9} {:>9} {:>9} {:>8}",
         "system", "p50", "p99", "max", "missed"
     );
-    for s in &samples {
+    for s in samples {
         if s.times.is_empty() {
             println!(
                 "{:<66} {:>9} {:>9} {:>9} {:>8}",
@@ -500,16 +469,72 @@ async fn main() -> Result<()> {
         }
     }
     println!();
-    println!("Enactment throughput, {THROUGHPUT_ENDPOINTS} DnsEndpoints, 2 replicas:");
-    for (what, took) in [
-        ("created at once (plan 1)", create_1k),
-        ("changed at once (plan 2)", change_1k),
-    ] {
-        println!(
-            "  {what}: all Live in {:.1} s = {:.0} plans/s",
-            took.as_secs_f64(),
-            THROUGHPUT_ENDPOINTS as f64 / took.as_secs_f64()
+}
+
+/// `bench-dns [all|convergence|throughput]`
+#[tokio::main]
+async fn main() -> Result<()> {
+    let phase = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if !["all", "convergence", "throughput"].contains(&phase.as_str()) {
+        bail!("usage: bench-dns [all|convergence|throughput]");
+    }
+    let started = Instant::now();
+    progress("starting BIND9 and the control plane");
+    let bind = Bind::start_zones(&[
+        ZONE_BULWARK,
+        ZONE_EDNS_DEFAULT,
+        ZONE_EDNS_FAST,
+        ZONE_THROUGHPUT,
+    ])?;
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await?;
+    let logs = std::env::temp_dir().join("bulwark-bench-logs");
+    std::fs::create_dir_all(&logs)?;
+    let kubeconfig = cluster.kubeconfig.clone();
+
+    if phase != "throughput" {
+        install_external_dns_crd(&client).await?;
+        let mut samples = vec![bench_bulwark(&client, &kubeconfig, &bind, &logs).await?];
+        samples.push(
+            bench_external_dns(
+                &client,
+                &kubeconfig,
+                &bind,
+                &logs,
+                "external-dns defaults (interval 1m)",
+                ZONE_EDNS_DEFAULT,
+                &[],
+            )
+            .await?,
         );
+        samples.push(
+            bench_external_dns(
+                &client,
+                &kubeconfig,
+                &bind,
+                &logs,
+                "external-dns fastest (--events, min-event-sync 0s, interval 1s)",
+                ZONE_EDNS_FAST,
+                &["--events", "--min-event-sync-interval=0s", "--interval=1s"],
+            )
+            .await?,
+        );
+        print_convergence(&samples);
+    }
+    if phase != "convergence" {
+        let (create_1k, change_1k) = bench_throughput(&client, &kubeconfig, &bind, &logs).await?;
+        println!("Enactment throughput, {THROUGHPUT_ENDPOINTS} DnsEndpoints, 2 replicas:");
+        for (what, took) in [
+            ("created at once (plan 1)", create_1k),
+            ("changed at once (plan 2)", change_1k),
+        ] {
+            println!(
+                "  {what}: all Live in {:.1} s = {:.0} plans/s",
+                took.as_secs_f64(),
+                THROUGHPUT_ENDPOINTS as f64 / took.as_secs_f64()
+            );
+        }
     }
     progress(format!(
         "done in {:.0} s; logs in {}",
