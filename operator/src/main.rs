@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers against the cluster in KUBECONFIG (or in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Write the CustomResourceDefinition manifests generated from the API types.
     Crdgen {
         /// Directories to write `<plural>.bulwark.dev.yaml` files into.
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
         },
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(run(args)) {
+            match runtime.block_on(run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // One actionable line, whatever the cause.
