@@ -464,8 +464,8 @@ fn print_convergence(samples: &[Sample]) {
     for s in samples {
         if s.times.is_empty() {
             println!(
-                "{:<66} {:>9} {:>9} {:>9} {:>8}",
-                s.system, "-", "-", "-", s.missing
+                "{:<66} {:>9} {:>9} {:>9} {:>9} {:>7}",
+                s.system, "-", "-", "-", "-", s.missing
             );
             continue;
         }
