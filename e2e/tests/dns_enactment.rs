@@ -67,6 +67,13 @@ async fn wait_for_ready(api: &Api<DnsEndpoint>, name: &str, status: &str, reason
     .unwrap()
 }
 
+async fn point_api_at(client: &kube::Client, ns: &str, addresses: &[&str]) {
+    let fqdn = "api.converge.test";
+    apply_endpoint(client, ns, "api", "converge", fqdn, &strings(addresses))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     let cluster = cluster();
@@ -89,16 +96,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
 
     // A new endpoint: plan 1 goes live and is verified at the server.
     let started = Instant::now();
-    apply_endpoint(
-        &client,
-        &ns,
-        "api",
-        "converge",
-        fqdn,
-        &strings(&["10.0.0.2", "10.0.0.1"]),
-    )
-    .await
-    .unwrap();
+    point_api_at(&client, &ns, &["10.0.0.2", "10.0.0.1"]).await;
     wait_for_answer(&dns, fqdn, &a(&["10.0.0.1", "10.0.0.2"]), "plan 1 served").await;
     println!(
         "first plan served {:?} after the DnsEndpoint was created",
@@ -117,16 +115,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     );
 
     // A change mints plan 2; plan 1 is marked Superseded.
-    apply_endpoint(
-        &client,
-        &ns,
-        "api",
-        "converge",
-        fqdn,
-        &strings(&["10.0.0.3"]),
-    )
-    .await
-    .unwrap();
+    point_api_at(&client, &ns, &["10.0.0.3"]).await;
     wait_for_answer(&dns, fqdn, &a(&["10.0.0.3"]), "plan 2 served").await;
     assert_eq!(dns.read_fence(fqdn).await.unwrap(), Some(2));
     eventually(Duration::from_secs(10), "plan 1 Superseded", || async {
@@ -187,16 +176,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     set_tsig_secret(&client, &ns, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==")
         .await
         .unwrap();
-    apply_endpoint(
-        &client,
-        &ns,
-        "api",
-        "converge",
-        fqdn,
-        &strings(&["10.0.0.4"]),
-    )
-    .await
-    .unwrap();
+    point_api_at(&client, &ns, &["10.0.0.4"]).await;
     let message = wait_for_ready(&endpoints, "api", "False", "ServerRejected").await;
     println!("wrong key: {message}");
     assert!(
@@ -216,16 +196,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
 
     // Server down: ServerUnreachable; it converges once the server is back.
     bind.stop();
-    apply_endpoint(
-        &client,
-        &ns,
-        "api",
-        "converge",
-        fqdn,
-        &strings(&["10.0.0.5"]),
-    )
-    .await
-    .unwrap();
+    point_api_at(&client, &ns, &["10.0.0.5"]).await;
     let message = wait_for_ready(&endpoints, "api", "False", "ServerUnreachable").await;
     println!("server down: {message}");
     bind.restart().unwrap();

@@ -15,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,9 @@ use super::fencing::{Enactment, FenceGuard, decide_cleanup, decide_enactment, wr
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, endpoint_condition,
-    endpoints_in_zone, key, plans_of, publish, scoped_api, zone_provider,
+    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, cached,
+    endpoint_condition, endpoints_in_zone, key, log_watch_error, plans_of, publish, scoped_api,
+    zone_provider,
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -58,35 +59,25 @@ pub async fn run(
     let scope = settings.namespace.clone();
     let namespace = scope.as_deref();
     let listed = |kind: &str| readiness.gate(format!("{CONTROLLER}/{kind}"));
-    let (endpoints, endpoint_writer) = reflector::store();
-    let endpoint_events = listed("DnsEndpoint")
-        .open_when_listed(
-            watcher(
-                scoped_api::<DnsEndpoint>(&client, namespace),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .reflect(endpoint_writer)
-        .applied_objects();
-    let (plans, plan_writer) = reflector::store();
-    let plan_events = listed("DnsPlan")
-        .open_when_listed(
-            watcher(
-                scoped_api::<DnsPlan>(&client, namespace),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .reflect(plan_writer)
-        .touched_objects();
+    let (endpoints, endpoint_events) = cached::<DnsEndpoint>(
+        &client,
+        namespace,
+        watcher::Config::default(),
+        listed("DnsEndpoint"),
+    );
+    let (plans, plan_events) = cached::<DnsPlan>(
+        &client,
+        namespace,
+        watcher::Config::default(),
+        listed("DnsPlan"),
+    );
     let zone_events = watcher(
         scoped_api::<DnsZone>(&client, namespace),
         watcher::Config::default(),
     )
     .default_backoff()
     .touched_objects();
-    let controller = Controller::for_stream(endpoint_events, endpoints.clone());
+    let controller = Controller::for_stream(endpoint_events.applied_objects(), endpoints.clone());
     let context = Arc::new(Context {
         client,
         metrics,
@@ -96,22 +87,14 @@ pub async fn run(
         backoff: Backoff::default(),
     });
     controller
-        .owns_stream(plan_events)
+        .owns_stream(plan_events.touched_objects())
         .watches_stream(zone_events, move |zone| {
             endpoints_in_zone(&endpoints, &zone)
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context)
         .for_each(|result| {
-            if let Err(error) = result {
-                // Reconcile failures are logged by the error policy; this is the watch side.
-                if !matches!(
-                    error,
-                    kube::runtime::controller::Error::ReconcilerFailed(..)
-                ) {
-                    warn!(%error, "DNS enactor watch");
-                }
-            }
+            log_watch_error(CONTROLLER, result);
             futures::future::ready(())
         })
         .await;

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use super::desired::{Candidate, PlanDecision, decide_plan, desired_rrsets};
 use super::runtime::{
     Backoff, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
-    apply_endpoint_status, endpoint_condition, key, plans_of, publish, scoped_api,
+    apply_endpoint_status, cached, endpoint_condition, key, log_watch_error, plans_of, publish,
 };
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
@@ -56,40 +56,25 @@ pub async fn run(
 ) {
     let namespace = namespace.as_deref();
     let listed = |kind: &str| readiness.gate(format!("{CONTROLLER}/{kind}"));
-    let (endpoints, endpoint_writer) = reflector::store();
-    let endpoint_events = listed("DnsEndpoint")
-        .open_when_listed(
-            watcher(
-                scoped_api::<DnsEndpoint>(&client, namespace),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .reflect(endpoint_writer)
-        .applied_objects();
-    let (plans, plan_writer) = reflector::store();
-    let plan_events = listed("DnsPlan")
-        .open_when_listed(
-            watcher(
-                scoped_api::<DnsPlan>(&client, namespace),
-                watcher::Config::default(),
-            )
-            .default_backoff(),
-        )
-        .reflect(plan_writer)
-        .touched_objects();
-    let (slices, slice_writer) = reflector::store();
-    let slice_events = listed("EndpointSlice")
-        .open_when_listed(
-            watcher(
-                scoped_api::<EndpointSlice>(&client, namespace),
-                watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            )
-            .default_backoff(),
-        )
-        .reflect(slice_writer)
-        .touched_objects();
-    let controller = Controller::for_stream(endpoint_events, endpoints.clone());
+    let (endpoints, endpoint_events) = cached::<DnsEndpoint>(
+        &client,
+        namespace,
+        watcher::Config::default(),
+        listed("DnsEndpoint"),
+    );
+    let (plans, plan_events) = cached::<DnsPlan>(
+        &client,
+        namespace,
+        watcher::Config::default(),
+        listed("DnsPlan"),
+    );
+    let (slices, slice_events) = cached::<EndpointSlice>(
+        &client,
+        namespace,
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+        listed("EndpointSlice"),
+    );
+    let controller = Controller::for_stream(endpoint_events.applied_objects(), endpoints.clone());
     let endpoints_for_slices = endpoints;
     let context = Arc::new(Context {
         client,
@@ -101,23 +86,15 @@ pub async fn run(
         backoff: Backoff::default(),
     });
     controller
-        .owns_stream(plan_events)
-        .watches_stream(slice_events, move |slice| {
+        .owns_stream(plan_events.touched_objects())
+        .watches_stream(slice_events.touched_objects(), move |slice| {
             endpoints_using_service(&endpoints_for_slices, &slice)
         })
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context)
         .for_each(|result| {
-            if let Err(error) = result {
-                // Reconcile failures are logged by the error policy; this is the watch side.
-                if !matches!(
-                    error,
-                    kube::runtime::controller::Error::ReconcilerFailed(..)
-                ) {
-                    warn!(%error, "DNS planner watch");
-                }
-            }
+            log_watch_error(CONTROLLER, result);
             futures::future::ready(())
         })
         .await;

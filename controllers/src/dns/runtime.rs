@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
+use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
@@ -20,6 +22,7 @@ use super::fencing::Strategy;
 use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
+use crate::readiness::Gate;
 
 /// An API over the watched namespace, or over all namespaces when `namespace` is `None`.
 pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -29,6 +32,52 @@ where
     match namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
+    }
+}
+
+/// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
+/// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
+pub fn cached<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    gate: Gate,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = gate
+        .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())
+        .reflect(writer);
+    (store, events)
+}
+
+/// Logs what a controller's stream reports besides reconcile failures (which its error policy
+/// logs): watch and queue errors.
+pub fn log_watch_error<T, R, Q>(
+    controller: &str,
+    result: Result<T, kube::runtime::controller::Error<R, Q>>,
+) where
+    R: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+{
+    if let Err(error) = result
+        && !matches!(
+            error,
+            kube::runtime::controller::Error::ReconcilerFailed(..)
+        )
+    {
+        warn!(%error, controller, "watch failed");
     }
 }
 
