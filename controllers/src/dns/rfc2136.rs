@@ -393,3 +393,57 @@ fn rejection_detail(code: ResponseCode, response: &[u8]) -> String {
         (other, _) => format!("response code {other}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_name_the_rcode_and_the_tsig_error() {
+        let tsig_error = |error: u16, other: &[u8]| {
+            let mut tail = vec![0xaa, 0xbb];
+            tail.extend_from_slice(&error.to_be_bytes());
+            tail.extend_from_slice(&(other.len() as u16).to_be_bytes());
+            tail.extend_from_slice(other);
+            tail
+        };
+        let cases = [
+            (
+                ResponseCode::NotAuth,
+                tsig_error(16, &[]),
+                "NOTAUTH",
+                "BADSIG",
+            ),
+            (
+                ResponseCode::NotAuth,
+                tsig_error(17, &[]),
+                "NOTAUTH",
+                "BADKEY",
+            ),
+            (
+                ResponseCode::NotAuth,
+                tsig_error(18, &[0; 6]),
+                "NOTAUTH",
+                "BADTIME",
+            ),
+            (
+                ResponseCode::Refused,
+                vec![],
+                "REFUSED",
+                "refused the update",
+            ),
+            (
+                ResponseCode::ServFail,
+                vec![],
+                "SERVFAIL",
+                "failed to process",
+            ),
+            (ResponseCode::NotZone, vec![], "NOTZONE", "outside the zone"),
+        ];
+        for (code, response, rcode, detail) in cases {
+            assert_eq!(mnemonic(code), rcode);
+            let text = rejection_detail(code, &response);
+            assert!(text.contains(detail), "{rcode}: {text}");
+        }
+    }
+}
