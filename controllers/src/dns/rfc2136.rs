@@ -366,10 +366,10 @@ fn txt_string(txt: &TXT) -> String {
 /// which part of the key is wrong; it sits at the end of the TSIG record, the message's last RR.
 fn rejection_detail(code: ResponseCode, response: &[u8]) -> String {
     let tsig_error = match response {
+        // BADTIME: Error(2) then 6 bytes of server time (checked first: that time may end in 0 0).
+        [.., 0, 18, 0, 6, _, _, _, _, _, _] => Some(18),
         // Error(2) then an empty Other Data: BADSIG, BADKEY.
         [.., e1, e2, 0, 0] => Some(u16::from_be_bytes([*e1, *e2])),
-        // Error(2) then 6 bytes of server time: BADTIME.
-        [.., e1, e2, 0, 6, _, _, _, _, _, _] => Some(u16::from_be_bytes([*e1, *e2])),
         _ => None,
     };
     match (code, tsig_error) {
