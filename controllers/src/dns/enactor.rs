@@ -26,8 +26,8 @@ use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
     Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, cached,
-    endpoint_condition, endpoints_in_zone, key, log_watch_error, plans_of, publish, scoped_api,
-    zone_provider,
+    endpoint_condition, endpoints_and_plans, endpoints_in_zone, key, log_watch_error, plans_of,
+    publish, zone_provider,
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -45,6 +45,7 @@ struct Context {
     recorder: Recorder,
     settings: DnsSettings,
     plans: Store<DnsPlan>,
+    zones: Store<DnsZone>,
     backoff: Backoff,
 }
 
@@ -58,37 +59,29 @@ pub async fn run(
 ) {
     let scope = settings.namespace.clone();
     let namespace = scope.as_deref();
-    let listed = |kind: &str| readiness.gate(format!("{CONTROLLER}/{kind}"));
-    let (endpoints, endpoint_events) = cached::<DnsEndpoint>(
+    let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
+    let endpoints = caches.endpoints;
+    // Zones trigger their endpoints and are read from this cache, not fetched per enactment.
+    let (zones, zone_events) = cached::<DnsZone>(
         &client,
         namespace,
         watcher::Config::default(),
-        listed("DnsEndpoint"),
+        readiness.gate(format!("{CONTROLLER}/DnsZone")),
     );
-    let (plans, plan_events) = cached::<DnsPlan>(
-        &client,
-        namespace,
-        watcher::Config::default(),
-        listed("DnsPlan"),
-    );
-    let zone_events = watcher(
-        scoped_api::<DnsZone>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let controller = Controller::for_stream(endpoint_events.applied_objects(), endpoints.clone());
+    let controller =
+        Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone());
     let context = Arc::new(Context {
         client,
         metrics,
         recorder,
         settings,
-        plans,
+        plans: caches.plans,
+        zones,
         backoff: Backoff::default(),
     });
     controller
-        .owns_stream(plan_events.touched_objects())
-        .watches_stream(zone_events, move |zone| {
+        .owns_stream(caches.plan_events.touched_objects())
+        .watches_stream(zone_events.touched_objects(), move |zone| {
             endpoints_in_zone(&endpoints, &zone)
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
@@ -163,7 +156,14 @@ async fn set_records_finalizer(
 /// just read so a concurrent enactment is never half-removed, then let the object go.
 async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
     let fqdn = endpoint.spec.fqdn.as_str();
-    match zone_provider(&context.client, endpoint, context.settings.server_timeout).await {
+    match zone_provider(
+        &context.client,
+        &context.zones,
+        endpoint,
+        context.settings.server_timeout,
+    )
+    .await
+    {
         Ok((_, dns)) => {
             let mut removed = false;
             for _ in 0..MAX_FENCE_RETRIES {
@@ -267,7 +267,14 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         return Ok(Action::await_change());
     };
     let settings = &context.settings;
-    let dns = match zone_provider(&context.client, endpoint, settings.server_timeout).await {
+    let dns = match zone_provider(
+        &context.client,
+        &context.zones,
+        endpoint,
+        settings.server_timeout,
+    )
+    .await
+    {
         Ok((_, dns)) => dns,
         Err(error @ Error::Invalid { .. }) => {
             if phase(&newest) != PlanPhase::Rejected {

@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use super::desired::{Candidate, PlanDecision, decide_plan, desired_rrsets};
 use super::runtime::{
     Backoff, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
-    apply_endpoint_status, cached, endpoint_condition, key, log_watch_error, plans_of, publish,
+    apply_endpoint_status, cached, endpoint_condition, endpoints_and_plans, key, log_watch_error,
+    plans_of, publish,
 };
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
@@ -55,38 +56,28 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let namespace = namespace.as_deref();
-    let listed = |kind: &str| readiness.gate(format!("{CONTROLLER}/{kind}"));
-    let (endpoints, endpoint_events) = cached::<DnsEndpoint>(
-        &client,
-        namespace,
-        watcher::Config::default(),
-        listed("DnsEndpoint"),
-    );
-    let (plans, plan_events) = cached::<DnsPlan>(
-        &client,
-        namespace,
-        watcher::Config::default(),
-        listed("DnsPlan"),
-    );
+    let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
+    let endpoints = caches.endpoints;
     let (slices, slice_events) = cached::<EndpointSlice>(
         &client,
         namespace,
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
-        listed("EndpointSlice"),
+        readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
     );
-    let controller = Controller::for_stream(endpoint_events.applied_objects(), endpoints.clone());
+    let controller =
+        Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone());
     let endpoints_for_slices = endpoints;
     let context = Arc::new(Context {
         client,
         metrics,
         recorder,
         leadership: leadership.clone(),
-        plans,
+        plans: caches.plans,
         slices,
         backoff: Backoff::default(),
     });
     controller
-        .owns_stream(plan_events.touched_objects())
+        .owns_stream(caches.plan_events.touched_objects())
         .watches_stream(slice_events.touched_objects(), move |slice| {
             endpoints_using_service(&endpoints_for_slices, &slice)
         })

@@ -22,7 +22,7 @@ use super::fencing::Strategy;
 use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
-use crate::readiness::Gate;
+use crate::readiness::{Gate, Readiness};
 
 /// An API over the watched namespace, or over all namespaces when `namespace` is `None`.
 pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -78,6 +78,45 @@ pub fn log_watch_error<T, R, Q>(
         )
     {
         warn!(%error, controller, "watch failed");
+    }
+}
+
+/// The caches both DNS controllers work from: endpoints (their main stream) and plans, each with
+/// a readiness gate `<controller>/<kind>`.
+pub struct EndpointsAndPlans<E, P> {
+    pub endpoints: Store<DnsEndpoint>,
+    pub endpoint_events: E,
+    pub plans: Store<DnsPlan>,
+    pub plan_events: P,
+}
+
+pub fn endpoints_and_plans(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    readiness: &Readiness,
+    controller: &str,
+) -> EndpointsAndPlans<
+    impl Stream<Item = Result<watcher::Event<DnsEndpoint>, watcher::Error>> + Send + 'static,
+    impl Stream<Item = Result<watcher::Event<DnsPlan>, watcher::Error>> + Send + 'static,
+> {
+    let gate = |kind: &str| readiness.gate(format!("{controller}/{kind}"));
+    let (endpoints, endpoint_events) = cached(
+        client,
+        namespace,
+        watcher::Config::default(),
+        gate("DnsEndpoint"),
+    );
+    let (plans, plan_events) = cached(
+        client,
+        namespace,
+        watcher::Config::default(),
+        gate("DnsPlan"),
+    );
+    EndpointsAndPlans {
+        endpoints,
+        endpoint_events,
+        plans,
+        plan_events,
     }
 }
 
@@ -208,17 +247,17 @@ pub fn fqdn_in_zone(fqdn: &str, zone: &str) -> bool {
     fqdn == zone || fqdn.ends_with(&format!(".{zone}"))
 }
 
-/// The zone and a provider for it, with the TSIG secret read from its Secret.
+/// The endpoint's zone (from the zone cache) and a provider for it, with the TSIG secret read
+/// from its Secret.
 pub async fn zone_provider(
     client: &kube::Client,
+    zones: &Store<DnsZone>,
     endpoint: &DnsEndpoint,
     timeout: Duration,
-) -> Result<(DnsZone, Rfc2136), Error> {
+) -> Result<(Arc<DnsZone>, Rfc2136), Error> {
     let namespace = endpoint.namespace().unwrap_or_default();
-    let zones: Api<DnsZone> = Api::namespaced(client.clone(), &namespace);
     let zone = zones
-        .get_opt(&endpoint.spec.zone_ref)
-        .await?
+        .get(&ObjectRef::new(&endpoint.spec.zone_ref).within(&namespace))
         .ok_or_else(|| Error::Invalid {
             reason: "ZoneNotFound",
             message: format!(

@@ -50,6 +50,26 @@ fn progress(message: impl AsRef<str>) {
     eprintln!("[bench-dns] {}", message.as_ref());
 }
 
+/// Points DnsEndpoint `e<i>` (DnsZone `bench`) in `zone` at round `round`'s address for it.
+async fn set_bench_endpoint(
+    client: &kube::Client,
+    ns: &str,
+    zone: &str,
+    i: usize,
+    round: usize,
+) -> Result<()> {
+    let fqdn = format!("e{i}.{zone}");
+    apply_endpoint(
+        client,
+        ns,
+        &format!("e{i}"),
+        "bench",
+        &fqdn,
+        &[address(round, i)],
+    )
+    .await
+}
+
 /// Convergence times of one system, sorted.
 struct Sample {
     system: String,
@@ -186,17 +206,8 @@ async fn bench_bulwark(
     progress(format!("bulwark: creating {CHANGES} DnsEndpoints"));
     let mut initial = Vec::new();
     for i in 0..CHANGES {
-        let fqdn = format!("e{i}.{ZONE_BULWARK}");
-        apply_endpoint(
-            client,
-            &ns,
-            &format!("e{i}"),
-            "bench",
-            &fqdn,
-            &[address(0, i)],
-        )
-        .await?;
-        initial.push((fqdn, a_record(address(0, i))));
+        set_bench_endpoint(client, &ns, ZONE_BULWARK, i, 0).await?;
+        initial.push((format!("e{i}.{ZONE_BULWARK}"), a_record(address(0, i))));
     }
     wait_all_served(&dns, &initial, Duration::from_secs(120)).await?;
     // Measure the steady state, not the tail of the initial creation: every endpoint Ready.
@@ -225,18 +236,7 @@ async fn bench_bulwark(
         "bulwark (2 replicas)",
         dns,
         ZONE_BULWARK,
-        |i| async move {
-            let fqdn = format!("e{i}.{ZONE_BULWARK}");
-            apply_endpoint(
-                client,
-                ns,
-                &format!("e{i}"),
-                "bench",
-                &fqdn,
-                &[address(1, i)],
-            )
-            .await
-        },
+        |i| async move { set_bench_endpoint(client, ns, ZONE_BULWARK, i, 1).await },
         Duration::from_secs(60),
     )
     .await
@@ -407,18 +407,7 @@ async fn bench_throughput(
         let started = Instant::now();
         let ns = ns.as_str();
         futures::stream::iter(0..THROUGHPUT_ENDPOINTS)
-            .map(|i| async move {
-                let fqdn = format!("e{i}.{ZONE_THROUGHPUT}");
-                apply_endpoint(
-                    client,
-                    ns,
-                    &format!("e{i}"),
-                    "bench",
-                    &fqdn,
-                    &[address(round, i)],
-                )
-                .await
-            })
+            .map(|i| async move { set_bench_endpoint(client, ns, ZONE_THROUGHPUT, i, round).await })
             .buffer_unordered(32)
             .collect::<Vec<Result<()>>>()
             .await
@@ -521,30 +510,23 @@ async fn main() -> Result<()> {
     if phase == "all" || phase == "convergence" {
         install_external_dns_crd(&client).await?;
         let mut samples = vec![bench_bulwark(&client, &kubeconfig, &bind, &logs).await?];
-        samples.push(
-            bench_external_dns(
-                &client,
-                &kubeconfig,
-                &bind,
-                &logs,
+        let peers: [(&str, &str, &[&str]); 2] = [
+            (
                 "external-dns defaults (interval 1m)",
                 ZONE_EDNS_DEFAULT,
                 &[],
-            )
-            .await?,
-        );
-        samples.push(
-            bench_external_dns(
-                &client,
-                &kubeconfig,
-                &bind,
-                &logs,
+            ),
+            (
                 "external-dns fastest (--events, min-event-sync 0s, interval 1s)",
                 ZONE_EDNS_FAST,
                 &["--events", "--min-event-sync-interval=0s", "--interval=1s"],
-            )
-            .await?,
-        );
+            ),
+        ];
+        for (label, zone, settings) in peers {
+            let sample =
+                bench_external_dns(&client, &kubeconfig, &bind, &logs, label, zone, settings);
+            samples.push(sample.await?);
+        }
         print_convergence(&samples);
     }
     if phase == "all" || phase == "throughput" {
