@@ -6,7 +6,7 @@
 #
 #   e2e/build-binaries.sh            # build whatever is missing
 #   e2e/build-binaries.sh --print    # print the cache directory and exit
-#   e2e/build-binaries.sh --peers    # also build the peers benchmarks compare with (external-dns)
+#   e2e/build-binaries.sh --peers    # also build the peers benchmarks compare with (external-dns, Sloth)
 #
 # Cache: $BULWARK_CACHE_DIR/bin (default ~/.cache/bulwark/bin); each file is named
 # <binary>-<version>, which is where the Rust harness (e2e/src/binaries.rs) looks for it.
@@ -90,5 +90,6 @@ build_simple helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 build_kubernetes
 if [ "${1:-}" = "--peers" ]; then
   build_simple external-dns sigs.k8s.io/external-dns sigs.k8s.io/external-dns "$EXTERNAL_DNS_VERSION"
+  build_simple sloth github.com/slok/sloth github.com/slok/sloth/cmd/sloth "$SLOTH_VERSION"
 fi
 log "all binaries ready in $cache ($((SECONDS - total))s)"

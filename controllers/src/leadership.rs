@@ -18,3 +18,17 @@ impl Leadership {
         }
     }
 }
+
+/// One item each time this replica becomes leader, so it re-plans everything it may have missed.
+pub fn became_leader(
+    leadership: tokio::sync::watch::Receiver<Leadership>,
+) -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold(leadership, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if rx.borrow_and_update().token().is_some() {
+                return Some(((), rx));
+            }
+        }
+    })
+}

@@ -8,3 +8,5 @@ pub mod dns;
 pub mod leadership;
 pub mod metrics;
 pub mod readiness;
+pub mod runtime;
+pub mod slo;

@@ -7,6 +7,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod dns;
+pub mod slo;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -20,6 +21,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         dns::DnsZone::crd(),
         dns::DnsEndpoint::crd(),
         dns::DnsPlan::crd(),
+        slo::ServiceLevelObjective::crd(),
     ]
 }
 

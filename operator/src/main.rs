@@ -2,11 +2,13 @@
 
 mod http;
 mod leader;
+mod slo_cli;
 mod telemetry;
 
 use anyhow::Context as _;
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
+use bulwark_controllers::slo::{self, controller::SloSettings};
 use bulwark_controllers::{metrics::Metrics, readiness::Readiness};
 use clap::{Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
@@ -34,6 +36,31 @@ enum Command {
         /// Directories to write `<plural>.bulwark.dev.yaml` files into.
         #[arg(long = "out", default_values = ["crds", "charts/bulwark/crds"])]
         out: Vec<PathBuf>,
+    },
+    /// Work with ServiceLevelObjectives offline.
+    #[command(subcommand)]
+    Slo(SloCommand),
+}
+
+#[derive(Subcommand)]
+enum SloCommand {
+    /// Print the PrometheusRule and Grafana dashboard ConfigMap each SLO in the file becomes.
+    Render {
+        /// YAML file of ServiceLevelObjectives (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace for SLOs whose manifest names none.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Convert OpenSLO v1 SLO documents (and the SLIs they reference) to ServiceLevelObjectives.
+    Import {
+        /// YAML file of OpenSLO documents (`-` for standard input).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Namespace to put the ServiceLevelObjectives in.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
 }
 
@@ -73,6 +100,16 @@ struct RunArgs {
     /// Timeout of one exchange with a DNS server.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     dns_server_timeout: Duration,
+    /// Prometheus whose HTTP API the SLO controller reads live burn rates from, e.g.
+    /// `http://prometheus-operated.monitoring:9090`.
+    #[arg(long, env = "BULWARK_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
+    /// How often each SLO's burn rates are read from Prometheus.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    slo_status_interval: Duration,
+    /// Timeout of one Prometheus query.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    prometheus_timeout: Duration,
     /// TEST ONLY: enact DNS plans the unsafe way (check, then write without a fence; clean up by
     /// age), so tests can show the outage fencing prevents. Hidden; never set by the chart.
     #[arg(long, hide = true)]
@@ -101,6 +138,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Slo(command) => {
+            let result = match command {
+                SloCommand::Render { file, namespace } => slo_cli::render_file(&file, &namespace),
+                SloCommand::Import { file, namespace } => {
+                    slo_cli::import_file(&file, namespace.as_deref())
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bulwark slo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crdgen { out } => match crdgen(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -264,16 +316,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         recorder.clone(),
         readiness.clone(),
-        leadership,
-        args.watch_namespace,
+        leadership.clone(),
+        args.watch_namespace.clone(),
         shutdown.clone(),
     ));
     let enactor = tokio::spawn(dns::enactor::run(
         client.clone(),
         metrics.clone(),
-        recorder,
+        recorder.clone(),
         readiness.clone(),
         dns_settings,
+        shutdown.clone(),
+    ));
+    let slo_settings = SloSettings {
+        namespace: args.watch_namespace.clone(),
+        prometheus_url: args.prometheus_url,
+        status_interval: args.slo_status_interval,
+        query_timeout: args.prometheus_timeout,
+    };
+    let slos = tokio::spawn(slo::controller::run(
+        client.clone(),
+        metrics.clone(),
+        recorder,
+        readiness.clone(),
+        leadership.clone(),
+        slo_settings,
         shutdown.clone(),
     ));
 
@@ -291,6 +358,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     election.await.context("leader election task")?;
     planner.await.context("DNS planner task")?;
     enactor.await.context("DNS enactor task")?;
+    slos.await.context("SLO controller task")?;
     http.await.context("http task")??;
     info!("stopped");
     Ok(())

@@ -28,7 +28,7 @@ use super::runtime::{
     apply_endpoint_status, cached, endpoint_condition, endpoints_and_plans, key, log_watch_error,
     plans_of, publish,
 };
-use crate::leadership::Leadership;
+use crate::leadership::{Leadership, became_leader};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
@@ -89,18 +89,6 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
-}
-
-/// One item each time this replica becomes leader, so it re-plans everything it may have missed.
-fn became_leader(leadership: watch::Receiver<Leadership>) -> impl futures::Stream<Item = ()> {
-    futures::stream::unfold(leadership, |mut rx| async move {
-        loop {
-            rx.changed().await.ok()?;
-            if rx.borrow_and_update().token().is_some() {
-                return Some(((), rx));
-            }
-        }
-    })
 }
 
 fn endpoints_using_service(

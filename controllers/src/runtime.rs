@@ -1,0 +1,137 @@
+//! Runtime helpers every controller shares: scoped APIs, cached watches, backoff, Events.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::Stream;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tracing::warn;
+
+use crate::readiness::Gate;
+
+/// An API over the watched namespace, or over all namespaces when `namespace` is `None`.
+pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
+/// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
+pub fn cached<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    gate: Gate,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = gate
+        .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())
+        .reflect(writer);
+    (store, events)
+}
+
+/// Logs what a controller's stream reports besides reconcile failures (which its error policy
+/// logs): watch and queue errors.
+pub fn log_watch_error<T, R, Q>(
+    controller: &str,
+    result: Result<T, kube::runtime::controller::Error<R, Q>>,
+) where
+    R: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+{
+    if let Err(error) = result
+        && !matches!(
+            error,
+            kube::runtime::controller::Error::ReconcilerFailed(..)
+        )
+    {
+        warn!(%error, controller, "watch failed");
+    }
+}
+
+/// Exponential backoff per object: 0.5 s doubling to 60 s, reset by a success.
+#[derive(Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    pub fn failed(&self, key: &str) -> Action {
+        let mut failures = self.failures.lock().unwrap();
+        let count = failures.entry(key.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        let delay = Duration::from_millis(500).saturating_mul(1 << (*count - 1).min(7));
+        Action::requeue(delay.min(Duration::from_secs(60)))
+    }
+
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+    }
+}
+
+/// Publishes an Event; failing to record one never fails a reconciliation.
+pub async fn publish<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    object: &K,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+        warn!(error = %e, reason, "could not record Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_and_resets() {
+        let backoff = Backoff::default();
+        let delays: Vec<Action> = (0..10).map(|_| backoff.failed("ns/a")).collect();
+        assert_eq!(delays[0], Action::requeue(Duration::from_millis(500)));
+        assert_eq!(delays[1], Action::requeue(Duration::from_secs(1)));
+        assert_eq!(delays[6], Action::requeue(Duration::from_secs(32)));
+        assert_eq!(delays[9], Action::requeue(Duration::from_secs(60)));
+        assert_eq!(
+            backoff.failed("ns/b"),
+            Action::requeue(Duration::from_millis(500))
+        );
+        backoff.succeeded("ns/a");
+        assert_eq!(
+            backoff.failed("ns/a"),
+            Action::requeue(Duration::from_millis(500))
+        );
+    }
+}

@@ -1,0 +1,331 @@
+//! The SLO controller (leader only): renders each ServiceLevelObjective into its PrometheusRule
+//! and dashboard ConfigMap with server-side apply, both owned by the SLO so they go with it, and
+//! writes the live burn rates from Prometheus into status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulwark_crds::slo::{RuleCount, ServiceLevelObjective, ServiceLevelObjectiveStatus};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::status::Prometheus;
+use super::{Outputs, SLO_LABEL, prometheus_rule_resource, render};
+use crate::conditions;
+use crate::leadership::{Leadership, became_leader};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::runtime::{Backoff, cached, log_watch_error, publish};
+
+const CONTROLLER: &str = "slo";
+const FIELD_MANAGER: &str = "bulwark-slo";
+/// Outputs are re-applied this often even when nothing changed, repairing hand edits of the
+/// PrometheusRule (whose kind may not exist, so it is not watched).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a missing PrometheusRule CRD is looked for again.
+const CRD_RETRY: Duration = Duration::from_secs(60);
+
+pub const READY: &str = "Ready";
+pub const LIVE_STATUS: &str = "LiveStatus";
+
+#[derive(Clone, Debug)]
+pub struct SloSettings {
+    /// Only this namespace's objects, or every namespace's when `None`.
+    pub namespace: Option<String>,
+    /// Base URL of the Prometheus whose numbers go into status, e.g. `http://prometheus:9090`.
+    pub prometheus_url: Option<String>,
+    /// How often live numbers are refreshed.
+    pub status_interval: Duration,
+    pub query_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+struct Context {
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    leadership: watch::Receiver<Leadership>,
+    prometheus: Result<Option<Prometheus>, String>,
+    settings: SloSettings,
+    backoff: Backoff,
+}
+
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    readiness: Readiness,
+    leadership: watch::Receiver<Leadership>,
+    settings: SloSettings,
+    shutdown: CancellationToken,
+) {
+    let namespace = settings.namespace.as_deref();
+    let (slos, slo_events) = cached::<ServiceLevelObjective>(
+        &client,
+        namespace,
+        watcher::Config::default(),
+        readiness.gate(format!("{CONTROLLER}/ServiceLevelObjective")),
+    );
+    // Dashboards deleted or edited by hand are restored at once.
+    let (_dashboards, dashboard_events) = cached::<ConfigMap>(
+        &client,
+        namespace,
+        watcher::Config::default().labels(SLO_LABEL),
+        readiness.gate(format!("{CONTROLLER}/ConfigMap")),
+    );
+    let prometheus = settings
+        .prometheus_url
+        .as_deref()
+        .map(|url| Prometheus::new(url, settings.query_timeout))
+        .transpose();
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        recorder,
+        leadership: leadership.clone(),
+        prometheus,
+        settings,
+        backoff: Backoff::default(),
+    });
+    Controller::for_stream(slo_events.applied_objects(), slos)
+        .owns_stream(dashboard_events.touched_objects())
+        .reconcile_all_on(became_leader(leadership))
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            log_watch_error(CONTROLLER, result);
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn key(slo: &ServiceLevelObjective) -> String {
+    format!("{}/{}", slo.namespace().unwrap_or_default(), slo.name_any())
+}
+
+fn error_policy(slo: Arc<ServiceLevelObjective>, error: &Error, context: Arc<Context>) -> Action {
+    warn!(slo = %key(&slo), %error, "SLO reconciliation failed");
+    context.backoff.failed(&key(&slo))
+}
+
+async fn reconcile(slo: Arc<ServiceLevelObjective>, context: Arc<Context>) -> Result<Action, Error> {
+    if context.leadership.borrow().token().is_none() {
+        return Ok(Action::await_change());
+    }
+    let timer = context.metrics.reconcile(CONTROLLER);
+    let result = reconcile_as_leader(&slo, &context).await;
+    timer.done(result.as_ref().err().map(|_| "api"));
+    if result.is_ok() {
+        context.backoff.succeeded(&key(&slo));
+    }
+    result
+}
+
+/// The status being built, and the Events its condition changes call for.
+struct StatusUpdate<'a> {
+    slo: &'a ServiceLevelObjective,
+    status: ServiceLevelObjectiveStatus,
+    events: Vec<(EventType, String, String)>,
+}
+
+impl StatusUpdate<'_> {
+    fn set(&mut self, type_: &str, ok: bool, reason: &str, message: String) {
+        let existing = &self.status.conditions;
+        let wanted = conditions::condition(
+            existing,
+            type_,
+            ok,
+            reason,
+            message.clone(),
+            self.slo.metadata.generation,
+        );
+        // An Event per change of reason, not per new error text.
+        if !existing.iter().any(|c| c.type_ == type_ && c.reason == reason) {
+            let kind = if ok { EventType::Normal } else { EventType::Warning };
+            self.events.push((kind, reason.to_string(), message));
+        }
+        let mut conditions: Vec<Condition> = existing
+            .iter()
+            .filter(|c| c.type_ != type_)
+            .cloned()
+            .collect();
+        conditions.push(wanted);
+        self.status.conditions = conditions;
+    }
+}
+
+async fn reconcile_as_leader(
+    slo: &ServiceLevelObjective,
+    context: &Context,
+) -> Result<Action, Error> {
+    let namespace = slo.namespace().unwrap_or_default();
+    let mut update = StatusUpdate {
+        slo,
+        status: slo.status.clone().unwrap_or_default(),
+        events: Vec::new(),
+    };
+    update.status.observed_generation = slo.metadata.generation;
+    let action = match render(slo, &namespace) {
+        // Nothing is applied from an invalid spec; the outputs of the last valid one stay.
+        Err(invalid) => {
+            update.set(READY, false, "InvalidQuery", invalid.to_string());
+            Action::await_change()
+        }
+        Ok(outputs) => {
+            let rules_applied = apply_outputs(&outputs, &namespace, context).await?;
+            let rule_group = outputs.compiled.rule_group();
+            let count = |alerting: bool| {
+                rule_group
+                    .rules
+                    .iter()
+                    .filter(|r| r.alert.is_some() == alerting)
+                    .count() as u32
+            };
+            update.status.rules = Some(RuleCount {
+                recording: count(false),
+                alerting: count(true),
+            });
+            let dashboard = outputs.dashboard.name_any();
+            let warnings = outputs.compiled.warnings();
+            if rules_applied {
+                let mut message = format!(
+                    "PrometheusRule {} and dashboard ConfigMap {dashboard} applied",
+                    outputs.prometheus_rule.name_any()
+                );
+                for warning in &warnings {
+                    message.push_str("; ");
+                    message.push_str(warning);
+                }
+                update.set(READY, true, "RulesApplied", message);
+            } else {
+                update.set(
+                    READY,
+                    false,
+                    "PrometheusRuleCRDMissing",
+                    format!(
+                        "the cluster does not serve monitoring.coreos.com/v1 PrometheusRule, so no alerts exist; install the Prometheus Operator's CRDs (dashboard ConfigMap {dashboard} is applied; retrying every {}s)",
+                        CRD_RETRY.as_secs()
+                    ),
+                );
+            }
+            refresh_live(&outputs, context, &mut update).await;
+            let next = if rules_applied { RESYNC } else { CRD_RETRY };
+            match &context.prometheus {
+                Ok(Some(_)) => Action::requeue(next.min(context.settings.status_interval)),
+                _ => Action::requeue(next),
+            }
+        }
+    };
+    write_status(slo, context, update).await?;
+    Ok(action)
+}
+
+/// Applies the dashboard, then the PrometheusRule; `false` when the PrometheusRule kind is not
+/// served (the Prometheus Operator's CRDs are not installed).
+async fn apply_outputs(outputs: &Outputs, namespace: &str, context: &Context) -> Result<bool, Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let config_maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), namespace);
+    config_maps
+        .patch(
+            &outputs.dashboard.name_any(),
+            &params,
+            &Patch::Apply(&outputs.dashboard),
+        )
+        .await?;
+    let rules: Api<DynamicObject> = Api::namespaced_with(
+        context.client.clone(),
+        namespace,
+        &prometheus_rule_resource(),
+    );
+    match rules
+        .patch(
+            &outputs.prometheus_rule.name_any(),
+            &params,
+            &Patch::Apply(&outputs.prometheus_rule),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Server-side apply creates a missing object, so 404 means the kind itself is missing.
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn refresh_live(outputs: &Outputs, context: &Context, update: &mut StatusUpdate<'_>) {
+    let prometheus = match &context.prometheus {
+        Ok(Some(prometheus)) => prometheus,
+        Ok(None) => {
+            update.set(
+                LIVE_STATUS,
+                false,
+                "NotConfigured",
+                "no Prometheus to read burn rates from; start the operator with --prometheus-url"
+                    .into(),
+            );
+            return;
+        }
+        Err(e) => {
+            update.set(LIVE_STATUS, false, "PrometheusUnreachable", e.clone());
+            return;
+        }
+    };
+    match prometheus.live(&outputs.compiled).await {
+        Ok(live) => {
+            let status = &mut update.status;
+            status.burn_rates = live.burn_rates;
+            status.error_budget_remaining = live.budget_remaining;
+            status.firing = (!live.firing.is_empty()).then(|| live.firing.join(","));
+            status.evaluated_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            update.set(
+                LIVE_STATUS,
+                true,
+                "Evaluated",
+                format!("read from Prometheus at {}", prometheus.url()),
+            );
+        }
+        // The last numbers stay, dated by evaluatedAt, rather than vanish with a blip.
+        Err(e) => update.set(LIVE_STATUS, false, e.reason(), e.to_string()),
+    }
+}
+
+async fn write_status(
+    slo: &ServiceLevelObjective,
+    context: &Context,
+    update: StatusUpdate<'_>,
+) -> Result<(), Error> {
+    if slo.status.as_ref() != Some(&update.status) {
+        let api: Api<ServiceLevelObjective> =
+            Api::namespaced(context.client.clone(), &slo.namespace().unwrap_or_default());
+        let patch = serde_json::json!({
+            "apiVersion": ServiceLevelObjective::api_version(&()),
+            "kind": ServiceLevelObjective::kind(&()),
+            "status": update.status,
+        });
+        api.patch_status(
+            &slo.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    }
+    for (kind, reason, note) in update.events {
+        info!(slo = %key(slo), %reason, %note, "SLO condition changed");
+        publish(&context.recorder, slo, kind, &reason, note).await;
+    }
+    Ok(())
+}
