@@ -33,11 +33,7 @@ const LABEL_NAMES_RULE: &str = "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'
         description = "Fraction of the period's error budget left",
         json_path = ".status.errorBudgetRemaining"
     ),
-    printcolumn(
-        name = "Firing",
-        type_ = "string",
-        json_path = ".status.firing"
-    ),
+    printcolumn(name = "Firing", type_ = "string", json_path = ".status.firing"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -113,7 +109,10 @@ pub struct LatencyIndicator {
     #[schemars(length(min = 1, max = 1024))]
     pub histogram: String,
     /// Upper bound of a bucket, written exactly as its `le` label, for example `0.3`.
-    #[schemars(length(min = 1, max = 32), pattern(r"^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$"))]
+    #[schemars(
+        length(min = 1, max = 32),
+        pattern(r"^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$")
+    )]
     pub threshold: String,
 }
 
@@ -127,7 +126,11 @@ pub struct Alerting {
     #[x_kube(validation = Rule::new(LABEL_NAMES_RULE).message("alert label names must match [a-zA-Z_][a-zA-Z0-9_]*"))]
     pub labels: BTreeMap<String, String>,
     /// Linked from every alert as the `runbook_url` annotation.
-    #[serde(default, skip_serializing_if = "Option::is_none", rename = "runbookURL")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "runbookURL"
+    )]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self)").message("runbookURL must be an absolute URL"))]
     pub runbook_url: Option<String>,

@@ -24,6 +24,7 @@ fn version_of(binary: &str) -> &'static str {
         "kwok" => pinned("KWOK_VERSION"),
         "helm" => pinned("HELM_VERSION"),
         "external-dns" => pinned("EXTERNAL_DNS_VERSION"),
+        "sloth" => pinned("SLOTH_VERSION"),
         _ => pinned("KUBERNETES_VERSION"),
     }
 }
@@ -40,7 +41,7 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
 
 static BUILD: Mutex<()> = Mutex::new(());
 
-const PEERS: [&str; 1] = ["external-dns"];
+const PEERS: [&str; 2] = ["external-dns", "sloth"];
 
 /// Absolute path of an upstream binary (`etcd`, `kube-apiserver`, `kwok`, `helm`, …), building
 /// the pinned versions first if nothing provides it.

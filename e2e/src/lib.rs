@@ -11,6 +11,7 @@ pub mod dns;
 pub mod operator;
 pub mod pki;
 pub mod process;
+pub mod slo;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Namespace, Node};

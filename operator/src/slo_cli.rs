@@ -55,7 +55,11 @@ pub fn import_file(path: &Path, namespace: Option<&str>) -> anyhow::Result<()> {
             problems.join("\n  ")
         )
     })?;
-    anyhow::ensure!(!slos.is_empty(), "{}: no OpenSLO v1 SLO found", path.display());
+    anyhow::ensure!(
+        !slos.is_empty(),
+        "{}: no OpenSLO v1 SLO found",
+        path.display()
+    );
     let mut out = Vec::new();
     for slo in &mut slos {
         if let Some(namespace) = namespace {

@@ -122,7 +122,10 @@ fn error_policy(slo: Arc<ServiceLevelObjective>, error: &Error, context: Arc<Con
     context.backoff.failed(&key(&slo))
 }
 
-async fn reconcile(slo: Arc<ServiceLevelObjective>, context: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(
+    slo: Arc<ServiceLevelObjective>,
+    context: Arc<Context>,
+) -> Result<Action, Error> {
     if context.leadership.borrow().token().is_none() {
         return Ok(Action::await_change());
     }
@@ -154,8 +157,15 @@ impl StatusUpdate<'_> {
             self.slo.metadata.generation,
         );
         // An Event per change of reason, not per new error text.
-        if !existing.iter().any(|c| c.type_ == type_ && c.reason == reason) {
-            let kind = if ok { EventType::Normal } else { EventType::Warning };
+        if !existing
+            .iter()
+            .any(|c| c.type_ == type_ && c.reason == reason)
+        {
+            let kind = if ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
             self.events.push((kind, reason.to_string(), message));
         }
         let mut conditions: Vec<Condition> = existing
@@ -236,7 +246,11 @@ async fn reconcile_as_leader(
 
 /// Applies the dashboard, then the PrometheusRule; `false` when the PrometheusRule kind is not
 /// served (the Prometheus Operator's CRDs are not installed).
-async fn apply_outputs(outputs: &Outputs, namespace: &str, context: &Context) -> Result<bool, Error> {
+async fn apply_outputs(
+    outputs: &Outputs,
+    namespace: &str,
+    context: &Context,
+) -> Result<bool, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let config_maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), namespace);
     config_maps

@@ -150,7 +150,11 @@ pub fn dashboard(slo: &CompiledSlo) -> Value {
             "SLI",
             format!("Share of good events; objective {}%", number(slo.objective)),
             vec![
-                target("A", format!("1 - {}", slo.error_ratio(RATE_WINDOW.minutes)), "5m"),
+                target(
+                    "A",
+                    format!("1 - {}", slo.error_ratio(RATE_WINDOW.minutes)),
+                    "5m",
+                ),
                 target("B", format!("1 - {}", slo.error_ratio(60)), "1h"),
             ],
             "percentunit",
@@ -260,9 +264,16 @@ mod tests {
             .iter()
             .find(|p| p["title"] == "Burn rate, page: 1h and 5m above 14.4×")
             .unwrap();
-        assert_eq!(page["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"], 14.4);
+        assert_eq!(
+            page["fieldConfig"]["defaults"]["thresholds"]["steps"][1]["value"],
+            14.4
+        );
         let queries = queries(&board);
-        assert!(queries.iter().any(|q| q.contains("ALERTS{alertname=\"ErrorBudgetBurn\"")));
+        assert!(
+            queries
+                .iter()
+                .any(|q| q.contains("ALERTS{alertname=\"ErrorBudgetBurn\""))
+        );
         for query in &queries {
             promql_parser::parser::parse(query).unwrap_or_else(|e| panic!("{e}: {query}"));
         }

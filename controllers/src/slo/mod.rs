@@ -53,15 +53,24 @@ pub fn dashboard_name(slo: &str) -> String {
 /// Renders `slo`; its objects are owned by it when it has a uid (it was read from a cluster).
 /// `default_namespace` stands in when the manifest names none.
 pub fn render(slo: &ServiceLevelObjective, default_namespace: &str) -> Result<Outputs, QueryError> {
-    let namespace = slo.namespace().unwrap_or_else(|| default_namespace.to_string());
+    let namespace = slo
+        .namespace()
+        .unwrap_or_else(|| default_namespace.to_string());
     let name = slo.name_any();
     let compiled = rules::compile(&namespace, &name, &slo.spec)?;
     let metadata = |object_name: String, extra_labels: &[(&str, &str)]| {
         let mut labels = BTreeMap::from([
-            ("app.kubernetes.io/managed-by".to_string(), "bulwark".to_string()),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                "bulwark".to_string(),
+            ),
             (SLO_LABEL.to_string(), label_value(&name)),
         ]);
-        labels.extend(extra_labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        labels.extend(
+            extra_labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         ObjectMeta {
             name: Some(object_name),
             namespace: Some(namespace.clone()),
@@ -92,5 +101,9 @@ pub fn render(slo: &ServiceLevelObjective, default_namespace: &str) -> Result<Ou
 
 /// Object names reach 253 characters; label values stop at 63.
 fn label_value(name: &str) -> String {
-    name.chars().take(63).collect::<String>().trim_end_matches(['-', '.']).to_string()
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
 }

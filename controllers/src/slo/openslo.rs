@@ -145,7 +145,10 @@ fn collect_leaves(prefix: &str, value: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn convert(reader: &mut Reader, indicators: &BTreeMap<&str, &Value>) -> Option<ServiceLevelObjective> {
+fn convert(
+    reader: &mut Reader,
+    indicators: &BTreeMap<&str, &Value>,
+) -> Option<ServiceLevelObjective> {
     reader.take("apiVersion");
     reader.take("kind");
     let name = reader.take_str("metadata.name");
@@ -216,11 +219,17 @@ fn string_map(reader: &mut Reader, path: &str) -> Option<BTreeMap<String, String
 fn period(reader: &mut Reader) -> Option<String> {
     let path = "spec.timeWindow";
     let Some(Value::Array(mut windows)) = reader.take(path) else {
-        reader.problem(path, "required: one rolling window such as {duration: 30d, isRolling: true}");
+        reader.problem(
+            path,
+            "required: one rolling window such as {duration: 30d, isRolling: true}",
+        );
         return None;
     };
     if windows.len() != 1 {
-        reader.problem(path, format!("exactly one window is supported, got {}", windows.len()));
+        reader.problem(
+            path,
+            format!("exactly one window is supported, got {}", windows.len()),
+        );
         return None;
     }
     let Value::Object(mut window) = windows.remove(0) else {
@@ -234,9 +243,14 @@ fn period(reader: &mut Reader) -> Option<String> {
         );
     }
     if window.remove("calendar").is_some() {
-        reader.problem(&format!("{path}[0].calendar"), "not supported: periods roll");
+        reader.problem(
+            &format!("{path}[0].calendar"),
+            "not supported: periods roll",
+        );
     }
-    let duration = window.remove("duration").and_then(|d| d.as_str().map(String::from));
+    let duration = window
+        .remove("duration")
+        .and_then(|d| d.as_str().map(String::from));
     report_rest(reader, &format!("{path}[0]"), window);
     let duration = duration.or_else(|| {
         reader.problem(&format!("{path}[0].duration"), "required");
@@ -249,12 +263,17 @@ fn period(reader: &mut Reader) -> Option<String> {
         "w" => Some(n * 7),
         _ => None,
     });
-    match days.map(|d| format!("{d}d")).filter(|p| period_days(p).is_some()) {
+    match days
+        .map(|d| format!("{d}d"))
+        .filter(|p| period_days(p).is_some())
+    {
         Some(period) => Some(period),
         None => {
             reader.problem(
                 &format!("{path}[0].duration"),
-                format!("{duration} is not supported; periods are whole days or weeks from 7d to 90d"),
+                format!(
+                    "{duration} is not supported; periods are whole days or weeks from 7d to 90d"
+                ),
             );
             None
         }
@@ -268,7 +287,13 @@ fn objective(reader: &mut Reader) -> Option<f64> {
         return None;
     };
     if objectives.len() != 1 {
-        reader.problem(path, format!("exactly one objective is supported, got {}", objectives.len()));
+        reader.problem(
+            path,
+            format!(
+                "exactly one objective is supported, got {}",
+                objectives.len()
+            ),
+        );
         return None;
     }
     let Value::Object(mut objective) = objectives.remove(0) else {
@@ -288,7 +313,10 @@ fn objective(reader: &mut Reader) -> Option<f64> {
         }
     };
     if !(percent > 0.0 && percent < 100.0) {
-        reader.problem(&format!("{path}[0].target"), format!("{percent}% is not strictly between 0 and 100%"));
+        reader.problem(
+            &format!("{path}[0].target"),
+            format!("{percent}% is not strictly between 0 and 100%"),
+        );
         return None;
     }
     // 0.999 × 100 is 99.9 plus float noise; objectives have few digits.
@@ -298,7 +326,10 @@ fn objective(reader: &mut Reader) -> Option<f64> {
 fn indicator(reader: &mut Reader, indicators: &BTreeMap<&str, &Value>) -> Option<Indicator> {
     let (path, mut spec) = if let Some(name) = reader.take_str("spec.indicatorRef") {
         let Some(sli) = indicators.get(name.as_str()) else {
-            reader.problem("spec.indicatorRef", format!("no SLI document named {name} in the input"));
+            reader.problem(
+                "spec.indicatorRef",
+                format!("no SLI document named {name} in the input"),
+            );
             return None;
         };
         ("SLI.spec".to_string(), sli["spec"].clone())
@@ -306,9 +337,16 @@ fn indicator(reader: &mut Reader, indicators: &BTreeMap<&str, &Value>) -> Option
         if let Some(map) = inline.as_object_mut() {
             map.remove("metadata");
         }
-        let spec = inline.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
+        let spec = inline
+            .get_mut("spec")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
         if let Value::Object(rest) = inline {
-            report_rest(reader, "spec.indicator", rest.into_iter().filter(|(k, _)| k != "spec").collect());
+            report_rest(
+                reader,
+                "spec.indicator",
+                rest.into_iter().filter(|(k, _)| k != "spec").collect(),
+            );
         }
         ("spec.indicator.spec".to_string(), spec)
     } else {
@@ -337,12 +375,21 @@ fn indicator(reader: &mut Reader, indicators: &BTreeMap<&str, &Value>) -> Option
     let mut query = |field: &str, reader: &mut Reader| -> Option<String> {
         let source = ratio.remove(field)?;
         let field_path = format!("{ratio_path}.{field}.metricSource");
-        let kind = source["metricSource"]["type"].as_str().unwrap_or_default().to_lowercase();
+        let kind = source["metricSource"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
         if kind != "prometheus" {
-            reader.problem(&format!("{field_path}.type"), format!("{kind:?} is not supported; only Prometheus"));
+            reader.problem(
+                &format!("{field_path}.type"),
+                format!("{kind:?} is not supported; only Prometheus"),
+            );
             return None;
         }
-        let text = source["metricSource"]["spec"]["query"].as_str().unwrap_or_default().to_string();
+        let text = source["metricSource"]["spec"]["query"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         match vector_selector(&format!("{field_path}.spec.query"), &text) {
             Ok(_) => Some(text),
             Err(e) => {
@@ -375,7 +422,10 @@ fn report_rest(reader: &mut Reader, path: &str, rest: Map<String, Value>) {
     let mut leftovers = Vec::new();
     collect_leaves(path, &Value::Object(rest), &mut leftovers);
     for leftover in leftovers {
-        reader.problem(&leftover, "not supported by Bulwark's ServiceLevelObjective");
+        reader.problem(
+            &leftover,
+            "not supported by Bulwark's ServiceLevelObjective",
+        );
     }
 }
 
@@ -420,7 +470,10 @@ mod tests {
         assert_eq!(slo.spec.objective, 99.9);
         assert_eq!(slo.spec.period, "28d");
         let ratio = slo.spec.indicator.ratio.as_ref().unwrap();
-        assert_eq!(ratio.errors.as_deref(), Some("http_requests_total{job=\"checkout\",code=~\"5..\"}"));
+        assert_eq!(
+            ratio.errors.as_deref(),
+            Some("http_requests_total{job=\"checkout\",code=~\"5..\"}")
+        );
         assert_eq!(ratio.total, "http_requests_total{job=\"checkout\"}");
         assert_eq!(
             slo.metadata.annotations.as_ref().unwrap()[DISPLAY_NAME_ANNOTATION],
@@ -438,7 +491,16 @@ mod tests {
         slo["spec"].as_object_mut().unwrap().remove("indicator");
         let slos = import(&[sli, slo]).unwrap();
         assert_eq!(slos.len(), 1);
-        assert!(slos[0].spec.indicator.ratio.as_ref().unwrap().errors.is_some());
+        assert!(
+            slos[0]
+                .spec
+                .indicator
+                .ratio
+                .as_ref()
+                .unwrap()
+                .errors
+                .is_some()
+        );
     }
 
     #[test]

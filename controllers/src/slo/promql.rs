@@ -19,7 +19,11 @@ pub struct QueryError {
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: column {}: {}", self.field, self.column, self.message)
+        write!(
+            f,
+            "{}: column {}: {}",
+            self.field, self.column, self.message
+        )
     }
 }
 
@@ -73,10 +77,16 @@ pub fn vector_selector(field: &str, text: &str) -> Result<Selector, QueryError> 
         at: at_modifier,
     } = selector;
     if offset.is_some() {
-        return Err(error(at("offset"), "offset is not allowed in an SLO selector".into()));
+        return Err(error(
+            at("offset"),
+            "offset is not allowed in an SLO selector".into(),
+        ));
     }
     if at_modifier.is_some() {
-        return Err(error(at("@"), "the @ modifier is not allowed in an SLO selector".into()));
+        return Err(error(
+            at("@"),
+            "the @ modifier is not allowed in an SLO selector".into(),
+        ));
     }
     if !matchers.or_matchers.is_empty() {
         return Err(error(
@@ -182,16 +192,26 @@ mod tests {
         assert_eq!(escaped.matchers, r#"{path="a\"b\\c"}"#);
         let bare = vector_selector("f", "up").unwrap();
         assert_eq!(bare.render("", None), "up");
-        assert_eq!(bare.render("_count", Some(r#"le="1""#)), r#"up_count{le="1"}"#);
+        assert_eq!(
+            bare.render("_count", Some(r#"le="1""#)),
+            r#"up_count{le="1"}"#
+        );
     }
 
     #[test]
     fn syntax_errors_name_field_and_column() {
-        let e = vector_selector("spec.indicator.ratio.errors", r#"http_requests_total{code=="5xx"}"#)
-            .unwrap_err();
+        let e = vector_selector(
+            "spec.indicator.ratio.errors",
+            r#"http_requests_total{code=="5xx"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "spec.indicator.ratio.errors");
         assert_eq!(e.column, 26, "{e}");
-        assert!(e.to_string().starts_with("spec.indicator.ratio.errors: column 26: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("spec.indicator.ratio.errors: column 26: "),
+            "{e}"
+        );
 
         let unterminated = vector_selector("f", r#"x{job="api""#).unwrap_err();
         assert_eq!(unterminated.column, 12, "{unterminated}");

@@ -123,13 +123,17 @@ pub fn compile(
         return Err(QueryError {
             field: "spec.objective".into(),
             column: 1,
-            message: format!("{} is not a percentage strictly between 0 and 100", spec.objective),
+            message: format!(
+                "{} is not a percentage strictly between 0 and 100",
+                spec.objective
+            ),
         });
     }
     let rate = |selector: String| format!("sum(rate({selector}[{}]))", RATE_WINDOW.name);
     let (errors_rate, events_rate) = match (&spec.indicator.ratio, &spec.indicator.latency) {
         (Some(ratio), _) => {
-            let total = rate(vector_selector("spec.indicator.ratio.total", &ratio.total)?.render("", None));
+            let total =
+                rate(vector_selector("spec.indicator.ratio.total", &ratio.total)?.render("", None));
             // A counter of failures often does not exist until the first failure: count none.
             let or_none = |counted: String| format!("({counted} or 0 * {total})");
             let errors = match (&ratio.errors, &ratio.good) {
@@ -146,7 +150,8 @@ pub fn compile(
             (errors, total)
         }
         (None, Some(latency)) => {
-            let histogram = vector_selector("spec.indicator.latency.histogram", &latency.histogram)?;
+            let histogram =
+                vector_selector("spec.indicator.latency.histogram", &latency.histogram)?;
             if histogram.matchers.contains("le=") || histogram.matchers.contains("le!") {
                 return Err(QueryError {
                     field: "spec.indicator.latency.histogram".into(),
@@ -155,10 +160,8 @@ pub fn compile(
                 });
             }
             let total = rate(histogram.render("_count", None));
-            let fast = rate(histogram.render(
-                "_bucket",
-                Some(&format!("le=\"{}\"", latency.threshold)),
-            ));
+            let fast =
+                rate(histogram.render("_bucket", Some(&format!("le=\"{}\"", latency.threshold))));
             (format!("{total} - {fast}"), total)
         }
         (None, None) => return Err(missing("spec.indicator", "ratio or latency")),
@@ -318,6 +321,10 @@ impl CompiledSlo {
         };
         let mut labels = self.alerting.labels.clone();
         labels.extend(tier_labels.clone());
+        // Also in the expression's result; static, they keep every SLO's rules distinct (promtool
+        // lints identical alert rules across groups).
+        labels.insert("slo_namespace".into(), self.namespace.clone());
+        labels.insert("slo_name".into(), self.name.clone());
         labels.insert("tier".into(), tier.name().into());
         labels.insert("service".into(), self.service.clone());
         let conditions = tier
@@ -347,7 +354,7 @@ impl CompiledSlo {
             (
                 "description".to_string(),
                 format!(
-                    "{{{{ $value | humanizePercentage }}}} of events failed over the long window; objective {}% over {}d, alerting at {conditions}.",
+                    "Objective {}% over {}d; this tier fires at {conditions}. The SLO's dashboard and status show the burn rate per window.",
                     number(self.objective),
                     self.period_days
                 ),
@@ -431,7 +438,11 @@ pub(crate) mod tests {
     fn two_recording_rules_serve_every_window() {
         let slo = compile("shop", "checkout", &spec(99.9, "30d")).unwrap();
         let group = slo.rule_group();
-        let records: Vec<_> = group.rules.iter().filter_map(|r| r.record.as_deref()).collect();
+        let records: Vec<_> = group
+            .rules
+            .iter()
+            .filter_map(|r| r.record.as_deref())
+            .collect();
         assert_eq!(records, [ERRORS_RATE, EVENTS_RATE]);
         assert_eq!(
             group.rules[0].expr,
@@ -440,7 +451,11 @@ pub(crate) mod tests {
         let page = &group.rules[2];
         assert_eq!(page.labels["tier"], "page");
         assert_eq!(page.labels["severity"], "page");
-        assert!(page.expr.contains("[55m]) / avg_over_time"), "{}", page.expr);
+        assert!(
+            page.expr.contains("[55m]) / avg_over_time"),
+            "{}",
+            page.expr
+        );
         assert!(page.expr.contains(" > 0.0144 and "), "{}", page.expr);
         assert!(page.expr.contains(" > 0.006 and "), "{}", page.expr);
         let ticket = &group.rules[3];
@@ -506,10 +521,18 @@ pub(crate) mod tests {
 
     #[test]
     fn loose_objectives_warn_about_conditions_that_cannot_fire() {
-        assert!(compile("ns", "n", &spec(99.9, "30d")).unwrap().warnings().is_empty());
+        assert!(
+            compile("ns", "n", &spec(99.9, "30d"))
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
         let loose = compile("ns", "n", &spec(90.0, "30d")).unwrap().warnings();
         assert_eq!(loose.len(), 1, "{loose:?}");
-        assert!(loose[0].starts_with("page condition 1h/5m can never fire"), "{loose:?}");
+        assert!(
+            loose[0].starts_with("page condition 1h/5m can never fire"),
+            "{loose:?}"
+        );
     }
 
     #[test]

@@ -124,7 +124,10 @@ impl Prometheus {
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let body = response
+            .text()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
         // Prometheus answers a bad query with 400 and a JSON error; anything else non-JSON is
         // a proxy or a wrong URL.
         parse_vector(&body).map_err(|detail| {
@@ -210,6 +213,10 @@ mod tests {
         assert_eq!(parse_vector(bad).unwrap_err(), "parse error at char 5");
         let matrix = r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#;
         assert!(parse_vector(matrix).unwrap_err().contains("matrix"));
-        assert!(parse_vector("<html>").unwrap_err().starts_with("not a Prometheus"));
+        assert!(
+            parse_vector("<html>")
+                .unwrap_err()
+                .starts_with("not a Prometheus")
+        );
     }
 }

@@ -1,0 +1,314 @@
+//! SLO test support: a real Prometheus process, a synthetic exporter whose error ratio the test
+//! sets, and `promtool test rules` suites generated from burn scenarios.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bulwark_controllers::slo::rules::{CompiledSlo, RuleGroup, Tier};
+use serde_json::{Value, json};
+
+use crate::process::{Process, free_port};
+
+/// Counters of a service whose request rate and error ratio can change at any moment; scrapes
+/// see `http_requests_total{code="200"|"500"}` that grew exactly as configured.
+#[derive(Clone)]
+pub struct Exporter {
+    state: Arc<Mutex<Traffic>>,
+    pub address: String,
+}
+
+struct Traffic {
+    requests_per_second: f64,
+    error_ratio: f64,
+    ok: f64,
+    errors: f64,
+    since: Instant,
+}
+
+impl Traffic {
+    fn advance(&mut self) {
+        let elapsed = self.since.elapsed().as_secs_f64();
+        self.ok += elapsed * self.requests_per_second * (1.0 - self.error_ratio);
+        self.errors += elapsed * self.requests_per_second * self.error_ratio;
+        self.since = Instant::now();
+    }
+}
+
+impl Exporter {
+    /// Serves `/metrics` on a loopback port from a thread of its own.
+    pub fn start(job: &str, requests_per_second: f64) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?.to_string();
+        let state = Arc::new(Mutex::new(Traffic {
+            requests_per_second,
+            error_ratio: 0.0,
+            ok: 0.0,
+            errors: 0.0,
+            since: Instant::now(),
+        }));
+        let served = state.clone();
+        let job = job.to_string();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let body = {
+                    let mut traffic = served.lock().unwrap();
+                    traffic.advance();
+                    format!(
+                        "# TYPE http_requests_total counter\nhttp_requests_total{{job=\"{job}\",code=\"200\"}} {}\nhttp_requests_total{{job=\"{job}\",code=\"500\"}} {}\n",
+                        traffic.ok, traffic.errors
+                    )
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Ok(Self { state, address })
+    }
+
+    /// From now on, this share of requests fails.
+    pub fn set_error_ratio(&self, ratio: f64) {
+        let mut traffic = self.state.lock().unwrap();
+        traffic.advance();
+        traffic.error_ratio = ratio;
+    }
+}
+
+/// A Prometheus server (the Debian package) on a loopback port, scraping `targets` every
+/// second and evaluating the rule files every second; rules are reloaded with [`Self::load_rules`].
+pub struct Prometheus {
+    pub process: Process,
+    pub url: String,
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Prometheus {
+    pub async fn start(dir: &Path, port: u16, targets: &[String]) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let rules = dir.join("rules.json");
+        std::fs::write(&rules, r#"{"groups": []}"#)?;
+        let config = json!({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [rules],
+            "scrape_configs": [{"job_name": "synthetic", "static_configs": [{"targets": targets}]}],
+        });
+        let config_file = dir.join("prometheus.json");
+        std::fs::write(&config_file, config.to_string())?;
+        let args = [
+            format!("--config.file={}", config_file.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-lifecycle".to_string(),
+        ];
+        let mut process = Process::spawn(
+            "prometheus",
+            Path::new("prometheus"),
+            &args,
+            &[],
+            &dir.join("prometheus.log"),
+        )?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            process.check_alive()?;
+            if let Ok(r) = http.get(format!("{url}/-/ready")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("Prometheus not ready within 30s:\n{}", process.log_tail(20));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Self {
+            process,
+            url,
+            dir: dir.to_path_buf(),
+            http,
+        })
+    }
+
+    /// A free port for a Prometheus started later (so a client can be pointed at it first).
+    pub fn reserve_port() -> Result<u16> {
+        free_port()
+    }
+
+    /// Replaces the rule files with `groups` and reloads, as the Prometheus Operator's config
+    /// reloader does with a PrometheusRule.
+    pub async fn load_rules(&self, groups: &Value) -> Result<()> {
+        std::fs::write(
+            self.dir.join("rules.json"),
+            json!({ "groups": groups }).to_string(),
+        )?;
+        let response = self
+            .http
+            .post(format!("{}/-/reload", self.url))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("reload refused: {}", response.text().await?);
+        }
+        Ok(())
+    }
+
+    /// An instant query's samples as (labels, value).
+    pub async fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.url),
+            [("query", query)],
+        )?;
+        let body: Value = self.http.get(url).send().await?.json().await?;
+        if body["status"] != "success" {
+            bail!("query {query} failed: {body}");
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .context("vector result")?
+            .iter()
+            .map(|s| {
+                let value = s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (s["metric"].clone(), value)
+            })
+            .collect())
+    }
+}
+
+/// The counters a scenario's SLO reads: `http_requests_total{job="api",code="200"|"500"}`.
+pub const ERRORS_SELECTOR: &str = r#"http_requests_total{job="api",code=~"5.."}"#;
+pub const TOTAL_SELECTOR: &str = r#"http_requests_total{job="api"}"#;
+/// Requests per minute in every scenario.
+const REQUESTS_PER_MINUTE: f64 = 1000.0;
+
+/// Traffic for `minutes` at `burn` times the rate that spends the budget exactly over the period.
+#[derive(Clone, Copy, Debug)]
+pub struct Phase {
+    pub minutes: u32,
+    pub burn: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: String,
+    pub phases: Vec<Phase>,
+    /// Minutes from the start at which the alerts are compared with [`reference_firing`].
+    pub checks: Vec<u32>,
+}
+
+/// The average burn over the `window` minutes before `minute`, computed exactly from the phases
+/// (over the data there is, when the window reaches back before the start).
+pub fn average_burn(phases: &[Phase], minute: u32, window: u32) -> f64 {
+    let (from, to) = (f64::from(minute.saturating_sub(window)), f64::from(minute));
+    let mut start = 0.0;
+    let mut area = 0.0;
+    for phase in phases {
+        let end = start + f64::from(phase.minutes);
+        area += phase.burn * (end.min(to) - start.max(from)).max(0.0);
+        start = end;
+    }
+    area / (to - from)
+}
+
+/// The tiers the workbook's definition says fire at `minute`: a tier fires when, for one of its
+/// conditions, both windows' exact average burn exceeds the condition's factor. The reference
+/// the generated suites hold Prometheus's evaluation of the rules to.
+pub fn reference_firing(slo: &CompiledSlo, phases: &[Phase], minute: u32) -> Vec<Tier> {
+    Tier::ALL
+        .into_iter()
+        .filter(|tier| slo.tier_enabled(*tier))
+        .filter(|tier| {
+            tier.conditions().iter().any(|c| {
+                let factor = c.factor(slo.period_days);
+                average_burn(phases, minute, c.long.minutes) > factor
+                    && average_burn(phases, minute, c.short.minutes) > factor
+            })
+        })
+        .collect()
+}
+
+/// `promtool` series notation for a counter that grows by `per_minute[i]` during phase i.
+fn counter_values(phases: &[Phase], per_minute: impl Fn(&Phase) -> f64) -> String {
+    let mut value = 0.0;
+    let mut segments = Vec::new();
+    for phase in phases {
+        let increment = per_minute(phase);
+        segments.push(format!("{value}+{increment}x{}", phase.minutes - 1));
+        value += increment * f64::from(phase.minutes);
+    }
+    // One last sample closes the final phase.
+    segments.push(format!("{value}"));
+    segments.join(" ")
+}
+
+/// A `promtool test rules` suite (JSON, which promtool reads as YAML) checking `scenarios`
+/// against the rules of `slo` in `rule_file`.
+pub fn promtool_suite(
+    slo: &CompiledSlo,
+    rule_group: &RuleGroup,
+    rule_file: &str,
+    scenarios: &[Scenario],
+) -> Value {
+    let budget = slo.error_budget();
+    let alerts: Vec<&bulwark_controllers::slo::rules::Rule> = rule_group
+        .rules
+        .iter()
+        .filter(|r| r.alert.is_some())
+        .collect();
+    let tests: Vec<Value> = scenarios
+        .iter()
+        .map(|scenario| {
+            let errors = counter_values(&scenario.phases, |p| p.burn * budget * REQUESTS_PER_MINUTE);
+            let ok = counter_values(&scenario.phases, |p| (1.0 - p.burn * budget) * REQUESTS_PER_MINUTE);
+            let checks: Vec<Value> = scenario
+                .checks
+                .iter()
+                .map(|&minute| {
+                    let firing = reference_firing(slo, &scenario.phases, minute);
+                    let expected: Vec<Value> = alerts
+                        .iter()
+                        .filter(|rule| {
+                            firing.iter().any(|tier| rule.labels.get("tier").map(String::as_str) == Some(tier.name()))
+                        })
+                        .map(|rule| {
+                            json!({"exp_labels": rule.labels, "exp_annotations": rule.annotations})
+                        })
+                        .collect();
+                    json!({
+                        "eval_time": format!("{minute}m"),
+                        "alertname": alerts.first().and_then(|r| r.alert.clone()).unwrap_or_default(),
+                        "exp_alerts": expected,
+                    })
+                })
+                .collect();
+            json!({
+                "name": scenario.name,
+                "interval": "1m",
+                "input_series": [
+                    {"series": r#"http_requests_total{job="api",code="500"}"#, "values": errors},
+                    {"series": r#"http_requests_total{job="api",code="200"}"#, "values": ok},
+                ],
+                "alert_rule_test": checks,
+            })
+        })
+        .collect();
+    json!({
+        "rule_files": [rule_file],
+        "evaluation_interval": "1m",
+        "tests": tests,
+    })
+}

@@ -1,0 +1,268 @@
+//! The generated rules, checked by Prometheus's own tools: `promtool check rules` over many
+//! SLOs, and generated `promtool test rules` suites proving when alerts fire and resolve.
+
+use std::process::Command;
+
+use bulwark_controllers::slo::rules::{CompiledSlo, Tier, compile};
+use bulwark_crds::slo::{
+    Alerting, Indicator, LatencyIndicator, RatioIndicator, ServiceLevelObjectiveSpec,
+};
+use bulwark_e2e::slo::{
+    ERRORS_SELECTOR, Phase, Scenario, TOTAL_SELECTOR, promtool_suite, reference_firing,
+};
+
+fn ratio_spec(objective: f64, period_days: u32) -> ServiceLevelObjectiveSpec {
+    ServiceLevelObjectiveSpec {
+        service: "api".into(),
+        description: None,
+        objective,
+        period: format!("{period_days}d"),
+        indicator: Indicator {
+            ratio: Some(RatioIndicator {
+                errors: Some(ERRORS_SELECTOR.into()),
+                good: None,
+                total: TOTAL_SELECTOR.into(),
+            }),
+            latency: None,
+        },
+        alerting: Alerting::default(),
+    }
+}
+
+fn promtool(args: &[&str], dir: &std::path::Path) -> (bool, String) {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool runs (Debian package prometheus)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn promtool_accepts_every_generated_rule_set() {
+    let mut groups = Vec::new();
+    let mut expected_rules = 0;
+    for period in [7, 14, 28, 30, 90] {
+        for objective in [90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999] {
+            for indicator in ["errors", "good", "latency"] {
+                for (page, ticket) in [(true, true), (true, false), (false, true)] {
+                    let mut spec = ratio_spec(objective, period);
+                    match indicator {
+                        "good" => {
+                            spec.indicator.ratio = Some(RatioIndicator {
+                                errors: None,
+                                good: Some(r#"http_requests_total{job="api",code!~"5.."}"#.into()),
+                                total: TOTAL_SELECTOR.into(),
+                            })
+                        }
+                        "latency" => {
+                            spec.indicator = Indicator {
+                                ratio: None,
+                                latency: Some(LatencyIndicator {
+                                    histogram: r#"http_request_duration_seconds{job="api"}"#.into(),
+                                    threshold: "0.25".into(),
+                                }),
+                            }
+                        }
+                        _ => {}
+                    }
+                    spec.alerting.page.disabled = !page;
+                    spec.alerting.ticket.disabled = !ticket;
+                    spec.alerting.runbook_url = Some("https://runbooks.example.com/api".into());
+                    let name = format!(
+                        "{indicator}-{period}d-{}-{page}-{ticket}",
+                        objective.to_string().replace('.', "-")
+                    );
+                    let group = compile("shop", &name, &spec).unwrap().rule_group();
+                    expected_rules += group.rules.len();
+                    groups.push(group);
+                }
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.json"),
+        serde_json::json!({ "groups": groups }).to_string(),
+    )
+    .unwrap();
+    let (ok, output) = promtool(&["check", "rules", "rules.json"], dir.path());
+    println!(
+        "{} SLOs, {expected_rules} rules: promtool check rules says:\n{output}",
+        groups.len()
+    );
+    assert!(ok, "promtool rejected generated rules:\n{output}");
+    assert!(
+        output.contains(&format!("SUCCESS: {expected_rules} rules found")),
+        "{output}"
+    );
+}
+
+/// Healthy traffic before each burn, longer than the longest window, so every window is full.
+const WARM_UP: u32 = 3 * 24 * 60 + 60;
+/// One scrape interval and one evaluation interval of the suite.
+const SLACK: u32 = 2;
+
+/// A scenario and what it must show: (minute, tier, firing). Each expectation is checked
+/// against the exact reference before promtool runs, so a suite cannot pass by checking the
+/// wrong moment; promtool then holds Prometheus's evaluation to the reference at those minutes.
+struct Proof {
+    scenario: Scenario,
+    expect: Vec<(u32, Tier, bool)>,
+}
+
+fn proof(name: String, phases: Vec<Phase>, expect: Vec<(u32, Tier, bool)>) -> Proof {
+    let checks = expect.iter().map(|(minute, _, _)| *minute).collect();
+    Proof {
+        scenario: Scenario {
+            name,
+            phases,
+            checks,
+        },
+        expect,
+    }
+}
+
+/// A burn just above the tier's first factor fires within the workbook's detection time (long
+/// window × factor / burn), not 10 minutes before, and resolves once the burn stops and the
+/// tier's short windows have passed.
+fn detection_and_reset(period: u32, tier: Tier) -> Proof {
+    let conditions = tier.conditions();
+    let first = conditions[0];
+    let factor = first.factor(period);
+    let burn = factor * 1.05;
+    let detection = f64::from(first.long.minutes) * factor / burn;
+    let burn_ends = WARM_UP + detection.ceil() as u32 + 5;
+    let longest_short = conditions.iter().map(|c| c.short.minutes).max().unwrap();
+    proof(
+        format!(
+            "{period}d {}: a {burn:.3}x burn fires within {detection:.1}m (+{SLACK}m) and resolves {longest_short}m (+{SLACK}m) after it stops",
+            tier.name()
+        ),
+        vec![
+            Phase {
+                minutes: WARM_UP,
+                burn: 0.0,
+            },
+            Phase {
+                minutes: burn_ends - WARM_UP,
+                burn,
+            },
+            Phase {
+                minutes: longest_short + 3 * SLACK,
+                burn: 0.0,
+            },
+        ],
+        vec![
+            (WARM_UP + detection as u32 - 10, tier, false),
+            (WARM_UP + detection.ceil() as u32 + SLACK, tier, true),
+            (burn_ends + longest_short + SLACK, tier, false),
+        ],
+    )
+}
+
+/// Every request failing pages within the workbook's detection time.
+fn outage(slo: &CompiledSlo) -> Proof {
+    let burn = 1.0 / slo.error_budget();
+    let detection = 60.0 * Tier::Page.conditions()[0].factor(slo.period_days) / burn;
+    proof(
+        format!(
+            "{}d page: a total outage pages within {detection:.2}m (+{SLACK}m)",
+            slo.period_days
+        ),
+        vec![
+            Phase {
+                minutes: WARM_UP,
+                burn: 0.0,
+            },
+            Phase { minutes: 10, burn },
+        ],
+        vec![
+            (WARM_UP - 1, Tier::Page, false),
+            (WARM_UP + detection.ceil() as u32 + SLACK, Tier::Page, true),
+        ],
+    )
+}
+
+/// Spending the budget exactly over the period alerts neither tier, over four days.
+fn steady_one_x(period: u32) -> Proof {
+    let four_days = 4 * 24 * 60;
+    proof(
+        format!("{period}d page and ticket: a steady 1x burn never alerts"),
+        vec![Phase {
+            minutes: four_days,
+            burn: 1.0,
+        }],
+        (1..=16)
+            .flat_map(|i| Tier::ALL.map(|tier| (i * four_days / 16, tier, false)))
+            .collect(),
+    )
+}
+
+/// The SLO of a scenario: tier scenarios run with only that tier enabled, so an alert of the
+/// other tier near its own threshold cannot blur what the scenario proves.
+fn variant(period: u32, only: Option<Tier>) -> CompiledSlo {
+    let mut spec = ratio_spec(99.9, period);
+    if let Some(tier) = only {
+        spec.alerting.page.disabled = tier != Tier::Page;
+        spec.alerting.ticket.disabled = tier != Tier::Ticket;
+    }
+    let suffix = only.map_or("all", Tier::name);
+    compile("shop", &format!("api-{period}d-{suffix}"), &spec).unwrap()
+}
+
+#[test]
+fn promtool_unit_tests_prove_detection_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    for period in [7, 30, 90] {
+        let page_only = variant(period, Some(Tier::Page));
+        let suites = [
+            (
+                page_only.clone(),
+                vec![detection_and_reset(period, Tier::Page), outage(&page_only)],
+            ),
+            (
+                variant(period, Some(Tier::Ticket)),
+                vec![detection_and_reset(period, Tier::Ticket)],
+            ),
+            (variant(period, None), vec![steady_one_x(period)]),
+        ];
+        for (slo, proofs) in suites {
+            for proof in &proofs {
+                for &(minute, tier, firing) in &proof.expect {
+                    let reference = reference_firing(&slo, &proof.scenario.phases, minute);
+                    assert_eq!(
+                        reference.contains(&tier),
+                        firing,
+                        "{}: the reference disagrees at minute {minute}",
+                        proof.scenario.name
+                    );
+                }
+            }
+            let group = slo.rule_group();
+            let rules = format!("{}.rules.json", slo.name);
+            let suite = format!("{}.test.json", slo.name);
+            std::fs::write(
+                dir.path().join(&rules),
+                serde_json::json!({ "groups": [group] }).to_string(),
+            )
+            .unwrap();
+            let scenarios: Vec<Scenario> = proofs.into_iter().map(|p| p.scenario).collect();
+            std::fs::write(
+                dir.path().join(&suite),
+                promtool_suite(&slo, &group, &rules, &scenarios).to_string(),
+            )
+            .unwrap();
+            let (ok, output) = promtool(&["test", "rules", &suite], dir.path());
+            assert!(ok, "promtool test rules failed for {}:\n{output}", slo.name);
+            for scenario in &scenarios {
+                println!("promtool test rules passed: {}", scenario.name);
+            }
+        }
+    }
+}
