@@ -112,6 +112,12 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// A 404 of any kind: a missing object (reason NotFound), or an API group or kind the server
+/// does not serve (a plain-text "404 page not found", which `Status::is_not_found` misses).
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,15 +2,15 @@
 //! set of operator replicas scoped to one namespace.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::bind::{Bind, KEY_NAME};
 use crate::operator::Operator;
+use crate::operator::start_operator;
 
 pub const SECRET_NAME: &str = "tsig";
 pub const SECRET_KEY: &str = "secret";
@@ -110,44 +110,6 @@ pub fn start_operators(
             )
         })
         .collect()
-}
-
-/// One operator replica watching only `ns`, with a short leader Lease there.
-pub fn start_operator(
-    kubeconfig: &Path,
-    ns: &str,
-    identity: &str,
-    extra_args: &[&str],
-    log_dir: &Path,
-) -> Result<Operator> {
-    let mut args = vec![
-        format!("--watch-namespace={ns}"),
-        format!("--lease-namespace={ns}"),
-        "--lease-duration=6s".into(),
-        "--renew-deadline=3s".into(),
-        "--retry-period=1s".into(),
-    ];
-    args.extend(extra_args.iter().map(|a| a.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Operator::start(kubeconfig, identity, &args, log_dir)
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, failing after `timeout` with `what`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The endpoint's DnsPlans, oldest first.

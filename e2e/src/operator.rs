@@ -91,3 +91,23 @@ impl Operator {
         Ok((response.status().as_u16(), response.text().await?))
     }
 }
+
+/// One operator replica watching only `ns`, with a short leader Lease there.
+pub fn start_operator(
+    kubeconfig: &Path,
+    ns: &str,
+    identity: &str,
+    extra_args: &[&str],
+    log_dir: &Path,
+) -> Result<Operator> {
+    let mut args = vec![
+        format!("--watch-namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        "--lease-duration=6s".into(),
+        "--renew-deadline=3s".into(),
+        "--retry-period=1s".into(),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Operator::start(kubeconfig, identity, &args, log_dir)
+}

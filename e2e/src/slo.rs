@@ -99,7 +99,8 @@ impl Prometheus {
         let config = json!({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [rules],
-            "scrape_configs": [{"job_name": "synthetic", "static_configs": [{"targets": targets}]}],
+            // honor_labels: the exporter's own `job` label is the one SLO selectors name.
+            "scrape_configs": [{"job_name": "synthetic", "honor_labels": true, "static_configs": [{"targets": targets}]}],
         });
         let config_file = dir.join("prometheus.json");
         std::fs::write(&config_file, config.to_string())?;
@@ -311,4 +312,50 @@ pub fn promtool_suite(
         "evaluation_interval": "1m",
         "tests": tests,
     })
+}
+
+/// A stand-in for the Prometheus Operator's PrometheusRule CRD (schema left open), for clusters
+/// that do not have it. Returns false, touching nothing, when the cluster already serves one.
+pub async fn install_prometheus_rule_crd(client: &kube::Client) -> Result<bool> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "prometheusrules.monitoring.coreos.com";
+    if api.get_opt(name).await?.is_some() {
+        return Ok(false);
+    }
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"plural": "prometheusrules", "singular": "prometheusrule", "kind": "PrometheusRule", "listKind": "PrometheusRuleList"},
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+            }],
+        },
+    }))?;
+    api.create(&PostParams::default(), &crd).await?;
+    let established = kube::runtime::wait::await_condition(
+        api,
+        name,
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .context("PrometheusRule CRD not Established within 30s")??;
+    Ok(true)
+}
+
+/// Whether the cluster serves monitoring.coreos.com/v1 PrometheusRule.
+pub async fn prometheus_rules_served(client: &kube::Client) -> Result<bool> {
+    match client
+        .list_api_group_resources("monitoring.coreos.com/v1")
+        .await
+    {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "prometheusrules")),
+        Err(e) if bulwark_controllers::runtime::is_not_found(&e) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }

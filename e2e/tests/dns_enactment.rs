@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::bind::Bind;
-use bulwark_e2e::dns::{
-    apply_endpoint, create_zone, eventually, plans, set_tsig_secret, start_operator,
-    start_operators,
-};
-use bulwark_e2e::{cluster, install_crds};
+use bulwark_e2e::dns::{apply_endpoint, create_zone, plans, set_tsig_secret, start_operators};
+use bulwark_e2e::operator::start_operator;
+use bulwark_e2e::{cluster, eventually, install_crds};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};

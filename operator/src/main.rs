@@ -209,7 +209,8 @@ async fn connect() -> anyhow::Result<(kube::Client, String, String)> {
         anyhow::anyhow!("cannot load a Kubernetes client config ({source}): {e}; {hint}")
     })?;
     config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(60));
+    // Above the watcher's 290 s server-side timeout: an idle watch must not look like a failure.
+    config.read_timeout = Some(Duration::from_secs(295));
     let url = config.cluster_url.clone();
     let namespace = config.default_namespace.clone();
     let client = kube::Client::try_from(config)
@@ -240,7 +241,7 @@ async fn require_crds(client: &kube::Client) -> anyhow::Result<()> {
         .await
     {
         Ok(list) => list.resources.into_iter().map(|r| r.name).collect(),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Vec::new(),
+        Err(e) if bulwark_controllers::runtime::is_not_found(&e) => Vec::new(),
         Err(e) => return Err(e).context("discovering the bulwark.dev API"),
     };
     let missing: Vec<&str> = wanted

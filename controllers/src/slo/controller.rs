@@ -24,7 +24,7 @@ use crate::conditions;
 use crate::leadership::{Leadership, became_leader};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, cached, log_watch_error, publish};
+use crate::runtime::{Backoff, cached, is_not_found, log_watch_error, publish};
 
 const CONTROLLER: &str = "slo";
 const FIELD_MANAGER: &str = "bulwark-slo";
@@ -211,6 +211,13 @@ async fn reconcile_as_leader(
             });
             let dashboard = outputs.dashboard.name_any();
             let warnings = outputs.compiled.warnings();
+            let next = if rules_applied { RESYNC } else { CRD_RETRY };
+            // Live numbers are refreshed on their own interval, which also paces the retries.
+            let next = match &context.prometheus {
+                Ok(Some(_)) => next.min(context.settings.status_interval),
+                _ => next,
+            };
+            let action = Action::requeue(next);
             if rules_applied {
                 let mut message = format!(
                     "PrometheusRule {} and dashboard ConfigMap {dashboard} applied",
@@ -228,16 +235,12 @@ async fn reconcile_as_leader(
                     "PrometheusRuleCRDMissing",
                     format!(
                         "the cluster does not serve monitoring.coreos.com/v1 PrometheusRule, so no alerts exist; install the Prometheus Operator's CRDs (dashboard ConfigMap {dashboard} is applied; retrying every {}s)",
-                        CRD_RETRY.as_secs()
+                        next.as_secs_f64()
                     ),
                 );
             }
             refresh_live(&outputs, context, &mut update).await;
-            let next = if rules_applied { RESYNC } else { CRD_RETRY };
-            match &context.prometheus {
-                Ok(Some(_)) => Action::requeue(next.min(context.settings.status_interval)),
-                _ => Action::requeue(next),
-            }
+            action
         }
     };
     write_status(slo, context, update).await?;
@@ -275,7 +278,7 @@ async fn apply_outputs(
     {
         Ok(_) => Ok(true),
         // Server-side apply creates a missing object, so 404 means the kind itself is missing.
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }

@@ -122,7 +122,8 @@ impl Prometheus {
             .get(url)
             .send()
             .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            // The URL carries the whole query; the base URL is already in the message.
+            .map_err(|e| unreachable(error_chain(&e.without_url())))?;
         let status = response.status();
         let body = response
             .text()

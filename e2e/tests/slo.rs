@@ -1,0 +1,271 @@
+//! SLO burn-rate alerting end to end: the operator on the real control plane renders a
+//! ServiceLevelObjective; a real Prometheus loads the PrometheusRule's groups, scrapes a
+//! synthetic exporter whose error ratio the test sets, fires the page alert, and the SLO's
+//! status follows, with every fault on the way shown as a Condition.
+
+use std::time::Duration;
+
+use bulwark_controllers::slo::{dashboard_name, prometheus_rule_name, prometheus_rule_resource};
+use bulwark_crds::slo::ServiceLevelObjective;
+use bulwark_e2e::operator::start_operator;
+use bulwark_e2e::slo::{
+    ERRORS_SELECTOR, Exporter, Prometheus, TOTAL_SELECTOR, install_prometheus_rule_crd,
+    prometheus_rules_served,
+};
+use bulwark_e2e::{cluster, eventually, install_crds};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+
+const OBJECTIVE: f64 = 99.9;
+/// 2% of requests failing against a 0.1% budget: a 20× burn, above the 14.4× page factor.
+const INJECTED_ERROR_RATIO: f64 = 0.02;
+const INJECTED_BURN: f64 = INJECTED_ERROR_RATIO / ((100.0 - OBJECTIVE) / 100.0);
+
+fn log_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("bulwark-e2e-logs").join("slo")
+}
+
+/// (status, reason, message) of the SLO's condition `type_`.
+async fn condition(
+    api: &Api<ServiceLevelObjective>,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let slo = api.get(name).await.ok()?;
+    slo.status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn wait_for_condition(
+    api: &Api<ServiceLevelObjective>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> String {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{type_} reason {reason}"),
+        || async {
+            let (_, got, message) = condition(api, name, type_).await?;
+            (got == reason).then_some(message)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn page_alert_fires_in_prometheus_and_status_follows() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("slo").await;
+    let exporter = Exporter::start("api", 200.0).unwrap();
+    let prometheus_port = Prometheus::reserve_port().unwrap();
+    let _operator = start_operator(
+        &cluster.kubeconfig,
+        &ns,
+        "slo-0",
+        &[
+            &format!("--prometheus-url=http://127.0.0.1:{prometheus_port}"),
+            "--slo-status-interval=1s",
+        ],
+        &log_dir(),
+    )
+    .unwrap();
+
+    let slos: Api<ServiceLevelObjective> = Api::namespaced(client.clone(), &ns);
+    let name = "checkout";
+    let slo: ServiceLevelObjective = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bulwark.dev/v1alpha1",
+        "kind": "ServiceLevelObjective",
+        "metadata": {"name": name},
+        "spec": {
+            "service": "checkout",
+            "objective": OBJECTIVE,
+            "period": "30d",
+            "indicator": {"ratio": {"errors": ERRORS_SELECTOR, "total": TOTAL_SELECTOR}},
+            "alerting": {"runbookURL": "https://runbooks.example.com/checkout"},
+        },
+    }))
+    .unwrap();
+    let params = PatchParams::apply("e2e").force();
+    slos.patch(name, &params, &Patch::Apply(&slo))
+        .await
+        .unwrap();
+
+    // Before the PrometheusRule kind exists: said so, and the dashboard is applied anyway.
+    if prometheus_rules_served(&client).await.unwrap() {
+        println!("this cluster already serves PrometheusRule; skipping the missing-CRD phase");
+    } else {
+        let message = wait_for_condition(&slos, name, "Ready", "PrometheusRuleCRDMissing").await;
+        println!("without the CRD: Ready=False PrometheusRuleCRDMissing: {message}");
+        install_prometheus_rule_crd(&client).await.unwrap();
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let dashboard = config_maps.get(&dashboard_name(name)).await.unwrap();
+    assert_eq!(
+        dashboard.metadata.labels.as_ref().unwrap()["grafana_dashboard"],
+        "1"
+    );
+    let owner = &dashboard.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("ServiceLevelObjective", name)
+    );
+    let board: serde_json::Value =
+        serde_json::from_str(dashboard.data.as_ref().unwrap().values().next().unwrap()).unwrap();
+    assert!(board["panels"].as_array().unwrap().len() >= 9);
+
+    // Prometheus is not running yet: the status says it cannot be reached.
+    let message = wait_for_condition(&slos, name, "LiveStatus", "PrometheusUnreachable").await;
+    println!("before Prometheus starts: LiveStatus=False PrometheusUnreachable: {message}");
+
+    let message = wait_for_condition(&slos, name, "Ready", "RulesApplied").await;
+    println!("Ready=True RulesApplied: {message}");
+    let rules: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &prometheus_rule_resource());
+    let rule = rules.get(&prometheus_rule_name(name)).await.unwrap();
+    let groups = rule.data["spec"]["groups"].clone();
+    assert_eq!(
+        groups[0]["rules"].as_array().unwrap().len(),
+        4,
+        "2 recording rules and 2 alerts"
+    );
+
+    // The service is already failing 2% of requests when Prometheus first scrapes it, so
+    // every window sees the same 20x burn. Prometheus without the rules: no data yet.
+    exporter.set_error_ratio(INJECTED_ERROR_RATIO);
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = Prometheus::start(dir.path(), prometheus_port, &[exporter.address.clone()])
+        .await
+        .unwrap();
+    let message = wait_for_condition(&slos, name, "LiveStatus", "NoData").await;
+    println!("Prometheus without the rules: LiveStatus=False NoData: {message}");
+
+    // The PrometheusRule's groups loaded as the Prometheus Operator would: the page fires in
+    // Prometheus, and status shows it with the burn rate.
+    prometheus.load_rules(&groups).await.unwrap();
+    let loaded = std::time::Instant::now();
+    let page = r#"ALERTS{alertname="ErrorBudgetBurn",alertstate="firing",tier="page"}"#;
+    let alert = eventually(
+        Duration::from_secs(60),
+        "the page alert firing in Prometheus",
+        || async { prometheus.query(page).await.ok()?.into_iter().next() },
+    )
+    .await
+    .unwrap();
+    println!(
+        "page alert firing {:.1}s after the rules were loaded: {}",
+        loaded.elapsed().as_secs_f64(),
+        alert.0
+    );
+    assert_eq!(alert.0["slo_name"], name);
+    assert_eq!(alert.0["service"], "checkout");
+    let status = eventually(
+        Duration::from_secs(60),
+        "status: page firing, 5m burn rate within 10% of the injected one",
+        || async {
+            let status = slos.get(name).await.ok()?.status?;
+            let burn = status
+                .burn_rates
+                .iter()
+                .find(|b| b.window == "5m")?
+                .burn_rate;
+            let paging = status
+                .firing
+                .as_deref()
+                .is_some_and(|f| f.split(',').any(|t| t == "page"));
+            (paging && (burn - INJECTED_BURN).abs() <= 0.1 * INJECTED_BURN).then_some(status)
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "status {:.1}s after the rules were loaded, {INJECTED_BURN:.1}x injected: firing={:?}, burn rates {:?}, budget remaining {:?}",
+        loaded.elapsed().as_secs_f64(),
+        status.firing,
+        status
+            .burn_rates
+            .iter()
+            .map(|b| format!("{}={}", b.window, b.burn_rate))
+            .collect::<Vec<_>>(),
+        status.error_budget_remaining
+    );
+    assert_eq!(
+        status.rules.map(|r| (r.recording, r.alerting)),
+        Some((2, 2))
+    );
+    assert_eq!(
+        condition(&slos, name, "LiveStatus")
+            .await
+            .map(|c| c.1)
+            .as_deref(),
+        Some("Evaluated")
+    );
+
+    // Recovery: once the page's short windows fall below its factors, the page resolves.
+    // (Prometheus holds only this test's minutes, so every window is that short.)
+    exporter.set_error_ratio(0.0);
+    let recovered = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(300),
+        "the page alert to resolve",
+        || async {
+            let status = slos.get(name).await.ok()?.status?;
+            let paging = status.firing.as_deref().is_some_and(|f| f.contains("page"));
+            let resolved_in_prometheus = prometheus.query(page).await.ok()?.is_empty();
+            (!paging && resolved_in_prometheus).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "page resolved {:.1}s after recovery",
+        recovered.elapsed().as_secs_f64()
+    );
+
+    // A bad selector: a Condition naming the field and column; the last good rules stay.
+    let mut bad = slo.clone();
+    bad.spec.indicator.ratio.as_mut().unwrap().errors =
+        Some(r#"http_requests_total{code=="5xx"}"#.into());
+    slos.patch(name, &params, &Patch::Apply(&bad))
+        .await
+        .unwrap();
+    let message = wait_for_condition(&slos, name, "Ready", "InvalidQuery").await;
+    println!("bad selector: Ready=False InvalidQuery: {message}");
+    assert!(
+        message.starts_with("spec.indicator.ratio.errors: column 26: "),
+        "{message}"
+    );
+    let kept = rules.get(&prometheus_rule_name(name)).await.unwrap();
+    assert_eq!(
+        kept.data["spec"]["groups"], groups,
+        "the last valid rules stay in place"
+    );
+
+    // Deleting the SLO takes its outputs with it (garbage collection through ownerReferences).
+    slos.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "PrometheusRule and dashboard deleted",
+        || async {
+            let rule_gone = rules
+                .get_opt(&prometheus_rule_name(name))
+                .await
+                .ok()?
+                .is_none();
+            let dashboard_gone = config_maps
+                .get_opt(&dashboard_name(name))
+                .await
+                .ok()?
+                .is_none();
+            (rule_gone && dashboard_gone).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
