@@ -61,6 +61,8 @@ fn chart_lints_and_its_schema_rejects_bad_values() {
         ("replicaCount=0", "replicaCount"),
         ("logFormat=xml", "logFormat"),
         ("unknownKey=1", "unknownKey"),
+        ("slo.prometheusURL=prometheus:9090", "prometheusURL"),
+        ("slo.statusInterval=often", "statusInterval"),
     ] {
         let output = helm(&["lint", CHART, "--set", bad]);
         assert!(!output.status.success(), "--set {bad} must fail the schema");
