@@ -118,6 +118,13 @@ pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
+/// Installs ring as rustls's process-wide crypto provider unless one is installed already.
+/// reqwest (built without a provider of its own) panics when building a client without one;
+/// kube installs it too, but only once its first client exists.
+pub fn ensure_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,11 +38,29 @@ impl Traffic {
     }
 }
 
+/// Serves `/metrics` as `render` writes it, on a loopback port, from a thread of its own;
+/// returns the address.
+pub fn serve_metrics(render: impl Fn() -> String + Send + 'static) -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let body = render();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(address)
+}
+
 impl Exporter {
-    /// Serves `/metrics` on a loopback port from a thread of its own.
+    /// Serves `http_requests_total{job}` counters, all requests succeeding until told otherwise.
     pub fn start(job: &str, requests_per_second: f64) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let address = listener.local_addr()?.to_string();
         let state = Arc::new(Mutex::new(Traffic {
             requests_per_second,
             error_ratio: 0.0,
@@ -52,25 +70,14 @@ impl Exporter {
         }));
         let served = state.clone();
         let job = job.to_string();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request);
-                let body = {
-                    let mut traffic = served.lock().unwrap();
-                    traffic.advance();
-                    format!(
-                        "# TYPE http_requests_total counter\nhttp_requests_total{{job=\"{job}\",code=\"200\"}} {}\nhttp_requests_total{{job=\"{job}\",code=\"500\"}} {}\n",
-                        traffic.ok, traffic.errors
-                    )
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
+        let address = serve_metrics(move || {
+            let mut traffic = served.lock().unwrap();
+            traffic.advance();
+            format!(
+                "# TYPE http_requests_total counter\nhttp_requests_total{{job=\"{job}\",code=\"200\"}} {}\nhttp_requests_total{{job=\"{job}\",code=\"500\"}} {}\n",
+                traffic.ok, traffic.errors
+            )
+        })?;
         Ok(Self { state, address })
     }
 
@@ -82,8 +89,9 @@ impl Exporter {
     }
 }
 
-/// A Prometheus server (the Debian package) on a loopback port, scraping `targets` every
-/// second and evaluating the rule files every second; rules are reloaded with [`Self::load_rules`].
+/// A Prometheus server (the Debian package) on a loopback port, scraping `targets` and
+/// evaluating its rule file every `interval`; rules are replaced with [`Self::load_rules`].
+/// Its data lives in `dir/data`, so a restart on the same `dir` keeps it.
 pub struct Prometheus {
     pub process: Process,
     pub url: String,
@@ -92,12 +100,12 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    pub async fn start(dir: &Path, port: u16, targets: &[String]) -> Result<Self> {
+    pub async fn start(dir: &Path, port: u16, targets: &[String], interval: &str) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let rules = dir.join("rules.json");
         std::fs::write(&rules, r#"{"groups": []}"#)?;
         let config = json!({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [rules],
             // honor_labels: the exporter's own `job` label is the one SLO selectors name.
             "scrape_configs": [{"job_name": "synthetic", "honor_labels": true, "static_configs": [{"targets": targets}]}],
@@ -109,6 +117,8 @@ impl Prometheus {
             format!("--storage.tsdb.path={}", dir.join("data").display()),
             format!("--web.listen-address=127.0.0.1:{port}"),
             "--web.enable-lifecycle".to_string(),
+            // Benchmarks backfill days of history; keep all of it.
+            "--storage.tsdb.retention.time=30d".to_string(),
         ];
         let mut process = Process::spawn(
             "prometheus",
@@ -118,10 +128,11 @@ impl Prometheus {
             &dir.join("prometheus.log"),
         )?;
         let url = format!("http://127.0.0.1:{port}");
+        bulwark_controllers::runtime::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             process.check_alive()?;
             if let Ok(r) = http.get(format!("{url}/-/ready")).send().await
@@ -130,7 +141,10 @@ impl Prometheus {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("Prometheus not ready within 30s:\n{}", process.log_tail(20));
+                bail!(
+                    "Prometheus not ready within 120s:\n{}",
+                    process.log_tail(20)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -165,17 +179,20 @@ impl Prometheus {
         Ok(())
     }
 
-    /// An instant query's samples as (labels, value).
-    pub async fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
-        let url = reqwest::Url::parse_with_params(
-            &format!("{}/api/v1/query", self.url),
-            [("query", query)],
-        )?;
+    /// GET an API path (`/api/v1/...`) with query parameters; the `data` of a success.
+    pub async fn api(&self, path: &str, params: &[(&str, &str)]) -> Result<Value> {
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.url), params)?;
         let body: Value = self.http.get(url).send().await?.json().await?;
         if body["status"] != "success" {
-            bail!("query {query} failed: {body}");
+            bail!("{path} {params:?} failed: {body}");
         }
-        Ok(body["data"]["result"]
+        Ok(body["data"].clone())
+    }
+
+    /// An instant query's samples as (labels, value).
+    pub async fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
+        let data = self.api("/api/v1/query", &[("query", query)]).await?;
+        Ok(data["result"]
             .as_array()
             .context("vector result")?
             .iter()
@@ -187,6 +204,11 @@ impl Prometheus {
                 (s["metric"].clone(), value)
             })
             .collect())
+    }
+
+    /// Stops the server cleanly (its data stays in `dir`).
+    pub fn stop(mut self) {
+        self.process.stop(Duration::from_secs(30));
     }
 }
 

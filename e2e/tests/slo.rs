@@ -140,9 +140,14 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
     // every window sees the same 20x burn. Prometheus without the rules: no data yet.
     exporter.set_error_ratio(INJECTED_ERROR_RATIO);
     let dir = tempfile::tempdir().unwrap();
-    let prometheus = Prometheus::start(dir.path(), prometheus_port, &[exporter.address.clone()])
-        .await
-        .unwrap();
+    let prometheus = Prometheus::start(
+        dir.path(),
+        prometheus_port,
+        std::slice::from_ref(&exporter.address),
+        "1s",
+    )
+    .await
+    .unwrap();
     let message = wait_for_condition(&slos, name, "LiveStatus", "NoData").await;
     println!("Prometheus without the rules: LiveStatus=False NoData: {message}");
 

@@ -92,6 +92,7 @@ pub fn parse_vector(body: &str) -> Result<Vec<Sample>, String> {
 
 impl Prometheus {
     pub fn new(base: &str, timeout: Duration) -> Result<Self, String> {
+        crate::runtime::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
