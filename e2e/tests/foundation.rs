@@ -142,6 +142,85 @@ async fn crds_are_accepted_and_validate_input() {
     }
 }
 
+#[tokio::test]
+async fn slo_validation_rejects_bad_objects_with_clear_messages() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("slo-validation").await;
+    let slos = bulwark_api(&client, &ns, "ServiceLevelObjective");
+    let valid = || {
+        serde_json::json!({
+            "service": "api",
+            "objective": 99.9,
+            "indicator": {"ratio": {"errors": "x{code=~\"5..\"}", "total": "x"}},
+        })
+    };
+    let created = slos
+        .create(
+            &PostParams::default(),
+            &object("ServiceLevelObjective", "ok", valid()),
+        )
+        .await
+        .expect("a valid SLO is accepted");
+    assert_eq!(created.data["spec"]["period"], "30d", "default period");
+    assert_eq!(
+        created.data["spec"]["alerting"]["page"]["labels"]["severity"], "page",
+        "default page labels"
+    );
+    let cases: [(&str, &str, serde_json::Value, &str); 7] = [
+        (
+            "objective",
+            "/objective",
+            serde_json::json!(100),
+            "objective is a percentage strictly between 0 and 100",
+        ),
+        (
+            "period-short",
+            "/period",
+            serde_json::json!("6d"),
+            "period must be whole days from 7d to 90d",
+        ),
+        (
+            "period-unit",
+            "/period",
+            serde_json::json!("4w"),
+            "period must be whole days from 7d to 90d",
+        ),
+        (
+            "two-indicators",
+            "/indicator/latency",
+            serde_json::json!({"histogram": "h", "threshold": "0.3"}),
+            "set exactly one indicator: ratio or latency",
+        ),
+        (
+            "errors-and-good",
+            "/indicator/ratio/good",
+            serde_json::json!("x"),
+            "set exactly one of errors or good",
+        ),
+        (
+            "label-name",
+            "/alerting",
+            serde_json::json!({"labels": {"bad-name": "x"}}),
+            "alert label names must match",
+        ),
+        (
+            "runbook",
+            "/alerting",
+            serde_json::json!({"runbookURL": "not a url"}),
+            "runbookURL must be an absolute URL",
+        ),
+    ];
+    for (name, pointer, value, message) in cases {
+        let mut spec = valid();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        spec.pointer_mut(parent).unwrap()[key] = value;
+        let rejected = rejection(&slos, &object("ServiceLevelObjective", name, spec)).await;
+        assert!(rejected.contains(message), "{name}: {rejected}");
+    }
+}
+
 /// Waits for /readyz: every watch has listed its objects.
 async fn wait_ready(operator: &Operator) {
     let deadline = Instant::now() + Duration::from_secs(20);

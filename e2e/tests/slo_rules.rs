@@ -266,3 +266,111 @@ fn promtool_unit_tests_prove_detection_and_reset() {
         }
     }
 }
+
+fn bulwark(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(bulwark_e2e::operator::bulwark_binary().unwrap())
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn offline_render_of_the_example_passes_promtool() {
+    let (ok, stdout, stderr) = bulwark(&["slo", "render", "-f", "examples/slo.yaml"], "");
+    assert!(ok, "bulwark slo render failed: {stderr}");
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout).unwrap();
+    let kinds: Vec<&str> = documents
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["PrometheusRule", "ConfigMap", "PrometheusRule", "ConfigMap"]
+    );
+    let groups: Vec<serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "PrometheusRule")
+        .flat_map(|d| d["spec"]["groups"].as_array().cloned().unwrap())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.json"),
+        serde_json::json!({ "groups": groups }).to_string(),
+    )
+    .unwrap();
+    let (ok, output) = promtool(&["check", "rules", "rules.json"], dir.path());
+    assert!(ok && output.contains("SUCCESS: 7 rules found"), "{output}");
+
+    let (ok, _, stderr) = bulwark(
+        &["slo", "render", "-f", "-"],
+        "apiVersion: bulwark.dev/v1alpha1\nkind: ServiceLevelObjective\nmetadata: {name: bad}\nspec:\n  service: api\n  objective: 99.9\n  indicator: {ratio: {errors: 'x{code=~\"5..\"', total: x}}\n",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "spec.indicator.ratio.errors: column 14: unexpected end of input inside braces"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn openslo_import_converts_or_names_what_it_cannot() {
+    let openslo = r#"apiVersion: openslo/v1
+kind: SLO
+metadata: {name: checkout}
+spec:
+  service: checkout
+  timeWindow: [{duration: 28d, isRolling: true}]
+  budgetingMethod: Occurrences
+  objectives: [{target: 0.995}]
+  indicator:
+    metadata: {name: checkout-errors}
+    spec:
+      ratioMetric:
+        counter: true
+        bad: {metricSource: {type: Prometheus, spec: {query: 'http_requests_total{code=~"5.."}'}}}
+        total: {metricSource: {type: Prometheus, spec: {query: 'http_requests_total'}}}
+"#;
+    let (ok, stdout, stderr) = bulwark(&["slo", "import", "-f", "-", "-n", "shop"], openslo);
+    assert!(ok, "{stderr}");
+    let slo: bulwark_crds::slo::ServiceLevelObjective = serde_saphyr::from_str(&stdout).unwrap();
+    assert_eq!(slo.metadata.namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        (slo.spec.objective, slo.spec.period.as_str()),
+        (99.5, "28d")
+    );
+    // The conversion renders: it is a usable SLO, not just valid YAML.
+    let (ok, _, stderr) = bulwark(&["slo", "render", "-f", "-"], &stdout);
+    assert!(ok, "{stderr}");
+
+    let unsupported = openslo.replace(
+        "budgetingMethod: Occurrences",
+        "budgetingMethod: Timeslices\n  alertPolicies: [fast-burn]",
+    );
+    let (ok, stdout, stderr) = bulwark(&["slo", "import", "-f", "-"], &unsupported);
+    assert!(!ok && stdout.is_empty());
+    for wanted in [
+        "spec.budgetingMethod: Timeslices is not supported",
+        "spec.alertPolicies: not supported",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted:?} missing from {stderr}");
+    }
+}
