@@ -189,6 +189,23 @@ impl Prometheus {
         Ok(body["data"].clone())
     }
 
+    /// A range query from `start` to `end` (Unix seconds) at `step` seconds: its result.
+    pub async fn query_range(&self, query: &str, start: i64, end: i64, step: u32) -> Result<Value> {
+        let (start, end, step) = (start.to_string(), end.to_string(), step.to_string());
+        let data = self
+            .api(
+                "/api/v1/query_range",
+                &[
+                    ("query", query),
+                    ("start", &start),
+                    ("end", &end),
+                    ("step", &step),
+                ],
+            )
+            .await?;
+        Ok(data["result"].clone())
+    }
+
     /// An instant query's samples as (labels, value).
     pub async fn query(&self, query: &str) -> Result<Vec<(Value, f64)>> {
         let data = self.api("/api/v1/query", &[("query", query)]).await?;

@@ -43,6 +43,17 @@ fn promtool(args: &[&str], dir: &std::path::Path) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// `promtool check rules` over a rules file holding `groups`.
+fn check_rules(groups: &serde_json::Value) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.json"),
+        serde_json::json!({ "groups": groups }).to_string(),
+    )
+    .unwrap();
+    promtool(&["check", "rules", "rules.json"], dir.path())
+}
+
 #[test]
 fn promtool_accepts_every_generated_rule_set() {
     let mut groups = Vec::new();
@@ -85,13 +96,7 @@ fn promtool_accepts_every_generated_rule_set() {
             }
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.json"),
-        serde_json::json!({ "groups": groups }).to_string(),
-    )
-    .unwrap();
-    let (ok, output) = promtool(&["check", "rules", "rules.json"], dir.path());
+    let (ok, output) = check_rules(&serde_json::json!(groups));
     println!(
         "{} SLOs, {expected_rules} rules: promtool check rules says:\n{output}",
         groups.len()
@@ -309,13 +314,7 @@ fn offline_render_of_the_example_passes_promtool() {
         .filter(|d| d["kind"] == "PrometheusRule")
         .flat_map(|d| d["spec"]["groups"].as_array().cloned().unwrap())
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.json"),
-        serde_json::json!({ "groups": groups }).to_string(),
-    )
-    .unwrap();
-    let (ok, output) = promtool(&["check", "rules", "rules.json"], dir.path());
+    let (ok, output) = check_rules(&serde_json::json!(groups));
     assert!(ok && output.contains("SUCCESS: 7 rules found"), "{output}");
 
     let (ok, _, stderr) = bulwark(

@@ -294,20 +294,15 @@ fn inline_sloth(expr: &str, recordings: &BTreeMap<(String, String), String>) -> 
 
 /// Minutes (Unix) at which `expr` returned a sample over the compared range.
 async fn firing_minutes(prometheus: &Prometheus, expr: &str, end_minute: i64) -> Result<Vec<i64>> {
-    let start = ((end_minute - COMPARED_MINUTES) * 60).to_string();
-    let end = (end_minute * 60).to_string();
-    let data = prometheus
-        .api(
-            "/api/v1/query_range",
-            &[
-                ("query", expr),
-                ("start", &start),
-                ("end", &end),
-                ("step", "60"),
-            ],
+    let result = prometheus
+        .query_range(
+            expr,
+            (end_minute - COMPARED_MINUTES) * 60,
+            end_minute * 60,
+            60,
         )
         .await?;
-    let mut minutes: Vec<i64> = data["result"]
+    let mut minutes: Vec<i64> = result
         .as_array()
         .into_iter()
         .flatten()
@@ -540,20 +535,15 @@ async fn main() -> Result<()> {
         history_rules.len()
     ));
     let mut families: BTreeMap<String, String> = BTreeMap::new();
-    let start = ((end_minute - HISTORY_MINUTES) * 60).to_string();
-    let end = (end_minute * 60).to_string();
     for rule in &history_rules {
         let record = rule["record"].as_str().context("recording rule")?;
         let expr = rule["expr"].as_str().context("expression")?;
-        let data = prometheus
-            .api(
-                "/api/v1/query_range",
-                &[
-                    ("query", expr),
-                    ("start", &start),
-                    ("end", &end),
-                    ("step", "60"),
-                ],
+        let result = prometheus
+            .query_range(
+                expr,
+                (end_minute - HISTORY_MINUTES) * 60,
+                end_minute * 60,
+                60,
             )
             .await?;
         let labels: Vec<String> = rule["labels"]
@@ -563,7 +553,7 @@ async fn main() -> Result<()> {
             .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap_or_default()))
             .collect();
         let family = families.entry(record.to_string()).or_default();
-        for series in data["result"].as_array().into_iter().flatten() {
+        for series in result.as_array().into_iter().flatten() {
             for point in series["values"].as_array().into_iter().flatten() {
                 let (Some(t), Some(v)) = (point[0].as_f64(), point[1].as_str()) else {
                     continue;
