@@ -57,6 +57,16 @@ async fn wait_for_condition(
     .unwrap()
 }
 
+/// `bulwark_reconciles_total` of the SLO controller, all results.
+async fn slo_reconciles(operator: &bulwark_e2e::operator::Operator) -> f64 {
+    let (_, metrics) = operator.get("/metrics").await.unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("bulwark_reconciles_total{") && l.contains("controller=\"slo\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test]
 async fn page_alert_fires_in_prometheus_and_status_follows() {
     let cluster = cluster();
@@ -65,7 +75,7 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
     let ns = cluster.namespace("slo").await;
     let exporter = Exporter::start("api", 200.0).unwrap();
     let prometheus_port = Prometheus::reserve_port().unwrap();
-    let _operator = start_operator(
+    let operator = start_operator(
         &cluster.kubeconfig,
         &ns,
         "slo-0",
@@ -211,6 +221,13 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
             .as_deref(),
         Some("Evaluated")
     );
+
+    // Status writes do not feed back into reconciles: refreshes follow the 1s interval.
+    let before = slo_reconciles(&operator).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let per_second = (slo_reconciles(&operator).await - before) / 10.0;
+    println!("SLO reconciles per second with a 1s status interval: {per_second:.1}");
+    assert!(per_second <= 2.0, "{per_second} reconciles per second");
 
     // Recovery: once the page's short windows fall below its factors, the page resolves.
     // (Prometheus holds only this test's minutes, so every window is that short.)

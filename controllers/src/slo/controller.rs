@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -101,7 +101,13 @@ pub async fn run(
         settings,
         backoff: Backoff::default(),
     });
-    Controller::for_stream(slo_events.applied_objects(), slos)
+    // Only spec changes (generation) trigger a reconcile: every reconcile writes status, and
+    // reacting to that write would query Prometheus in a loop. Live numbers refresh on the
+    // requeue interval instead.
+    let spec_changes = slo_events
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(spec_changes, slos)
         .owns_stream(dashboard_events.touched_objects())
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
