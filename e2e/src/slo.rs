@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use bulwark_controllers::slo::rules::{CompiledSlo, RuleGroup, Tier};
 use serde_json::{Value, json};
 
-use crate::process::{Process, free_port};
+use crate::process::Process;
 
 /// Counters of a service whose request rate and error ratio can change at any moment; scrapes
 /// see `http_requests_total{code="200"|"500"}` that grew exactly as configured.
@@ -154,11 +154,6 @@ impl Prometheus {
             dir: dir.to_path_buf(),
             http,
         })
-    }
-
-    /// A free port for a Prometheus started later (so a client can be pointed at it first).
-    pub fn reserve_port() -> Result<u16> {
-        free_port()
     }
 
     /// Replaces the rule files with `groups` and reloads, as the Prometheus Operator's config

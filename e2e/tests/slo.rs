@@ -8,6 +8,7 @@ use std::time::Duration;
 use bulwark_controllers::slo::{dashboard_name, prometheus_rule_name, prometheus_rule_resource};
 use bulwark_crds::slo::ServiceLevelObjective;
 use bulwark_e2e::operator::start_operator;
+use bulwark_e2e::process::free_port;
 use bulwark_e2e::slo::{
     ERRORS_SELECTOR, Exporter, Prometheus, TOTAL_SELECTOR, install_prometheus_rule_crd,
     prometheus_rules_served,
@@ -74,7 +75,7 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
     install_crds(&client).await.unwrap();
     let ns = cluster.namespace("slo").await;
     let exporter = Exporter::start("api", 200.0).unwrap();
-    let prometheus_port = Prometheus::reserve_port().unwrap();
+    let prometheus_port = free_port().unwrap();
     let operator = start_operator(
         &cluster.kubeconfig,
         &ns,

@@ -203,9 +203,9 @@ async fn reconcile_as_leader(
         }
         Ok(outputs) => {
             let rules_applied = apply_outputs(&outputs, &namespace, context).await?;
-            let rule_group = outputs.compiled.rule_group();
             let count = |alerting: bool| {
-                rule_group
+                outputs
+                    .rule_group
                     .rules
                     .iter()
                     .filter(|r| r.alert.is_some() == alerting)

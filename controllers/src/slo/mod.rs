@@ -17,7 +17,7 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::{Resource, ResourceExt};
 
 use promql::QueryError;
-use rules::CompiledSlo;
+use rules::{CompiledSlo, RuleGroup};
 
 /// The Prometheus Operator's rule kind, which Bulwark writes but does not serve.
 pub fn prometheus_rule_resource() -> ApiResource {
@@ -38,6 +38,7 @@ pub const SLO_LABEL: &str = "bulwark.dev/slo";
 /// What an SLO renders to.
 pub struct Outputs {
     pub compiled: CompiledSlo,
+    pub rule_group: RuleGroup,
     pub prometheus_rule: DynamicObject,
     pub dashboard: ConfigMap,
 }
@@ -82,7 +83,8 @@ pub fn render(slo: &ServiceLevelObjective, default_namespace: &str) -> Result<Ou
     let mut prometheus_rule =
         DynamicObject::new(&prometheus_rule_name(&name), &prometheus_rule_resource());
     prometheus_rule.metadata = metadata(prometheus_rule_name(&name), &[]);
-    prometheus_rule.data = serde_json::json!({ "spec": { "groups": [compiled.rule_group()] } });
+    let rule_group = compiled.rule_group();
+    prometheus_rule.data = serde_json::json!({ "spec": { "groups": [rule_group] } });
     let board = dashboard::dashboard(&compiled);
     let dashboard = ConfigMap {
         metadata: metadata(dashboard_name(&name), &[(GRAFANA_DASHBOARD_LABEL, "1")]),
@@ -94,6 +96,7 @@ pub fn render(slo: &ServiceLevelObjective, default_namespace: &str) -> Result<Ou
     };
     Ok(Outputs {
         compiled,
+        rule_group,
         prometheus_rule,
         dashboard,
     })

@@ -182,54 +182,48 @@ slos:
     )
 }
 
-/// Cumulative (ok, errors) per instance at each minute of the history, and after it.
-struct Counters {
-    end_minute: i64,
-}
-
-impl Counters {
-    /// Counter values at `minute` (Unix minutes), integrating the profile from the start.
-    fn at(&self, service: &Service, minute: i64) -> (f64, f64) {
-        let start = self.end_minute - HISTORY_MINUTES;
-        let (mut ok, mut errors) = (0.0, 0.0);
-        for m in start..minute {
-            let e = service.errors_per_minute(self.end_minute - m);
-            errors += e;
-            ok += REQUESTS_PER_MINUTE - e;
-        }
-        (ok, errors)
+impl Service {
+    /// (Unix minute, ok, errors) counter values per instance, from the start of the history
+    /// (ending at `end_minute`) through `until`: the backfill and the live exporter alike.
+    fn counters(&self, end_minute: i64, until: i64) -> impl Iterator<Item = (i64, f64, f64)> + '_ {
+        (end_minute - HISTORY_MINUTES..=until).scan((0.0, 0.0), move |(ok, errors), minute| {
+            let at = (minute, *ok, *errors);
+            let failed = self.errors_per_minute(end_minute - minute);
+            *errors += failed;
+            *ok += REQUESTS_PER_MINUTE - failed;
+            Some(at)
+        })
     }
 }
 
+/// The history as OpenMetrics, every series' samples together; returns the sample count.
 fn write_openmetrics(path: &Path, services: &[Service], end_minute: i64) -> Result<usize> {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    use std::io::Write;
-    writeln!(out, "# TYPE http_requests counter")?;
-    let start = end_minute - HISTORY_MINUTES;
+    let mut text = String::from("# TYPE http_requests counter\n");
     let mut samples = 0;
     for service in services {
+        let history: Vec<(i64, f64, f64)> = service.counters(end_minute, end_minute).collect();
+        // Series by series: one (instance, code) at a time over all minutes.
         for instance in INSTANCES {
-            for (code, errors_series) in [("200", false), ("500", true)] {
-                let mut value = 0.0;
-                for minute in start..=end_minute {
+            for errors_series in [false, true] {
+                for &(minute, ok, errors) in &history {
+                    let (code, value) = if errors_series {
+                        ("500", errors)
+                    } else {
+                        ("200", ok)
+                    };
                     writeln!(
-                        out,
+                        text,
                         "http_requests_total{{job=\"{}\",instance=\"{instance}\",code=\"{code}\"}} {value} {}",
                         service.name,
                         minute * 60
                     )?;
                     samples += 1;
-                    let e = service.errors_per_minute(end_minute - minute);
-                    value += if errors_series {
-                        e
-                    } else {
-                        REQUESTS_PER_MINUTE - e
-                    };
                 }
             }
         }
     }
-    writeln!(out, "# EOF")?;
+    text.push_str("# EOF\n");
+    std::fs::write(path, text)?;
     Ok(samples)
 }
 
@@ -248,6 +242,24 @@ fn run(program: &Path, args: &[&str], dir: &Path) -> Result<String> {
         bail!("{} {args:?} failed:\n{text}", program.display());
     }
     Ok(text)
+}
+
+/// Turns an OpenMetrics file in `dir` into TSDB blocks and moves them into `data`.
+fn backfill(dir: &Path, openmetrics: &str, data: &Path) -> Result<usize> {
+    run(
+        Path::new("promtool"),
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "--quiet",
+            openmetrics,
+            "blocks",
+        ],
+        dir,
+    )?;
+    std::fs::remove_file(dir.join(openmetrics))?;
+    move_blocks(&dir.join("blocks"), data)
 }
 
 /// Moves every TSDB block (a directory with a `meta.json`) from `from` into `to`.
@@ -441,22 +453,8 @@ async fn main() -> Result<()> {
     ));
     let samples = write_openmetrics(&dir.join("history.om"), &services, end_minute)?;
     progress(format!("backfilling {samples} samples with promtool"));
-    let raw_blocks = dir.join("raw-blocks");
-    run(
-        Path::new("promtool"),
-        &[
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "--quiet",
-            "history.om",
-            "raw-blocks",
-        ],
-        dir,
-    )?;
-    std::fs::remove_file(dir.join("history.om"))?;
     let prometheus_dir = dir.join("prometheus");
-    let moved = move_blocks(&raw_blocks, &prometheus_dir.join("data"))?;
+    let moved = backfill(dir, "history.om", &prometheus_dir.join("data"))?;
     progress(format!("{moved} blocks of raw history"));
 
     // Both tools' rules for the same SLOs.
@@ -570,23 +568,10 @@ async fn main() -> Result<()> {
     }
     recorded.push_str("# EOF\n");
     std::fs::write(dir.join("recorded.om"), recorded)?;
-    run(
-        Path::new("promtool"),
-        &[
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            "--quiet",
-            "recorded.om",
-            "rule-blocks",
-        ],
-        dir,
-    )?;
-    let moved = move_blocks(&dir.join("rule-blocks"), &prometheus_dir.join("data"))?;
+    let moved = backfill(dir, "recorded.om", &prometheus_dir.join("data"))?;
     progress(format!("{moved} blocks of recorded history"));
 
     // Live: the same counters continue after the history, scraped every 10s.
-    let counters = Counters { end_minute };
     let live_services = all_services();
     let exporter = serve_metrics(move || {
         let now_minute = SystemTime::now()
@@ -596,7 +581,10 @@ async fn main() -> Result<()> {
             / 60;
         let mut text = String::from("# TYPE http_requests_total counter\n");
         for service in &live_services {
-            let (ok, errors) = counters.at(service, now_minute);
+            let (_, ok, errors) = service
+                .counters(end_minute, now_minute)
+                .last()
+                .expect("the history is never empty");
             for instance in INSTANCES {
                 for (code, value) in [("200", ok), ("500", errors)] {
                     let _ = writeln!(
