@@ -1,33 +1,135 @@
-//! Exhaustive interleaving search over the DNS enactment protocol, driving the production
-//! decision functions (`decide_enactment`, `write_guard`, `decide_cleanup`).
+//! Exhaustive interleaving search over the DNS protocol, running the production step functions:
+//! the planner's `decide_plan`, the enactor's `EnactmentPass` and `plan_refusal`, and cleanup's
+//! `decide_cleanup`. The checker never re-implements a decision; it only plays the world: the API
+//! server (compare-and-set reservations, create by name), the DNS server (guarded UPDATEs), and
+//! everything else that happens to a running system: targets losing and regaining health, a
+//! target change, a user deleting any plan, the planner crashing between reserving a generation
+//! and creating its plan (or between its reads), and someone editing the records at the server.
 //!
-//! Actors: a planner minting generations 1..=max, several enactors, one cleanup and the DNS
-//! server. Every enactor and the cleanup split their work into a read step and a write step, so
-//! any actor can stall between the two while the others run: the slow enactor of the October 2025
-//! outage is one of the explored schedules. Safety is checked on every transition, liveness (the
-//! newest plan becomes live) on the whole reachable graph.
+//! Every actor does one I/O per step, so any actor can stall between any two of its steps while
+//! the others run: the slow enactor of the October 2025 outage is one of the explored schedules.
+//! Safety is checked on every transition Bulwark makes; liveness (from every reachable state,
+//! Bulwark alone settles the name on its newest enactable plan) on the whole reachable graph.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
-use bulwark_controllers::dns::fencing::{
-    Enactment, Strategy, decide_cleanup, decide_enactment, write_guard,
+use bulwark_controllers::dns::desired::{
+    PlanDecision, PlanInput, ServerView, content_hash, decide_plan,
 };
+use bulwark_controllers::dns::fencing::{
+    EnactmentPass, EndpointFacts, Observation, PassStep, PlanFacts, Strategy, decide_cleanup,
+    plan_refusal,
+};
+use bulwark_controllers::dns::provider::WriteOutcome;
+use bulwark_crds::dns::{RRSet, RecordType};
+
+const FQDN: &str = "api.example.com";
+
+/// Record content, abstracted to a number: 0 is no records, `v` is `A 10.0.0.v`.
+type Content = u8;
+/// Records someone wrote at the server by hand.
+const EDITED: Content = 99;
+
+fn records(content: Content) -> Vec<RRSet> {
+    if content == 0 {
+        return Vec::new();
+    }
+    vec![RRSet {
+        record_type: RecordType::A,
+        ttl: 60,
+        values: vec![format!("10.0.0.{content}")],
+    }]
+}
+
+fn content_of(rrsets: &[RRSet]) -> Content {
+    match rrsets {
+        [] => 0,
+        [rrset] => rrset.values[0].rsplit('.').next().unwrap().parse().unwrap(),
+        _ => unreachable!("the model serves one RRset"),
+    }
+}
+
+/// The planner's recovery when the reserved generation's plan object is missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recovery {
+    /// Production: `decide_plan` mints a new generation, from the server's records if no target
+    /// is healthy.
+    Production,
+    /// The logic before the fix, kept as the weakened variant the checker must catch: recreate
+    /// the reserved generation from the current candidates with empty answers allowed.
+    RecreateFromCandidates,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// Production: enactors refuse plans `plan_refusal` rejects.
+    Production,
+    /// Before the fix: every plan object was enacted.
+    AnyPlan,
+}
+
+struct Config {
+    strategy: Strategy,
+    recovery: Recovery,
+    admission: Admission,
+    enactors: usize,
+    retention: u64,
+    allow_empty: bool,
+    budget: Budget,
+}
+
+/// How often each outside event may happen in one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Budget {
+    health_flips: u8,
+    target_changes: u8,
+    plan_deletions: u8,
+    planner_crashes: u8,
+    record_edits: u8,
+}
+
+impl Budget {
+    /// Every event that can make the planner mint: the first plan, target changes, recoveries
+    /// after a deletion, and a new reservation after a crash.
+    fn max_generation(&self) -> u64 {
+        1 + u64::from(self.target_changes + self.plan_deletions + self.planner_crashes) * 2
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum EnactorPhase {
+enum Planner {
     Idle,
-    /// Read plan `plan` and decided to apply it over the fence it saw.
-    Holding {
-        plan: u64,
-        expect_fence: Option<u64>,
+    /// Decided `ReadServer` from this snapshot; reads the server next.
+    ReadingServer {
+        reserved: u64,
+        desired: Content,
+    },
+    /// Reserves `generation` by compare-and-set against `basis`.
+    Reserving {
+        basis: u64,
+        generation: u64,
+        content: Content,
+    },
+    Creating {
+        generation: u64,
+        content: Content,
     },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum CleanupPhase {
+enum Enactor {
     Idle,
-    /// Decided what to delete; deletes on its next step.
+    Running {
+        content: Content,
+        pass: EnactmentPass,
+        next: PassStep,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Cleanup {
+    Idle,
     Holding {
         delete_plans: Vec<u64>,
         delete_records_of: Vec<u64>,
@@ -36,15 +138,18 @@ enum CleanupPhase {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct World {
-    minted: u64,
-    /// DnsPlan objects that exist.
-    plans: BTreeSet<u64>,
-    /// The server's fence TXT.
+    budget: Budget,
+    healthy: bool,
+    target: Content,
+    /// The endpoint's reserved generation (status, advanced by compare-and-set).
+    reserved: u64,
+    /// DnsPlan objects that exist: generation → records.
+    plans: BTreeMap<u64, Content>,
+    planner: Planner,
     fence: Option<u64>,
-    /// The generation whose records the server answers with; `None`: no records.
-    served: Option<u64>,
-    enactors: Vec<EnactorPhase>,
-    cleanup: CleanupPhase,
+    served: Content,
+    enactors: Vec<Enactor>,
+    cleanup: Cleanup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,103 +160,331 @@ enum Invariant {
     Convergence,
 }
 
-struct Config {
-    strategy: Strategy,
-    enactors: usize,
-    max_generation: u64,
-    retention: u64,
+struct Step {
+    label: String,
+    world: World,
+    /// Bulwark's own steps are checked for safety and count for liveness; outside events not.
+    by_bulwark: bool,
+    violations: Vec<Invariant>,
 }
-
-type Step = (String, World, Vec<Invariant>);
 
 impl World {
     fn initial(config: &Config) -> Self {
         World {
-            minted: 0,
-            plans: BTreeSet::new(),
+            budget: config.budget,
+            healthy: true,
+            target: 1,
+            reserved: 0,
+            plans: BTreeMap::new(),
+            planner: Planner::Idle,
             fence: None,
-            served: None,
-            enactors: vec![EnactorPhase::Idle; config.enactors],
-            cleanup: CleanupPhase::Idle,
+            served: 0,
+            enactors: vec![Enactor::Idle; config.enactors],
+            cleanup: Cleanup::Idle,
         }
     }
 
-    /// The server applies an UPDATE: all or nothing when guarded, unconditionally otherwise.
-    /// Returns whether the write happened.
-    fn server_update(&mut self, strategy: Strategy, plan: u64, expect_fence: Option<u64>) -> bool {
-        if let Some(guard) = write_guard(strategy, expect_fence)
-            && self.fence != guard.expect_fence
+    fn desired(&self) -> Content {
+        if self.healthy { self.target } else { 0 }
+    }
+
+    fn plan_hash(&self, generation: u64) -> Option<String> {
+        self.plans
+            .get(&generation)
+            .map(|content| content_hash(&records(*content)))
+    }
+
+    /// The production planner decision on this world, reading the server when it asks to.
+    fn planner_decision(
+        &self,
+        config: &Config,
+        reserved: u64,
+        desired: Content,
+        server: Option<&ServerView>,
+    ) -> PlanDecision {
+        let hash = self.plan_hash(reserved);
+        let existing: Vec<u64> = self.plans.keys().copied().collect();
+        decide_plan(PlanInput {
+            reserved,
+            reserved_plan_hash: hash.as_deref(),
+            existing_plans: &existing,
+            desired: records(desired),
+            allow_empty: config.allow_empty,
+            server,
+        })
+    }
+
+    fn server_view(&self) -> ServerView {
+        ServerView {
+            fence: self.fence,
+            records: records(self.served),
+        }
+    }
+
+    /// Whether the planner has nothing left to do: what it would decide now mints nothing.
+    fn planner_quiet(&self, config: &Config) -> bool {
+        if self.planner != Planner::Idle {
+            return false;
+        }
+        if config.recovery == Recovery::RecreateFromCandidates
+            && self.reserved > 0
+            && !self.plans.contains_key(&self.reserved)
         {
             return false;
         }
-        self.served = Some(plan);
-        self.fence = Some(plan);
-        true
+        let server = self.server_view();
+        matches!(
+            self.planner_decision(config, self.reserved, self.desired(), Some(&server)),
+            PlanDecision::Unchanged | PlanDecision::WithheldEmpty
+        )
+    }
+
+    /// The newest plan an enactor would pick, with the production admission check.
+    fn enactable_plan(&self, config: &Config) -> Option<(u64, Content)> {
+        self.plans
+            .iter()
+            .rev()
+            .map(|(g, c)| (*g, *c))
+            .find(|(generation, content)| {
+                config.admission == Admission::AnyPlan
+                    || plan_refusal(
+                        &PlanFacts {
+                            fqdn: FQDN,
+                            generation: *generation,
+                            empty: *content == 0,
+                        },
+                        &EndpointFacts {
+                            fqdn: FQDN,
+                            reserved_generation: self.reserved,
+                            allow_empty: config.allow_empty,
+                        },
+                    )
+                    .is_none()
+            })
     }
 
     fn successors(&self, config: &Config) -> Vec<Step> {
         let mut next = Vec::new();
-        if self.minted < config.max_generation {
-            let mut w = self.clone();
-            w.minted += 1;
-            w.plans.insert(w.minted);
-            next.push((format!("planner mints plan {}", w.minted), w, vec![]));
-        }
-        for (i, phase) in self.enactors.iter().enumerate() {
-            next.extend(self.enactor_step(config, i, phase));
+        next.extend(self.planner_step(config));
+        for i in 0..self.enactors.len() {
+            next.extend(self.enactor_step(config, i));
         }
         next.extend(self.cleanup_step(config));
-        next
+        next.extend(self.outside_events());
+        next.into_iter()
+            .map(|mut step| {
+                if step.by_bulwark {
+                    step.violations = violations(config, self, &step.world, &step.label);
+                }
+                step
+            })
+            .collect()
     }
 
-    fn enactor_step(&self, config: &Config, i: usize, phase: &EnactorPhase) -> Option<Step> {
-        match phase {
-            EnactorPhase::Idle => {
-                let newest = *self.plans.last()?;
-                let Enactment::Apply { expect_fence } = decide_enactment(newest, self.fence) else {
-                    return None;
-                };
-                let mut w = self.clone();
-                w.enactors[i] = EnactorPhase::Holding {
-                    plan: newest,
-                    expect_fence,
-                };
-                let label = format!(
-                    "enactor {i} reads plan {newest} and fence {}",
-                    show(self.fence)
+    fn bulwark(&self, label: String, world: World) -> Option<Step> {
+        Some(Step {
+            label,
+            world,
+            by_bulwark: true,
+            violations: Vec::new(),
+        })
+    }
+
+    fn after_decision(
+        &self,
+        config: &Config,
+        basis: u64,
+        decision: PlanDecision,
+        label: &str,
+    ) -> Option<Step> {
+        let mut w = self.clone();
+        w.planner = match decision {
+            PlanDecision::Mint {
+                generation,
+                rrsets,
+                recovered,
+                ..
+            } => {
+                assert!(
+                    generation <= config.budget.max_generation(),
+                    "generation {generation} exceeds the model's bound: the search would be cut short"
                 );
-                Some((label, w, vec![]))
-            }
-            EnactorPhase::Holding { plan, expect_fence } => {
-                let mut w = self.clone();
-                let label = if w.server_update(config.strategy, *plan, *expect_fence) {
-                    w.enactors[i] = EnactorPhase::Idle;
-                    format!("enactor {i} writes plan {plan}")
+                let how = if recovered {
+                    " (recovered from the server)"
                 } else {
-                    // Prerequisite failed: re-read the fence and decide again.
-                    w.enactors[i] = match decide_enactment(*plan, w.fence) {
-                        Enactment::Apply { expect_fence } => EnactorPhase::Holding {
-                            plan: *plan,
-                            expect_fence,
-                        },
-                        Enactment::AlreadyLive | Enactment::Superseded { .. } => EnactorPhase::Idle,
-                    };
-                    format!(
-                        "enactor {i}'s write of plan {plan} is refused by the server (fence {}, expected {})",
-                        show(w.fence),
-                        show(*expect_fence)
-                    )
+                    ""
                 };
-                let violations = transition_violations(self, &w, &[]);
-                Some((label, w, violations))
+                let content = content_of(&rrsets);
+                let label = format!(
+                    "{label}: mint {generation} with {}{how}",
+                    show_content(content)
+                );
+                w.planner = Planner::Reserving {
+                    basis,
+                    generation,
+                    content,
+                };
+                return self.bulwark(label, w);
+            }
+            PlanDecision::ReadServer => Planner::ReadingServer {
+                reserved: self.reserved,
+                desired: self.desired(),
+            },
+            PlanDecision::Unchanged | PlanDecision::WithheldEmpty => Planner::Idle,
+        };
+        if w == *self {
+            return None;
+        }
+        self.bulwark(format!("{label}: read the server first"), w)
+    }
+
+    fn planner_step(&self, config: &Config) -> Option<Step> {
+        match &self.planner {
+            Planner::Idle => {
+                if config.recovery == Recovery::RecreateFromCandidates
+                    && self.reserved > 0
+                    && !self.plans.contains_key(&self.reserved)
+                {
+                    let mut w = self.clone();
+                    w.planner = Planner::Creating {
+                        generation: self.reserved,
+                        content: self.desired(),
+                    };
+                    let label = format!(
+                        "planner finds plan {} missing and recreates it from the candidates ({})",
+                        self.reserved,
+                        show_content(self.desired())
+                    );
+                    return self.bulwark(label, w);
+                }
+                let decision = self.planner_decision(config, self.reserved, self.desired(), None);
+                let label = format!("planner plans ({})", show_content(self.desired()));
+                self.after_decision(config, self.reserved, decision, &label)
+            }
+            Planner::ReadingServer { reserved, desired } => {
+                let server = self.server_view();
+                let decision = self.planner_decision(config, *reserved, *desired, Some(&server));
+                let label = format!(
+                    "planner reads the server (fence {}, {})",
+                    show(self.fence),
+                    show_content(self.served)
+                );
+                let mut w = self.clone();
+                w.planner = Planner::Idle;
+                match w.after_decision(config, *reserved, decision, &label) {
+                    Some(step) => Some(step),
+                    None => self.bulwark(label, w),
+                }
+            }
+            Planner::Reserving {
+                basis,
+                generation,
+                content,
+            } => {
+                let mut w = self.clone();
+                if self.reserved == *basis {
+                    w.reserved = *generation;
+                    w.planner = Planner::Creating {
+                        generation: *generation,
+                        content: *content,
+                    };
+                    self.bulwark(format!("planner reserves {generation}"), w)
+                } else {
+                    w.planner = Planner::Idle;
+                    self.bulwark(format!("planner loses the reservation of {generation}"), w)
+                }
+            }
+            Planner::Creating {
+                generation,
+                content,
+            } => {
+                let mut w = self.clone();
+                // Created by name: an existing object of that name is left as it is.
+                w.plans.entry(*generation).or_insert(*content);
+                w.planner = Planner::Idle;
+                self.bulwark(format!("planner creates plan {generation}"), w)
             }
         }
+    }
+
+    fn enactor_step(&self, config: &Config, i: usize) -> Option<Step> {
+        let mut w = self.clone();
+        let (label, observation, content, mut pass) = match &self.enactors[i] {
+            Enactor::Idle => {
+                let (generation, content) = self.enactable_plan(config)?;
+                let mut pass = EnactmentPass::new(generation, config.strategy);
+                assert_eq!(pass.step(Observation::Start), PassStep::ReadFence);
+                let label = format!(
+                    "enactor {i} picks plan {generation} and reads fence {}",
+                    show(self.fence)
+                );
+                (label, Observation::Fence(self.fence), content, pass)
+            }
+            Enactor::Running {
+                content,
+                pass,
+                next,
+            } => {
+                let generation = pass.generation();
+                let (label, observation) = match *next {
+                    PassStep::ReadFence => (
+                        format!("enactor {i} re-reads fence {}", show(self.fence)),
+                        Observation::Fence(self.fence),
+                    ),
+                    PassStep::Write { guard, repair } => {
+                        let holds = guard.is_none_or(|g| g.expect_fence == self.fence);
+                        let what = if repair { "repairs to" } else { "writes" };
+                        if holds {
+                            w.served = *content;
+                            w.fence = Some(generation);
+                            (
+                                format!("enactor {i} {what} plan {generation}"),
+                                Observation::Written(WriteOutcome::Applied),
+                            )
+                        } else {
+                            (
+                                format!(
+                                    "enactor {i}'s write of plan {generation} is refused (fence {}, expected {})",
+                                    show(self.fence),
+                                    show(guard.and_then(|g| g.expect_fence))
+                                ),
+                                Observation::Written(WriteOutcome::FenceMismatch),
+                            )
+                        }
+                    }
+                    PassStep::ReadServed => (
+                        format!(
+                            "enactor {i} reads the answer ({})",
+                            show_content(self.served)
+                        ),
+                        Observation::Served {
+                            matches_plan: self.served == *content,
+                        },
+                    ),
+                    PassStep::Done(_) => unreachable!("a finished pass is Idle"),
+                };
+                (label, observation, *content, pass.clone())
+            }
+        };
+        w.enactors[i] = match pass.step(observation) {
+            PassStep::Done(_) => Enactor::Idle,
+            next => Enactor::Running {
+                content,
+                pass,
+                next,
+            },
+        };
+        if w == *self {
+            return None;
+        }
+        self.bulwark(label, w)
     }
 
     fn cleanup_step(&self, config: &Config) -> Option<Step> {
+        let mut w = self.clone();
         match &self.cleanup {
-            CleanupPhase::Idle => {
-                let plans: Vec<u64> = self.plans.iter().copied().collect();
+            Cleanup::Idle => {
+                let plans: Vec<u64> = self.plans.keys().copied().collect();
                 let decided = decide_cleanup(config.strategy, &plans, self.fence, config.retention);
                 if decided.delete_plans.is_empty() {
                     return None;
@@ -161,61 +494,130 @@ impl World {
                     show(self.fence),
                     decided.delete_plans
                 );
-                let mut w = self.clone();
-                w.cleanup = CleanupPhase::Holding {
+                w.cleanup = Cleanup::Holding {
                     delete_plans: decided.delete_plans,
                     delete_records_of: decided.delete_records_of,
                 };
-                Some((label, w, vec![]))
+                self.bulwark(label, w)
             }
-            CleanupPhase::Holding {
+            Cleanup::Holding {
                 delete_plans,
                 delete_records_of,
             } => {
-                let mut w = self.clone();
                 for g in delete_plans {
                     // UID precondition: a plan deleted meanwhile is not deleted again.
                     w.plans.remove(g);
                 }
                 for g in delete_records_of {
-                    if w.served == Some(*g) {
-                        w.served = None;
+                    if let Some(content) = self.plans.get(g)
+                        && self.served == *content
+                    {
+                        w.served = 0;
                     }
                 }
-                w.cleanup = CleanupPhase::Idle;
-                let violations = transition_violations(self, &w, delete_plans);
+                w.cleanup = Cleanup::Idle;
                 let records = if delete_records_of.is_empty() {
                     String::new()
                 } else {
                     format!(" and their records {delete_records_of:?}")
                 };
-                let label = format!("cleanup deletes plans {delete_plans:?}{records}");
-                Some((label, w, violations))
+                self.bulwark(
+                    format!("cleanup deletes plans {delete_plans:?}{records}"),
+                    w,
+                )
             }
         }
     }
+
+    fn outside_events(&self) -> Vec<Step> {
+        let mut events = Vec::new();
+        let mut event = |label: String, w: World| {
+            events.push(Step {
+                label,
+                world: w,
+                by_bulwark: false,
+                violations: Vec::new(),
+            })
+        };
+        if self.budget.health_flips > 0 {
+            let mut w = self.clone();
+            w.budget.health_flips -= 1;
+            w.healthy = !w.healthy;
+            let what = if w.healthy { "recover" } else { "all fail" };
+            event(format!("targets {what}"), w);
+        }
+        if self.budget.target_changes > 0 {
+            let mut w = self.clone();
+            w.budget.target_changes -= 1;
+            w.target += 1;
+            event(format!("target changes to 10.0.0.{}", w.target), w);
+        }
+        if self.budget.plan_deletions > 0 {
+            for generation in self.plans.keys() {
+                let mut w = self.clone();
+                w.budget.plan_deletions -= 1;
+                w.plans.remove(generation);
+                event(format!("user deletes plan {generation}"), w);
+            }
+        }
+        if self.budget.planner_crashes > 0 && self.planner != Planner::Idle {
+            let mut w = self.clone();
+            w.budget.planner_crashes -= 1;
+            w.planner = Planner::Idle;
+            event(format!("planner crashes while {:?}", self.planner), w);
+        }
+        if self.budget.record_edits > 0 && self.served != 0 {
+            let mut w = self.clone();
+            w.budget.record_edits -= 1;
+            w.served = EDITED;
+            event("someone edits the records at the server".into(), w);
+        }
+        events
+    }
+
+    /// The name is settled: the planner mints nothing more, no actor is mid-step, and the
+    /// server serves the newest enactable plan under its fence.
+    fn settled(&self, config: &Config) -> bool {
+        self.planner_quiet(config)
+            && self.enactors.iter().all(|e| *e == Enactor::Idle)
+            && self.cleanup == Cleanup::Idle
+            && self
+                .enactable_plan(config)
+                .is_none_or(|(generation, content)| {
+                    self.fence >= Some(generation)
+                        && (self.fence > Some(generation) || self.served == content)
+                })
+    }
+}
+
+fn violations(config: &Config, before: &World, after: &World, label: &str) -> Vec<Invariant> {
+    let mut found = Vec::new();
+    if let Some(live) = before.fence
+        && label.starts_with("cleanup deletes")
+        && before.plans.contains_key(&live)
+        && !after.plans.contains_key(&live)
+    {
+        found.push(Invariant::NeverDeleteActive);
+    }
+    if after.fence < before.fence {
+        found.push(Invariant::NeverRegress);
+    }
+    if !config.allow_empty && before.served != 0 && after.served == 0 {
+        found.push(Invariant::NeverEmpty);
+    }
+    found
 }
 
 fn show(generation: Option<u64>) -> String {
     generation.map_or("none".into(), |g| format!("gen={g}"))
 }
 
-fn transition_violations(before: &World, after: &World, deleted: &[u64]) -> Vec<Invariant> {
-    let mut violations = Vec::new();
-    if let Some(live) = before.served
-        && deleted.contains(&live)
-    {
-        violations.push(Invariant::NeverDeleteActive);
+fn show_content(content: Content) -> String {
+    match content {
+        0 => "no records".into(),
+        EDITED => "hand-edited records".into(),
+        v => format!("10.0.0.{v}"),
     }
-    if let (Some(old), Some(new)) = (before.served, after.served)
-        && new < old
-    {
-        violations.push(Invariant::NeverRegress);
-    }
-    if before.served.is_some() && after.served.is_none() {
-        violations.push(Invariant::NeverEmpty);
-    }
-    violations
 }
 
 struct Trace {
@@ -228,15 +630,12 @@ impl fmt::Display for Trace {
         for (n, step) in self.steps.iter().enumerate() {
             writeln!(f, "  {:>2}. {step}", n + 1)?;
         }
-        let served = self
-            .end
-            .served
-            .map_or("NO RECORDS".into(), |g| format!("plan {g}"));
         write!(
             f,
-            "      => server answers with {served}, fence {}, plans left {:?}",
+            "      => server answers with {}, fence {}, plans left {:?}",
+            show_content(self.end.served),
             show(self.end.fence),
-            self.end.plans
+            self.end.plans.keys().collect::<Vec<_>>()
         )
     }
 }
@@ -246,6 +645,10 @@ struct Report {
     transitions: usize,
     /// The shortest trace to the first violation of each invariant.
     violations: HashMap<Invariant, Trace>,
+    /// How many reachable states had the name serving records, then none: proof the search
+    /// reaches the situations the invariants are about.
+    states_with_no_healthy_target_and_records_served: usize,
+    states_with_the_live_plan_deleted: usize,
 }
 
 /// Breadth-first over every interleaving, so each reported trace is a shortest one.
@@ -255,6 +658,7 @@ fn check(config: &Config) -> Report {
     let mut worlds = vec![initial];
     // parent[i]: predecessor and step label on a shortest path from the initial state.
     let mut parent: Vec<Option<(usize, String)>> = vec![None];
+    // Bulwark's own steps, reversed, for liveness.
     let mut reverse_edges: Vec<Vec<usize>> = vec![Vec::new()];
     let mut violations: HashMap<Invariant, Trace> = HashMap::new();
     let mut transitions = 0;
@@ -270,82 +674,186 @@ fn check(config: &Config) -> Report {
         Trace { steps, end }
     };
     while let Some(at) = queue.pop_front() {
-        for (label, next, broken) in worlds[at].successors(config) {
+        for step in worlds[at].successors(config) {
             transitions += 1;
-            let to = match index.get(&next) {
+            let to = match index.get(&step.world) {
                 Some(&known) => known,
                 None => {
                     let id = worlds.len();
-                    index.insert(next.clone(), id);
-                    worlds.push(next);
-                    parent.push(Some((at, label.clone())));
+                    index.insert(step.world.clone(), id);
+                    worlds.push(step.world);
+                    parent.push(Some((at, step.label.clone())));
                     reverse_edges.push(Vec::new());
                     queue.push_back(id);
                     id
                 }
             };
-            reverse_edges[to].push(at);
-            for invariant in broken {
+            if step.by_bulwark {
+                reverse_edges[to].push(at);
+            }
+            for invariant in step.violations {
                 violations.entry(invariant).or_insert_with(|| {
                     let mut trace = trace_to(&parent, &worlds, at);
                     trace
                         .steps
-                        .push(format!("{label}   <-- violates {invariant:?}"));
+                        .push(format!("{}   <-- violates {invariant:?}", step.label));
                     trace.end = worlds[to].clone();
                     trace
                 });
             }
         }
     }
-    // Liveness: from every reachable state the newest plan can still become live.
-    let converged = |w: &World| w.minted == config.max_generation && w.served == Some(w.minted);
-    let mut can_converge = vec![false; worlds.len()];
+    // Liveness: from every reachable state Bulwark alone can settle the name.
+    let mut can_settle = vec![false; worlds.len()];
     let mut back: VecDeque<usize> = (0..worlds.len())
-        .filter(|&i| converged(&worlds[i]))
+        .filter(|&i| worlds[i].settled(config))
         .collect();
     for &i in &back {
-        can_converge[i] = true;
+        can_settle[i] = true;
     }
     while let Some(at) = back.pop_front() {
         for &from in &reverse_edges[at] {
-            if !can_converge[from] {
-                can_converge[from] = true;
+            if !can_settle[from] {
+                can_settle[from] = true;
                 back.push_back(from);
             }
         }
     }
-    if let Some(stuck) = (0..worlds.len()).find(|&i| !can_converge[i]) {
+    if let Some(stuck) = (0..worlds.len()).find(|&i| !can_settle[i]) {
         violations.insert(Invariant::Convergence, trace_to(&parent, &worlds, stuck));
     }
     Report {
         states: worlds.len(),
         transitions,
         violations,
+        states_with_no_healthy_target_and_records_served: worlds
+            .iter()
+            .filter(|w| !w.healthy && w.served != 0)
+            .count(),
+        states_with_the_live_plan_deleted: worlds
+            .iter()
+            .filter(|w| {
+                w.fence
+                    .is_some_and(|live| live == w.reserved && !w.plans.contains_key(&live))
+            })
+            .count(),
+    }
+}
+
+fn every_event() -> Budget {
+    Budget {
+        health_flips: 2,
+        target_changes: 1,
+        plan_deletions: 1,
+        planner_crashes: 1,
+        record_edits: 1,
+    }
+}
+
+fn production(enactors: usize, retention: u64, budget: Budget) -> Config {
+    Config {
+        strategy: Strategy::Fenced,
+        recovery: Recovery::Production,
+        admission: Admission::Production,
+        enactors,
+        retention,
+        allow_empty: false,
+        budget,
+    }
+}
+
+fn assert_no_violation(name: &str, config: &Config) {
+    let report = check(config);
+    println!(
+        "{name}: {} states, {} transitions; {} with no healthy target while records are served, {} with the live plan's object deleted; no violation",
+        report.states,
+        report.transitions,
+        report.states_with_no_healthy_target_and_records_served,
+        report.states_with_the_live_plan_deleted,
+    );
+    // The invariants must not hold vacuously: the search reaches the situations they guard.
+    assert!(report.states > 1000, "the search must actually branch");
+    assert!(report.states_with_no_healthy_target_and_records_served > 0);
+    assert!(report.states_with_the_live_plan_deleted > 0);
+    let mut found: Vec<_> = report.violations.into_iter().collect();
+    found.sort_by_key(|(invariant, _)| *invariant);
+    if let Some((invariant, trace)) = found.first() {
+        panic!("{name} violates {invariant:?}:\n{trace}");
     }
 }
 
 #[test]
-fn fenced_enactment_keeps_every_invariant_in_every_interleaving() {
-    for enactors in 2..=3 {
-        for retention in 0..=1 {
-            let config = Config {
-                strategy: Strategy::Fenced,
-                enactors,
-                max_generation: 4,
-                retention,
-            };
-            let report = check(&config);
-            println!(
-                "fenced, {enactors} enactors, 4 generations, retention {retention}: {} states, {} transitions, no violation",
-                report.states, report.transitions
-            );
-            assert!(report.states > 100, "the search must actually branch");
-            let mut found: Vec<_> = report.violations.into_iter().collect();
-            found.sort_by_key(|(invariant, _)| *invariant);
-            if let Some((invariant, trace)) = found.first() {
-                panic!("fenced strategy violates {invariant:?}:\n{trace}");
-            }
-        }
+fn production_protocol_keeps_every_invariant_under_deletions_crashes_and_outages() {
+    for retention in 0..=1 {
+        assert_no_violation(
+            &format!("production, 2 enactors, retention {retention}, every event"),
+            &production(2, retention, every_event()),
+        );
+    }
+    assert_no_violation(
+        "production, 3 enactors, retention 0, outage + deletion + crash",
+        &production(
+            3,
+            0,
+            Budget {
+                health_flips: 1,
+                target_changes: 0,
+                record_edits: 0,
+                ..every_event()
+            },
+        ),
+    );
+}
+
+#[test]
+fn old_recovery_empties_the_name_after_the_live_plan_is_deleted() {
+    let old = Config {
+        recovery: Recovery::RecreateFromCandidates,
+        admission: Admission::AnyPlan,
+        ..production(2, 0, every_event())
+    };
+    let report = check(&old);
+    let trace = report
+        .violations
+        .get(&Invariant::NeverEmpty)
+        .expect("the checker must find the NeverEmpty violation of the old recovery");
+    println!(
+        "old recovery, {} states; counterexample for NeverEmpty:\n{trace}\n",
+        report.states
+    );
+    assert_eq!(trace.end.served, 0, "the trace ends with no records");
+    assert!(
+        trace
+            .steps
+            .iter()
+            .any(|s| s.starts_with("user deletes plan"))
+    );
+    assert!(trace.steps.iter().any(|s| s == "targets all fail"));
+    // Each half of the fix closes the hole on its own: the planner never mints an empty plan the
+    // endpoint refuses, and enactors refuse one whoever minted it.
+    for (name, recovery, admission) in [
+        (
+            "production planner, enactors without admission",
+            Recovery::Production,
+            Admission::AnyPlan,
+        ),
+        (
+            "old recovery, enactors with admission",
+            Recovery::RecreateFromCandidates,
+            Admission::Production,
+        ),
+    ] {
+        let report = check(&Config {
+            recovery,
+            admission,
+            ..production(2, 0, every_event())
+        });
+        println!("{name}: {} states", report.states);
+        assert!(
+            !report.violations.contains_key(&Invariant::NeverEmpty),
+            "{name}:\n{}",
+            report.violations[&Invariant::NeverEmpty]
+        );
     }
 }
 
@@ -353,12 +861,20 @@ fn fenced_enactment_keeps_every_invariant_in_every_interleaving() {
 fn unfenced_enactment_is_caught_with_a_counterexample_for_each_safety_invariant() {
     let report = check(&Config {
         strategy: Strategy::Unfenced,
-        enactors: 2,
-        max_generation: 3,
-        retention: 0,
+        ..production(
+            2,
+            0,
+            Budget {
+                health_flips: 0,
+                target_changes: 2,
+                plan_deletions: 0,
+                planner_crashes: 0,
+                record_edits: 0,
+            },
+        )
     });
     println!(
-        "unfenced, 2 enactors, 3 generations: {} states, {} transitions",
+        "unfenced, 2 enactors: {} states, {} transitions",
         report.states, report.transitions
     );
     for invariant in [
@@ -372,9 +888,9 @@ fn unfenced_enactment_is_caught_with_a_counterexample_for_each_safety_invariant(
             .unwrap_or_else(|| panic!("the checker must find a {invariant:?} violation"));
         println!("counterexample for {invariant:?}:\n{trace}\n");
     }
-    let empty = &report.violations[&Invariant::NeverEmpty];
     assert_eq!(
-        empty.end.served, None,
+        report.violations[&Invariant::NeverEmpty].end.served,
+        0,
         "the NeverEmpty trace ends with no records"
     );
 }

@@ -319,6 +319,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.clone(),
         leadership.clone(),
         args.watch_namespace.clone(),
+        args.dns_server_timeout,
         shutdown.clone(),
     ));
     let enactor = tokio::spawn(dns::enactor::run(

@@ -63,38 +63,85 @@ pub fn content_hash(rrsets: &[RRSet]) -> String {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlanDecision {
-    /// Mint plan `generation` with these records.
+    /// Reserve generation `generation` (compare-and-set) and mint its plan with these records.
+    /// `recovered`: the records are what the server serves, because the live plan's object is
+    /// gone and no healthy target can replace it.
     Mint {
         generation: u64,
         rrsets: Vec<RRSet>,
         content_hash: String,
+        recovered: bool,
     },
     /// The newest plan already has this content.
     Unchanged,
-    /// No target is healthy and the endpoint does not allow empty answers: the current plan stays
+    /// No target is healthy and the endpoint does not allow empty answers: what is live stays
     /// live rather than taking the name down.
     WithheldEmpty,
+    /// The reserved generation's plan is gone (deleted, or its planner died between reserving
+    /// and creating it) and no healthy target can replace it: read what the server serves, then
+    /// decide again with [`PlanInput::server`] set.
+    ReadServer,
 }
 
-/// Whether the desired records need a new plan. `newest_plan_hash` is the content hash of the
-/// plan at `latest_generation` (`None` when no plan was minted yet).
-pub fn decide_plan(
-    latest_generation: u64,
-    newest_plan_hash: Option<&str>,
-    rrsets: Vec<RRSet>,
-    allow_empty: bool,
-) -> PlanDecision {
-    if rrsets.is_empty() && !allow_empty {
+/// What the authoritative server serves for the name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerView {
+    pub fence: Option<u64>,
+    pub records: Vec<RRSet>,
+}
+
+/// Everything the planner decides from.
+#[derive(Clone, Debug)]
+pub struct PlanInput<'a> {
+    /// The newest generation reserved in the endpoint's status (0: none yet).
+    pub reserved: u64,
+    /// Content hash of the plan at `reserved`; `None` when that plan object does not exist.
+    pub reserved_plan_hash: Option<&'a str>,
+    /// Generations whose plan objects exist.
+    pub existing_plans: &'a [u64],
+    /// The records the targets' health asks for.
+    pub desired: Vec<RRSet>,
+    pub allow_empty: bool,
+    /// Set after a [`PlanDecision::ReadServer`].
+    pub server: Option<&'a ServerView>,
+}
+
+/// The planner's step. A generation is never minted twice: whatever is missing, the next plan
+/// takes a new generation, so a number always means the same records at the server. And no plan
+/// is ever minted that the endpoint's own rules refuse: empty records need `allowEmpty`, and when
+/// the live plan's object is gone with no healthy target, the replacement carries the records the
+/// server already serves.
+pub fn decide_plan(input: PlanInput<'_>) -> PlanDecision {
+    let next = input.reserved + 1;
+    if !input.desired.is_empty() || input.allow_empty {
+        let hash = content_hash(&input.desired);
+        if input.reserved_plan_hash == Some(hash.as_str()) {
+            return PlanDecision::Unchanged;
+        }
+        return PlanDecision::Mint {
+            generation: next,
+            rrsets: input.desired,
+            content_hash: hash,
+            recovered: false,
+        };
+    }
+    if input.reserved == 0 || input.reserved_plan_hash.is_some() {
         return PlanDecision::WithheldEmpty;
     }
-    let hash = content_hash(&rrsets);
-    if newest_plan_hash == Some(hash.as_str()) {
-        return PlanDecision::Unchanged;
+    let Some(server) = input.server else {
+        return PlanDecision::ReadServer;
+    };
+    let live_plan_exists = server
+        .fence
+        .is_some_and(|live| input.existing_plans.contains(&live));
+    if server.records.is_empty() || live_plan_exists {
+        return PlanDecision::WithheldEmpty;
     }
     PlanDecision::Mint {
-        generation: latest_generation + 1,
-        rrsets,
-        content_hash: hash,
+        generation: next,
+        content_hash: content_hash(&server.records),
+        rrsets: server.records.clone(),
+        recovered: true,
     }
 }
 
@@ -165,6 +212,17 @@ mod tests {
         assert!(desired_rrsets(RoutingPolicy::Failover, 60, &all_down).is_empty());
     }
 
+    fn input(reserved: u64, hash: Option<&str>, desired: Vec<RRSet>) -> PlanInput<'_> {
+        PlanInput {
+            reserved,
+            reserved_plan_hash: hash,
+            existing_plans: &[],
+            desired,
+            allow_empty: false,
+            server: None,
+        }
+    }
+
     #[test]
     fn a_new_plan_only_when_content_changes_and_never_empty_unless_allowed() {
         let rrsets = desired_rrsets(
@@ -175,30 +233,94 @@ mod tests {
         let PlanDecision::Mint {
             generation,
             content_hash: hash,
+            recovered: false,
             ..
-        } = decide_plan(0, None, rrsets.clone(), false)
+        } = decide_plan(input(0, None, rrsets.clone()))
         else {
             panic!("first plan must be minted")
         };
         assert_eq!(generation, 1);
         assert_eq!(hash.len(), 64);
         assert_eq!(
-            decide_plan(1, Some(&hash), rrsets.clone(), false),
+            decide_plan(input(1, Some(&hash), rrsets.clone())),
             PlanDecision::Unchanged
         );
         let mut longer_ttl = rrsets.clone();
         longer_ttl[0].ttl = 120;
         assert!(matches!(
-            decide_plan(1, Some(&hash), longer_ttl, false),
+            decide_plan(input(1, Some(&hash), longer_ttl)),
             PlanDecision::Mint { generation: 2, .. }
         ));
         assert_eq!(
-            decide_plan(1, Some(&hash), Vec::new(), false),
+            decide_plan(input(1, Some(&hash), Vec::new())),
             PlanDecision::WithheldEmpty
         );
         assert!(matches!(
-            decide_plan(1, Some(&hash), Vec::new(), true),
+            decide_plan(PlanInput { allow_empty: true, ..input(1, Some(&hash), Vec::new()) }),
             PlanDecision::Mint { generation: 2, ref rrsets, .. } if rrsets.is_empty()
         ));
+    }
+
+    #[test]
+    fn a_missing_reserved_plan_is_replaced_by_a_new_generation_never_by_an_empty_one() {
+        let live = desired_rrsets(
+            RoutingPolicy::AllHealthy,
+            60,
+            &[candidate("10.0.0.1", 0, true)],
+        );
+        let moved = desired_rrsets(
+            RoutingPolicy::AllHealthy,
+            60,
+            &[candidate("10.0.0.2", 0, true)],
+        );
+        // Healthy targets: a fresh generation with them; no server read needed.
+        assert!(matches!(
+            decide_plan(input(4, None, moved.clone())),
+            PlanDecision::Mint { generation: 5, ref rrsets, recovered: false, .. } if *rrsets == moved
+        ));
+        // No healthy target: ask the server first.
+        assert_eq!(
+            decide_plan(input(4, None, Vec::new())),
+            PlanDecision::ReadServer
+        );
+        // The live plan's object is gone: its records come back as generation 5.
+        let served = ServerView {
+            fence: Some(4),
+            records: live.clone(),
+        };
+        let existing = [2, 3];
+        let recovering = PlanInput {
+            existing_plans: &existing,
+            server: Some(&served),
+            ..input(4, None, Vec::new())
+        };
+        assert!(matches!(
+            decide_plan(recovering.clone()),
+            PlanDecision::Mint { generation: 5, ref rrsets, recovered: true, .. } if *rrsets == live
+        ));
+        // A planner died between reserving 4 and creating it; plan 3 is live and intact.
+        let older_live = ServerView {
+            fence: Some(3),
+            records: live.clone(),
+        };
+        assert_eq!(
+            decide_plan(PlanInput {
+                server: Some(&older_live),
+                ..recovering.clone()
+            }),
+            PlanDecision::WithheldEmpty
+        );
+        // Nothing served: nothing to preserve, and no empty plan either.
+        let nothing = ServerView {
+            fence: None,
+            records: Vec::new(),
+        };
+        assert_eq!(
+            decide_plan(PlanInput {
+                server: Some(&nothing),
+                ..recovering
+            }),
+            PlanDecision::WithheldEmpty
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase};
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -21,7 +21,10 @@ use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::fencing::{Enactment, FenceGuard, decide_cleanup, decide_enactment, write_guard};
+use super::fencing::{
+    EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation, PassOutcome,
+    PassStep, PlanFacts, decide_cleanup, plan_refusal,
+};
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
@@ -36,8 +39,6 @@ const CONTROLLER: &str = "dns-enactor";
 /// Keeps a deleted DnsEndpoint until its records and fence are gone from the DNS server.
 pub const RECORDS_FINALIZER: &str = "bulwark.dev/dns-records";
 const FIELD_MANAGER: &str = "bulwark-dns-enactor";
-/// Prerequisite failures in one pass before yielding to other work (the fence keeps moving).
-const MAX_FENCE_RETRIES: u32 = 5;
 
 struct Context {
     client: kube::Client,
@@ -166,7 +167,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
     {
         Ok((_, dns)) => {
             let mut removed = false;
-            for _ in 0..MAX_FENCE_RETRIES {
+            for _ in 0..MAX_FENCE_REFUSALS {
                 let fence = dns.read_fence(fqdn).await?;
                 let guard = FenceGuard {
                     expect_fence: fence,
@@ -218,16 +219,7 @@ async fn report_failure(endpoint: &DnsEndpoint, context: &Context, error: &Error
         error.to_string(),
     )
     .await;
-    let live = endpoint.status.as_ref().and_then(|s| s.live_generation);
-    if let Err(e) = apply_endpoint_status(
-        &context.client,
-        endpoint,
-        FIELD_MANAGER,
-        serde_json::json!({ "liveGeneration": live }),
-        &[ready],
-        None,
-    )
-    .await
+    if let Err(e) = write_endpoint_status(context, endpoint, live_generation(endpoint), ready).await
     {
         warn!(endpoint = %key(endpoint), error = %e, "could not record the failure in status");
     }
@@ -237,15 +229,92 @@ fn phase(plan: &DnsPlan) -> PlanPhase {
     plan.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
+/// The newest plan the enactor may write: Superseded and Rejected plans are never retried, and a
+/// plan the planner could not have minted for this endpoint is marked Rejected with the reason.
+async fn enactable_plan(
+    endpoint: &DnsEndpoint,
+    context: &Context,
+    plans: &[Arc<DnsPlan>],
+) -> Result<Option<Arc<DnsPlan>>, Error> {
+    let mut fresh: Option<DnsEndpoint> = None;
+    for plan in plans.iter().rev() {
+        if matches!(phase(plan), PlanPhase::Superseded | PlanPhase::Rejected) {
+            continue;
+        }
+        let facts = PlanFacts {
+            fqdn: &plan.spec.fqdn,
+            generation: plan.spec.generation,
+            empty: plan.spec.rrsets.is_empty(),
+        };
+        let mut refusal = plan_refusal(&facts, &endpoint_facts(endpoint));
+        if refusal.is_some() && plan.spec.generation > reserved_generation(endpoint) {
+            // The plan's watch event may have overtaken its reservation's: ask the API server.
+            let api: Api<DnsEndpoint> = Api::namespaced(
+                context.client.clone(),
+                &endpoint.namespace().unwrap_or_default(),
+            );
+            if fresh.is_none() {
+                fresh = api.get_opt(&endpoint.name_any()).await?;
+            }
+            let Some(fresh) = &fresh else {
+                return Ok(None);
+            };
+            refusal = plan_refusal(&facts, &endpoint_facts(fresh));
+        }
+        match refusal {
+            None => return Ok(Some(plan.clone())),
+            Some(reason) => mark_plan(context, plan, PlanPhase::Rejected, &reason).await?,
+        }
+    }
+    Ok(None)
+}
+
+fn reserved_generation(endpoint: &DnsEndpoint) -> u64 {
+    endpoint
+        .status
+        .as_ref()
+        .map_or(0, |s| s.latest_plan_generation)
+}
+
+fn endpoint_facts(endpoint: &DnsEndpoint) -> EndpointFacts<'_> {
+    EndpointFacts {
+        fqdn: &endpoint.spec.fqdn,
+        reserved_generation: reserved_generation(endpoint),
+        allow_empty: endpoint.spec.allow_empty,
+    }
+}
+
+fn live_generation(endpoint: &DnsEndpoint) -> Option<u64> {
+    endpoint.status.as_ref().and_then(|s| s.live_generation)
+}
+
+/// Writes the enactor's status fields with a compare-and-set on the endpoint version this
+/// reconcile read, so concurrent enactors cannot move `liveGeneration` backwards: a replica that
+/// lost the race gets a conflict, and the newer version's watch event brings it back.
+async fn write_endpoint_status(
+    context: &Context,
+    endpoint: &DnsEndpoint,
+    live: Option<u64>,
+    ready: Condition,
+) -> Result<(), Error> {
+    match apply_endpoint_status(
+        &context.client,
+        endpoint,
+        FIELD_MANAGER,
+        serde_json::json!({ "liveGeneration": live }),
+        &[ready],
+        endpoint.resource_version().as_deref(),
+    )
+    .await
+    {
+        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
     let plans = plans_of(&context.plans, endpoint);
-    // Superseded plans are never retried; the newest other plan is the one to enact.
-    let Some(newest) = plans
-        .iter()
-        .rev()
-        .find(|p| phase(p) != PlanPhase::Superseded)
-        .cloned()
-    else {
+    let Some(plan) = enactable_plan(endpoint, context, &plans).await? else {
         let (ready, changed) = endpoint_condition(
             endpoint,
             "Ready",
@@ -254,15 +323,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
             "waiting for the planner to mint a plan",
         );
         if changed {
-            apply_endpoint_status(
-                &context.client,
-                endpoint,
-                FIELD_MANAGER,
-                serde_json::json!({ "liveGeneration": null }),
-                &[ready],
-                None,
-            )
-            .await?;
+            write_endpoint_status(context, endpoint, live_generation(endpoint), ready).await?;
         }
         return Ok(Action::await_change());
     };
@@ -277,58 +338,67 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     {
         Ok((_, dns)) => dns,
         Err(error @ Error::Invalid { .. }) => {
-            if phase(&newest) != PlanPhase::Rejected {
-                mark_plan(context, &newest, PlanPhase::Rejected, &error.to_string()).await?;
+            if phase(&plan) != PlanPhase::Rejected {
+                mark_plan(context, &plan, PlanPhase::Rejected, &error.to_string()).await?;
             }
             return Err(error);
         }
         Err(error) => return Err(error),
     };
-    let fqdn = newest.spec.fqdn.as_str();
-    let generation = newest.spec.generation;
+    let fqdn = plan.spec.fqdn.as_str();
+    let generation = plan.spec.generation;
 
-    let mut refused = 0;
-    let mut applied = false;
-    loop {
-        let fence = dns.read_fence(fqdn).await?;
-        match decide_enactment(generation, fence) {
-            Enactment::Apply { expect_fence } => {
-                settings
-                    .slow_enactor
-                    .stall_before_write(fqdn, generation)
-                    .await;
-                let guard = write_guard(settings.strategy, expect_fence);
-                match dns
-                    .write_plan(fqdn, generation, &newest.spec.rrsets, guard)
-                    .await?
-                {
-                    WriteOutcome::Applied => {
-                        applied = true;
-                        break;
-                    }
-                    WriteOutcome::FenceMismatch => {
-                        context.metrics.dns.stale_writes_refused.inc();
-                        refused += 1;
-                        debug!(fqdn, generation, ?expect_fence, "fence moved; re-reading");
-                        if refused == MAX_FENCE_RETRIES {
-                            return Ok(Action::requeue(Duration::from_millis(100)));
-                        }
-                    }
+    // The protocol is the pure step function; this loop only performs its I/O.
+    let mut pass = EnactmentPass::new(generation, settings.strategy);
+    let mut observation = Observation::Start;
+    let outcome = loop {
+        observation = match pass.step(observation) {
+            PassStep::ReadFence => Observation::Fence(dns.read_fence(fqdn).await?),
+            PassStep::Write { guard, repair } => {
+                if repair {
+                    warn!(
+                        fqdn,
+                        generation, "answer differs from the live plan; repairing"
+                    );
+                } else {
+                    settings
+                        .slow_enactor
+                        .stall_before_write(fqdn, generation)
+                        .await;
                 }
+                let written = dns
+                    .write_plan(fqdn, generation, &plan.spec.rrsets, guard)
+                    .await?;
+                if written == WriteOutcome::FenceMismatch {
+                    context.metrics.dns.stale_writes_refused.inc();
+                    debug!(fqdn, generation, ?guard, "fence moved; re-reading");
+                }
+                Observation::Written(written)
             }
-            Enactment::AlreadyLive => break,
-            Enactment::Superseded { live } => {
-                let message = format!("generation {live} is live at the server");
-                mark_plan(context, &newest, PlanPhase::Superseded, &message).await?;
-                // The newer plan's own event brings this endpoint back.
-                return Ok(Action::await_change());
-            }
+            PassStep::ReadServed => Observation::Served {
+                matches_plan: dns.served_records(fqdn).await? == plan.spec.rrsets,
+            },
+            PassStep::Done(outcome) => break outcome,
+        };
+    };
+    let (applied, verified) = match outcome {
+        PassOutcome::Contended => return Ok(Action::requeue(Duration::from_millis(100))),
+        PassOutcome::Superseded { live } => {
+            let message = format!("generation {live} is live at the server");
+            mark_plan(context, &plan, PlanPhase::Superseded, &message).await?;
+            // The newer plan's own event brings this endpoint back.
+            return Ok(Action::await_change());
         }
-    }
+        PassOutcome::Live { applied, verified } => (applied, verified),
+    };
 
-    verify(context, endpoint, &dns, &newest, applied).await?;
+    record_live(context, endpoint, &plan, applied, verified).await?;
     supersede_older(context, &plans, generation).await?;
     collect(context, &dns, &plans, fqdn).await?;
+    if !verified {
+        // The answer changed again right after the repair: look again shortly.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
 
     let (ready, changed) = endpoint_condition(
         endpoint,
@@ -337,17 +407,10 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         "Live",
         format!("plan {generation} is live and verified at the authoritative server"),
     );
-    let live = endpoint.status.as_ref().and_then(|s| s.live_generation);
-    if changed || live != Some(generation) {
-        apply_endpoint_status(
-            &context.client,
-            endpoint,
-            FIELD_MANAGER,
-            serde_json::json!({ "liveGeneration": generation }),
-            &[ready],
-            None,
-        )
-        .await?;
+    let live = live_generation(endpoint);
+    // Never move the status backwards: a newer generation recorded by another replica stands.
+    if live.is_none_or(|live| live <= generation) && (changed || live != Some(generation)) {
+        write_endpoint_status(context, endpoint, Some(generation), ready).await?;
     }
     context
         .metrics
@@ -392,41 +455,19 @@ async fn mark_plan(
     Ok(())
 }
 
-/// Reads the authoritative answer and records the plan's status in one write: who enacted it
-/// (when `applied` by this replica) and, the first time the answer matches, verifiedAt and the
-/// enactment latency. Records that differ under a current fence (a manual edit) are rewritten,
-/// fenced on that same generation so nothing newer can be overwritten.
-async fn verify(
+/// Records a live plan's status in one write: who enacted it (when `applied` by this replica)
+/// and, the first time the answer matched, verifiedAt and the enactment latency.
+async fn record_live(
     context: &Context,
     endpoint: &DnsEndpoint,
-    dns: &Rfc2136,
     plan: &DnsPlan,
     applied: bool,
+    verified: bool,
 ) -> Result<(), Error> {
-    let fqdn = plan.spec.fqdn.as_str();
     let generation = plan.spec.generation;
-    let mut served = dns.served_records(fqdn).await?;
-    if served != plan.spec.rrsets {
-        warn!(
-            fqdn,
-            generation,
-            ?served,
-            "answer differs from the live plan; repairing"
-        );
-        let guard = write_guard(context.settings.strategy, Some(generation));
-        if dns
-            .write_plan(fqdn, generation, &plan.spec.rrsets, guard)
-            .await?
-            == WriteOutcome::FenceMismatch
-        {
-            // A newer generation went live meanwhile; its enactor verifies it.
-            return Ok(());
-        }
-        served = dns.served_records(fqdn).await?;
-    }
     let now = Timestamp::now();
     let first_verification =
-        served == plan.spec.rrsets && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none());
+        verified && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none());
     let mut status = serde_json::json!({ "phase": PlanPhase::Live });
     if applied {
         status["enactedBy"] = context.settings.identity.clone().into();

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec};
+use std::time::Duration;
+
+use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,11 +24,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::desired::{Candidate, PlanDecision, decide_plan, desired_rrsets};
+use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan, desired_rrsets};
+use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
     apply_endpoint_status, cached, endpoint_condition, endpoints_and_plans, key, log_watch_error,
-    plans_of, publish,
+    plans_of, provider_for, publish, zone_not_found,
 };
 use crate::leadership::{Leadership, became_leader};
 use crate::metrics::Metrics;
@@ -44,6 +47,7 @@ struct Context {
     plans: Store<DnsPlan>,
     slices: Store<EndpointSlice>,
     backoff: Backoff,
+    server_timeout: Duration,
 }
 
 pub async fn run(
@@ -53,6 +57,7 @@ pub async fn run(
     readiness: Readiness,
     leadership: watch::Receiver<Leadership>,
     namespace: Option<String>,
+    server_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let namespace = namespace.as_deref();
@@ -75,6 +80,7 @@ pub async fn run(
         plans: caches.plans,
         slices,
         backoff: Backoff::default(),
+        server_timeout,
     });
     controller
         .owns_stream(caches.plan_events.touched_objects())
@@ -203,42 +209,42 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     let namespace = endpoint.namespace().unwrap_or_default();
     let spec = &endpoint.spec;
     let (found, services_without_ready) = candidates(spec, &namespace, &context.slices);
-    let rrsets = desired_rrsets(spec.routing, spec.ttl, &found);
-    let latest = endpoint
+    let reserved = endpoint
         .status
         .as_ref()
         .map_or(0, |s| s.latest_plan_generation);
     let plans = plans_of(&context.plans, endpoint);
-    let newest = plans.iter().find(|p| p.spec.generation == latest);
-    if latest > 0 && newest.is_none() {
-        // The generation was reserved but its plan is not in the cache: either the cache lags
-        // behind our own create, or a planner died between reserving and creating. Creating it
-        // is idempotent by name; the next pass compares content as usual.
-        let decision = decide_plan(latest - 1, None, rrsets, true);
-        if let PlanDecision::Mint {
-            rrsets,
-            content_hash,
-            ..
-        } = decision
-        {
-            create_plan(endpoint, context, latest, rrsets, content_hash, token).await?;
-        }
+    let reserved_plan = plans.iter().find(|p| p.spec.generation == reserved);
+    if reserved > 0 && reserved_plan.is_none() && plan_exists(context, endpoint, reserved).await? {
+        // Our own create is not in the cache yet; its watch event brings the endpoint back.
         return Ok(Action::await_change());
     }
-
-    let decision = decide_plan(
-        latest,
-        newest.map(|p| p.spec.content_hash.as_str()),
-        rrsets,
-        spec.allow_empty,
-    );
+    let existing: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
+    let server: ServerView;
+    let mut input = PlanInput {
+        reserved,
+        reserved_plan_hash: reserved_plan.map(|p| p.spec.content_hash.as_str()),
+        existing_plans: &existing,
+        desired: desired_rrsets(spec.routing, spec.ttl, &found),
+        allow_empty: spec.allow_empty,
+        server: None,
+    };
+    let mut decision = decide_plan(input.clone());
+    if decision == PlanDecision::ReadServer {
+        server = read_server(endpoint, context).await?;
+        input.server = Some(&server);
+        decision = decide_plan(input);
+    }
     let (degraded, degraded_changed) = match &decision {
-        PlanDecision::WithheldEmpty => endpoint_condition(
+        PlanDecision::WithheldEmpty
+        | PlanDecision::Mint {
+            recovered: true, ..
+        } => endpoint_condition(
             endpoint,
             "Degraded",
             true,
             "NoHealthyTarget",
-            no_healthy_message(&services_without_ready, latest),
+            no_healthy_message(&services_without_ready, &decision, reserved),
         ),
         _ => endpoint_condition(
             endpoint,
@@ -248,12 +254,26 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             "at least one target is healthy",
         ),
     };
+    if degraded_changed && degraded.status == "True" {
+        publish(
+            &context.recorder,
+            endpoint,
+            EventType::Warning,
+            "NoHealthyTarget",
+            degraded.message.clone(),
+        )
+        .await;
+    }
     match decision {
         PlanDecision::Mint {
             generation,
             rrsets,
             content_hash,
+            recovered,
         } => {
+            if !still_leading(context, token) {
+                return Ok(Action::await_change());
+            }
             // Reserve the generation: compare-and-set on the resourceVersion we planned from.
             apply_endpoint_status(
                 &context.client,
@@ -267,28 +287,34 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
                 endpoint.resource_version().as_deref(),
             )
             .await?;
+            if !still_leading(context, token) {
+                // A newer leader sees the reservation without a plan and mints the next one.
+                return Ok(Action::await_change());
+            }
             create_plan(endpoint, context, generation, rrsets, content_hash, token).await?;
+            if recovered {
+                publish(
+                    &context.recorder,
+                    endpoint,
+                    EventType::Warning,
+                    "LivePlanRecovered",
+                    format!(
+                        "the object of plan {reserved} is gone and no target is healthy; plan {generation} carries the records the server serves"
+                    ),
+                )
+                .await;
+            }
         }
-        PlanDecision::Unchanged | PlanDecision::WithheldEmpty => {
+        PlanDecision::Unchanged | PlanDecision::WithheldEmpty | PlanDecision::ReadServer => {
             let observed_changed = endpoint.status.as_ref().and_then(|s| s.observed_generation)
                 != endpoint.metadata.generation;
-            if degraded_changed || observed_changed {
-                if degraded_changed && degraded.status == "True" {
-                    publish(
-                        &context.recorder,
-                        endpoint,
-                        EventType::Warning,
-                        "NoHealthyTarget",
-                        degraded.message.clone(),
-                    )
-                    .await;
-                }
+            if (degraded_changed || observed_changed) && still_leading(context, token) {
                 apply_endpoint_status(
                     &context.client,
                     endpoint,
                     FIELD_MANAGER,
                     serde_json::json!({
-                        "latestPlanGeneration": latest,
+                        "latestPlanGeneration": reserved,
                         "observedGeneration": endpoint.metadata.generation,
                     }),
                     &[degraded],
@@ -301,11 +327,57 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     Ok(Action::await_change())
 }
 
-fn no_healthy_message(services_without_ready: &[String], latest: u64) -> String {
-    let keeping = if latest > 0 {
-        format!("plan {latest} stays live")
-    } else {
-        "no plan is minted".into()
+/// Leadership is re-checked right before every write, not once per reconcile: a deposed leader
+/// must not reserve or mint (the reservation's compare-and-set is the store-side guard).
+fn still_leading(context: &Context, token: u64) -> bool {
+    context.leadership.borrow().token() == Some(token)
+}
+
+/// Whether plan `generation` of the endpoint exists at the API server (the cache may lag behind
+/// this planner's own create).
+async fn plan_exists(
+    context: &Context,
+    endpoint: &DnsEndpoint,
+    generation: u64,
+) -> Result<bool, Error> {
+    let api: Api<DnsPlan> = Api::namespaced(
+        context.client.clone(),
+        &endpoint.namespace().unwrap_or_default(),
+    );
+    let name = format!("{}-{generation}", endpoint.name_any());
+    Ok(api.get_opt(&name).await?.is_some())
+}
+
+/// What the DNS server serves for the endpoint's name: read only on the rare path where the
+/// reserved plan's object is gone and no healthy target can replace it.
+async fn read_server(endpoint: &DnsEndpoint, context: &Context) -> Result<ServerView, Error> {
+    let zones: Api<DnsZone> = Api::namespaced(
+        context.client.clone(),
+        &endpoint.namespace().unwrap_or_default(),
+    );
+    let zone = zones
+        .get_opt(&endpoint.spec.zone_ref)
+        .await?
+        .ok_or_else(|| zone_not_found(endpoint))?;
+    let dns = provider_for(&context.client, &zone, endpoint, context.server_timeout).await?;
+    let fqdn = endpoint.spec.fqdn.as_str();
+    Ok(ServerView {
+        fence: dns.read_fence(fqdn).await?,
+        records: dns.served_records(fqdn).await?,
+    })
+}
+
+fn no_healthy_message(
+    services_without_ready: &[String],
+    decision: &PlanDecision,
+    reserved: u64,
+) -> String {
+    let keeping = match decision {
+        PlanDecision::Mint { generation, .. } => {
+            format!("plan {generation} keeps the records the server serves")
+        }
+        _ if reserved > 0 => "the live plan stays live".into(),
+        _ => "no plan is minted".into(),
     };
     if services_without_ready.is_empty() {
         format!("no target is healthy and allowEmpty is false; {keeping}")

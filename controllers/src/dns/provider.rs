@@ -34,7 +34,7 @@ impl ProviderError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WriteOutcome {
     Applied,
     /// The guard did not hold: the fence changed since it was read. Nothing was written.

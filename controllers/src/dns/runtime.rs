@@ -179,13 +179,30 @@ pub async fn zone_provider(
     let namespace = endpoint.namespace().unwrap_or_default();
     let zone = zones
         .get(&ObjectRef::new(&endpoint.spec.zone_ref).within(&namespace))
-        .ok_or_else(|| Error::Invalid {
-            reason: "ZoneNotFound",
-            message: format!(
-                "DnsZone {:?} does not exist in namespace {namespace}",
-                endpoint.spec.zone_ref
-            ),
-        })?;
+        .ok_or_else(|| zone_not_found(endpoint))?;
+    let provider = provider_for(client, &zone, endpoint, timeout).await?;
+    Ok((zone, provider))
+}
+
+pub fn zone_not_found(endpoint: &DnsEndpoint) -> Error {
+    Error::Invalid {
+        reason: "ZoneNotFound",
+        message: format!(
+            "DnsZone {:?} does not exist in namespace {}",
+            endpoint.spec.zone_ref,
+            endpoint.namespace().unwrap_or_default()
+        ),
+    }
+}
+
+/// A provider for the endpoint's name in `zone`.
+pub async fn provider_for(
+    client: &kube::Client,
+    zone: &DnsZone,
+    endpoint: &DnsEndpoint,
+    timeout: Duration,
+) -> Result<Rfc2136, Error> {
+    let namespace = endpoint.namespace().unwrap_or_default();
     if !fqdn_in_zone(&endpoint.spec.fqdn, &zone.spec.zone) {
         return Err(Error::Invalid {
             reason: "FqdnOutsideZone",
@@ -225,15 +242,14 @@ pub async fn zone_provider(
         .and_then(|d| d.get(&secret_ref.key))
         .ok_or_else(|| missing("key not found in the Secret"))?;
     let value = std::str::from_utf8(&value.0).map_err(|_| missing("value is not text"))?;
-    let provider = Rfc2136::new(
+    Ok(Rfc2136::new(
         &settings.server,
         &zone.spec.zone,
         &settings.tsig_key_name,
         settings.tsig_algorithm,
         value,
         timeout,
-    )?;
-    Ok((zone, provider))
+    )?)
 }
 
 /// Writes the status fields and conditions one controller owns, by server-side apply under its
