@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bulwark_controllers::dns::provider::DnsProvider;
+use bulwark_controllers::dns::rfc2136::Rfc2136;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::bind::Bind;
 use bulwark_e2e::dns::{apply_endpoint, create_zone, plans, set_tsig_secret, start_operators};
@@ -14,8 +15,8 @@ use bulwark_e2e::operator::start_operator;
 use bulwark_e2e::{cluster, eventually, install_crds};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 
 fn log_dir(test: &str) -> std::path::PathBuf {
     std::env::temp_dir().join("bulwark-e2e-logs").join(test)
@@ -63,6 +64,57 @@ async fn wait_for_ready(api: &Api<DnsEndpoint>, name: &str, status: &str, reason
     )
     .await
     .unwrap()
+}
+
+/// Reasons of the Events recorded about `name` in `ns`.
+async fn event_reasons(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    events
+        .list(&params)
+        .await
+        .map(|list| list.items.into_iter().filter_map(|e| e.reason).collect())
+        .unwrap_or_default()
+}
+
+/// One answer of the authoritative server: the addresses it served and the fence beside them.
+struct Sample {
+    values: Vec<String>,
+    fence: Option<u64>,
+}
+
+/// Queries the authoritative server in a loop, as a client would, until finished.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Sample>>,
+}
+
+impl Poller {
+    fn start(dns: Rfc2136, fqdn: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let fqdn = fqdn.to_owned();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let (Ok(answer), Ok(fence)) =
+                        (dns.served_records(&fqdn).await, dns.read_fence(&fqdn).await)
+                    {
+                        let values = answer.into_iter().flat_map(|r| r.values).collect();
+                        samples.push(Sample { values, fence });
+                    }
+                }
+                samples
+            }
+        });
+        Poller { stop, task }
+    }
+
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
 }
 
 async fn point_api_at(client: &kube::Client, ns: &str, addresses: &[&str]) {
@@ -284,13 +336,236 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     );
 }
 
-/// What the poller saw while plans churned and one enactor was slow.
+/// Defect found by a user: a Service-backed endpoint loses every ready pod (the last plan stays
+/// live), then its live plan is deleted by hand. The old recovery recreated that generation with
+/// no records and "repaired" the name to empty. The same path ran when a planner died between
+/// reserving a generation and creating its plan. A poller queries BIND throughout.
+#[tokio::test]
+async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("dns-recover").await;
+    let bind = Bind::start("recover.test").unwrap();
+    let dns = bind.provider();
+    create_zone(&client, &ns, "recover", &bind).await.unwrap();
+    let _operators = start_operators(
+        &cluster.kubeconfig,
+        &ns,
+        2,
+        &["--dns-resync=1s"],
+        &log_dir("dns-recover"),
+    )
+    .unwrap();
+    let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
+    let plan_api: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let fqdn = "web.recover.test";
+    let apply = PatchParams::apply("bulwark-e2e").force();
+    let slice = |address: &str, ready: bool| {
+        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}]})
+    };
+    slices
+        .patch("web-1", &apply, &Patch::Apply(slice("10.9.0.1", true)))
+        .await
+        .unwrap();
+    endpoints
+        .patch(
+            "web",
+            &apply,
+            &Patch::Apply(serde_json::json!({"apiVersion": "bulwark.dev/v1alpha1",
+                "kind": "DnsEndpoint", "metadata": {"name": "web"},
+                "spec": {"zoneRef": "recover", "fqdn": fqdn, "ttl": 30,
+                         "targets": [{"serviceRef": {"name": "web"}}]}})),
+        )
+        .await
+        .unwrap();
+    wait_for_answer(&dns, fqdn, &a(&["10.9.0.1"]), "plan 1 served").await;
+    wait_for_ready(&endpoints, "web", "True", "Live").await;
+    let poller = Poller::start(bind.provider(), fqdn);
+
+    // Every pod goes away: plan 1 stays live.
+    slices
+        .patch("web-1", &apply, &Patch::Apply(slice("10.9.0.1", false)))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "web Degraded", || async {
+        let status = endpoints.get("web").await.ok()?.status?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
+        (c.status == "True").then_some(())
+    })
+    .await
+    .unwrap();
+
+    // A planner reserved generation 2 and died before creating its plan.
+    endpoints
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"latestPlanGeneration": 2}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names: Vec<u64> = plans(&client, &ns, "web")
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.spec.generation)
+        .collect();
+    assert_eq!(
+        names,
+        vec![1],
+        "nothing to mint while plan 1 is live and intact"
+    );
+    assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.9.0.1"]));
+
+    // The live plan is deleted by hand: generation 3 carries what the server serves.
+    plan_api.delete("web-1", &Default::default()).await.unwrap();
+    let recovered = eventually(Duration::from_secs(20), "plan 3 Live", || async {
+        let plan = plans(&client, &ns, "web").await.ok()?.pop()?;
+        (plan.spec.generation == 3 && plan.status.as_ref()?.phase == PlanPhase::Live)
+            .then_some(plan)
+    })
+    .await
+    .unwrap();
+    assert_eq!(recovered.spec.rrsets, a(&["10.9.0.1"]));
+    eventually(Duration::from_secs(10), "fence gen=3", || async {
+        (dns.read_fence(fqdn).await.ok()? == Some(3)).then_some(())
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "LivePlanRecovered Event",
+        || async {
+            event_reasons(&client, &ns, "web")
+                .await
+                .contains(&"LivePlanRecovered".to_string())
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // Hand-made plans the planner could not have minted are refused, not enacted: an empty one
+    // at the reserved generation, and one above it.
+    let uid = endpoints.get("web").await.unwrap().metadata.uid;
+    for (name, generation, rrsets) in [
+        ("web-forged-empty", 3, serde_json::json!([])),
+        (
+            "web-forged-future",
+            9,
+            serde_json::json!([{"recordType": "A", "ttl": 30, "values": ["10.6.6.6"]}]),
+        ),
+    ] {
+        let forged: DnsPlan = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
+            "metadata": {"name": name, "labels": {"bulwark.dev/endpoint": "web"},
+                "ownerReferences": [{"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+                    "name": "web", "uid": uid, "controller": true}]},
+            "spec": {"endpointRef": "web", "fqdn": fqdn, "generation": generation,
+                "rrsets": rrsets, "contentHash": "0".repeat(64)}
+        }))
+        .unwrap();
+        plan_api.create(&Default::default(), &forged).await.unwrap();
+    }
+    for (name, why) in [
+        ("web-forged-empty", "allowEmpty"),
+        ("web-forged-future", "never reserved"),
+    ] {
+        let message = eventually(
+            Duration::from_secs(20),
+            &format!("{name} Rejected"),
+            || async {
+                let status = plan_api.get(name).await.ok()?.status?;
+                (status.phase == PlanPhase::Rejected).then_some(status.message.unwrap_or_default())
+            },
+        )
+        .await
+        .unwrap();
+        println!("{name}: Rejected: {message}");
+        assert!(message.contains(why), "{message}");
+    }
+    assert_eq!(dns.read_fence(fqdn).await.unwrap(), Some(3));
+
+    // Pods come back with a new address: generation 4.
+    slices
+        .patch("web-1", &apply, &Patch::Apply(slice("10.9.0.2", true)))
+        .await
+        .unwrap();
+    wait_for_answer(&dns, fqdn, &a(&["10.9.0.2"]), "plan 4 served").await;
+    let samples = poller.finish().await;
+    let empty = samples.iter().filter(|s| s.values.is_empty()).count();
+    println!(
+        "recovery: {} polls of {fqdn}, {empty} empty answers; fences seen {:?}",
+        samples.len(),
+        samples
+            .iter()
+            .filter_map(|s| s.fence)
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    assert!(
+        samples.len() > 100,
+        "the poller must have watched the whole run"
+    );
+    assert_eq!(empty, 0, "the name must never answer empty");
+    let status = endpoints.get("web").await.unwrap().status.unwrap();
+    assert_eq!(status.latest_plan_generation, 4);
+    eventually(Duration::from_secs(10), "live generation 4", || async {
+        (endpoints.get("web").await.ok()?.status?.live_generation == Some(4)).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// What the poller and the plan watcher saw while plans churned and one enactor was slow.
 #[derive(Default, Debug)]
 struct Observations {
-    polls: u64,
+    polls: usize,
     empty_answers: Vec<String>,
     regressions: Vec<String>,
+    deletions_seen: usize,
     live_plan_deleted: Vec<String>,
+}
+
+impl Observations {
+    /// NeverEmpty and NeverRegress over the poller's samples, in order.
+    fn judge(&mut self, samples: &[Sample], round_of: &HashMap<String, usize>) {
+        self.polls = samples.len();
+        let mut highest_round = 0;
+        let mut highest_fence = 0;
+        for sample in samples {
+            if sample.values.is_empty() {
+                self.empty_answers
+                    .push(format!("no records (fence {:?})", sample.fence));
+                continue;
+            }
+            let round = sample
+                .values
+                .iter()
+                .filter_map(|v| round_of.get(v))
+                .max()
+                .copied()
+                .unwrap_or(0);
+            if round < highest_round {
+                self.regressions.push(format!(
+                    "answer went back from round {highest_round} to round {round}"
+                ));
+            }
+            highest_round = highest_round.max(round);
+            let fence = sample.fence.unwrap_or(0);
+            if fence < highest_fence {
+                self.regressions.push(format!(
+                    "fence went back from gen={highest_fence} to gen={fence}"
+                ));
+            }
+            highest_fence = highest_fence.max(fence);
+        }
+    }
 }
 
 /// Churns `rounds` plans through 3 operators, one of them a slow enactor, while a poller checks
@@ -328,62 +603,26 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
     let dns = bind.provider();
     wait_for_answer(&dns, &fqdn, &a(&[&address(0)]), "the first plan").await;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let poller = Poller::start(bind.provider(), &fqdn);
     let observations = Arc::new(std::sync::Mutex::new(Observations::default()));
-    let poller = {
-        let (stop, observations, dns, fqdn) = (
-            stop.clone(),
-            observations.clone(),
-            bind.provider(),
-            fqdn.clone(),
-        );
-        let round_of = round_of.clone();
-        tokio::spawn(async move {
-            let mut highest_round = 0;
-            let mut highest_fence = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let (Ok(answer), Ok(fence)) =
-                    (dns.served_records(&fqdn).await, dns.read_fence(&fqdn).await)
-                else {
-                    continue;
-                };
-                let mut seen = observations.lock().unwrap();
-                seen.polls += 1;
-                let values: Vec<&String> = answer.iter().flat_map(|r| &r.values).collect();
-                if values.is_empty() {
-                    seen.empty_answers
-                        .push(format!("no records (fence {fence:?})"));
-                    continue;
-                }
-                let round = values
-                    .iter()
-                    .filter_map(|v| round_of.get(*v))
-                    .max()
-                    .copied()
-                    .unwrap_or(0);
-                if round < highest_round {
-                    seen.regressions.push(format!(
-                        "answer went back from round {highest_round} to round {round}"
-                    ));
-                }
-                highest_round = highest_round.max(round);
-                let fence = fence.unwrap_or(0);
-                if fence < highest_fence {
-                    seen.regressions.push(format!(
-                        "fence went back from gen={highest_fence} to gen={fence}"
-                    ));
-                }
-                highest_fence = highest_fence.max(fence);
-            }
-        })
-    };
     let deletions = {
         let (observations, dns, fqdn) = (observations.clone(), bind.provider(), fqdn.clone());
         let plans: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
         tokio::spawn(async move {
-            let mut events = watcher(plans, watcher::Config::default()).boxed();
-            while let Some(Ok(event)) = events.next().await {
+            // Watch errors are retried with backoff, so the watcher never ends silently.
+            let mut events = watcher(plans, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = events.next().await {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        println!("plan watch error (retrying): {error}");
+                        continue;
+                    }
+                };
                 if let watcher::Event::Delete(plan) = event {
+                    observations.lock().unwrap().deletions_seen += 1;
                     // The fence only grows, so a later read that still shows (or is below) the
                     // deleted generation means the deleted plan was the live one.
                     let fence = dns.read_fence(&fqdn).await.ok().flatten().unwrap_or(0);
@@ -410,8 +649,7 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
         (dns.served_records(&fqdn).await.ok()? == a(&[&address(rounds)])).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    poller.await.unwrap();
+    let samples = poller.finish().await;
     deletions.abort();
     let refused: u64 = futures::future::join_all(operators.iter().map(|o| o.get("/metrics")))
         .await
@@ -424,12 +662,14 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
                 .collect::<Vec<_>>()
         })
         .sum();
-    let observations = std::mem::take(&mut *observations.lock().unwrap());
+    let mut observations = std::mem::take(&mut *observations.lock().unwrap());
+    observations.judge(&samples, &round_of);
     println!(
-        "{test}: {} polls; {} empty answers, {} regressions, {} live plans deleted; stale writes refused by BIND: {refused}; converged: {}",
+        "{test}: {} polls; {} empty answers, {} regressions; {} plan deletions watched, {} of the live plan; stale writes refused by BIND: {refused}; converged: {}",
         observations.polls,
         observations.empty_answers.len(),
         observations.regressions.len(),
+        observations.deletions_seen,
         observations.live_plan_deleted.len(),
         converged.is_ok(),
     );
@@ -461,6 +701,10 @@ async fn fenced_enactors_never_regress_empty_or_delete_the_live_plan_under_a_slo
     );
     assert!(seen.empty_answers.is_empty(), "{:?}", seen.empty_answers);
     assert!(seen.regressions.is_empty(), "{:?}", seen.regressions);
+    assert!(
+        seen.deletions_seen > 0,
+        "with retention 0 cleanup collects plans, and the watcher must have seen it do so"
+    );
     assert!(
         seen.live_plan_deleted.is_empty(),
         "{:?}",

@@ -353,7 +353,8 @@ async fn standby_leads_within_the_lease_duration_after_the_leader_is_sigkilled()
         new_token > token,
         "the fencing token must grow: {token} -> {new_token}"
     );
-    // The standby waits for expiry measured from the dead leader's last renewal, never longer.
+    // The standby waits one lease duration from when it last saw the Lease change (the dead
+    // leader's last renewal), never longer.
     assert!(
         handover <= Duration::from_millis(6_500),
         "handover took {handover:?}, lease duration is 6s"
@@ -390,6 +391,40 @@ async fn leader_releases_the_lease_on_sigterm_so_the_standby_leads_at_once() {
         handover < Duration::from_secs(3),
         "release did not speed up handover: {handover:?}"
     );
+}
+
+#[tokio::test]
+async fn a_task_that_dies_takes_the_replica_down_so_kubernetes_restarts_it() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("supervise").await;
+    for task in ["dns-planner", "slo-controller"] {
+        let crash = format!("--chaos-crash-task={task}");
+        let mut operator = bulwark_e2e::operator::start_operator(
+            &cluster.kubeconfig,
+            &ns,
+            &format!("crash-{task}"),
+            &[&crash],
+            &std::env::temp_dir().join("bulwark-e2e-logs/supervise"),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let status = operator
+            .process
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("the replica must exit once {task} dies"));
+        println!(
+            "{task} panicked: replica exited with {status} after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(!status.success(), "a dead task must exit non-zero");
+        let log = operator.process.log_tail(40);
+        assert!(
+            log.contains(&format!("task {task} panicked before shutdown")),
+            "{log}"
+        );
+    }
 }
 
 /// `bulwark run` with this kubeconfig: (exit success, stderr, time taken).

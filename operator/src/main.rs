@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -117,6 +117,11 @@ struct RunArgs {
     /// TEST ONLY (chaos): stall this long between reading a DNS plan and writing it.
     #[arg(long, hide = true, value_parser = parse_duration)]
     chaos_slow_enactor: Option<Duration>,
+    /// TEST ONLY (chaos): run this supervised task (dns-planner, dns-enactor, slo-controller,
+    /// http, leader-election) as one that panics a second after start, to prove that a dead task
+    /// takes the replica down.
+    #[arg(long, hide = true)]
+    chaos_crash_task: Option<String>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -312,58 +317,136 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         server_timeout: args.dns_server_timeout,
         slow_enactor: SlowEnactor::new(args.chaos_slow_enactor.unwrap_or_default()),
     };
-    let planner = tokio::spawn(dns::planner::run(
-        client.clone(),
-        metrics.clone(),
-        recorder.clone(),
-        readiness.clone(),
-        leadership.clone(),
-        args.watch_namespace.clone(),
-        args.dns_server_timeout,
-        shutdown.clone(),
-    ));
-    let enactor = tokio::spawn(dns::enactor::run(
-        client.clone(),
-        metrics.clone(),
-        recorder.clone(),
-        readiness.clone(),
-        dns_settings,
-        shutdown.clone(),
-    ));
+    // Every long-running task is supervised: one that ends before shutdown (a panic, a stream
+    // closed for good) takes the process down with a non-zero exit, so Kubernetes restarts the
+    // replica instead of leaving one that looks healthy and does nothing.
+    let mut tasks = Supervisor::new(args.chaos_crash_task.clone());
+    tasks.spawn(
+        "dns-planner",
+        dns::planner::run(
+            client.clone(),
+            metrics.clone(),
+            recorder.clone(),
+            readiness.clone(),
+            leadership.clone(),
+            args.watch_namespace.clone(),
+            args.dns_server_timeout,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "dns-enactor",
+        dns::enactor::run(
+            client.clone(),
+            metrics.clone(),
+            recorder.clone(),
+            readiness.clone(),
+            dns_settings,
+            shutdown.clone(),
+        ),
+    );
     let slo_settings = SloSettings {
         namespace: args.watch_namespace.clone(),
         prometheus_url: args.prometheus_url,
         status_interval: args.slo_status_interval,
         query_timeout: args.prometheus_timeout,
     };
-    let slos = tokio::spawn(slo::controller::run(
-        client.clone(),
-        metrics.clone(),
-        recorder,
-        readiness.clone(),
-        leadership.clone(),
-        slo_settings,
-        shutdown.clone(),
-    ));
-
-    let http = tokio::spawn(http::serve(
+    tasks.spawn(
+        "slo-controller",
+        slo::controller::run(
+            client.clone(),
+            metrics.clone(),
+            recorder,
+            readiness.clone(),
+            leadership.clone(),
+            slo_settings,
+            shutdown.clone(),
+        ),
+    );
+    let http = http::serve(
         args.metrics_addr,
         metrics.clone(),
         readiness.clone(),
         shutdown.clone(),
-    ));
-    let election = tokio::spawn(elector.run(shutdown.clone()));
+    );
+    tasks.spawn("http", async move {
+        if let Err(error) = http.await {
+            error!(%error, "metrics and probes server failed");
+        }
+    });
+    tasks.spawn("leader-election", elector.run(shutdown.clone()));
+    tasks.run_until(&shutdown).await
+}
 
-    shutdown.cancelled().await;
-    info!("shutting down");
-    // The elector releases the Lease on its way out; wait for it so a standby leads at once.
-    election.await.context("leader election task")?;
-    planner.await.context("DNS planner task")?;
-    enactor.await.context("DNS enactor task")?;
-    slos.await.context("SLO controller task")?;
-    http.await.context("http task")??;
-    info!("stopped");
-    Ok(())
+/// The replica's long-running tasks, by name.
+struct Supervisor {
+    tasks: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+    crash: Option<String>,
+}
+
+impl Supervisor {
+    fn new(crash: Option<String>) -> Self {
+        Supervisor {
+            tasks: tokio::task::JoinSet::new(),
+            names: Default::default(),
+            crash,
+        }
+    }
+
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = if self.crash.as_deref() == Some(name) {
+            warn!(
+                task = name,
+                "TEST ONLY (chaos): this task will panic in a second"
+            );
+            self.tasks.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                panic!("chaos: task {name} crashed");
+            })
+        } else {
+            self.tasks.spawn(task)
+        };
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for shutdown, or for the first task to end before it (then shuts the rest down and
+    /// returns an error naming it). Either way every task is given time to finish: the elector
+    /// releases the Lease on its way out, so a standby leads at once.
+    async fn run_until(mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let died = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            Some(ended) = self.tasks.join_next_with_id() => 'ended: {
+                if shutdown.is_cancelled() {
+                    break 'ended None;
+                }
+                let (id, how) = match ended {
+                    Ok((id, ())) => (id, "returned"),
+                    Err(error) if error.is_panic() => (error.id(), "panicked"),
+                    Err(error) => (error.id(), "was cancelled"),
+                };
+                let name = self.names.get(&id).copied().unwrap_or("unknown");
+                error!(task = name, how, "a task ended before shutdown; stopping the replica so it is restarted");
+                shutdown.cancel();
+                Some((name, how))
+            }
+        };
+        info!("shutting down");
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("tasks still running 10 s after shutdown; exiting anyway");
+        }
+        match died {
+            Some((name, how)) => anyhow::bail!("task {name} {how} before shutdown"),
+            None => {
+                info!("stopped");
+                Ok(())
+            }
+        }
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -229,8 +229,10 @@ fn phase(plan: &DnsPlan) -> PlanPhase {
     plan.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
-/// The newest plan the enactor may write: Superseded and Rejected plans are never retried, and a
-/// plan the planner could not have minted for this endpoint is marked Rejected with the reason.
+/// The newest plan the enactor may write. Superseded plans are never retried; a plan the planner
+/// could not have minted for this endpoint is marked Rejected with the reason and skipped (the
+/// check is repeated each time, so a plan Rejected for a fault that has since cleared, such as a
+/// missing zone, is enacted once it clears).
 async fn enactable_plan(
     endpoint: &DnsEndpoint,
     context: &Context,
@@ -238,7 +240,7 @@ async fn enactable_plan(
 ) -> Result<Option<Arc<DnsPlan>>, Error> {
     let mut fresh: Option<DnsEndpoint> = None;
     for plan in plans.iter().rev() {
-        if matches!(phase(plan), PlanPhase::Superseded | PlanPhase::Rejected) {
+        if phase(plan) == PlanPhase::Superseded {
             continue;
         }
         let facts = PlanFacts {
@@ -263,7 +265,10 @@ async fn enactable_plan(
         }
         match refusal {
             None => return Ok(Some(plan.clone())),
-            Some(reason) => mark_plan(context, plan, PlanPhase::Rejected, &reason).await?,
+            Some(reason) if phase(plan) != PlanPhase::Rejected => {
+                mark_plan(context, plan, PlanPhase::Rejected, &reason).await?
+            }
+            Some(_) => {}
         }
     }
     Ok(None)
