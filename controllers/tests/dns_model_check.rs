@@ -18,13 +18,16 @@ use bulwark_controllers::dns::desired::{
     PlanDecision, PlanInput, ServerView, content_hash, decide_plan,
 };
 use bulwark_controllers::dns::fencing::{
-    EnactmentPass, EndpointFacts, Observation, PassStep, PlanFacts, Strategy, decide_cleanup,
-    plan_refusal,
+    EnactmentPass, EndpointFacts, Fence, Observation, PassStep, PlanFacts, Strategy,
+    decide_cleanup, plan_refusal,
 };
 use bulwark_controllers::dns::provider::WriteOutcome;
 use bulwark_crds::dns::{RRSet, RecordType};
 
 const FQDN: &str = "api.example.com";
+/// The endpoint's UID: one endpoint owns the name throughout (ownership conflicts between
+/// endpoints are unit-tested on the decision and tested against BIND, not modelled here).
+const OWNER: &str = "endpoint-uid";
 
 /// Record content, abstracted to a number: 0 is no records, `v` is `A 10.0.0.v`.
 type Content = u8;
@@ -182,6 +185,11 @@ impl World {
             enactors: vec![Enactor::Idle; config.enactors],
             cleanup: Cleanup::Idle,
         }
+    }
+
+    /// The fence record the server holds.
+    fn fence_record(&self) -> Option<Fence> {
+        self.fence.map(|generation| Fence::live(generation, OWNER))
     }
 
     fn desired(&self) -> Content {
@@ -412,13 +420,18 @@ impl World {
         let (label, observation, content, mut pass) = match &self.enactors[i] {
             Enactor::Idle => {
                 let (generation, content) = self.enactable_plan(config)?;
-                let mut pass = EnactmentPass::new(generation, config.strategy);
+                let mut pass = EnactmentPass::new(generation, OWNER, false, config.strategy);
                 assert_eq!(pass.step(Observation::Start), PassStep::ReadFence);
                 let label = format!(
                     "enactor {i} picks plan {generation} and reads fence {}",
                     show(self.fence)
                 );
-                (label, Observation::Fence(self.fence), content, pass)
+                (
+                    label,
+                    Observation::Fence(self.fence_record()),
+                    content,
+                    pass,
+                )
             }
             Enactor::Running {
                 content,
@@ -426,14 +439,17 @@ impl World {
                 next,
             } => {
                 let generation = pass.generation();
-                let (label, observation) = match *next {
+                let (label, observation) = match next {
                     PassStep::ReadFence => (
                         format!("enactor {i} re-reads fence {}", show(self.fence)),
-                        Observation::Fence(self.fence),
+                        Observation::Fence(self.fence_record()),
                     ),
                     PassStep::Write { guard, repair } => {
-                        let holds = guard.is_none_or(|g| g.expect_fence == self.fence);
-                        let what = if repair { "repairs to" } else { "writes" };
+                        let holds = guard.as_ref().is_none_or(|g| {
+                            g.expect == self.fence_record()
+                                && (!g.name_unclaimed || self.served == 0)
+                        });
+                        let what = if *repair { "repairs to" } else { "writes" };
                         if holds {
                             w.served = *content;
                             w.fence = Some(generation);
@@ -446,7 +462,12 @@ impl World {
                                 format!(
                                     "enactor {i}'s write of plan {generation} is refused (fence {}, expected {})",
                                     show(self.fence),
-                                    show(guard.and_then(|g| g.expect_fence))
+                                    show(
+                                        guard
+                                            .as_ref()
+                                            .and_then(|g| g.expect.as_ref())
+                                            .map(|f| f.generation)
+                                    )
                                 ),
                                 Observation::Written(WriteOutcome::FenceMismatch),
                             )
@@ -459,6 +480,7 @@ impl World {
                         ),
                         Observation::Served {
                             matches_plan: self.served == *content,
+                            empty: self.served == 0,
                         },
                     ),
                     PassStep::Done(_) => unreachable!("a finished pass is Idle"),

@@ -154,6 +154,11 @@ pub struct DnsEndpointSpec {
     /// is an outage, so the last non-empty plan stays live instead.
     #[serde(default)]
     pub allow_empty: bool,
+    /// Take over a name whose records Bulwark did not write: they are replaced by this
+    /// endpoint's. Off by default: such a name is a `Conflict` and nothing is written. A name
+    /// another DnsEndpoint manages is never taken over.
+    #[serde(default)]
+    pub adopt: bool,
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.all(t, self.exists_one(u, u == t))").message("targets must not repeat"))]
     pub targets: Vec<DnsTarget>,

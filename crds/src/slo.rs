@@ -14,6 +14,16 @@ use serde::{Deserialize, Serialize};
 
 /// Prometheus label names: what alert labels may be called.
 const LABEL_NAMES_RULE: &str = "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'))";
+/// Prometheus expands Go templates (`{{ … }}`) in alert labels and annotations, and a template
+/// can run queries (reading other tenants' metrics): user strings that reach them carry none.
+const NO_TEMPLATE_VALUES_RULE: &str = "self.all(k, !self[k].contains('{{'))";
+const NO_TEMPLATE_VALUES_MESSAGE: &str =
+    "alert label values must not contain template syntax ({{ … }}): Prometheus would expand it";
+/// Labels Bulwark sets on every alert, which routing and ownership depend on.
+const RESERVED_FOR_ALL_RULE: &str =
+    "!self.exists(k, k in ['namespace', 'slo_namespace', 'slo_name', 'tier', 'service'])";
+const RESERVED_FOR_ALL_MESSAGE: &str =
+    "namespace, slo_namespace, slo_name, tier and service are set by Bulwark on every alert";
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -49,6 +59,7 @@ const LABEL_NAMES_RULE: &str = "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'
 pub struct ServiceLevelObjectiveSpec {
     /// The service this objective is about; the `service` label of its alerts.
     #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("!self.contains('{{')").message("service must not contain template syntax ({{ … }}): Prometheus would expand it in alert labels"))]
     pub service: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
@@ -121,9 +132,17 @@ pub struct LatencyIndicator {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Alerting {
-    /// Labels on both tiers' alerts, for example `team: payments`.
+    /// Labels on both tiers' alerts, for example `team: payments`. `severity` belongs to the
+    /// tiers, and the labels Bulwark sets itself are reserved.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new(LABEL_NAMES_RULE).message("alert label names must match [a-zA-Z_][a-zA-Z0-9_]*"))]
+    // Bounded so the API server can bound the CEL rules' cost.
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[x_kube(
+        validation = Rule::new(LABEL_NAMES_RULE).message("alert label names must match [a-zA-Z_][a-zA-Z0-9_]*"),
+        validation = Rule::new(NO_TEMPLATE_VALUES_RULE).message(NO_TEMPLATE_VALUES_MESSAGE),
+        validation = Rule::new(RESERVED_FOR_ALL_RULE).message(RESERVED_FOR_ALL_MESSAGE),
+        validation = Rule::new("!('severity' in self)").message("severity is set per tier: put it in alerting.page.labels or alerting.ticket.labels"),
+    )]
     pub labels: BTreeMap<String, String>,
     /// Linked from every alert as the `runbook_url` annotation.
     #[serde(
@@ -132,7 +151,10 @@ pub struct Alerting {
         rename = "runbookURL"
     )]
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("isURL(self)").message("runbookURL must be an absolute URL"))]
+    #[x_kube(
+        validation = Rule::new("isURL(self)").message("runbookURL must be an absolute URL"),
+        validation = Rule::new("!self.contains('{{')").message("runbookURL must not contain template syntax ({{ … }}): Prometheus would expand it"),
+    )]
     pub runbook_url: Option<String>,
     #[serde(default = "AlertTier::page")]
     pub page: AlertTier,
@@ -148,7 +170,13 @@ pub struct AlertTier {
     pub disabled: bool,
     /// Labels of this tier's alert (default `severity: page` or `severity: ticket`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new(LABEL_NAMES_RULE).message("alert label names must match [a-zA-Z_][a-zA-Z0-9_]*"))]
+    // Bounded so the API server can bound the CEL rules' cost.
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 1024}))]
+    #[x_kube(
+        validation = Rule::new(LABEL_NAMES_RULE).message("alert label names must match [a-zA-Z_][a-zA-Z0-9_]*"),
+        validation = Rule::new(NO_TEMPLATE_VALUES_RULE).message(NO_TEMPLATE_VALUES_MESSAGE),
+        validation = Rule::new(RESERVED_FOR_ALL_RULE).message(RESERVED_FOR_ALL_MESSAGE),
+    )]
     pub labels: BTreeMap<String, String>,
 }
 

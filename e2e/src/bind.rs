@@ -76,6 +76,33 @@ impl Bind {
         .expect("valid provider settings")
     }
 
+    /// Runs `nsupdate` (bind9-utils) with these update lines, as an operator editing the zone by
+    /// hand would: records Bulwark did not write.
+    pub fn nsupdate(&self, updates: &[&str]) -> Result<()> {
+        use std::io::Write;
+        let mut script = format!("server 127.0.0.1 {}\nzone {}\n", self.port, self.zone);
+        for update in updates {
+            script.push_str(&format!("update {update}\n"));
+        }
+        script.push_str("send\n");
+        let mut child = std::process::Command::new("nsupdate")
+            .arg("-y")
+            .arg(format!("hmac-sha256:{KEY_NAME}:{}", self.secret))
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running nsupdate (bind9-utils)")?;
+        child.stdin.take().unwrap().write_all(script.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "nsupdate failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.stop(Duration::from_secs(5));

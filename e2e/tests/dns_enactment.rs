@@ -66,6 +66,14 @@ async fn wait_for_ready(api: &Api<DnsEndpoint>, name: &str, status: &str, reason
     .unwrap()
 }
 
+/// The generation of the name's fence at the server.
+async fn generation_at(
+    dns: &impl DnsProvider,
+    fqdn: &str,
+) -> Result<Option<u64>, bulwark_controllers::dns::provider::ProviderError> {
+    Ok(dns.read_fence(fqdn).await?.map(|f| f.generation))
+}
+
 /// Reasons of the Events recorded about `name` in `ns`.
 async fn event_reasons(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
@@ -98,9 +106,10 @@ impl Poller {
             async move {
                 let mut samples = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
-                    if let (Ok(answer), Ok(fence)) =
-                        (dns.served_records(&fqdn).await, dns.read_fence(&fqdn).await)
-                    {
+                    if let (Ok(answer), Ok(fence)) = (
+                        dns.served_records(&fqdn).await,
+                        generation_at(&dns, &fqdn).await,
+                    ) {
                         let values = answer.into_iter().flat_map(|r| r.values).collect();
                         samples.push(Sample { values, fence });
                     }
@@ -167,7 +176,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     // A change mints plan 2; plan 1 is marked Superseded.
     point_api_at(&client, &ns, &["10.0.0.3"]).await;
     wait_for_answer(&dns, fqdn, &a(&["10.0.0.3"]), "plan 2 served").await;
-    assert_eq!(dns.read_fence(fqdn).await.unwrap(), Some(2));
+    assert_eq!(generation_at(&dns, fqdn).await.unwrap(), Some(2));
     eventually(Duration::from_secs(10), "plan 1 Superseded", || async {
         let all = plans(&client, &ns, "api").await.ok()?;
         (all[0].status.as_ref()?.phase == PlanPhase::Superseded).then_some(())
@@ -278,7 +287,11 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     .await
     .unwrap();
     assert!(dns.served_records(fqdn).await.unwrap().is_empty());
-    assert_eq!(dns.read_fence(fqdn).await.unwrap(), None);
+    let tombstone = dns.read_fence(fqdn).await.unwrap().unwrap();
+    assert!(
+        tombstone.removed && tombstone.generation == live_generation.unwrap().generation,
+        "a tombstone fence stays: {tombstone:?}"
+    );
 
     // A Service target follows EndpointSlice readiness; with none ready the answer stays.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
@@ -434,7 +447,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
     .unwrap();
     assert_eq!(recovered.spec.rrsets, a(&["10.9.0.1"]));
     eventually(Duration::from_secs(10), "fence gen=3", || async {
-        (dns.read_fence(fqdn).await.ok()? == Some(3)).then_some(())
+        (generation_at(&dns, fqdn).await.ok()? == Some(3)).then_some(())
     })
     .await
     .unwrap();
@@ -490,7 +503,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
         println!("{name}: Rejected: {message}");
         assert!(message.contains(why), "{message}");
     }
-    assert_eq!(dns.read_fence(fqdn).await.unwrap(), Some(3));
+    assert_eq!(generation_at(&dns, fqdn).await.unwrap(), Some(3));
 
     // Pods come back with a new address: generation 4.
     slices
@@ -520,6 +533,148 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
     })
     .await
     .unwrap();
+}
+
+/// Bulwark writes only names it owns: records it did not write are a Conflict until the endpoint
+/// adopts them, a second endpoint on an owned name is a Conflict and the two never fight, and a
+/// deleted endpoint leaves a tombstone that releases the name.
+#[tokio::test]
+async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace("dns-owner").await;
+    let bind = Bind::start("owner.test").unwrap();
+    let dns = bind.provider();
+    create_zone(&client, &ns, "owner", &bind).await.unwrap();
+    let _operators =
+        start_operators(&cluster.kubeconfig, &ns, 2, &[], &log_dir("dns-owner")).unwrap();
+    let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
+    let fqdn = "legacy.owner.test";
+    bind.nsupdate(&["add legacy.owner.test 300 A 192.0.2.10"])
+        .unwrap();
+    let hand_written = vec![RRSet {
+        ttl: 300,
+        ..a(&["192.0.2.10"])[0].clone()
+    }];
+    let apply = |name: &'static str, address: &'static str, adopt: bool| {
+        let endpoints = endpoints.clone();
+        async move {
+            let endpoint = serde_json::json!({"apiVersion": "bulwark.dev/v1alpha1",
+                "kind": "DnsEndpoint", "metadata": {"name": name},
+                "spec": {"zoneRef": "owner", "fqdn": fqdn, "ttl": 30, "adopt": adopt,
+                         "targets": [{"address": address}]}});
+            endpoints
+                .patch(
+                    name,
+                    &PatchParams::apply("bulwark-e2e").force(),
+                    &Patch::Apply(endpoint),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    apply("first", "10.3.0.1", false).await;
+    let message = wait_for_ready(&endpoints, "first", "False", "Conflict").await;
+    println!("records written by hand: Ready=False Conflict: {message}");
+    assert!(
+        message.contains("192.0.2.10") && message.contains("adopt"),
+        "{message}"
+    );
+    assert_eq!(dns.served_records(fqdn).await.unwrap(), hand_written);
+    assert_eq!(dns.read_fence(fqdn).await.unwrap(), None);
+
+    apply("first", "10.3.0.1", true).await;
+    wait_for_answer(&dns, fqdn, &a(&["10.3.0.1"]), "adopted").await;
+    let uid = endpoints.get("first").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        dns.read_fence(fqdn)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some(uid.as_str())
+    );
+
+    // A second endpoint on the same name: Conflict, even with adopt, and nothing changes.
+    apply("second", "10.3.0.2", true).await;
+    let message = wait_for_ready(&endpoints, "second", "False", "Conflict").await;
+    println!("second endpoint on an owned name: {message}");
+    assert!(message.contains(&uid), "{message}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.3.0.1"]));
+
+    // The owner goes: its records go, a tombstone stays, and the name is free for the second.
+    endpoints
+        .delete("first", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "first deleted", || async {
+        endpoints
+            .get_opt("first")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let reasons = event_reasons(&client, &ns, "first").await;
+    assert!(
+        reasons.contains(&"RecordsRemoved".to_string()),
+        "{reasons:?}"
+    );
+    apply("second", "10.3.0.3", true).await;
+    wait_for_answer(
+        &dns,
+        fqdn,
+        &a(&["10.3.0.3"]),
+        "the second endpoint claims the name",
+    )
+    .await;
+    let second = endpoints.get("second").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        dns.read_fence(fqdn)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some(second.as_str())
+    );
+
+    // Deleting with the abandon annotation releases the finalizer without touching the server.
+    endpoints
+        .patch(
+            "second",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "bulwark.dev/abandon-records": "true"}}})),
+        )
+        .await
+        .unwrap();
+    endpoints
+        .delete("second", &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "second deleted", || async {
+        endpoints
+            .get_opt("second")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.3.0.3"]));
+    let reasons = event_reasons(&client, &ns, "second").await;
+    assert!(
+        reasons.contains(&"RecordsAbandoned".to_string()),
+        "{reasons:?}"
+    );
 }
 
 /// What the poller and the plan watcher saw while plans churned and one enactor was slow.
@@ -625,7 +780,7 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
                     observations.lock().unwrap().deletions_seen += 1;
                     // The fence only grows, so a later read that still shows (or is below) the
                     // deleted generation means the deleted plan was the live one.
-                    let fence = dns.read_fence(&fqdn).await.ok().flatten().unwrap_or(0);
+                    let fence = generation_at(&dns, &fqdn).await.ok().flatten().unwrap_or(0);
                     if plan.spec.generation >= fence {
                         observations.lock().unwrap().live_plan_deleted.push(format!(
                             "plan {} deleted while the fence was gen={fence}",

@@ -168,7 +168,7 @@ async fn slo_validation_rejects_bad_objects_with_clear_messages() {
         created.data["spec"]["alerting"]["page"]["labels"]["severity"], "page",
         "default page labels"
     );
-    let cases: [(&str, &str, serde_json::Value, &str); 7] = [
+    let cases: [(&str, &str, serde_json::Value, &str); 13] = [
         (
             "objective",
             "/objective",
@@ -210,6 +210,42 @@ async fn slo_validation_rejects_bad_objects_with_clear_messages() {
             "/alerting",
             serde_json::json!({"runbookURL": "not a url"}),
             "runbookURL must be an absolute URL",
+        ),
+        (
+            "service-template",
+            "/service",
+            serde_json::json!(r#"{{ query "secret_metric" }}"#),
+            "service must not contain template syntax",
+        ),
+        (
+            "label-template",
+            "/alerting",
+            serde_json::json!({"labels": {"team": "{{ $labels.instance }}"}}),
+            "alert label values must not contain template syntax",
+        ),
+        (
+            "tier-label-template",
+            "/alerting",
+            serde_json::json!({"page": {"labels": {"severity": "{{ 1 }}"}}}),
+            "alert label values must not contain template syntax",
+        ),
+        (
+            "runbook-template",
+            "/alerting",
+            serde_json::json!({"runbookURL": "https://runbooks.example.com/{{ $value }}"}),
+            "runbookURL must not contain template syntax",
+        ),
+        (
+            "reserved-namespace",
+            "/alerting",
+            serde_json::json!({"ticket": {"labels": {"namespace": "other-team"}}}),
+            "namespace, slo_namespace, slo_name, tier and service are set by Bulwark",
+        ),
+        (
+            "common-severity",
+            "/alerting",
+            serde_json::json!({"labels": {"severity": "page"}}),
+            "severity is set per tier",
         ),
     ];
     for (name, pointer, value, message) in cases {

@@ -1,10 +1,11 @@
 //! The Helm chart: lint, schema, least-privilege RBAC, hardened pods, and a real install whose
 //! Deployment becomes Available (kwok runs the pods on the local control plane).
 
-use bulwark_e2e::{binaries::binary, cluster};
+use bulwark_crds::dns::DnsPlan;
+use bulwark_e2e::{binaries::binary, cluster, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -129,6 +130,61 @@ fn rbac_is_least_privilege_and_every_rule_says_why() {
 }
 
 #[test]
+fn a_single_namespace_install_gets_roles_there_and_the_lease_rule_names_its_lease() {
+    let manifests = rendered(&["--set", "watchNamespace=shop"]);
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { manifests.iter().filter(|m| m["kind"] == kind).collect() };
+    assert!(
+        of_kind("ClusterRole").is_empty() && of_kind("ClusterRoleBinding").is_empty(),
+        "no cluster-wide access when one namespace is watched"
+    );
+    let controller_role = of_kind("Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "shop")
+        .expect("a Role in the watched namespace");
+    let rules = controller_role["rules"].as_array().unwrap();
+    assert!(
+        rules.iter().any(|r| r["resources"]
+            .as_array()
+            .unwrap()
+            .contains(&"secrets".into())),
+        "the TSIG Secrets are read in the watched namespace"
+    );
+    let binding = of_kind("RoleBinding")
+        .into_iter()
+        .find(|b| b["metadata"]["namespace"] == "shop")
+        .expect("a RoleBinding in the watched namespace");
+    assert_eq!(binding["subjects"][0]["namespace"], "bulwark-system");
+
+    let leader = of_kind("Role")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == "bulwark-leader-election")
+        .unwrap();
+    for rule in leader["rules"].as_array().unwrap() {
+        let verbs = rule["verbs"].as_array().unwrap();
+        if verbs.contains(&"create".into()) {
+            assert_eq!(
+                verbs.len(),
+                1,
+                "create is the only verb without a name: {rule}"
+            );
+        } else {
+            assert_eq!(
+                rule["resourceNames"],
+                serde_json::json!(["bulwark-leader"]),
+                "{rule}"
+            );
+        }
+    }
+    // The admission policy then applies to the watched namespace only.
+    let binding = of_kind("ValidatingAdmissionPolicyBinding")[0];
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "shop"
+    );
+}
+
+#[test]
 fn pods_are_hardened() {
     let manifests = rendered(&[]);
     let deployment = manifests
@@ -214,6 +270,67 @@ async fn chart_installs_and_the_deployment_becomes_available() {
             .map(|s| (s.current_healthy, s.disruptions_allowed)),
         Some((Some(2), Some(1)))
     );
+
+    // Only Bulwark's ServiceAccount may mint or mark DnsPlans (ValidatingAdmissionPolicy).
+    let plan: DnsPlan = serde_json::from_value(serde_json::json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
+        "metadata": {"name": "forged-1"},
+        "spec": {"endpointRef": "web", "fqdn": "web.example.com", "generation": 1,
+            "rrsets": [{"recordType": "A", "ttl": 30, "values": ["192.0.2.66"]}],
+            "contentHash": "0".repeat(64)}
+    }))
+    .unwrap();
+    let as_admin: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
+    let denied = eventually(
+        Duration::from_secs(30),
+        "the admission policy to deny a DnsPlan from a user",
+        || async {
+            match as_admin.create(&PostParams::default(), &plan).await {
+                Err(kube::Error::Api(status)) if status.is_forbidden() => Some(status.message),
+                Ok(_) => {
+                    // Not in force yet: undo and look again.
+                    let _ = as_admin.delete("forged-1", &Default::default()).await;
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!("DnsPlan from a user: {denied}");
+    assert!(
+        denied.contains("minted and marked only by Bulwark"),
+        "{denied}"
+    );
+    let operator = format!("system:serviceaccount:{ns}:bulwark");
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info.impersonate = Some(operator.clone());
+    let as_operator: Api<DnsPlan> = Api::namespaced(kube::Client::try_from(config).unwrap(), &ns);
+    as_operator
+        .create(&PostParams::default(), &plan)
+        .await
+        .unwrap_or_else(|e| panic!("{operator} may create DnsPlans: {e}"));
+    // Its status, too, only Bulwark may write; a user's metadata edit (a label) is let through.
+    let status = serde_json::json!({"status": {"phase": "Live"}});
+    let error = as_admin
+        .patch_status("forged-1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("only by Bulwark"), "{error}");
+    as_admin
+        .patch(
+            "forged-1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"note": "checked"}}})),
+        )
+        .await
+        .unwrap();
 
     let uninstall = helm(&[
         "uninstall",

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::fencing::{
-    EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation, PassOutcome,
-    PassStep, PlanFacts, decide_cleanup, plan_refusal,
+    Conflict, EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation,
+    PassOutcome, PassStep, PlanFacts, decide_cleanup, plan_refusal,
 };
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
@@ -153,50 +153,116 @@ async fn set_records_finalizer(
     }
 }
 
-/// A deleted DnsEndpoint: remove its records and fence from the server, fenced on the generation
-/// just read so a concurrent enactment is never half-removed, then let the object go.
+/// Set on a DnsEndpoint being deleted, releases its finalizer without touching the DNS server
+/// (for a server that is gone for good); an Event says what was left there.
+pub const ABANDON_RECORDS_ANNOTATION: &str = "bulwark.dev/abandon-records";
+
+/// A deleted DnsEndpoint: remove its records from the server, fenced on the fence just read so a
+/// concurrent enactment is never half-removed, and leave a tombstone fence so a lagging replica
+/// cannot bring them back; then let the object go. Only what this endpoint owns is removed.
 async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
     let fqdn = endpoint.spec.fqdn.as_str();
-    match zone_provider(
+    let owner = endpoint.uid().unwrap_or_default();
+    let abandon = endpoint
+        .annotations()
+        .get(ABANDON_RECORDS_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let provider = zone_provider(
         &context.client,
         &context.zones,
         endpoint,
         context.settings.server_timeout,
     )
-    .await
-    {
+    .await;
+    let note = match provider {
+        Ok((_, dns)) if abandon => {
+            let left = match (dns.served_records(fqdn).await, dns.read_fence(fqdn).await) {
+                (Ok(records), Ok(fence)) => format!(
+                    "left at the server: {fqdn} {}, fence {}",
+                    show_records(&records),
+                    fence.map_or("none".into(), |f| f.value())
+                ),
+                (Err(e), _) | (_, Err(e)) => format!("the server could not be read ({e})"),
+            };
+            abandoned(endpoint, context, left).await;
+            return set_records_finalizer(&context.client, endpoint, false).await;
+        }
         Ok((_, dns)) => {
-            let mut removed = false;
+            let mut removed = None;
             for _ in 0..MAX_FENCE_REFUSALS {
-                let fence = dns.read_fence(fqdn).await?;
-                let guard = FenceGuard {
-                    expect_fence: fence,
+                let Some(fence) = dns
+                    .read_fence(fqdn)
+                    .await?
+                    .filter(|f| f.owned_by(&owner) && !f.removed)
+                else {
+                    removed = Some(format!(
+                        "nothing of this endpoint's is at the server for {fqdn}"
+                    ));
+                    break;
                 };
-                if dns.remove_name(fqdn, guard).await? == WriteOutcome::Applied {
-                    removed = true;
+                let guard = FenceGuard {
+                    expect: Some(fence.clone()),
+                    name_unclaimed: false,
+                };
+                let tombstone = fence.tombstone(&owner);
+                if dns.remove_name(fqdn, &tombstone, &guard).await? == WriteOutcome::Applied {
+                    removed = Some(format!(
+                        "{fqdn} removed from the DNS server; its fence stays as the tombstone {:?}",
+                        tombstone.value()
+                    ));
                     break;
                 }
             }
-            if !removed {
+            let Some(note) = removed else {
                 return Ok(Action::requeue(Duration::from_millis(100)));
-            }
-            info!(endpoint = %key(endpoint), fqdn, "records removed");
-            publish(
-                &context.recorder,
-                endpoint,
-                EventType::Normal,
-                "RecordsRemoved",
-                format!("{fqdn} and its fence removed from the DNS server"),
-            )
-            .await;
+            };
+            note
+        }
+        Err(_) if abandon => {
+            abandoned(endpoint, context, "the zone could not be used".into()).await;
+            return set_records_finalizer(&context.client, endpoint, false).await;
         }
         // No zone, or a name outside it: nothing Bulwark wrote is reachable, so nothing to remove.
         Err(error @ Error::Invalid { .. }) => {
             warn!(endpoint = %key(endpoint), %error, "deleted without removing records");
+            format!("nothing removed: {error}")
         }
         Err(error) => return Err(error),
-    }
+    };
+    info!(endpoint = %key(endpoint), fqdn, %note, "records removed");
+    publish(
+        &context.recorder,
+        endpoint,
+        EventType::Normal,
+        "RecordsRemoved",
+        note,
+    )
+    .await;
     set_records_finalizer(&context.client, endpoint, false).await
+}
+
+async fn abandoned(endpoint: &DnsEndpoint, context: &Context, left: String) {
+    let note = format!("finalizer released by the {ABANDON_RECORDS_ANNOTATION} annotation; {left}");
+    warn!(endpoint = %key(endpoint), %note, "records abandoned");
+    publish(
+        &context.recorder,
+        endpoint,
+        EventType::Warning,
+        "RecordsAbandoned",
+        note,
+    )
+    .await;
+}
+
+fn show_records(records: &[bulwark_crds::dns::RRSet]) -> String {
+    if records.is_empty() {
+        return "no records".into();
+    }
+    records
+        .iter()
+        .map(|r| format!("{:?} {}", r.record_type, r.values.join(",")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn error_policy(endpoint: Arc<DnsEndpoint>, error: &Error, context: Arc<Context>) -> Action {
@@ -239,6 +305,7 @@ async fn enactable_plan(
     plans: &[Arc<DnsPlan>],
 ) -> Result<Option<Arc<DnsPlan>>, Error> {
     let mut fresh: Option<DnsEndpoint> = None;
+    let mut newest = None;
     for plan in plans.iter().rev() {
         if phase(plan) == PlanPhase::Superseded {
             continue;
@@ -258,20 +325,22 @@ async fn enactable_plan(
             if fresh.is_none() {
                 fresh = api.get_opt(&endpoint.name_any()).await?;
             }
-            let Some(fresh) = &fresh else {
-                return Ok(None);
-            };
-            refusal = plan_refusal(&facts, &endpoint_facts(fresh));
+            if let Some(fresh) = &fresh {
+                refusal = plan_refusal(&facts, &endpoint_facts(fresh));
+            }
         }
+        // Every refused plan is marked, even beside an enactable one of the same generation.
         match refusal {
-            None => return Ok(Some(plan.clone())),
+            None => {
+                newest.get_or_insert_with(|| plan.clone());
+            }
             Some(reason) if phase(plan) != PlanPhase::Rejected => {
                 mark_plan(context, plan, PlanPhase::Rejected, &reason).await?
             }
             Some(_) => {}
         }
     }
-    Ok(None)
+    Ok(newest)
 }
 
 fn reserved_generation(endpoint: &DnsEndpoint) -> u64 {
@@ -354,7 +423,9 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     let generation = plan.spec.generation;
 
     // The protocol is the pure step function; this loop only performs its I/O.
-    let mut pass = EnactmentPass::new(generation, settings.strategy);
+    let owner = endpoint.uid().unwrap_or_default();
+    let mut pass = EnactmentPass::new(generation, &owner, endpoint.spec.adopt, settings.strategy);
+    let fence = pass.fence();
     let mut observation = Observation::Start;
     let outcome = loop {
         observation = match pass.step(observation) {
@@ -372,7 +443,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
                         .await;
                 }
                 let written = dns
-                    .write_plan(fqdn, generation, &plan.spec.rrsets, guard)
+                    .write_plan(fqdn, &fence, &plan.spec.rrsets, guard.as_ref())
                     .await?;
                 if written == WriteOutcome::FenceMismatch {
                     context.metrics.dns.stale_writes_refused.inc();
@@ -380,9 +451,13 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
                 }
                 Observation::Written(written)
             }
-            PassStep::ReadServed => Observation::Served {
-                matches_plan: dns.served_records(fqdn).await? == plan.spec.rrsets,
-            },
+            PassStep::ReadServed => {
+                let served = dns.served_records(fqdn).await?;
+                Observation::Served {
+                    matches_plan: served == plan.spec.rrsets,
+                    empty: served.is_empty(),
+                }
+            }
             PassStep::Done(outcome) => break outcome,
         };
     };
@@ -395,11 +470,30 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
             return Ok(Action::await_change());
         }
         PassOutcome::Live { applied, verified } => (applied, verified),
+        // Being deleted: the finalizer's removal is under way.
+        PassOutcome::Removed => return Ok(Action::await_change()),
+        PassOutcome::Conflict(Conflict::ForeignRecords) => {
+            let records = show_records(&dns.served_records(fqdn).await?);
+            return Err(Error::Invalid {
+                reason: "Conflict",
+                message: format!(
+                    "{fqdn} has records Bulwark did not write ({records}); nothing was written. Set spec.adopt: true to replace them"
+                ),
+            });
+        }
+        PassOutcome::Conflict(Conflict::OwnedBy(other)) => {
+            return Err(Error::Invalid {
+                reason: "Conflict",
+                message: format!(
+                    "{fqdn} is managed by another DnsEndpoint (uid {other}); nothing was written"
+                ),
+            });
+        }
     };
 
     record_live(context, endpoint, &plan, applied, verified).await?;
     supersede_older(context, &plans, generation).await?;
-    collect(context, &dns, &plans, fqdn).await?;
+    collect(context, &dns, &plans, fqdn, &owner).await?;
     if !verified {
         // The answer changed again right after the repair: look again shortly.
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -526,10 +620,16 @@ async fn collect(
     dns: &Rfc2136,
     plans: &[Arc<DnsPlan>],
     fqdn: &str,
+    owner: &str,
 ) -> Result<(), Error> {
     let settings = &context.settings;
     let generations: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
-    let live = dns.read_fence(fqdn).await?;
+    // Only this endpoint's own live fence says which of its plans are old.
+    let live = dns
+        .read_fence(fqdn)
+        .await?
+        .filter(|f| f.owned_by(owner) && !f.removed)
+        .map(|f| f.generation);
     let cleanup = decide_cleanup(settings.strategy, &generations, live, settings.retention);
     for plan in plans {
         let generation = plan.spec.generation;

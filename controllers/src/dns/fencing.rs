@@ -2,9 +2,11 @@
 //! model checker (`controllers/tests/dns_model_check.rs`), so the checker proves what ships.
 //!
 //! The token is the plan generation. It lives at the DNS server in a TXT record next to the
-//! managed name (`_bulwark.<fqdn>` = `"gen=N"`), and every enactment is one RFC 2136 UPDATE whose
-//! prerequisite is the fence value the enactor last read: the server, not the enactor, decides
-//! whether a write is stale.
+//! managed name (`_bulwark.<fqdn>` = `"gen=N owner=<endpoint UID>"`), and every enactment is one
+//! RFC 2136 UPDATE whose prerequisite is the exact fence value the enactor last read: the server,
+//! not the enactor, decides whether a write is stale, and whose name it is. The owner part is
+//! the record registry (as external-dns's TXT registry): a name with records but no fence was
+//! not written by Bulwark, and a name fenced by another endpoint is that endpoint's.
 
 /// How enactors and cleanup protect the live plan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -25,54 +27,153 @@ pub fn fence_name(fqdn: &str) -> String {
     format!("_bulwark.{}", fqdn.trim_end_matches('.'))
 }
 
-pub fn fence_value(generation: u64) -> String {
-    format!("gen={generation}")
+/// The fence TXT record: the generation live at the server, the DnsEndpoint (UID) that owns the
+/// name, and whether that owner removed the name. A removed fence is a tombstone: it stays, so a
+/// lagging replica's UPDATE (whose prerequisite is the old value) cannot bring the records back.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub generation: u64,
+    /// `None` only for fences written before owners were recorded (`gen=N`): Bulwark wrote them,
+    /// so any endpoint of that name takes them as its own.
+    pub owner: Option<String>,
+    pub removed: bool,
 }
 
-/// The generation a fence TXT value carries, or `None` for anything Bulwark did not write.
-pub fn parse_fence(value: &str) -> Option<u64> {
-    value.strip_prefix("gen=")?.parse().ok().filter(|g| *g > 0)
+impl Fence {
+    pub fn live(generation: u64, owner: &str) -> Self {
+        Fence {
+            generation,
+            owner: Some(owner.to_owned()),
+            removed: false,
+        }
+    }
+
+    /// The tombstone this fence's owner leaves when it removes the name.
+    pub fn tombstone(&self, owner: &str) -> Self {
+        Fence {
+            generation: self.generation,
+            owner: Some(owner.to_owned()),
+            removed: true,
+        }
+    }
+
+    pub fn owned_by(&self, owner: &str) -> bool {
+        self.owner.as_deref().is_none_or(|o| o == owner)
+    }
+
+    /// The TXT value, for example `gen=4 owner=2f0c… removed`.
+    pub fn value(&self) -> String {
+        let mut value = format!("gen={}", self.generation);
+        if let Some(owner) = &self.owner {
+            value.push_str(" owner=");
+            value.push_str(owner);
+        }
+        if self.removed {
+            value.push_str(" removed");
+        }
+        value
+    }
+
+    /// The fence a TXT value holds, or `None` for anything Bulwark did not write.
+    pub fn parse(value: &str) -> Option<Fence> {
+        let mut parts = value.split(' ');
+        let generation = parts.next()?.strip_prefix("gen=")?.parse().ok()?;
+        if generation == 0 {
+            return None;
+        }
+        let owner = match parts.next() {
+            None => {
+                return Some(Fence {
+                    generation,
+                    owner: None,
+                    removed: false,
+                });
+            }
+            Some(part) => part.strip_prefix("owner=").filter(|o| !o.is_empty())?,
+        };
+        let removed = match parts.next() {
+            None => false,
+            Some("removed") => true,
+            Some(_) => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Fence {
+            generation,
+            owner: Some(owner.to_owned()),
+            removed,
+        })
+    }
+}
+
+/// Why an endpoint may not write its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Conflict {
+    /// The name has records and no fence: Bulwark did not write them.
+    ForeignRecords,
+    /// Another DnsEndpoint (this UID) owns the name.
+    OwnedBy(String),
 }
 
 /// What an enactor does with the newest plan once it has read the server's fence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Enactment {
-    /// Write the plan. Under [`Strategy::Fenced`] the UPDATE carries the prerequisite "the fence
-    /// is exactly `expect_fence`" (`None`: the fence does not exist).
-    Apply { expect_fence: Option<u64> },
+    /// Write the plan over this exact fence (`None`: there is none).
+    Apply {
+        expect: Option<Fence>,
+    },
+    /// Nobody owns the name (no fence, or another endpoint's tombstone): take it, but only if it
+    /// has no records Bulwark did not write, unless the endpoint adopts them.
+    Claim {
+        expect: Option<Fence>,
+    },
     /// The server already serves this generation; only verification is left.
     AlreadyLive,
     /// The server serves a newer generation: the plan is marked Superseded and never retried.
-    Superseded { live: u64 },
+    Superseded {
+        live: u64,
+    },
+    /// This endpoint removed the name (it is being deleted): nothing may be written again.
+    Removed,
+    Conflict(Conflict),
 }
 
 /// Decide from the plan's generation and the fence just read from the server. A missing fence or
 /// an older one (server restored from backup, manual edit) is repaired by applying the plan.
 /// Called again with a fresh read after the server rejects a prerequisite.
-pub fn decide_enactment(plan_generation: u64, fence: Option<u64>) -> Enactment {
+pub fn decide_enactment(plan_generation: u64, fence: Option<&Fence>, owner: &str) -> Enactment {
     match fence {
-        Some(live) if live > plan_generation => Enactment::Superseded { live },
-        Some(live) if live == plan_generation => Enactment::AlreadyLive,
-        _ => Enactment::Apply {
-            expect_fence: fence,
+        None => Enactment::Claim { expect: None },
+        Some(f) if !f.owned_by(owner) && f.removed => Enactment::Claim {
+            expect: Some(f.clone()),
+        },
+        Some(f) if !f.owned_by(owner) => {
+            Enactment::Conflict(Conflict::OwnedBy(f.owner.clone().unwrap_or_default()))
+        }
+        Some(f) if f.removed => Enactment::Removed,
+        Some(f) if f.generation > plan_generation => Enactment::Superseded { live: f.generation },
+        Some(f) if f.generation == plan_generation => Enactment::AlreadyLive,
+        Some(f) => Enactment::Apply {
+            expect: Some(f.clone()),
         },
     }
 }
 
-/// The guard an UPDATE carries: `Some(expected)` is the fence prerequisite, `None` writes
-/// unconditionally (the unfenced strategy only).
-pub fn write_guard(strategy: Strategy, expect_fence: Option<u64>) -> Option<FenceGuard> {
-    match strategy {
-        Strategy::Fenced => Some(FenceGuard { expect_fence }),
-        Strategy::Unfenced => None,
-    }
+/// RFC 2136 prerequisites of an UPDATE: the fence holds exactly `expect` (`None`: does not
+/// exist), and with `name_unclaimed` the name has no A or AAAA records at all.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FenceGuard {
+    pub expect: Option<Fence>,
+    pub name_unclaimed: bool,
 }
 
-/// RFC 2136 prerequisite on the fence record: it holds exactly `gen=expect_fence`, or does not
-/// exist when `expect_fence` is `None`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FenceGuard {
-    pub expect_fence: Option<u64>,
+/// The guard an UPDATE carries; `None` writes unconditionally (the unfenced strategy only).
+pub fn write_guard(strategy: Strategy, guard: FenceGuard) -> Option<FenceGuard> {
+    match strategy {
+        Strategy::Fenced => Some(guard),
+        Strategy::Unfenced => None,
+    }
 }
 
 /// Prerequisite failures in one pass before yielding to other work (the fence keeps moving).
@@ -85,12 +186,16 @@ pub const MAX_FENCE_REFUSALS: u32 = 5;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EnactmentPass {
     generation: u64,
+    owner: String,
+    adopt: bool,
     strategy: Strategy,
     refused: u32,
     /// This pass's UPDATE made the plan live (it, not another replica, enacted it).
     applied: bool,
     /// Verification already rewrote the records once under this plan's fence.
     repaired: bool,
+    /// The fence as last read.
+    fence: Option<Fence>,
     awaiting: Awaiting,
 }
 
@@ -98,29 +203,32 @@ pub struct EnactmentPass {
 enum Awaiting {
     Start,
     Fence,
+    /// Whether an unowned name has records before claiming it.
+    Unclaimed,
     Write,
     Served,
     Repair,
 }
 
 /// What the server answered to the last [`PassStep`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Observation {
     /// Nothing yet: the first call.
     Start,
-    Fence(Option<u64>),
+    Fence(Option<Fence>),
     Written(super::provider::WriteOutcome),
-    /// Whether the authoritative answer equals the plan's records.
+    /// Whether the authoritative answer equals the plan's records, and whether it is empty.
     Served {
         matches_plan: bool,
+        empty: bool,
     },
 }
 
 /// The next I/O the driver performs, or the pass's end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PassStep {
     ReadFence,
-    /// Write the plan's records and fence in one UPDATE carrying `guard`. `repair` marks a
+    /// Write the plan's records and its fence in one UPDATE carrying `guard`. `repair` marks a
     /// rewrite under the plan's own, already live fence (records edited at the server).
     Write {
         guard: Option<FenceGuard>,
@@ -130,25 +238,38 @@ pub enum PassStep {
     Done(PassOutcome),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PassOutcome {
     /// The fence holds this plan's generation. `verified`: the answer matched the plan on the
     /// last read; `applied`: this pass's own UPDATE made it live.
-    Live { applied: bool, verified: bool },
+    Live {
+        applied: bool,
+        verified: bool,
+    },
     /// The server holds a newer generation: the plan is marked Superseded and never retried.
-    Superseded { live: u64 },
+    Superseded {
+        live: u64,
+    },
     /// The fence kept moving under this pass; try again shortly.
     Contended,
+    /// The name was removed by this endpoint: nothing is written.
+    Removed,
+    Conflict(Conflict),
 }
 
 impl EnactmentPass {
-    pub fn new(generation: u64, strategy: Strategy) -> Self {
+    /// A pass writing plan `generation` for the endpoint `owner` (its UID); `adopt` lets it take
+    /// over a name whose records Bulwark did not write.
+    pub fn new(generation: u64, owner: &str, adopt: bool, strategy: Strategy) -> Self {
         EnactmentPass {
             generation,
+            owner: owner.to_owned(),
+            adopt,
             strategy,
             refused: 0,
             applied: false,
             repaired: false,
+            fence: None,
             awaiting: Awaiting::Start,
         }
     }
@@ -157,22 +278,49 @@ impl EnactmentPass {
         self.generation
     }
 
+    /// The fence this pass writes.
+    pub fn fence(&self) -> Fence {
+        Fence::live(self.generation, &self.owner)
+    }
+
+    fn write(&self, expect: Option<Fence>, name_unclaimed: bool, repair: bool) -> PassStep {
+        let guard = FenceGuard {
+            expect,
+            name_unclaimed,
+        };
+        PassStep::Write {
+            guard: write_guard(self.strategy, guard),
+            repair,
+        }
+    }
+
     /// Feed the answer to the previous step; returns the next one.
     pub fn step(&mut self, observation: Observation) -> PassStep {
         use super::provider::WriteOutcome::{Applied, FenceMismatch};
         let step = match (self.awaiting, observation) {
             (Awaiting::Start, _) => PassStep::ReadFence,
             (Awaiting::Fence, Observation::Fence(fence)) => {
-                match decide_enactment(self.generation, fence) {
-                    Enactment::Apply { expect_fence } => PassStep::Write {
-                        guard: write_guard(self.strategy, expect_fence),
-                        repair: false,
-                    },
+                self.fence = fence;
+                match decide_enactment(self.generation, self.fence.as_ref(), &self.owner) {
+                    Enactment::Apply { expect } => self.write(expect, false, false),
+                    Enactment::Claim { expect } if self.adopt => self.write(expect, false, false),
+                    Enactment::Claim { .. } => PassStep::ReadServed,
                     Enactment::AlreadyLive => PassStep::ReadServed,
                     Enactment::Superseded { live } => {
                         PassStep::Done(PassOutcome::Superseded { live })
                     }
+                    Enactment::Removed => PassStep::Done(PassOutcome::Removed),
+                    Enactment::Conflict(conflict) => {
+                        PassStep::Done(PassOutcome::Conflict(conflict))
+                    }
                 }
+            }
+            (Awaiting::Unclaimed, Observation::Served { empty: true, .. }) => {
+                // The UPDATE re-checks both at the server: records added meanwhile refuse it.
+                self.write(self.fence.clone(), true, false)
+            }
+            (Awaiting::Unclaimed, Observation::Served { empty: false, .. }) => {
+                PassStep::Done(PassOutcome::Conflict(Conflict::ForeignRecords))
             }
             (Awaiting::Write | Awaiting::Repair, Observation::Written(Applied)) => {
                 self.applied |= self.awaiting == Awaiting::Write;
@@ -188,32 +336,27 @@ impl EnactmentPass {
                     PassStep::ReadFence
                 }
             }
-            (Awaiting::Served, Observation::Served { matches_plan: true }) => {
-                PassStep::Done(PassOutcome::Live {
-                    applied: self.applied,
-                    verified: true,
-                })
-            }
             (
                 Awaiting::Served,
                 Observation::Served {
-                    matches_plan: false,
-                },
-            ) if !self.repaired => {
-                // Records edited under this plan's fence: rewrite them, fenced on this very
-                // generation so nothing newer can be overwritten.
-                self.repaired = true;
-                PassStep::Write {
-                    guard: write_guard(self.strategy, Some(self.generation)),
-                    repair: true,
-                }
-            }
-            (
-                Awaiting::Served,
-                Observation::Served {
-                    matches_plan: false,
+                    matches_plan: true, ..
                 },
             ) => PassStep::Done(PassOutcome::Live {
+                applied: self.applied,
+                verified: true,
+            }),
+            (Awaiting::Served, Observation::Served { .. }) if !self.repaired => {
+                // Records edited under this plan's fence: rewrite them, fenced on the fence just
+                // read (this very generation) so nothing newer can be overwritten.
+                self.repaired = true;
+                let expect = if self.applied {
+                    Some(self.fence())
+                } else {
+                    self.fence.clone()
+                };
+                self.write(expect, false, true)
+            }
+            (Awaiting::Served, Observation::Served { .. }) => PassStep::Done(PassOutcome::Live {
                 applied: self.applied,
                 verified: false,
             }),
@@ -221,14 +364,23 @@ impl EnactmentPass {
                 panic!("enactment pass awaiting {awaiting:?} was fed {observation:?}")
             }
         };
-        self.awaiting = match step {
+        self.awaiting = match &step {
             PassStep::ReadFence => Awaiting::Fence,
             PassStep::Write { repair: false, .. } => Awaiting::Write,
             PassStep::Write { repair: true, .. } => Awaiting::Repair,
+            PassStep::ReadServed if self.awaiting == Awaiting::Fence && !self.fence_is_mine() => {
+                Awaiting::Unclaimed
+            }
             PassStep::ReadServed => Awaiting::Served,
             PassStep::Done(_) => self.awaiting,
         };
         step
+    }
+
+    fn fence_is_mine(&self) -> bool {
+        self.fence
+            .as_ref()
+            .is_some_and(|f| f.owned_by(&self.owner) && !f.removed)
     }
 }
 
@@ -320,68 +472,126 @@ pub fn decide_cleanup(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::provider::WriteOutcome::{Applied, FenceMismatch};
+
+    const ME: &str = "6b1c0e4e-uid-of-this-endpoint";
+    const OTHER: &str = "0d2a7f51-uid-of-another";
+
+    fn mine(generation: u64) -> Fence {
+        Fence::live(generation, ME)
+    }
 
     #[test]
     fn fence_round_trips_and_rejects_foreign_values() {
         for generation in [1, 2, 99, u64::MAX] {
-            assert_eq!(parse_fence(&fence_value(generation)), Some(generation));
+            let live = mine(generation);
+            assert_eq!(Fence::parse(&live.value()), Some(live.clone()));
+            let tombstone = live.tombstone(ME);
+            assert_eq!(Fence::parse(&tombstone.value()), Some(tombstone));
         }
-        for foreign in ["", "gen=", "gen=0", "gen=-1", "gen=1x", "v=spf1", "GEN=3"] {
-            assert_eq!(parse_fence(foreign), None, "{foreign:?}");
+        assert_eq!(
+            Fence::parse("gen=3"),
+            Some(Fence {
+                generation: 3,
+                owner: None,
+                removed: false
+            }),
+            "fences written before owners were recorded"
+        );
+        for foreign in [
+            "",
+            "gen=",
+            "gen=0",
+            "gen=-1",
+            "gen=1x",
+            "v=spf1",
+            "GEN=3",
+            "gen=3 owner=",
+            "gen=3 owner=a deleted",
+            "gen=3 owner=a removed x",
+            "gen=3  owner=a",
+        ] {
+            assert_eq!(Fence::parse(foreign), None, "{foreign:?}");
         }
         assert_eq!(fence_name("api.example.com."), "_bulwark.api.example.com");
     }
 
     #[test]
-    fn enactment_applies_only_over_older_or_missing_fences() {
+    fn enactment_applies_only_over_older_own_fences_and_claims_only_unowned_names() {
+        let decide = |fence: Option<Fence>| decide_enactment(3, fence.as_ref(), ME);
+        assert_eq!(decide(None), Enactment::Claim { expect: None });
         assert_eq!(
-            decide_enactment(3, None),
-            Enactment::Apply { expect_fence: None }
-        );
-        assert_eq!(
-            decide_enactment(3, Some(2)),
+            decide(Some(mine(2))),
             Enactment::Apply {
-                expect_fence: Some(2)
+                expect: Some(mine(2))
             }
         );
-        assert_eq!(decide_enactment(3, Some(3)), Enactment::AlreadyLive);
+        assert_eq!(decide(Some(mine(3))), Enactment::AlreadyLive);
+        assert_eq!(decide(Some(mine(7))), Enactment::Superseded { live: 7 });
+        let legacy = Fence::parse("gen=2").unwrap();
         assert_eq!(
-            decide_enactment(3, Some(7)),
-            Enactment::Superseded { live: 7 }
+            decide(Some(legacy.clone())),
+            Enactment::Apply {
+                expect: Some(legacy)
+            }
         );
+        assert_eq!(
+            decide(Some(Fence::live(1, OTHER))),
+            Enactment::Conflict(Conflict::OwnedBy(OTHER.into()))
+        );
+        let released = Fence::live(9, OTHER).tombstone(OTHER);
+        assert_eq!(
+            decide(Some(released.clone())),
+            Enactment::Claim {
+                expect: Some(released)
+            }
+        );
+        assert_eq!(decide(Some(mine(2).tombstone(ME))), Enactment::Removed);
     }
 
     /// Runs a pass against a scripted server: `answers` are fed in order.
-    fn run(generation: u64, answers: &[Observation]) -> Vec<PassStep> {
-        let mut pass = EnactmentPass::new(generation, Strategy::Fenced);
+    fn run(generation: u64, adopt: bool, answers: &[Observation]) -> Vec<PassStep> {
+        let mut pass = EnactmentPass::new(generation, ME, adopt, Strategy::Fenced);
         let mut steps = vec![pass.step(Observation::Start)];
         for answer in answers {
-            steps.push(pass.step(*answer));
+            steps.push(pass.step(answer.clone()));
         }
         steps
     }
 
+    fn served(matches_plan: bool, empty: bool) -> Observation {
+        Observation::Served {
+            matches_plan,
+            empty,
+        }
+    }
+
+    fn write(expect: Option<Fence>, name_unclaimed: bool, repair: bool) -> PassStep {
+        PassStep::Write {
+            guard: Some(FenceGuard {
+                expect,
+                name_unclaimed,
+            }),
+            repair,
+        }
+    }
+
     #[test]
     fn a_pass_writes_over_an_older_fence_and_verifies() {
-        use crate::dns::provider::WriteOutcome::Applied;
         let steps = run(
             3,
+            false,
             &[
-                Observation::Fence(Some(2)),
+                Observation::Fence(Some(mine(2))),
                 Observation::Written(Applied),
-                Observation::Served { matches_plan: true },
+                served(true, false),
             ],
         );
         assert_eq!(
             steps,
             vec![
                 PassStep::ReadFence,
-                PassStep::Write {
-                    guard: Some(FenceGuard {
-                        expect_fence: Some(2)
-                    }),
-                    repair: false
-                },
+                write(Some(mine(2)), false, false),
                 PassStep::ReadServed,
                 PassStep::Done(PassOutcome::Live {
                     applied: true,
@@ -392,30 +602,58 @@ mod tests {
     }
 
     #[test]
+    fn an_unowned_name_is_claimed_only_without_foreign_records_unless_adopted() {
+        let claim = run(
+            1,
+            false,
+            &[
+                Observation::Fence(None),
+                served(false, true),
+                Observation::Written(Applied),
+                served(true, false),
+            ],
+        );
+        assert_eq!(claim[2], write(None, true, false), "{claim:?}");
+        assert_eq!(
+            claim.last(),
+            Some(&PassStep::Done(PassOutcome::Live {
+                applied: true,
+                verified: true
+            }))
+        );
+        let foreign = run(1, false, &[Observation::Fence(None), served(false, false)]);
+        assert_eq!(
+            foreign.last(),
+            Some(&PassStep::Done(PassOutcome::Conflict(
+                Conflict::ForeignRecords
+            )))
+        );
+        let adopted = run(1, true, &[Observation::Fence(None)]);
+        assert_eq!(adopted.last(), Some(&write(None, false, false)));
+        let taken = run(1, false, &[Observation::Fence(Some(Fence::live(1, OTHER)))]);
+        assert_eq!(
+            taken.last(),
+            Some(&PassStep::Done(PassOutcome::Conflict(Conflict::OwnedBy(
+                OTHER.into()
+            ))))
+        );
+    }
+
+    #[test]
     fn a_refused_repair_ends_superseded_never_live() {
         // Plan 3 is live, its records were edited; while repairing, plan 4 went live. Before the
         // fix the refused repair counted as verified, and status said 3 while 4 was served.
-        use crate::dns::provider::WriteOutcome::FenceMismatch;
         let steps = run(
             3,
+            false,
             &[
-                Observation::Fence(Some(3)),
-                Observation::Served {
-                    matches_plan: false,
-                },
+                Observation::Fence(Some(mine(3))),
+                served(false, false),
                 Observation::Written(FenceMismatch),
-                Observation::Fence(Some(4)),
+                Observation::Fence(Some(mine(4))),
             ],
         );
-        assert_eq!(
-            steps[2],
-            PassStep::Write {
-                guard: Some(FenceGuard {
-                    expect_fence: Some(3)
-                }),
-                repair: true
-            }
-        );
+        assert_eq!(steps[2], write(Some(mine(3)), false, true));
         assert_eq!(
             steps.last(),
             Some(&PassStep::Done(PassOutcome::Superseded { live: 4 }))
@@ -424,25 +662,21 @@ mod tests {
 
     #[test]
     fn a_pass_yields_after_repeated_refusals_and_repairs_only_once() {
-        use crate::dns::provider::WriteOutcome::{Applied, FenceMismatch};
         let mut answers = Vec::new();
         for fence in 0..MAX_FENCE_REFUSALS as u64 {
-            answers.push(Observation::Fence(Some(fence + 1)));
+            answers.push(Observation::Fence(Some(mine(fence + 1))));
             answers.push(Observation::Written(FenceMismatch));
         }
-        let steps = run(9, &answers);
+        let steps = run(9, false, &answers);
         assert_eq!(steps.last(), Some(&PassStep::Done(PassOutcome::Contended)));
         let unverified = run(
             3,
+            false,
             &[
-                Observation::Fence(Some(3)),
-                Observation::Served {
-                    matches_plan: false,
-                },
+                Observation::Fence(Some(mine(3))),
+                served(false, false),
                 Observation::Written(Applied),
-                Observation::Served {
-                    matches_plan: false,
-                },
+                served(false, false),
             ],
         );
         assert_eq!(
@@ -452,6 +686,8 @@ mod tests {
                 verified: false
             }))
         );
+        let removed = run(3, false, &[Observation::Fence(Some(mine(3).tombstone(ME)))]);
+        assert_eq!(removed.last(), Some(&PassStep::Done(PassOutcome::Removed)));
     }
 
     #[test]
@@ -488,13 +724,15 @@ mod tests {
 
     #[test]
     fn unfenced_writes_carry_no_guard() {
+        let guard = FenceGuard {
+            expect: Some(mine(4)),
+            name_unclaimed: false,
+        };
         assert_eq!(
-            write_guard(Strategy::Fenced, Some(4)),
-            Some(FenceGuard {
-                expect_fence: Some(4)
-            })
+            write_guard(Strategy::Fenced, guard.clone()),
+            Some(guard.clone())
         );
-        assert_eq!(write_guard(Strategy::Unfenced, Some(4)), None);
+        assert_eq!(write_guard(Strategy::Unfenced, guard), None);
     }
 
     #[test]

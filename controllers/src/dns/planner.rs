@@ -214,7 +214,11 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
         .as_ref()
         .map_or(0, |s| s.latest_plan_generation);
     let plans = plans_of(&context.plans, endpoint);
-    let reserved_plan = plans.iter().find(|p| p.spec.generation == reserved);
+    // By its deterministic name: a same-generation object someone else created is not it.
+    let reserved_name = plan_name(endpoint, reserved);
+    let reserved_plan = plans
+        .iter()
+        .find(|p| p.spec.generation == reserved && p.name_any() == reserved_name);
     if reserved > 0 && reserved_plan.is_none() && plan_exists(context, endpoint, reserved).await? {
         // Our own create is not in the cache yet; its watch event brings the endpoint back.
         return Ok(Action::await_change());
@@ -333,6 +337,11 @@ fn still_leading(context: &Context, token: u64) -> bool {
     context.leadership.borrow().token() == Some(token)
 }
 
+/// A plan's deterministic name: a second guard against minting one generation twice.
+fn plan_name(endpoint: &DnsEndpoint, generation: u64) -> String {
+    format!("{}-{generation}", endpoint.name_any())
+}
+
 /// Whether plan `generation` of the endpoint exists at the API server (the cache may lag behind
 /// this planner's own create).
 async fn plan_exists(
@@ -344,8 +353,10 @@ async fn plan_exists(
         context.client.clone(),
         &endpoint.namespace().unwrap_or_default(),
     );
-    let name = format!("{}-{generation}", endpoint.name_any());
-    Ok(api.get_opt(&name).await?.is_some())
+    Ok(api
+        .get_opt(&plan_name(endpoint, generation))
+        .await?
+        .is_some())
 }
 
 /// What the DNS server serves for the endpoint's name: read only on the rare path where the
@@ -361,8 +372,20 @@ async fn read_server(endpoint: &DnsEndpoint, context: &Context) -> Result<Server
         .ok_or_else(|| zone_not_found(endpoint))?;
     let dns = provider_for(&context.client, &zone, endpoint, context.server_timeout).await?;
     let fqdn = endpoint.spec.fqdn.as_str();
+    let owner = endpoint.uid().unwrap_or_default();
+    // Records under anyone else's fence (or none) are not this endpoint's to preserve.
+    let Some(fence) = dns
+        .read_fence(fqdn)
+        .await?
+        .filter(|f| f.owned_by(&owner) && !f.removed)
+    else {
+        return Ok(ServerView {
+            fence: None,
+            records: Vec::new(),
+        });
+    };
     Ok(ServerView {
-        fence: dns.read_fence(fqdn).await?,
+        fence: Some(fence.generation),
         records: dns.served_records(fqdn).await?,
     })
 }
@@ -406,7 +429,7 @@ async fn create_plan(
         .join("; ");
     let plan = DnsPlan {
         metadata: ObjectMeta {
-            name: Some(format!("{name}-{generation}")),
+            name: Some(plan_name(endpoint, generation)),
             namespace: Some(namespace.clone()),
             labels: Some(BTreeMap::from([(ENDPOINT_LABEL.into(), name.clone())])),
             annotations: Some(BTreeMap::from([

@@ -1,4 +1,4 @@
-//! The provider interface: the four operations the enactor and cleanup need from a DNS server.
+//! The provider interface: the operations the enactor and cleanup need from a DNS server.
 //! Any provider must make `write_plan` atomic and honour the fence guard at the server (Route 53
 //! change batches could: a DELETE of the old fence value must match, or the batch fails).
 
@@ -6,7 +6,7 @@ use std::future::Future;
 
 use bulwark_crds::dns::RRSet;
 
-use super::fencing::FenceGuard;
+use super::fencing::{Fence, FenceGuard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -42,27 +42,29 @@ pub enum WriteOutcome {
 }
 
 pub trait DnsProvider: Send + Sync {
-    /// The generation in the name's fence record, `None` when there is none.
+    /// The name's fence record, `None` when there is none.
     fn read_fence(
         &self,
         fqdn: &str,
-    ) -> impl Future<Output = Result<Option<u64>, ProviderError>> + Send;
+    ) -> impl Future<Output = Result<Option<Fence>, ProviderError>> + Send;
 
-    /// Replace the name's records with `rrsets` and its fence with `generation`, all or nothing,
-    /// and only if `guard` holds at the server (no guard: unconditionally).
+    /// Replace the name's records with `rrsets` and its fence with `fence`, all or nothing, and
+    /// only if `guard` holds at the server (no guard: unconditionally).
     fn write_plan(
         &self,
         fqdn: &str,
-        generation: u64,
+        fence: &Fence,
         rrsets: &[RRSet],
-        guard: Option<FenceGuard>,
+        guard: Option<&FenceGuard>,
     ) -> impl Future<Output = Result<WriteOutcome, ProviderError>> + Send;
 
-    /// Remove the name's managed records and its fence, all or nothing, only if `guard` holds.
+    /// Remove the name's managed records and leave `tombstone` as its fence, all or nothing,
+    /// only if `guard` holds.
     fn remove_name(
         &self,
         fqdn: &str,
-        guard: FenceGuard,
+        tombstone: &Fence,
+        guard: &FenceGuard,
     ) -> impl Future<Output = Result<WriteOutcome, ProviderError>> + Send;
 
     /// What the authoritative server answers for the name, canonicalised like a plan's RRsets.

@@ -15,7 +15,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::fencing::{FenceGuard, fence_name, fence_value, parse_fence};
+use super::fencing::{Fence, FenceGuard, fence_name};
 use super::provider::{DnsProvider, ProviderError, WriteOutcome};
 
 /// Seconds of clock skew the server tolerates on a signature.
@@ -84,27 +84,33 @@ impl Rfc2136 {
         message
     }
 
-    /// An UPDATE that (after the optional fence prerequisite) deletes the name's managed RRsets
-    /// and its fence; callers add what replaces them. Returns the name, the fence name and it.
+    /// An UPDATE that (after the guard's prerequisites, if any) deletes the name's managed
+    /// RRsets and its fence; callers add what replaces them. Returns the name, the fence name
+    /// and it.
     fn clearing_update(
         &self,
         fqdn: &str,
-        guard: Option<FenceGuard>,
+        guard: Option<&FenceGuard>,
     ) -> Result<(Name, Name, Message), ProviderError> {
         let name = self.name_in_zone(fqdn)?;
         let fence = self.name_in_zone(&fence_name(fqdn))?;
         let mut message = self.update_message();
-        if let Some(FenceGuard { expect_fence }) = guard {
-            message.add_pre_requisite(match expect_fence {
+        let absent = |owner: &Name, record_type| {
+            // RFC 2136 2.4.3: the RRset does not exist.
+            let mut absent = Record::update0(owner.clone(), 0, record_type);
+            absent.set_dns_class(DNSClass::NONE);
+            absent
+        };
+        if let Some(guard) = guard {
+            message.add_pre_requisite(match &guard.expect {
                 // RFC 2136 2.4.2: the RRset exists and equals exactly this value.
-                Some(generation) => fence_record(&fence, generation, 0),
-                // RFC 2136 2.4.3: the RRset does not exist.
-                None => {
-                    let mut absent = Record::update0(fence.clone(), 0, RecordType::TXT);
-                    absent.set_dns_class(DNSClass::NONE);
-                    absent
-                }
+                Some(expected) => fence_record(&fence, expected, 0),
+                None => absent(&fence, RecordType::TXT),
             });
+            if guard.name_unclaimed {
+                message.add_pre_requisite(absent(&name, RecordType::A));
+                message.add_pre_requisite(absent(&name, RecordType::AAAA));
+            }
         }
         for (owner, managed) in [
             (&name, RecordType::A),
@@ -214,7 +220,7 @@ impl Rfc2136 {
 }
 
 impl DnsProvider for Rfc2136 {
-    async fn read_fence(&self, fqdn: &str) -> Result<Option<u64>, ProviderError> {
+    async fn read_fence(&self, fqdn: &str) -> Result<Option<Fence>, ProviderError> {
         let name = self.name_in_zone(&fence_name(fqdn))?;
         let response = self.query(&name, RecordType::TXT).await?;
         let values: Vec<String> = response
@@ -227,7 +233,7 @@ impl DnsProvider for Rfc2136 {
             .collect();
         match values.as_slice() {
             [] => Ok(None),
-            [single] if parse_fence(single).is_some() => Ok(parse_fence(single)),
+            [single] if Fence::parse(single).is_some() => Ok(Fence::parse(single)),
             foreign => Err(ProviderError::Config(format!(
                 "fence {name} TXT holds {foreign:?}, which Bulwark did not write; delete that record to let Bulwark manage the name"
             ))),
@@ -237,24 +243,26 @@ impl DnsProvider for Rfc2136 {
     async fn write_plan(
         &self,
         fqdn: &str,
-        generation: u64,
+        fence: &Fence,
         rrsets: &[RRSet],
-        guard: Option<FenceGuard>,
+        guard: Option<&FenceGuard>,
     ) -> Result<WriteOutcome, ProviderError> {
-        let (name, fence, mut message) = self.clearing_update(fqdn, guard)?;
+        let (name, fence_owner, mut message) = self.clearing_update(fqdn, guard)?;
         for record in plan_records(&name, rrsets)? {
             message.add_update(record);
         }
-        message.add_update(fence_record(&fence, generation, 0));
+        message.add_update(fence_record(&fence_owner, fence, 0));
         self.send_update(message).await
     }
 
     async fn remove_name(
         &self,
         fqdn: &str,
-        guard: FenceGuard,
+        tombstone: &Fence,
+        guard: &FenceGuard,
     ) -> Result<WriteOutcome, ProviderError> {
-        let (_, _, message) = self.clearing_update(fqdn, Some(guard))?;
+        let (_, fence_owner, mut message) = self.clearing_update(fqdn, Some(guard))?;
+        message.add_update(fence_record(&fence_owner, tombstone, 0));
         self.send_update(message).await
     }
 
@@ -311,11 +319,11 @@ fn fqdn_name(name: &str) -> Result<Name, ProviderError> {
     Ok(parsed)
 }
 
-fn fence_record(fence: &Name, generation: u64, ttl: u32) -> Record {
+fn fence_record(owner: &Name, fence: &Fence, ttl: u32) -> Record {
     Record::from_rdata(
-        fence.clone(),
+        owner.clone(),
         ttl,
-        RData::TXT(TXT::new(vec![fence_value(generation)])),
+        RData::TXT(TXT::new(vec![fence.value()])),
     )
 }
 

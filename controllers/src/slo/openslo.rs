@@ -256,17 +256,7 @@ fn period(reader: &mut Reader) -> Option<String> {
         reader.problem(&format!("{path}[0].duration"), "required");
         None
     })?;
-    // OpenSLO durations: a number and one unit of m, h, d, w, M, Q, Y.
-    let (number, unit) = duration.split_at(duration.len().saturating_sub(1));
-    let days = number.parse::<u32>().ok().and_then(|n| match unit {
-        "d" => Some(n),
-        "w" => Some(n * 7),
-        _ => None,
-    });
-    match days
-        .map(|d| format!("{d}d"))
-        .filter(|p| period_days(p).is_some())
-    {
+    match period_of(&duration) {
         Some(period) => Some(period),
         None => {
             reader.problem(
@@ -278,6 +268,20 @@ fn period(reader: &mut Reader) -> Option<String> {
             None
         }
     }
+}
+
+/// An OpenSLO rolling duration (a number and one unit of m, h, d, w, M, Q, Y) as a Bulwark
+/// period, when it is whole days or weeks within the supported range. Untrusted input: any
+/// string, however long or wherever its multi-byte characters fall.
+fn period_of(duration: &str) -> Option<String> {
+    let unit = duration.chars().last()?;
+    let number: u32 = duration[..duration.len() - unit.len_utf8()].parse().ok()?;
+    let days = match unit {
+        'd' => number,
+        'w' => number.checked_mul(7)?,
+        _ => return None,
+    };
+    Some(format!("{days}d")).filter(|p| period_days(p).is_some())
 }
 
 fn objective(reader: &mut Reader) -> Option<f64> {
