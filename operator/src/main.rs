@@ -329,8 +329,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             recorder.clone(),
             readiness.clone(),
             leadership.clone(),
-            args.watch_namespace.clone(),
-            args.dns_server_timeout,
+            dns_settings.clone(),
             shutdown.clone(),
         ),
     );

@@ -323,4 +323,44 @@ mod tests {
             PlanDecision::WithheldEmpty
         );
     }
+
+    proptest::proptest! {
+        /// The planner never mints an empty plan the endpoint refuses, never reuses a
+        /// generation, and mints from the server only what that server served.
+        #[test]
+        fn the_planner_never_mints_an_empty_plan_it_must_refuse_nor_reuses_a_generation(
+            reserved in 0u64..6,
+            reserved_plan_present in proptest::bool::ANY,
+            desired in proptest::collection::vec(1u8..5, 0..3),
+            allow_empty in proptest::bool::ANY,
+            served in proptest::collection::vec(1u8..5, 0..3),
+            fence in proptest::option::of(1u64..6),
+            existing in proptest::collection::vec(1u64..6, 0..4),
+        ) {
+            let rrsets = |octets: &[u8]| {
+                let candidates: Vec<Candidate> = octets
+                    .iter()
+                    .map(|o| candidate(&format!("10.0.0.{o}"), 0, true))
+                    .collect();
+                desired_rrsets(RoutingPolicy::AllHealthy, 60, &candidates)
+            };
+            let hash = content_hash(&rrsets(&[9]));
+            let server = ServerView { fence, records: rrsets(&served) };
+            let input = PlanInput {
+                reserved,
+                reserved_plan_hash: (reserved > 0 && reserved_plan_present).then_some(hash.as_str()),
+                existing_plans: &existing,
+                desired: rrsets(&desired),
+                allow_empty,
+                server: Some(&server),
+            };
+            if let PlanDecision::Mint { generation, rrsets: minted, recovered, .. } = decide_plan(input) {
+                proptest::prop_assert_eq!(generation, reserved + 1);
+                proptest::prop_assert!(allow_empty || !minted.is_empty());
+                if recovered {
+                    proptest::prop_assert_eq!(minted, server.records);
+                }
+            }
+        }
+    }
 }

@@ -735,6 +735,86 @@ mod tests {
         assert_eq!(write_guard(Strategy::Unfenced, guard), None);
     }
 
+    /// Fence values come from the DNS server: any text must parse or be refused, never panic,
+    /// and whatever parses must write back as the same value.
+    #[test]
+    fn fuzz_fence_values() {
+        bolero::check!().for_each(|bytes: &[u8]| {
+            if let Ok(text) = std::str::from_utf8(bytes)
+                && let Some(fence) = Fence::parse(text)
+            {
+                assert_eq!(Fence::parse(&fence.value()), Some(fence));
+            }
+        });
+    }
+
+    proptest::proptest! {
+        /// Whatever the fence and plan, a pass never writes over a newer generation or another
+        /// owner's live fence, and ends within a bounded number of steps.
+        #[test]
+        fn a_pass_never_writes_over_a_newer_or_foreign_fence(
+            plan in 1u64..6,
+            fences in proptest::collection::vec(
+                proptest::option::of((1u64..8, proptest::bool::ANY, proptest::bool::ANY)),
+                1..12,
+            ),
+            answers_match in proptest::collection::vec(proptest::bool::ANY, 12),
+            adopt in proptest::bool::ANY,
+        ) {
+            let to_fence = |(generation, foreign, removed): (u64, bool, bool)| Fence {
+                generation,
+                owner: Some(if foreign { OTHER } else { ME }.to_owned()),
+                removed,
+            };
+            let mut pass = EnactmentPass::new(plan, ME, adopt, Strategy::Fenced);
+            let mut observation = Observation::Start;
+            let mut fences = fences.into_iter().map(|f| f.map(to_fence));
+            let mut current: Option<Fence> = None;
+            for step in 0..64 {
+                match pass.step(observation.clone()) {
+                    PassStep::ReadFence => {
+                        current = fences.next().unwrap_or(current.clone());
+                        observation = Observation::Fence(current.clone());
+                    }
+                    PassStep::Write { guard, .. } => {
+                        let guard = guard.expect("fenced writes carry a guard");
+                        proptest::prop_assert_eq!(&guard.expect, &current);
+                        if let Some(fence) = &current {
+                            proptest::prop_assert!(
+                                fence.generation <= plan || fence.removed && !fence.owned_by(ME),
+                                "wrote plan {} over {:?}", plan, fence
+                            );
+                            proptest::prop_assert!(fence.owned_by(ME) || fence.removed);
+                        }
+                        // The write lands: the server now holds this plan's fence.
+                        current = Some(pass.fence());
+                        observation = Observation::Written(Applied);
+                    }
+                    PassStep::ReadServed => {
+                        let matches_plan = answers_match[step % answers_match.len()];
+                        observation = served(matches_plan, !matches_plan);
+                    }
+                    PassStep::Done(_) => return Ok(()),
+                }
+            }
+            proptest::prop_assert!(false, "the pass did not end within 64 steps");
+        }
+
+        #[test]
+        fn cleanup_keeps_the_live_plan_and_everything_newer(
+            plans in proptest::collection::btree_set(1u64..40, 0..20),
+            live in proptest::option::of(1u64..40),
+            retention in 0u64..4,
+        ) {
+            let plans: Vec<u64> = plans.into_iter().collect();
+            let cleanup = decide_cleanup(Strategy::Fenced, &plans, live, retention);
+            proptest::prop_assert!(cleanup.delete_records_of.is_empty());
+            for deleted in &cleanup.delete_plans {
+                proptest::prop_assert!(live.is_some_and(|live| deleted + retention < live));
+            }
+        }
+    }
+
     #[test]
     fn fenced_cleanup_never_collects_the_live_plan_or_anything_newer() {
         let plans: Vec<u64> = (1..=10).collect();

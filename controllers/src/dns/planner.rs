@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan, desired_rrsets};
 use super::provider::DnsProvider;
 use super::runtime::{
-    Backoff, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
+    Backoff, DnsSettings, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
     apply_endpoint_status, cached, endpoint_condition, endpoints_and_plans, key, log_watch_error,
     plans_of, provider_for, publish, zone_not_found,
 };
@@ -56,11 +56,11 @@ pub async fn run(
     recorder: Recorder,
     readiness: Readiness,
     leadership: watch::Receiver<Leadership>,
-    namespace: Option<String>,
-    server_timeout: Duration,
+    settings: DnsSettings,
     shutdown: CancellationToken,
 ) {
-    let namespace = namespace.as_deref();
+    let namespace = settings.namespace.as_deref();
+    let server_timeout = settings.server_timeout;
     let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
     let endpoints = caches.endpoints;
     let (slices, slice_events) = cached::<EndpointSlice>(

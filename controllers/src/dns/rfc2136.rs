@@ -222,22 +222,7 @@ impl Rfc2136 {
 impl DnsProvider for Rfc2136 {
     async fn read_fence(&self, fqdn: &str) -> Result<Option<Fence>, ProviderError> {
         let name = self.name_in_zone(&fence_name(fqdn))?;
-        let response = self.query(&name, RecordType::TXT).await?;
-        let values: Vec<String> = response
-            .answers()
-            .iter()
-            .filter_map(|record| match record.data() {
-                RData::TXT(txt) => Some(txt_string(txt)),
-                _ => None,
-            })
-            .collect();
-        match values.as_slice() {
-            [] => Ok(None),
-            [single] if Fence::parse(single).is_some() => Ok(Fence::parse(single)),
-            foreign => Err(ProviderError::Config(format!(
-                "fence {name} TXT holds {foreign:?}, which Bulwark did not write; delete that record to let Bulwark manage the name"
-            ))),
-        }
+        fence_in(&self.query(&name, RecordType::TXT).await?, &name)
     }
 
     async fn write_plan(
@@ -269,33 +254,9 @@ impl DnsProvider for Rfc2136 {
     async fn served_records(&self, fqdn: &str) -> Result<Vec<RRSet>, ProviderError> {
         let name = self.name_in_zone(fqdn)?;
         let mut rrsets = Vec::new();
-        for (record_type, plan_type) in [
-            (RecordType::A, PlanRecordType::A),
-            (RecordType::AAAA, PlanRecordType::AAAA),
-        ] {
-            let response = self.query(&name, record_type).await?;
-            let answers: Vec<&Record> = response
-                .answers()
-                .iter()
-                .filter(|r| r.record_type() == record_type)
-                .collect();
-            if answers.is_empty() {
-                continue;
-            }
-            let mut values: Vec<IpAddr> = answers
-                .iter()
-                .filter_map(|r| match r.data() {
-                    RData::A(a) => Some(IpAddr::V4(a.0)),
-                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                    _ => None,
-                })
-                .collect();
-            values.sort();
-            rrsets.push(RRSet {
-                record_type: plan_type,
-                ttl: answers[0].ttl(),
-                values: values.iter().map(ToString::to_string).collect(),
-            });
+        for plan_type in [PlanRecordType::A, PlanRecordType::AAAA] {
+            let response = self.query(&name, record_type(plan_type)).await?;
+            rrsets.extend(rrset_in(&response, plan_type));
         }
         Ok(rrsets)
     }
@@ -310,6 +271,58 @@ impl DnsProvider for Rfc2136 {
         }
         self.exchange(message).await.map(drop)
     }
+}
+
+fn record_type(plan_type: PlanRecordType) -> RecordType {
+    match plan_type {
+        PlanRecordType::A => RecordType::A,
+        PlanRecordType::AAAA => RecordType::AAAA,
+    }
+}
+
+/// The fence an answer to a TXT query for the fence name carries. An answer is untrusted input:
+/// anything but none or one value Bulwark wrote is refused with what it held.
+fn fence_in(response: &Message, name: &Name) -> Result<Option<Fence>, ProviderError> {
+    let values: Vec<String> = response
+        .answers()
+        .iter()
+        .filter_map(|record| match record.data() {
+            RData::TXT(txt) => Some(txt_string(txt)),
+            _ => None,
+        })
+        .collect();
+    match values.as_slice() {
+        [] => Ok(None),
+        [single] if Fence::parse(single).is_some() => Ok(Fence::parse(single)),
+        foreign => Err(ProviderError::Config(format!(
+            "fence {name} TXT holds {foreign:?}, which Bulwark did not write; delete that record to let Bulwark manage the name"
+        ))),
+    }
+}
+
+/// The answer's records of one type, canonicalised like a plan's RRsets (sorted addresses).
+fn rrset_in(response: &Message, plan_type: PlanRecordType) -> Option<RRSet> {
+    let wanted = record_type(plan_type);
+    let answers: Vec<&Record> = response
+        .answers()
+        .iter()
+        .filter(|r| r.record_type() == wanted)
+        .collect();
+    let first = answers.first()?;
+    let mut values: Vec<IpAddr> = answers
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    values.sort();
+    Some(RRSet {
+        record_type: plan_type,
+        ttl: first.ttl(),
+        values: values.iter().map(ToString::to_string).collect(),
+    })
 }
 
 fn fqdn_name(name: &str) -> Result<Name, ProviderError> {
@@ -405,6 +418,21 @@ fn rejection_detail(code: ResponseCode, response: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers come off the network: any bytes must decode or be refused, and whatever decodes
+    /// must be read (fence, records, error detail) without a panic.
+    #[test]
+    fn fuzz_dns_answers() {
+        let name = fqdn_name("_bulwark.api.example.com").unwrap();
+        bolero::check!().for_each(|bytes: &[u8]| {
+            if let Ok(message) = Message::from_vec(bytes) {
+                let _ = fence_in(&message, &name);
+                let _ = rrset_in(&message, PlanRecordType::A);
+                let _ = rrset_in(&message, PlanRecordType::AAAA);
+                let _ = rejection_detail(message.response_code(), bytes);
+            }
+        });
+    }
 
     #[test]
     fn error_answers_name_the_rcode_and_the_tsig_error() {

@@ -466,6 +466,58 @@ mod tests {
     }
 
     #[test]
+    fn durations_with_multibyte_units_or_huge_counts_are_refused_not_panics() {
+        for duration in [
+            "30日",
+            "日",
+            "",
+            "d",
+            "99999999999w",
+            "613566757w",
+            "4294967295d",
+            "-1d",
+        ] {
+            assert_eq!(period_of(duration), None, "{duration:?}");
+        }
+        assert_eq!(period_of("4w").as_deref(), Some("28d"));
+        assert_eq!(period_of("30d").as_deref(), Some("30d"));
+        let documents = [openslo(
+            json!({"timeWindow": [{"duration": "30日", "isRolling": true}]}),
+        )];
+        let problems = import(&documents).unwrap_err();
+        assert!(problems.iter().any(|p| p.contains("30日")), "{problems:?}");
+    }
+
+    /// OpenSLO files are user input. Raw bytes as JSON documents, and every string field of a
+    /// valid document replaced by fuzzed text: imported or refused with problems, never a panic.
+    #[test]
+    fn fuzz_openslo_documents() {
+        bolero::check!().for_each(|bytes: &[u8]| {
+            if let Ok(documents) = serde_json::from_slice::<Vec<Value>>(bytes) {
+                let _ = import(&documents);
+            }
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return;
+            };
+            for field in [
+                "/spec/timeWindow/0/duration",
+                "/spec/service",
+                "/spec/budgetingMethod",
+                "/metadata/name",
+                "/spec/indicator/spec/ratioMetric/bad/metricSource/spec/query",
+                "/spec/indicator/spec/ratioMetric/total/metricSource/type",
+            ] {
+                let mut document = openslo(json!({}));
+                *document.pointer_mut(field).unwrap() = Value::String(text.to_owned());
+                let _ = import(&[document]);
+            }
+            let mut document = openslo(json!({}));
+            document["spec"]["objectives"][0]["target"] = json!(text.len() as f64 / 7.0 - 3.0);
+            let _ = import(&[document]);
+        });
+    }
+
+    #[test]
     fn a_rolling_ratio_slo_converts_field_by_field() {
         let slos = import(&[openslo(json!({}))]).unwrap();
         let slo = &slos[0];

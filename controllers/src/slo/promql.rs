@@ -179,6 +179,18 @@ fn describe(expr: &Expr) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Selectors are user input: any text is accepted or refused with a column, never a panic.
+    #[test]
+    fn fuzz_promql_selectors() {
+        bolero::check!().for_each(|bytes: &[u8]| {
+            if let Ok(text) = std::str::from_utf8(bytes)
+                && let Err(error) = vector_selector("spec.indicator.ratio.total", text)
+            {
+                assert!(!error.to_string().is_empty());
+            }
+        });
+    }
+
     #[test]
     fn plain_selectors_are_canonicalised() {
         let s = vector_selector("f", r#"http_requests_total{ job="api", code=~"5.." }"#).unwrap();
