@@ -19,6 +19,12 @@ impl Leadership {
     }
 }
 
+/// Whether this replica still leads with `token`. Singleton controllers check it right before
+/// every write, not once per reconcile: leadership can be lost during a slow call in between.
+pub fn still_leading(leadership: &tokio::sync::watch::Receiver<Leadership>, token: u64) -> bool {
+    leadership.borrow().token() == Some(token)
+}
+
 /// One item each time this replica becomes leader, so it re-plans everything it may have missed.
 pub fn became_leader(
     leadership: tokio::sync::watch::Receiver<Leadership>,

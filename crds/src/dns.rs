@@ -113,6 +113,7 @@ pub struct DnsZoneStatus {
     namespaced,
     status = "DnsEndpointStatus",
     shortname = "dne",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("DnsEndpoint names are at most 63 characters: every plan carries the name as a label value and in its own name"),
     category = "bulwark",
     printcolumn(name = "FQDN", type_ = "string", json_path = ".spec.fqdn"),
     printcolumn(
@@ -140,8 +141,9 @@ pub struct DnsEndpointSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("zoneRef is immutable; create a new DnsEndpoint for another zone"))]
     pub zone_ref: String,
     /// Fully qualified name inside the zone, for example `api.example.com`. Immutable, since the
-    /// plans and the fence record are tied to the name.
-    #[schemars(length(min = 1, max = 253), pattern(DNS_NAME_PATTERN))]
+    /// plans and the fence record are tied to the name. At most 244 characters, so the fence
+    /// record `_bulwark.<fqdn>` is still a valid DNS name.
+    #[schemars(length(min = 1, max = 244), pattern(DNS_NAME_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("fqdn is immutable; create a new DnsEndpoint for another name"))]
     pub fqdn: String,
     /// Record TTL in seconds.
@@ -252,7 +254,7 @@ pub struct DnsPlanSpec {
     /// Name of the `DnsEndpoint` this plan belongs to.
     #[schemars(length(min = 1, max = 253))]
     pub endpoint_ref: String,
-    #[schemars(length(min = 1, max = 253), pattern(DNS_NAME_PATTERN))]
+    #[schemars(length(min = 1, max = 244), pattern(DNS_NAME_PATTERN))]
     pub fqdn: String,
     /// 1, 2, 3, … per endpoint. The fencing token checked at the DNS server.
     #[schemars(range(min = 1))]

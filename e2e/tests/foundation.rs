@@ -117,6 +117,30 @@ async fn crds_are_accepted_and_validate_input() {
             .contains("address must be an IPv4 or IPv6 address")
     );
 
+    let long_name = endpoint(
+        &"n".repeat(64),
+        serde_json::json!([{"address": "192.0.2.1"}]),
+    );
+    assert!(
+        rejection(&endpoints, &long_name)
+            .await
+            .contains("DnsEndpoint names are at most 63 characters")
+    );
+    // The fence record `_bulwark.<fqdn>` must fit a DNS name (253 characters).
+    let long_fqdn = format!(
+        "{}.{}.example.test",
+        ["a".repeat(60); 3].join("."),
+        "a".repeat(50)
+    );
+    assert_eq!(long_fqdn.len(), 246, "a valid DNS name, too long to fence");
+    let mut too_long = endpoint("long-fqdn", serde_json::json!([{"address": "192.0.2.1"}]));
+    too_long.data["spec"]["fqdn"] = long_fqdn.into();
+    let rejected = rejection(&endpoints, &too_long).await;
+    assert!(
+        rejected.contains("spec.fqdn") && rejected.contains("244"),
+        "{rejected}"
+    );
+
     let plans = bulwark_api(&client, &ns, "DnsPlan");
     let plan = object(
         "DnsPlan",

@@ -31,7 +31,7 @@ use super::runtime::{
     apply_endpoint_status, cached, endpoint_condition, endpoints_and_plans, key, log_watch_error,
     plans_of, provider_for, publish, zone_not_found,
 };
-use crate::leadership::{Leadership, became_leader};
+use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
@@ -275,7 +275,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             content_hash,
             recovered,
         } => {
-            if !still_leading(context, token) {
+            if !still_leading(&context.leadership, token) {
                 return Ok(Action::await_change());
             }
             // Reserve the generation: compare-and-set on the resourceVersion we planned from.
@@ -291,7 +291,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
                 endpoint.resource_version().as_deref(),
             )
             .await?;
-            if !still_leading(context, token) {
+            if !still_leading(&context.leadership, token) {
                 // A newer leader sees the reservation without a plan and mints the next one.
                 return Ok(Action::await_change());
             }
@@ -312,7 +312,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
         PlanDecision::Unchanged | PlanDecision::WithheldEmpty | PlanDecision::ReadServer => {
             let observed_changed = endpoint.status.as_ref().and_then(|s| s.observed_generation)
                 != endpoint.metadata.generation;
-            if (degraded_changed || observed_changed) && still_leading(context, token) {
+            if (degraded_changed || observed_changed) && still_leading(&context.leadership, token) {
                 apply_endpoint_status(
                     &context.client,
                     endpoint,
@@ -329,12 +329,6 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
         }
     }
     Ok(Action::await_change())
-}
-
-/// Leadership is re-checked right before every write, not once per reconcile: a deposed leader
-/// must not reserve or mint (the reservation's compare-and-set is the store-side guard).
-fn still_leading(context: &Context, token: u64) -> bool {
-    context.leadership.borrow().token() == Some(token)
 }
 
 /// A plan's deterministic name: a second guard against minting one generation twice.

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::status::Prometheus;
 use super::{Outputs, SLO_LABEL, prometheus_rule_resource, render};
 use crate::conditions;
-use crate::leadership::{Leadership, became_leader};
+use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::runtime::{Backoff, cached, is_not_found, log_watch_error, publish};
@@ -132,11 +132,11 @@ async fn reconcile(
     slo: Arc<ServiceLevelObjective>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
-    if context.leadership.borrow().token().is_none() {
+    let Some(token) = context.leadership.borrow().token() else {
         return Ok(Action::await_change());
-    }
+    };
     let timer = context.metrics.reconcile(CONTROLLER);
-    let result = reconcile_as_leader(&slo, &context).await;
+    let result = reconcile_as_leader(&slo, &context, token).await;
     timer.done(result.as_ref().err().map(|_| "api"));
     if result.is_ok() {
         context.backoff.succeeded(&key(&slo));
@@ -187,6 +187,7 @@ impl StatusUpdate<'_> {
 async fn reconcile_as_leader(
     slo: &ServiceLevelObjective,
     context: &Context,
+    token: u64,
 ) -> Result<Action, Error> {
     let namespace = slo.namespace().unwrap_or_default();
     let mut update = StatusUpdate {
@@ -202,6 +203,9 @@ async fn reconcile_as_leader(
             Action::await_change()
         }
         Ok(outputs) => {
+            if !still_leading(&context.leadership, token) {
+                return Ok(Action::await_change());
+            }
             let rules_applied = apply_outputs(&outputs, &namespace, context).await?;
             let count = |alerting: bool| {
                 outputs
@@ -249,7 +253,10 @@ async fn reconcile_as_leader(
             action
         }
     };
-    write_status(slo, context, update).await?;
+    // The Prometheus queries above take time; a replica deposed meanwhile writes nothing.
+    if still_leading(&context.leadership, token) {
+        write_status(slo, context, update).await?;
+    }
     Ok(action)
 }
 
