@@ -129,7 +129,7 @@ async fn crds_are_accepted_and_validate_input() {
     // The fence record `_bulwark.<fqdn>` must fit a DNS name (253 characters).
     let long_fqdn = format!(
         "{}.{}.example.test",
-        ["a".repeat(60); 3].join("."),
+        vec!["a".repeat(60); 3].join("."),
         "a".repeat(50)
     );
     assert_eq!(long_fqdn.len(), 246, "a valid DNS name, too long to fence");
