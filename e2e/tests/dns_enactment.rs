@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::dns::rfc2136::Rfc2136;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::bind::Bind;
 use bulwark_e2e::dns::{apply_endpoint, create_zone, plans, set_tsig_secret, start_operators};
 use bulwark_e2e::operator::start_operator;
@@ -242,6 +242,34 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
         message.contains("NOTAUTH") && message.contains("BADSIG"),
         "{message}"
     );
+    // The zone itself says so too (the zone prober's signed SOA query).
+    let zones: Api<DnsZone> = Api::namespaced(client.clone(), &ns);
+    let zone_ready = |status: &'static str| {
+        let zones = zones.clone();
+        async move {
+            eventually(
+                Duration::from_secs(30),
+                &format!("zone Ready={status}"),
+                || async {
+                    let zone = zones.get("converge").await.ok()?;
+                    let ready = zone
+                        .status?
+                        .conditions
+                        .into_iter()
+                        .find(|c| c.type_ == "Ready")?;
+                    (ready.status == status).then(|| format!("{}: {}", ready.reason, ready.message))
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let message = zone_ready("False").await;
+    println!("zone with a wrong key: Ready=False {message}");
+    assert!(
+        message.starts_with("ServerRejected") && message.contains("BADSIG"),
+        "{message}"
+    );
     assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.0.0.3"]));
     set_tsig_secret(&client, &ns, &bind.secret).await.unwrap();
     wait_for_answer(
@@ -252,6 +280,9 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     )
     .await;
     wait_for_ready(&endpoints, "api", "True", "Live").await;
+    let message = zone_ready("True").await;
+    println!("zone with the right key: Ready=True {message}");
+    assert!(message.starts_with("Reachable"), "{message}");
 
     // Server down: ServerUnreachable; it converges once the server is back.
     bind.stop();

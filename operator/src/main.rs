@@ -117,8 +117,8 @@ struct RunArgs {
     /// TEST ONLY (chaos): stall this long between reading a DNS plan and writing it.
     #[arg(long, hide = true, value_parser = parse_duration)]
     chaos_slow_enactor: Option<Duration>,
-    /// TEST ONLY (chaos): run this supervised task (dns-planner, dns-enactor, slo-controller,
-    /// http, leader-election) as one that panics a second after start, to prove that a dead task
+    /// TEST ONLY (chaos): run this supervised task (dns-planner, dns-zone-prober, dns-enactor,
+    /// slo-controller, http, leader-election) as one that panics a second after start, to prove that a dead task
     /// takes the replica down.
     #[arg(long, hide = true)]
     chaos_crash_task: Option<String>,
@@ -327,6 +327,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             client.clone(),
             metrics.clone(),
             recorder.clone(),
+            readiness.clone(),
+            leadership.clone(),
+            dns_settings.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "dns-zone-prober",
+        dns::zones::run(
+            client.clone(),
+            metrics.clone(),
             readiness.clone(),
             leadership.clone(),
             dns_settings.clone(),

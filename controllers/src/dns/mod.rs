@@ -11,3 +11,4 @@ pub mod planner;
 pub mod provider;
 pub mod rfc2136;
 pub mod runtime;
+pub mod zones;

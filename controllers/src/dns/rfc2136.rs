@@ -125,6 +125,26 @@ impl Rfc2136 {
         Ok((name, fence, message))
     }
 
+    /// A signed SOA query for the zone apex: proves the server answers for the zone and accepts
+    /// the key (a wrong secret or key name comes back as NOTAUTH with the TSIG error). Returns
+    /// the zone's SOA serial.
+    pub async fn probe(&self) -> Result<u32, ProviderError> {
+        let response = self.query(&self.zone, RecordType::SOA).await?;
+        response
+            .answers()
+            .iter()
+            .find_map(|record| match record.data() {
+                RData::SOA(soa) => Some(soa.serial()),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                ProviderError::BadResponse(format!(
+                    "no SOA record for {} in the answer: the server is not authoritative for it",
+                    self.zone
+                ))
+            })
+    }
+
     async fn send_update(&self, message: Message) -> Result<WriteOutcome, ProviderError> {
         let response = self.exchange(message).await?;
         match response.response_code() {

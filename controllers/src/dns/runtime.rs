@@ -202,7 +202,6 @@ pub async fn provider_for(
     endpoint: &DnsEndpoint,
     timeout: Duration,
 ) -> Result<Rfc2136, Error> {
-    let namespace = endpoint.namespace().unwrap_or_default();
     if !fqdn_in_zone(&endpoint.spec.fqdn, &zone.spec.zone) {
         return Err(Error::Invalid {
             reason: "FqdnOutsideZone",
@@ -214,6 +213,16 @@ pub async fn provider_for(
             ),
         });
     }
+    zone_client(client, zone, timeout).await
+}
+
+/// A client for the zone's server, with the TSIG secret read from its Secret.
+pub async fn zone_client(
+    client: &kube::Client,
+    zone: &DnsZone,
+    timeout: Duration,
+) -> Result<Rfc2136, Error> {
+    let namespace = zone.namespace().unwrap_or_default();
     let settings = zone
         .spec
         .provider

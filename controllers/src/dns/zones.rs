@@ -1,0 +1,134 @@
+//! The zone prober (leader only): a signed SOA query to each DnsZone's server, so a wrong key or
+//! an unreachable server shows on the zone itself (`Ready`), not only on each of its endpoints.
+
+use std::sync::Arc;
+
+use bulwark_crds::dns::DnsZone;
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::runtime::{DnsSettings, Error, cached, log_watch_error, zone_client};
+use crate::conditions;
+use crate::leadership::{Leadership, became_leader, still_leading};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+const CONTROLLER: &str = "dns-zone-prober";
+const FIELD_MANAGER: &str = "bulwark-dns-zone-prober";
+
+struct Context {
+    client: kube::Client,
+    metrics: Metrics,
+    leadership: watch::Receiver<Leadership>,
+    settings: DnsSettings,
+}
+
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    readiness: Readiness,
+    leadership: watch::Receiver<Leadership>,
+    settings: DnsSettings,
+    shutdown: CancellationToken,
+) {
+    let (zones, zone_events) = cached::<DnsZone>(
+        &client,
+        settings.namespace.as_deref(),
+        watcher::Config::default(),
+        readiness.gate(format!("{CONTROLLER}/DnsZone")),
+    );
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        leadership: leadership.clone(),
+        settings,
+    });
+    // Spec changes only: the prober's own status writes must not re-trigger it.
+    let spec_changes = zone_events
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(spec_changes, zones)
+        .reconcile_all_on(became_leader(leadership))
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            log_watch_error(CONTROLLER, result);
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn error_policy(zone: Arc<DnsZone>, error: &Error, context: Arc<Context>) -> Action {
+    warn!(zone = %zone.name_any(), %error, "could not record the zone's state");
+    Action::requeue(context.settings.resync)
+}
+
+async fn reconcile(zone: Arc<DnsZone>, context: Arc<Context>) -> Result<Action, Error> {
+    let Some(token) = context.leadership.borrow().token() else {
+        return Ok(Action::await_change());
+    };
+    let timer = context.metrics.reconcile(CONTROLLER);
+    let probe = match zone_client(&context.client, &zone, context.settings.server_timeout).await {
+        Ok(dns) => dns.probe().await.map_err(Error::from),
+        Err(error) => Err(error),
+    };
+    let (ready, reason, message) = match &probe {
+        Ok(serial) => (
+            true,
+            "Reachable",
+            format!(
+                "the server answers for {} and accepts the TSIG key (SOA serial {serial})",
+                zone.spec.zone
+            ),
+        ),
+        Err(error) => (false, error.reason(), error.to_string()),
+    };
+    let existing = zone
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = conditions::condition(
+        existing,
+        "Ready",
+        ready,
+        reason,
+        message,
+        zone.metadata.generation,
+    );
+    let result =
+        if conditions::differs(existing, &condition) && still_leading(&context.leadership, token) {
+            let api: Api<DnsZone> = Api::namespaced(
+                context.client.clone(),
+                &zone.namespace().unwrap_or_default(),
+            );
+            let patch = serde_json::json!({
+                "apiVersion": DnsZone::api_version(&()),
+                "kind": DnsZone::kind(&()),
+                "status": {
+                    "observedGeneration": zone.metadata.generation,
+                    "conditions": [condition],
+                },
+            });
+            api.patch_status(
+                &zone.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map(drop)
+            .map_err(Error::from)
+        } else {
+            Ok(())
+        };
+    timer.done(result.as_ref().err().map(Error::kind));
+    result?;
+    // Keys and servers change outside the zone object: probe again at the resync interval.
+    Ok(Action::requeue(context.settings.resync))
+}
