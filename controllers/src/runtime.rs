@@ -53,23 +53,29 @@ where
     (store, events)
 }
 
-/// Logs what a controller's stream reports besides reconcile failures (which its error policy
-/// logs): watch and queue errors.
-pub fn log_watch_error<T, R, Q>(
+/// Runs a controller's result stream to its end (shutdown), logging what it reports besides
+/// reconcile failures (which the error policy logs): watch and queue errors.
+pub async fn drain<T, R, Q>(
     controller: &str,
-    result: Result<T, kube::runtime::controller::Error<R, Q>>,
+    results: impl futures::Stream<Item = Result<T, kube::runtime::controller::Error<R, Q>>>,
 ) where
     R: std::error::Error + 'static,
     Q: std::error::Error + 'static,
 {
-    if let Err(error) = result
-        && !matches!(
-            error,
-            kube::runtime::controller::Error::ReconcilerFailed(..)
-        )
-    {
-        warn!(%error, controller, "watch failed");
-    }
+    use futures::StreamExt;
+    results
+        .for_each(|result| {
+            if let Err(error) = result
+                && !matches!(
+                    error,
+                    kube::runtime::controller::Error::ReconcilerFailed(..)
+                )
+            {
+                warn!(%error, controller, "watch failed");
+            }
+            futures::future::ready(())
+        })
+        .await
 }
 
 /// Exponential backoff per object: 0.5 s doubling to 60 s, reset by a success.

@@ -74,6 +74,23 @@ async fn generation_at(
     Ok(dns.read_fence(fqdn).await?.map(|f| f.generation))
 }
 
+/// The owner the name's fence records at the server.
+async fn owner_at(dns: &impl DnsProvider, fqdn: &str) -> Option<String> {
+    dns.read_fence(fqdn).await.unwrap()?.owner
+}
+
+/// Deletes an endpoint and waits until its finalizer has let it go.
+async fn delete_endpoint(endpoints: &Api<DnsEndpoint>, name: &str) {
+    endpoints.delete(name, &Default::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        &format!("{name} deleted"),
+        || async { endpoints.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
 /// Reasons of the Events recorded about `name` in `ns`.
 async fn event_reasons(client: &kube::Client, ns: &str, name: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
@@ -311,12 +328,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
         .delete("outside", &Default::default())
         .await
         .unwrap();
-    endpoints.delete("api", &Default::default()).await.unwrap();
-    eventually(Duration::from_secs(20), "api deleted", || async {
-        endpoints.get_opt("api").await.ok()?.is_none().then_some(())
-    })
-    .await
-    .unwrap();
+    delete_endpoint(&endpoints, "api").await;
     assert!(dns.served_records(fqdn).await.unwrap().is_empty());
     let tombstone = dns.read_fence(fqdn).await.unwrap().unwrap();
     assert!(
@@ -619,15 +631,7 @@ async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts
     apply("first", "10.3.0.1", true).await;
     wait_for_answer(&dns, fqdn, &a(&["10.3.0.1"]), "adopted").await;
     let uid = endpoints.get("first").await.unwrap().metadata.uid.unwrap();
-    assert_eq!(
-        dns.read_fence(fqdn)
-            .await
-            .unwrap()
-            .unwrap()
-            .owner
-            .as_deref(),
-        Some(uid.as_str())
-    );
+    assert_eq!(owner_at(&dns, fqdn).await.as_ref(), Some(&uid));
 
     // A second endpoint on the same name: Conflict, even with adopt, and nothing changes.
     apply("second", "10.3.0.2", true).await;
@@ -638,20 +642,7 @@ async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts
     assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.3.0.1"]));
 
     // The owner goes: its records go, a tombstone stays, and the name is free for the second.
-    endpoints
-        .delete("first", &Default::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(20), "first deleted", || async {
-        endpoints
-            .get_opt("first")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    delete_endpoint(&endpoints, "first").await;
     let reasons = event_reasons(&client, &ns, "first").await;
     assert!(
         reasons.contains(&"RecordsRemoved".to_string()),
@@ -665,16 +656,8 @@ async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts
         "the second endpoint claims the name",
     )
     .await;
-    let second = endpoints.get("second").await.unwrap().metadata.uid.unwrap();
-    assert_eq!(
-        dns.read_fence(fqdn)
-            .await
-            .unwrap()
-            .unwrap()
-            .owner
-            .as_deref(),
-        Some(second.as_str())
-    );
+    let second = endpoints.get("second").await.unwrap().metadata.uid;
+    assert_eq!(owner_at(&dns, fqdn).await, second);
 
     // Deleting with the abandon annotation releases the finalizer without touching the server.
     endpoints
@@ -686,20 +669,7 @@ async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts
         )
         .await
         .unwrap();
-    endpoints
-        .delete("second", &Default::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(20), "second deleted", || async {
-        endpoints
-            .get_opt("second")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    delete_endpoint(&endpoints, "second").await;
     assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.3.0.3"]));
     let reasons = event_reasons(&client, &ns, "second").await;
     assert!(

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase};
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -28,9 +27,9 @@ use super::fencing::{
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, cached,
-    endpoint_condition, endpoints_and_plans, endpoints_in_zone, key, log_watch_error, plans_of,
-    publish, zone_provider,
+    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, cached, drain,
+    endpoint_condition, endpoints_and_plans, endpoints_in_zone, key, plans_of, publish,
+    zone_provider,
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -80,18 +79,14 @@ pub async fn run(
         zones,
         backoff: Backoff::default(),
     });
-    controller
+    let results = controller
         .owns_stream(caches.plan_events.touched_objects())
         .watches_stream(zone_events.touched_objects(), move |zone| {
             endpoints_in_zone(&endpoints, &zone)
         })
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| {
-            log_watch_error(CONTROLLER, result);
-            futures::future::ready(())
-        })
-        .await;
+        .run(reconcile, error_policy, context);
+    drain(CONTROLLER, results).await;
 }
 
 async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
-use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -28,8 +27,8 @@ use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
-    apply_endpoint_status, cached, endpoint_condition, endpoints_and_plans, key, log_watch_error,
-    plans_of, provider_for, publish, zone_not_found,
+    apply_endpoint_status, cached, drain, endpoint_condition, endpoints_and_plans, key, plans_of,
+    provider_for, publish, zone_not_found,
 };
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
@@ -82,19 +81,15 @@ pub async fn run(
         backoff: Backoff::default(),
         server_timeout,
     });
-    controller
+    let results = controller
         .owns_stream(caches.plan_events.touched_objects())
         .watches_stream(slice_events.touched_objects(), move |slice| {
             endpoints_using_service(&endpoints_for_slices, &slice)
         })
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| {
-            log_watch_error(CONTROLLER, result);
-            futures::future::ready(())
-        })
-        .await;
+        .run(reconcile, error_policy, context);
+    drain(CONTROLLER, results).await;
 }
 
 fn endpoints_using_service(

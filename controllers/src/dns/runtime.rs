@@ -14,7 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-pub use crate::runtime::{Backoff, cached, log_watch_error, publish, scoped_api};
+pub use crate::runtime::{Backoff, cached, drain, publish, scoped_api};
 
 use super::fencing::Strategy;
 use super::provider::ProviderError;

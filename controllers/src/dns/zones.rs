@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use bulwark_crds::dns::DnsZone;
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
@@ -13,7 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::runtime::{DnsSettings, Error, cached, log_watch_error, zone_client};
+use super::runtime::{DnsSettings, Error, cached, drain, zone_client};
 use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
@@ -53,15 +52,11 @@ pub async fn run(
     let spec_changes = zone_events
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream(spec_changes, zones)
+    let results = Controller::for_stream(spec_changes, zones)
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| {
-            log_watch_error(CONTROLLER, result);
-            futures::future::ready(())
-        })
-        .await;
+        .run(reconcile, error_policy, context);
+    drain(CONTROLLER, results).await;
 }
 
 fn error_policy(zone: Arc<DnsZone>, error: &Error, context: Arc<Context>) -> Action {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_crds::slo::{RuleCount, ServiceLevelObjective, ServiceLevelObjectiveStatus};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -24,7 +23,7 @@ use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, cached, is_not_found, log_watch_error, publish};
+use crate::runtime::{Backoff, cached, drain, is_not_found, publish};
 
 const CONTROLLER: &str = "slo";
 const FIELD_MANAGER: &str = "bulwark-slo";
@@ -107,16 +106,12 @@ pub async fn run(
     let spec_changes = slo_events
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream(spec_changes, slos)
+    let results = Controller::for_stream(spec_changes, slos)
         .owns_stream(dashboard_events.touched_objects())
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| {
-            log_watch_error(CONTROLLER, result);
-            futures::future::ready(())
-        })
-        .await;
+        .run(reconcile, error_policy, context);
+    drain(CONTROLLER, results).await;
 }
 
 fn key(slo: &ServiceLevelObjective) -> String {
