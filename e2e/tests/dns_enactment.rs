@@ -143,6 +143,31 @@ impl Poller {
     }
 }
 
+/// What every DNS test starts from: the control plane with Bulwark's CRDs, a namespace of its
+/// own, a BIND9 serving `<zone>.test`, and a DnsZone `zone` for it.
+struct TestBed {
+    client: kube::Client,
+    ns: String,
+    bind: Bind,
+    dns: Rfc2136,
+}
+
+async fn test_bed(test: &str, zone: &str) -> TestBed {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await.unwrap();
+    let ns = cluster.namespace(test).await;
+    let bind = Bind::start(&format!("{zone}.test")).unwrap();
+    create_zone(&client, &ns, zone, &bind).await.unwrap();
+    let dns = bind.provider();
+    TestBed {
+        client,
+        ns,
+        bind,
+        dns,
+    }
+}
+
 async fn point_api_at(client: &kube::Client, ns: &str, addresses: &[&str]) {
     let fqdn = "api.converge.test";
     apply_endpoint(client, ns, "api", "converge", fqdn, &strings(addresses))
@@ -152,13 +177,13 @@ async fn point_api_at(client: &kube::Client, ns: &str, addresses: &[&str]) {
 
 #[tokio::test]
 async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
+    let TestBed {
+        client,
+        ns,
+        mut bind,
+        dns,
+    } = test_bed("dns-converge", "converge").await;
     let cluster = cluster();
-    let client = cluster.client().await;
-    install_crds(&client).await.unwrap();
-    let ns = cluster.namespace("dns-converge").await;
-    let mut bind = Bind::start("converge.test").unwrap();
-    let dns = bind.provider();
-    create_zone(&client, &ns, "converge", &bind).await.unwrap();
     let _operators = start_operators(
         &cluster.kubeconfig,
         &ns,
@@ -398,13 +423,13 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
 /// reserving a generation and creating its plan. A poller queries BIND throughout.
 #[tokio::test]
 async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
+    let TestBed {
+        client,
+        ns,
+        bind,
+        dns,
+    } = test_bed("dns-recover", "recover").await;
     let cluster = cluster();
-    let client = cluster.client().await;
-    install_crds(&client).await.unwrap();
-    let ns = cluster.namespace("dns-recover").await;
-    let bind = Bind::start("recover.test").unwrap();
-    let dns = bind.provider();
-    create_zone(&client, &ns, "recover", &bind).await.unwrap();
     let _operators = start_operators(
         &cluster.kubeconfig,
         &ns,
@@ -583,13 +608,13 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
 /// deleted endpoint leaves a tombstone that releases the name.
 #[tokio::test]
 async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts() {
+    let TestBed {
+        client,
+        ns,
+        bind,
+        dns,
+    } = test_bed("dns-owner", "owner").await;
     let cluster = cluster();
-    let client = cluster.client().await;
-    install_crds(&client).await.unwrap();
-    let ns = cluster.namespace("dns-owner").await;
-    let bind = Bind::start("owner.test").unwrap();
-    let dns = bind.provider();
-    create_zone(&client, &ns, "owner", &bind).await.unwrap();
     let _operators =
         start_operators(&cluster.kubeconfig, &ns, 2, &[], &log_dir("dns-owner")).unwrap();
     let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
@@ -727,12 +752,13 @@ impl Observations {
 /// Churns `rounds` plans through 3 operators, one of them a slow enactor, while a poller checks
 /// NeverEmpty and NeverRegress on BIND's answers and a watcher checks NeverDeleteActive.
 async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize) -> Observations {
+    let TestBed {
+        client,
+        ns,
+        bind,
+        dns,
+    } = test_bed(test, test).await;
     let cluster = cluster();
-    let client = cluster.client().await;
-    install_crds(&client).await.unwrap();
-    let ns = cluster.namespace(test).await;
-    let bind = Bind::start(&format!("{test}.test")).unwrap();
-    create_zone(&client, &ns, "zone", &bind).await.unwrap();
     let fqdn = format!("api.{test}.test");
     let address = |i: usize| format!("10.77.{}.{}", i / 250, i % 250 + 1);
     let round_of: HashMap<String, usize> = (0..=rounds).map(|i| (address(i), i)).collect();
@@ -753,10 +779,9 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
     .unwrap();
     operators.push(slow);
 
-    apply_endpoint(&client, &ns, "api", "zone", &fqdn, &[address(0)])
+    apply_endpoint(&client, &ns, "api", test, &fqdn, &[address(0)])
         .await
         .unwrap();
-    let dns = bind.provider();
     wait_for_answer(&dns, &fqdn, &a(&[&address(0)]), "the first plan").await;
 
     let poller = Poller::start(bind.provider(), &fqdn);
@@ -794,7 +819,7 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
     };
 
     for round in 1..=rounds {
-        apply_endpoint(&client, &ns, "api", "zone", &fqdn, &[address(round)])
+        apply_endpoint(&client, &ns, "api", test, &fqdn, &[address(round)])
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
