@@ -498,11 +498,15 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
         .map(|p| p.spec.generation)
         .collect();
     assert_eq!(
+        dns.served_records(fqdn).await.unwrap(),
+        a(&["10.9.0.1"]),
+        "a lost reservation must not empty the name"
+    );
+    assert_eq!(
         names,
         vec![1],
         "nothing to mint while plan 1 is live and intact"
     );
-    assert_eq!(dns.served_records(fqdn).await.unwrap(), a(&["10.9.0.1"]));
 
     // The live plan is deleted by hand: generation 3 carries what the server serves.
     plan_api.delete("web-1", &Default::default()).await.unwrap();
