@@ -18,7 +18,7 @@ use bulwark_controllers::dns::desired::{
     PlanDecision, PlanInput, ServerView, content_hash, decide_plan,
 };
 use bulwark_controllers::dns::fencing::{
-    EnactmentPass, EndpointFacts, Fence, Observation, PassStep, PlanFacts, Strategy,
+    EnactmentPass, EndpointFacts, Fence, Observation, PassOutcome, PassStep, PlanFacts, Strategy,
     decide_cleanup, plan_refusal,
 };
 use bulwark_controllers::dns::provider::WriteOutcome;
@@ -160,6 +160,9 @@ enum Invariant {
     NeverDeleteActive,
     NeverRegress,
     NeverEmpty,
+    /// Nobody but Bulwark writes the name without its fence here, so a Conflict is spurious:
+    /// the endpoint would stop and report its own records as someone else's.
+    NeverSpuriousConflict,
     Convergence,
 }
 
@@ -282,7 +285,8 @@ impl World {
         next.into_iter()
             .map(|mut step| {
                 if step.by_bulwark {
-                    step.violations = violations(config, self, &step.world, &step.label);
+                    let found = violations(config, self, &step.world, &step.label);
+                    step.violations.extend(found);
                 }
                 step
             })
@@ -488,7 +492,14 @@ impl World {
                 (label, observation, *content, pass.clone())
             }
         };
+        let mut found = Vec::new();
+        let mut label = label;
         w.enactors[i] = match pass.step(observation) {
+            PassStep::Done(PassOutcome::Conflict(conflict)) => {
+                label.push_str(&format!(" and reports {conflict:?}"));
+                found.push(Invariant::NeverSpuriousConflict);
+                Enactor::Idle
+            }
             PassStep::Done(_) => Enactor::Idle,
             next => Enactor::Running {
                 content,
@@ -496,10 +507,12 @@ impl World {
                 next,
             },
         };
-        if w == *self {
+        if w == *self && found.is_empty() {
             return None;
         }
-        self.bulwark(label, w)
+        let mut step = self.bulwark(label, w)?;
+        step.violations = found;
+        Some(step)
     }
 
     fn cleanup_step(&self, config: &Config) -> Option<Step> {

@@ -196,6 +196,10 @@ pub struct EnactmentPass {
     repaired: bool,
     /// The fence as last read.
     fence: Option<Fence>,
+    /// The fence under which the name was seen with records while unclaimed: if a fresh read
+    /// still shows it, the records are someone else's (another enactor's claim lands fence and
+    /// records together, so it would show its fence).
+    records_seen_under: Option<Option<Fence>>,
     awaiting: Awaiting,
 }
 
@@ -270,6 +274,7 @@ impl EnactmentPass {
             applied: false,
             repaired: false,
             fence: None,
+            records_seen_under: None,
             awaiting: Awaiting::Start,
         }
     }
@@ -300,10 +305,14 @@ impl EnactmentPass {
         let step = match (self.awaiting, observation) {
             (Awaiting::Start, _) => PassStep::ReadFence,
             (Awaiting::Fence, Observation::Fence(fence)) => {
+                let seen_under = self.records_seen_under.take();
                 self.fence = fence;
                 match decide_enactment(self.generation, self.fence.as_ref(), &self.owner) {
                     Enactment::Apply { expect } => self.write(expect, false, false),
                     Enactment::Claim { expect } if self.adopt => self.write(expect, false, false),
+                    Enactment::Claim { ref expect } if seen_under.as_ref() == Some(expect) => {
+                        PassStep::Done(PassOutcome::Conflict(Conflict::ForeignRecords))
+                    }
                     Enactment::Claim { .. } => PassStep::ReadServed,
                     Enactment::AlreadyLive => PassStep::ReadServed,
                     Enactment::Superseded { live } => {
@@ -320,7 +329,9 @@ impl EnactmentPass {
                 self.write(self.fence.clone(), true, false)
             }
             (Awaiting::Unclaimed, Observation::Served { empty: false, .. }) => {
-                PassStep::Done(PassOutcome::Conflict(Conflict::ForeignRecords))
+                // Another enactor of this endpoint may have just claimed the name: look again.
+                self.records_seen_under = Some(self.fence.clone());
+                PassStep::ReadFence
             }
             (Awaiting::Write | Awaiting::Repair, Observation::Written(Applied)) => {
                 self.applied |= self.awaiting == Awaiting::Write;
@@ -621,12 +632,38 @@ mod tests {
                 verified: true
             }))
         );
-        let foreign = run(1, false, &[Observation::Fence(None), served(false, false)]);
+        let foreign = run(
+            1,
+            false,
+            &[
+                Observation::Fence(None),
+                served(false, false),
+                Observation::Fence(None),
+            ],
+        );
         assert_eq!(
             foreign.last(),
             Some(&PassStep::Done(PassOutcome::Conflict(
                 Conflict::ForeignRecords
             )))
+        );
+        // The records were another replica's claim landing: its fence shows on the re-read.
+        let raced = run(
+            1,
+            false,
+            &[
+                Observation::Fence(None),
+                served(false, false),
+                Observation::Fence(Some(mine(1))),
+                served(true, false),
+            ],
+        );
+        assert_eq!(
+            raced.last(),
+            Some(&PassStep::Done(PassOutcome::Live {
+                applied: false,
+                verified: true
+            }))
         );
         let adopted = run(1, true, &[Observation::Fence(None)]);
         assert_eq!(adopted.last(), Some(&write(None, false, false)));
