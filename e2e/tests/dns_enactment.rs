@@ -707,7 +707,8 @@ async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts
     );
 }
 
-/// What the poller and the plan watcher saw while plans churned and one enactor was slow.
+/// What the poller and the plan watcher saw while plans churned and one enactor was slow:
+/// violation events, each counted once.
 #[derive(Default, Debug)]
 struct Observations {
     polls: usize,
@@ -719,16 +720,22 @@ struct Observations {
 
 impl Observations {
     /// NeverEmpty and NeverRegress over the poller's samples, in order.
+    /// NeverEmpty and NeverRegress over the poller's samples, in order. Each is counted once
+    /// per event (the answer going empty, or moving back from the sample before), not once per
+    /// poll while it stays that way.
     fn judge(&mut self, samples: &[Sample], round_of: &HashMap<String, usize>) {
         self.polls = samples.len();
-        let mut highest_round = 0;
-        let mut highest_fence = 0;
+        let (mut previous_round, mut previous_fence, mut was_empty) = (0, 0, false);
         for sample in samples {
             if sample.values.is_empty() {
-                self.empty_answers
-                    .push(format!("no records (fence {:?})", sample.fence));
+                if !was_empty {
+                    self.empty_answers
+                        .push(format!("no records (fence {:?})", sample.fence));
+                }
+                was_empty = true;
                 continue;
             }
+            was_empty = false;
             let round = sample
                 .values
                 .iter()
@@ -736,19 +743,19 @@ impl Observations {
                 .max()
                 .copied()
                 .unwrap_or(0);
-            if round < highest_round {
+            if round < previous_round {
                 self.regressions.push(format!(
-                    "answer went back from round {highest_round} to round {round}"
+                    "answer went back from round {previous_round} to round {round}"
                 ));
             }
-            highest_round = highest_round.max(round);
+            previous_round = round;
             let fence = sample.fence.unwrap_or(0);
-            if fence < highest_fence {
+            if fence < previous_fence {
                 self.regressions.push(format!(
-                    "fence went back from gen={highest_fence} to gen={fence}"
+                    "fence went back from gen={previous_fence} to gen={fence}"
                 ));
             }
-            highest_fence = highest_fence.max(fence);
+            previous_fence = fence;
         }
     }
 }
