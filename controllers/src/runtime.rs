@@ -26,6 +26,44 @@ where
     }
 }
 
+/// Server-side applies `status` to the object's status subresource under `manager`, so each
+/// controller owns only its own fields. `resource_version` turns the write into a
+/// compare-and-set (a conflict comes back as HTTP 409).
+pub async fn apply_status<K>(
+    client: &kube::Client,
+    object: &K,
+    manager: &str,
+    status: serde_json::Value,
+    resource_version: Option<&str>,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    let mut metadata = serde_json::json!({ "name": name });
+    if let Some(rv) = resource_version {
+        metadata["resourceVersion"] = rv.into();
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": metadata,
+        "status": status,
+    });
+    Api::<K>::namespaced(client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &kube::api::PatchParams::apply(manager).force(),
+            &kube::api::Patch::Apply(patch),
+        )
+        .await
+        .map(drop)
+}
+
 /// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
 /// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
 pub fn cached<K>(

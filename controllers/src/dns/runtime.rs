@@ -9,12 +9,12 @@ use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 
-pub use crate::runtime::{Backoff, cached, drain, publish, scoped_api};
+pub use crate::runtime::{Backoff, apply_status, cached, drain, publish, scoped_api};
 
 use super::fencing::Strategy;
 use super::provider::ProviderError;
@@ -272,27 +272,9 @@ pub async fn apply_endpoint_status(
     conditions: &[Condition],
     resource_version: Option<&str>,
 ) -> Result<(), kube::Error> {
-    let api: Api<DnsEndpoint> =
-        Api::namespaced(client.clone(), &endpoint.namespace().unwrap_or_default());
     let mut status = fields;
     status["conditions"] = serde_json::to_value(conditions).expect("conditions serialize");
-    let mut metadata = serde_json::json!({ "name": endpoint.name_any() });
-    if let Some(rv) = resource_version {
-        metadata["resourceVersion"] = rv.into();
-    }
-    let patch = serde_json::json!({
-        "apiVersion": DnsEndpoint::api_version(&()),
-        "kind": DnsEndpoint::kind(&()),
-        "metadata": metadata,
-        "status": status,
-    });
-    api.patch_status(
-        &endpoint.name_any(),
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map(drop)
+    apply_status(client, endpoint, manager, status, resource_version).await
 }
 
 /// The endpoint's current conditions, for [`conditions::condition`].

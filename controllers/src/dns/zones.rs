@@ -4,15 +4,14 @@
 use std::sync::Arc;
 
 use bulwark_crds::dns::DnsZone;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::runtime::{DnsSettings, Error, cached, drain, zone_client};
+use super::runtime::{DnsSettings, Error, apply_status, cached, drain, zone_client};
 use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
@@ -99,26 +98,13 @@ async fn reconcile(zone: Arc<DnsZone>, context: Arc<Context>) -> Result<Action, 
     );
     let result =
         if conditions::differs(existing, &condition) && still_leading(&context.leadership, token) {
-            let api: Api<DnsZone> = Api::namespaced(
-                context.client.clone(),
-                &zone.namespace().unwrap_or_default(),
-            );
-            let patch = serde_json::json!({
-                "apiVersion": DnsZone::api_version(&()),
-                "kind": DnsZone::kind(&()),
-                "status": {
-                    "observedGeneration": zone.metadata.generation,
-                    "conditions": [condition],
-                },
+            let status = serde_json::json!({
+                "observedGeneration": zone.metadata.generation,
+                "conditions": [condition],
             });
-            api.patch_status(
-                &zone.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await
-            .map(drop)
-            .map_err(Error::from)
+            apply_status(&context.client, zone.as_ref(), FIELD_MANAGER, status, None)
+                .await
+                .map_err(Error::from)
         } else {
             Ok(())
         };

@@ -8,11 +8,11 @@ use std::time::Duration;
 use bulwark_crds::slo::{RuleCount, ServiceLevelObjective, ServiceLevelObjectiveStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
-use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -23,7 +23,7 @@ use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, cached, drain, is_not_found, publish};
+use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, publish};
 
 const CONTROLLER: &str = "slo";
 const FIELD_MANAGER: &str = "bulwark-slo";
@@ -334,19 +334,8 @@ async fn write_status(
     update: StatusUpdate<'_>,
 ) -> Result<(), Error> {
     if slo.status.as_ref() != Some(&update.status) {
-        let api: Api<ServiceLevelObjective> =
-            Api::namespaced(context.client.clone(), &slo.namespace().unwrap_or_default());
-        let patch = serde_json::json!({
-            "apiVersion": ServiceLevelObjective::api_version(&()),
-            "kind": ServiceLevelObjective::kind(&()),
-            "status": update.status,
-        });
-        api.patch_status(
-            &slo.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        let status = serde_json::to_value(&update.status).expect("status serializes");
+        apply_status(&context.client, slo, FIELD_MANAGER, status, None).await?;
     }
     for (kind, reason, note) in update.events {
         info!(slo = %key(slo), %reason, %note, "SLO condition changed");
