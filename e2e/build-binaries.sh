@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned upstream binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm) from their Go modules with the machine's Go toolchain,
+# kube-scheduler, kube-proxy, kubectl, kwok, helm, CoreDNS) from their Go modules with the machine's Go toolchain,
 # into a version-keyed cache outside the repository. Already-built binaries are skipped, so a
 # warm run costs nothing.
 #
@@ -91,7 +91,7 @@ build_in_module() {
 build_kubernetes() {
   local v=$KUBERNETES_VERSION staging=v0.${KUBERNETES_VERSION#v1.}
   local missing=0
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do have "$b" "$v" || missing=1; done
+  for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl; do have "$b" "$v" || missing=1; done
   [ "$missing" = 1 ] || [ "$pin" = 1 ] || { log "kubernetes $v: cached"; return; }
   {
     if [ "$pin" = 1 ]; then
@@ -112,6 +112,7 @@ build_kubernetes() {
       kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
       kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
       kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+      kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
       kubectl=k8s.io/kubernetes/cmd/kubectl
 }
 
@@ -126,6 +127,7 @@ total=$SECONDS
 build_simple etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 build_simple kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 build_simple helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+build_simple coredns github.com/coredns/coredns github.com/coredns/coredns "$COREDNS_VERSION"
 build_kubernetes
 if [ "$peers" = 1 ]; then
   build_simple external-dns sigs.k8s.io/external-dns sigs.k8s.io/external-dns "$EXTERNAL_DNS_VERSION"

@@ -23,6 +23,7 @@ fn version_of(binary: &str) -> &'static str {
         "etcd" => pinned("ETCD_VERSION"),
         "kwok" => pinned("KWOK_VERSION"),
         "helm" => pinned("HELM_VERSION"),
+        "coredns" => pinned("COREDNS_VERSION"),
         "external-dns" => pinned("EXTERNAL_DNS_VERSION"),
         "sloth" => pinned("SLOTH_VERSION"),
         _ => pinned("KUBERNETES_VERSION"),

@@ -1,7 +1,11 @@
-//! A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
-//! kube-scheduler and kwok (simulated nodes whose pods become Running with IPs).
+//! A real Kubernetes control plane on this machine: etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, kube-proxy and CoreDNS; node agents (`bulwark-node`, one per zone) whose pods
+//! run as real processes; and kwok nodes (status only, tainted, for scale tests).
 
 use crate::binaries::binary;
+use crate::node::images::{BULWARK_IMAGE, ImageTable, TESTPOD_IMAGE};
+use crate::node::{agent::PROVISIONER, host::PodNetwork, network, services};
+use crate::operator::{bulwark_binary, workspace_binary};
 use crate::pki::{self, Pki};
 use crate::process::{Process, free_port};
 use anyhow::{Context, Result};
@@ -12,8 +16,16 @@ use std::time::{Duration, Instant};
 
 /// Kwok stages: nodes become Ready, scheduled pods become Running with an IP, deleted pods go.
 const KWOK_STAGES: &str = include_str!("../kwok-stages.yaml");
-/// The simulated nodes, one per zone, as in kind-config.yaml.
+/// One real node (and one kwok node) per zone, as in kind-config.yaml.
 pub const ZONES: [&str; 3] = ["a", "b", "c"];
+/// Taint on kwok nodes: only pods that tolerate it (scale tests) are "run" by kwok.
+pub const KWOK_TAINT: &str = "bulwark.dev/simulated";
+/// The default StorageClass: a directory on the node the scheduler picked.
+pub const STORAGE_CLASS: &str = "node-directory";
+
+pub fn node_name(zone: &str) -> String {
+    format!("node-{zone}")
+}
 
 pub struct ControlPlane {
     pub dir: PathBuf,
@@ -21,6 +33,10 @@ pub struct ControlPlane {
     pub server: String,
     /// Started in order; stopped in reverse (Drop of the Vec runs front to back, so reversed here).
     processes: Vec<Process>,
+    /// The node agents, by node name; stopped and started by node faults.
+    agents: Vec<(String, Process)>,
+    agent_args: Vec<(String, Vec<String>, PathBuf)>,
+    pod_network: Option<PodNetwork>,
     pub started_in: Duration,
 }
 
@@ -48,6 +64,7 @@ impl ControlPlane {
     pub fn start() -> Result<Self> {
         let started = Instant::now();
         sweep_stale_runs();
+        let pod_network = PodNetwork::take(&runs_root())?;
         let dir = runs_root().join(std::process::id().to_string());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("logs"))?;
@@ -57,6 +74,8 @@ impl ControlPlane {
             "kube-controller-manager",
             "kube-scheduler",
             "kwok",
+            "kube-proxy",
+            "coredns",
         ]
         .map(|name| binary(name).map(|path| (name, path)))
         .into_iter()
@@ -72,7 +91,8 @@ impl ControlPlane {
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
         let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        // Pods reach the API server at the pod network's gateway, so it listens there.
+        let server = format!("https://{}:{api_port}", network::GATEWAY);
         let write_kubeconfig = |name: &str, cn: &str, groups: &[&str]| -> Result<PathBuf> {
             let path = dir.join(format!("{name}.kubeconfig"));
             std::fs::write(
@@ -86,14 +106,20 @@ impl ControlPlane {
             write_kubeconfig("controller-manager", "system:kube-controller-manager", &[])?;
         let scheduler_kubeconfig = write_kubeconfig("scheduler", "system:kube-scheduler", &[])?;
         let kwok_kubeconfig = write_kubeconfig("kwok", "kwok", &["system:masters"])?;
+        let proxy_kubeconfig = write_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
+        let coredns_kubeconfig = write_kubeconfig("coredns", "coredns", &["system:masters"])?;
+        let kubelet_client = authority.client("kube-apiserver-kubelet-client", &["system:masters"])?;
         let stages = dir.join("kwok-stages.yaml");
         std::fs::write(&stages, KWOK_STAGES)?;
 
         let mut plane = Self {
             dir: dir.clone(),
             kubeconfig: kubeconfig.clone(),
-            server,
+            server: server.clone(),
             processes: vec![],
+            agents: vec![],
+            agent_args: vec![],
+            pod_network: Some(pod_network),
             started_in: Duration::ZERO,
         };
         let p = |path: &Path| path.display().to_string();
@@ -120,11 +146,15 @@ impl ControlPlane {
             &bin("kube-apiserver"),
             vec![
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // The `kubernetes` Service may not point at loopback; nothing here needs its endpoints.
-                "--endpoint-reconciler-type=none".into(),
+                format!("--bind-address={}", network::GATEWAY),
+                // The `kubernetes` Service's endpoint, which kube-proxy routes pods to.
+                format!("--advertise-address={}", network::GATEWAY),
                 format!("--secure-port={api_port}"),
+                // `kubectl logs` reaches the node agents over TLS, verified both ways.
+                format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
+                format!("--kubelet-client-key={}", p(&kubelet_client.key)),
+                format!("--kubelet-certificate-authority={}", p(&pki.ca_cert)),
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 format!("--tls-cert-file={}", p(&pki.serving_cert)),
                 format!("--tls-private-key-file={}", p(&pki.serving_key)),
                 format!("--client-ca-file={}", p(&pki.ca_cert)),
@@ -167,6 +197,9 @@ impl ControlPlane {
             format!("--root-ca-file={}", p(&pki.ca_cert)),
             format!("--cluster-signing-cert-file={}", p(&pki.ca_cert)),
             format!("--cluster-signing-key-file={}", p(&pki.ca_key)),
+            // Node agents renew their Lease every 2 s; a stopped node is NotReady after 10 s.
+            "--node-monitor-grace-period=10s".into(),
+            "--node-monitor-period=1s".into(),
         ]);
         plane.spawn(
             "kube-controller-manager",
@@ -193,6 +226,38 @@ impl ControlPlane {
             ],
         )?;
         crate::block_on(plane.create_nodes_and_wait())?;
+        crate::block_on(async {
+            let client = plane.client().await?;
+            services::create_kube_dns_service(&client).await?;
+            create_storage_class(&client).await
+        })?;
+        let images = ImageTable::default()
+            .with(BULWARK_IMAGE, &bulwark_binary()?)
+            .with(TESTPOD_IMAGE, &workspace_binary("bulwark-e2e", "bulwark-testpod")?);
+        for (index, zone) in ZONES.iter().enumerate() {
+            let node = node_name(zone);
+            let node_kubeconfig =
+                write_kubeconfig(&node, &format!("system:node:{node}"), &["system:nodes", "system:masters"])?;
+            let serving = authority.serving(&format!("{node}-serving"), &[&network::GATEWAY.to_string()])?;
+            let mut args = vec![
+                "agent".to_string(),
+                format!("--node={node}"),
+                format!("--zone={zone}"),
+                format!("--pod-cidr={}", network::pod_cidr(index)),
+                format!("--dir={}", p(&dir.join("nodes").join(&node))),
+                format!("--cluster-dns={}", services::CLUSTER_DNS),
+                format!("--kubelet-port={}", free_port()?),
+                format!("--tls-cert={}", p(&serving.cert)),
+                format!("--tls-key={}", p(&serving.key)),
+                format!("--client-ca={}", p(&pki.ca_cert)),
+            ];
+            args.extend(images.to_args());
+            plane.agent_args.push((node.clone(), args, node_kubeconfig));
+            plane.start_node(&node)?;
+        }
+        plane.processes.push(services::start_kube_proxy(&dir, &proxy_kubeconfig, &node_name(ZONES[0]))?);
+        plane.processes.push(services::start_coredns(&dir, &coredns_kubeconfig)?);
+        crate::block_on(plane.wait_for_nodes(ZONES.len() * 2))?;
         plane.started_in = started.elapsed();
         Ok(plane)
     }
@@ -206,7 +271,8 @@ impl ControlPlane {
 
     /// Fails with the failing component's log tail if any process died.
     fn check_alive(&mut self) -> Result<()> {
-        self.processes.iter_mut().try_for_each(Process::check_alive)
+        self.processes.iter_mut().try_for_each(Process::check_alive)?;
+        self.agents.iter_mut().try_for_each(|(_, p)| p.check_alive())
     }
 
     pub async fn client(&self) -> Result<kube::Client> {
@@ -255,12 +321,20 @@ impl ControlPlane {
                         "type": "kwok",
                     },
                 },
+                "spec": {"taints": [{"key": KWOK_TAINT, "value": "true", "effect": "NoSchedule"}]},
             }))?;
             nodes
                 .create(&PostParams::default(), &node)
                 .await
                 .context("creating kwok node")?;
         }
+        Ok(())
+    }
+
+    /// Waits until `count` nodes are Ready and pods can be created (default ServiceAccount).
+    async fn wait_for_nodes(&mut self, count: usize) -> Result<()> {
+        let client = self.client().await?;
+        let nodes: Api<Node> = Api::all(client.clone());
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             self.check_alive()?;
@@ -275,13 +349,12 @@ impl ControlPlane {
             let default_sa = Api::<ServiceAccount>::namespaced(client.clone(), "default")
                 .get_opt("default")
                 .await?;
-            if ready == ZONES.len() && default_sa.is_some() {
+            if ready == count && default_sa.is_some() {
                 return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "after 90s only {ready}/{} kwok nodes are Ready (default ServiceAccount present: {}); logs in {}",
-                ZONES.len(),
+                "after 90s only {ready}/{count} nodes are Ready (default ServiceAccount present: {}); logs in {}",
                 default_sa.is_some(),
                 self.dir.join("logs").display()
             );
@@ -289,13 +362,58 @@ impl ControlPlane {
         }
     }
 
+    /// Starts (or restarts) the node agent of `node`.
+    pub fn start_node(&mut self, node: &str) -> Result<()> {
+        let (_, args, kubeconfig) = self
+            .agent_args
+            .iter()
+            .find(|(name, _, _)| name == node)
+            .with_context(|| format!("no node agent named {node}"))?;
+        let log = self.dir.join("logs").join(format!("{node}.log"));
+        let agent = workspace_binary("bulwark-e2e", "bulwark-node")?;
+        let process = Process::spawn(node, &agent, args, &[("KUBECONFIG", kubeconfig.as_path())], &log)?;
+        self.agents.retain(|(name, _)| name != node);
+        self.agents.push((node.to_string(), process));
+        Ok(())
+    }
+
+    /// Stops a node the way a machine dies: its agent and every pod process are SIGKILLed, so its
+    /// heartbeats stop and its pods stop answering. `start_node` brings it back.
+    pub fn kill_node(&mut self, node: &str) {
+        if let Some((_, mut process)) = self.agents.iter().position(|(n, _)| n == node).map(|i| self.agents.remove(i)) {
+            process.signal(libc::SIGKILL);
+            process.wait_exit(Duration::from_secs(5));
+        }
+    }
+
     /// Stops every component (newest first) and removes the run directory.
     pub fn stop(&mut self) {
+        // Node agents first: their pods go with them.
+        for (_, mut agent) in self.agents.drain(..) {
+            agent.stop(Duration::from_secs(10));
+        }
         while let Some(mut process) = self.processes.pop() {
             process.stop(Duration::from_secs(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        drop(self.pod_network.take());
     }
+}
+
+/// The default StorageClass, provisioned by the node agents.
+async fn create_storage_class(client: &kube::Client) -> Result<()> {
+    let class: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": STORAGE_CLASS,
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": PROVISIONER,
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Delete",
+    }))?;
+    Api::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .context("creating the default StorageClass")?;
+    Ok(())
 }
 
 impl Drop for ControlPlane {

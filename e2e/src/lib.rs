@@ -8,6 +8,7 @@ pub mod binaries;
 pub mod bind;
 pub mod control_plane;
 pub mod dns;
+pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod process;

@@ -3,48 +3,45 @@
 use crate::process::{Process, free_port};
 use anyhow::{Result, anyhow};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Path of the `bulwark` binary: `BULWARK_BIN`, else the workspace's own, rebuilt once per test
-/// process with cargo (a no-op when fresh) so a test never runs a stale operator.
+/// Path of the `bulwark` binary: `BULWARK_BIN`, else the workspace's own (see [`workspace_binary`]).
 pub fn bulwark_binary() -> Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    if let Some(path) = std::env::var_os("BULWARK_BIN") {
-        return Ok(path.into());
+    match std::env::var_os("BULWARK_BIN") {
+        Some(path) => Ok(path.into()),
+        None => workspace_binary("bulwark", "bulwark"),
     }
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            // Test and harness binaries live in target/<profile>[/deps]; `bulwark` in target/<profile>.
-            let profile_dir = exe.parent().map(|d| {
-                if d.ends_with("deps") {
-                    d.parent().unwrap()
-                } else {
-                    d
-                }
-            });
-            let path = profile_dir.ok_or("no target directory")?.join("bulwark");
-            let release = profile_dir.is_some_and(|d| d.ends_with("release"));
-            let mut cargo = std::process::Command::new(
-                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-            );
-            cargo.args(["build", "--quiet", "-p", "bulwark", "--bin", "bulwark"]);
-            if release {
-                cargo.arg("--release");
-            }
-            let status = cargo
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status();
-            match status {
-                Ok(s) if s.success() && path.is_file() => Ok(path),
-                other => Err(format!(
-                    "could not build the bulwark binary ({other:?}); set BULWARK_BIN"
-                )),
-            }
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
+}
+
+/// A binary of this workspace, rebuilt once per test process with cargo (a no-op when fresh) so
+/// a test never runs a stale one. Test and harness binaries live in target/<profile>[/deps];
+/// binaries in target/<profile>.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(result) = built.get(bin) {
+        return result.clone().map_err(|e| anyhow!(e));
+    }
+    let result = (|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile_dir = exe.parent().map(|d| if d.ends_with("deps") { d.parent().unwrap() } else { d });
+        let path = profile_dir.ok_or("no target directory")?.join(bin);
+        let release = profile_dir.is_some_and(|d| d.ends_with("release"));
+        let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        if release {
+            cargo.arg("--release");
+        }
+        let status = cargo.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).status();
+        match status {
+            Ok(s) if s.success() && path.is_file() => Ok(path),
+            other => Err(format!("could not build {bin} with cargo ({other:?})")),
+        }
+    })();
+    built.insert(bin.to_string(), result.clone());
+    result.map_err(|e| anyhow!(e))
 }
 
 /// A running `bulwark run` process with its own metrics port.

@@ -54,6 +54,7 @@ impl Pki {
 
         let sans = [
             "127.0.0.1",
+            "10.244.0.1",
             "localhost",
             "10.96.0.1",
             "kubernetes",
@@ -89,6 +90,11 @@ pub struct Authority {
 }
 
 impl Authority {
+    /// A serving certificate for `sans` that also authenticates as a client (node agents).
+    pub fn serving(&self, name: &str, sans: &[&str]) -> Result<ClientCert> {
+        self.issue(name, &[], sans, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
     /// A client certificate for user `cn` in `groups`.
     pub fn client(&self, cn: &str, groups: &[&str]) -> Result<ClientCert> {
         self.issue(cn, groups, &[], ExtendedKeyUsagePurpose::ClientAuth)

@@ -31,6 +31,27 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
+/// Spawns `command` in its own process group, to be SIGKILLed by the kernel when this process
+/// dies (however it dies).
+pub fn spawn_bound(mut command: Command) -> std::io::Result<Child> {
+    // SAFETY: prctl and setpgid are async-signal-safe and touch only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner()
+        .lock()
+        .unwrap()
+        .send((command, tx))
+        .expect("spawner thread is alive");
+    rx.recv().expect("spawner replies")
+}
+
 /// A running child whose output goes to `log`; killed (SIGTERM, then SIGKILL) when dropped.
 pub struct Process {
     pub name: String,
@@ -55,27 +76,7 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: prctl and setpgid are async-signal-safe and touch only the child.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                    || libc::setpgid(0, 0) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let (tx, rx) = mpsc::channel();
-        spawner()
-            .lock()
-            .unwrap()
-            .send((command, tx))
-            .expect("spawner thread is alive");
-        let child = rx
-            .recv()
-            .expect("spawner replies")
-            .with_context(|| format!("starting {}", program.display()))?;
+        let child = spawn_bound(command).with_context(|| format!("starting {}", program.display()))?;
         Ok(Self {
             name: name.into(),
             log: log.to_path_buf(),

@@ -1,0 +1,350 @@
+//! The node agent's long-running part: registers its Node, keeps its Lease and status fresh (so
+//! the controller-manager sees it die), runs a worker per pod bound to it, and provisions the
+//! PersistentVolumes of claims the scheduler placed on it.
+
+use super::images::ImageTable;
+use super::network;
+use super::pod::{self, NodeContext};
+use anyhow::{Context, Result};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use futures::StreamExt;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// The provisioner name of the default StorageClass the local control plane creates.
+pub const PROVISIONER: &str = "bulwark.dev/node-directory";
+/// Lease renewal period; the controller-manager runs with a short grace period to match.
+const LEASE_RENEW: Duration = Duration::from_secs(2);
+const LEASE_SECONDS: i32 = 10;
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+pub struct AgentConfig {
+    pub node: String,
+    pub zone: String,
+    pub pod_cidr: String,
+    pub dir: PathBuf,
+    pub images: ImageTable,
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// Where pods reach the API server as the `kubernetes` Service (host, port).
+    pub kubernetes_service: (String, u16),
+    /// The port this agent serves container logs on for the API server.
+    pub kubelet_port: u16,
+}
+
+fn service_env(host: &str, port: u16) -> Vec<(String, String)> {
+    let url = format!("tcp://{host}:{port}");
+    [
+        ("KUBERNETES_SERVICE_HOST", host.to_string()),
+        ("KUBERNETES_SERVICE_PORT", port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS", port.to_string()),
+        ("KUBERNETES_PORT", url.clone()),
+        (&format!("KUBERNETES_PORT_{port}_TCP"), url),
+        (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+        (&format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+        (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), host.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+pub async fn run(config: AgentConfig, client: kube::Client) -> Result<()> {
+    std::fs::create_dir_all(config.dir.join("pods"))?;
+    register(&client, &config).await?;
+    let ctx = Arc::new(NodeContext {
+        client: client.clone(),
+        node: config.node.clone(),
+        pod_cidr: config.pod_cidr.clone(),
+        host_ip: network::GATEWAY.to_string(),
+        dir: config.dir.clone(),
+        images: config.images.clone(),
+        agent: std::env::current_exe()?,
+        cluster_dns: config.cluster_dns,
+        service_env: service_env(&config.kubernetes_service.0, config.kubernetes_service.1),
+        used_ips: Mutex::new(Default::default()),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "bulwark-node".into(), instance: Some(config.node.clone()) },
+        ),
+    });
+    let config = Arc::new(config);
+    tokio::try_join!(
+        heartbeat(client.clone(), config.clone()),
+        run_pods(ctx.clone()),
+        provision(client.clone(), config.clone()),
+    )?;
+    Ok(())
+}
+
+fn ready_condition(now: &Timestamp) -> serde_json::Value {
+    json!({"type": "Ready", "status": "True", "reason": "KubeletReady",
+           "message": "bulwark node agent is posting ready status",
+           "lastHeartbeatTime": now.to_string(), "lastTransitionTime": now.to_string()})
+}
+
+async fn register(client: &kube::Client, config: &AgentConfig) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": config.node, "labels": {
+            "kubernetes.io/hostname": config.node,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "topology.kubernetes.io/zone": config.zone,
+            "bulwark.dev/node-agent": "true",
+        }},
+        "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr]},
+    });
+    nodes
+        .patch(&config.node, &PatchParams::apply("bulwark-node").force(), &Patch::Apply(&node))
+        .await
+        .context("registering the Node")?;
+    post_status(&nodes, config, true).await
+}
+
+async fn post_status(nodes: &Api<Node>, config: &AgentConfig, full: bool) -> Result<()> {
+    let now = Timestamp::now();
+    let pressure = |type_: &str, reason: &str| {
+        json!({"type": type_, "status": "False", "reason": reason,
+               "lastHeartbeatTime": now.to_string(), "lastTransitionTime": now.to_string()})
+    };
+    let mut status = json!({"conditions": [
+        ready_condition(&now),
+        pressure("MemoryPressure", "KubeletHasSufficientMemory"),
+        pressure("DiskPressure", "KubeletHasNoDiskPressure"),
+        pressure("PIDPressure", "KubeletHasSufficientPID"),
+    ]});
+    if full {
+        let capacity = json!({"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi"});
+        status["capacity"] = capacity.clone();
+        status["allocatable"] = capacity;
+        status["addresses"] = json!([
+            {"type": "InternalIP", "address": network::GATEWAY.to_string()},
+            {"type": "Hostname", "address": config.node},
+        ]);
+        status["daemonEndpoints"] = json!({"kubeletEndpoint": {"Port": config.kubelet_port}});
+        status["nodeInfo"] = json!({
+            "machineID": config.node, "systemUUID": config.node, "bootID": Timestamp::now().to_string(),
+            "kernelVersion": "", "osImage": "bulwark node agent", "containerRuntimeVersion": "bulwark-node://1",
+            "kubeletVersion": crate::binaries::pinned("KUBERNETES_VERSION"),
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64",
+        });
+    }
+    // Merge keeps what the controller-manager owns (taints live in spec, so are untouched).
+    nodes
+        .patch_status(&config.node, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+        .await
+        .context("posting node status")?;
+    Ok(())
+}
+
+async fn heartbeat(client: kube::Client, config: Arc<AgentConfig>) -> Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        let node_uid = nodes.get(&config.node).await.ok().and_then(|n| n.metadata.uid);
+        let lease = Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(config.node.clone()),
+                owner_references: node_uid.map(|uid| {
+                    vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        api_version: "v1".into(),
+                        kind: "Node".into(),
+                        name: config.node.clone(),
+                        uid,
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some(config.node.clone()),
+                lease_duration_seconds: Some(LEASE_SECONDS),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::now())),
+                ..Default::default()
+            }),
+        };
+        let mut lease = serde_json::to_value(lease)?;
+        lease["apiVersion"] = json!("coordination.k8s.io/v1");
+        lease["kind"] = json!("Lease");
+        if let Err(e) = leases
+            .patch(&config.node, &PatchParams::apply("bulwark-node").force(), &Patch::Apply(&lease))
+            .await
+        {
+            warn!(error = %e, "renewing the node lease failed");
+        }
+        if last_status.elapsed() >= STATUS_EVERY {
+            if let Err(e) = post_status(&nodes, &config, false).await {
+                warn!(error = %format!("{e:#}"), "node status heartbeat failed");
+            }
+            last_status = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(LEASE_RENEW).await;
+    }
+}
+
+/// One worker per pod bound to this node, fed the pod's latest object.
+async fn run_pods(ctx: Arc<NodeContext>) -> Result<()> {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node));
+    let mut events = watcher(pods, config).boxed();
+    let mut workers: HashMap<String, (watch::Sender<Option<Pod>>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut listed: Vec<String> = vec![];
+    while let Some(event) = events.next().await {
+        workers.retain(|_, (_, task)| !task.is_finished());
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(error = %e, "pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut deliver = |pod: Pod| {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            match workers.get(&uid) {
+                Some((tx, _)) => {
+                    let _ = tx.send(Some(pod));
+                }
+                None => {
+                    info!(pod = ?pod.metadata.name, "pod bound to this node");
+                    let (tx, rx) = watch::channel(Some(pod));
+                    let task = tokio::spawn(pod::run(ctx.clone(), rx));
+                    workers.insert(uid, (tx, task));
+                }
+            }
+        };
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(pod) => {
+                listed.push(pod.metadata.uid.clone().unwrap_or_default());
+                deliver(pod);
+            }
+            watcher::Event::InitDone => {
+                // Pods deleted while the watch was down.
+                for (uid, (tx, _)) in &workers {
+                    if !listed.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+            }
+            watcher::Event::Apply(pod) => deliver(pod),
+            watcher::Event::Delete(pod) => {
+                if let Some((tx, _)) = workers.get(&pod.metadata.uid.clone().unwrap_or_default()) {
+                    let _ = tx.send(None);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dynamic provisioning for the default StorageClass: a claim the scheduler placed on this node
+/// gets a directory here and a `local` PersistentVolume pinned to this node; a released volume
+/// whose policy is Delete loses both.
+async fn provision(client: kube::Client, config: Arc<AgentConfig>) -> Result<()> {
+    let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let root = config.dir.join("volumes");
+    loop {
+        if let Err(e) = provision_once(&claims, &volumes, &config, &root).await {
+            warn!(error = %format!("{e:#}"), "provisioning pass failed");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn provision_once(
+    claims: &Api<PersistentVolumeClaim>,
+    volumes: &Api<PersistentVolume>,
+    config: &AgentConfig,
+    root: &std::path::Path,
+) -> Result<()> {
+    for claim in claims.list(&ListParams::default()).await? {
+        let annotations = claim.metadata.annotations.clone().unwrap_or_default();
+        let ours = annotations.get("volume.kubernetes.io/selected-node") == Some(&config.node)
+            && annotations.get("volume.kubernetes.io/storage-provisioner").map(String::as_str) == Some(PROVISIONER);
+        let spec = claim.spec.clone().unwrap_or_default();
+        let bound = spec.volume_name.as_deref().is_some_and(|v| !v.is_empty());
+        if !ours || bound || claim.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let uid = claim.metadata.uid.clone().unwrap_or_default();
+        let name = format!("pvc-{uid}");
+        if volumes.get_opt(&name).await?.is_some() {
+            continue;
+        }
+        let dir = root.join(&name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        let size = spec
+            .resources
+            .and_then(|r| r.requests)
+            .and_then(|r| r.get("storage").cloned())
+            .map_or_else(|| "1Gi".to_string(), |q| q.0);
+        let class = spec.storage_class_name.clone().unwrap_or_default();
+        let reclaim = class_reclaim_policy(volumes, &class).await;
+        let pv = json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": spec.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
+                "persistentVolumeReclaimPolicy": reclaim,
+                "storageClassName": class,
+                "volumeMode": "Filesystem",
+                "local": {"path": dir.display().to_string()},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                             "namespace": claim.metadata.namespace, "name": claim.metadata.name, "uid": uid},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [config.node]}]}]}},
+            },
+        });
+        volumes.create(&PostParams::default(), &serde_json::from_value(pv)?).await?;
+        info!(volume = %name, claim = ?claim.metadata.name, "provisioned");
+    }
+    for volume in volumes.list(&ListParams::default()).await? {
+        let ours = volume
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
+            .is_some_and(|p| p == PROVISIONER);
+        let spec = volume.spec.clone().unwrap_or_default();
+        let path = spec.local.as_ref().map(|l| std::path::PathBuf::from(&l.path));
+        let here = path.as_ref().is_some_and(|p| p.starts_with(root));
+        let released = volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+        if ours && here && released && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
+            if let Some(path) = path {
+                let _ = std::fs::remove_dir_all(path);
+            }
+            let name = volume.metadata.name.clone().unwrap_or_default();
+            volumes.delete(&name, &DeleteParams::default()).await?;
+            info!(volume = %name, "released volume deleted with its directory");
+        }
+    }
+    Ok(())
+}
+
+async fn class_reclaim_policy(volumes: &Api<PersistentVolume>, class: &str) -> String {
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(volumes.clone().into_client());
+    classes
+        .get_opt(class)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.reclaim_policy)
+        .unwrap_or_else(|| "Delete".into())
+}

@@ -1,0 +1,154 @@
+//! The one table that maps container images to programs installed on this machine. There is no
+//! image store: a pod "pulls" nothing, its container runs the mapped program over the host's
+//! filesystem. An image that is not in the table leaves its container Waiting.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// Image repositories and what runs them; passed to each node agent as `--image REPO=PATH`.
+/// PATH is the entrypoint; a container `command` naming another program is looked up in the
+/// entrypoint's directory, then in the system directories.
+#[derive(Clone, Debug, Default)]
+pub struct ImageTable {
+    entries: Vec<(String, PathBuf)>,
+}
+
+/// The image Bulwark's chart runs (charts/bulwark/values.yaml `image.repository`).
+pub const BULWARK_IMAGE: &str = "ghcr.io/bulwark-dev/bulwark";
+/// A tiny HTTP server for tests (`bulwark-testpod`): health toggles, files, outbound fetches.
+pub const TESTPOD_IMAGE: &str = "bulwark.dev/testpod";
+
+const SYSTEM_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"];
+
+impl ImageTable {
+    /// Parses `REPO=PATH` entries (the agent's `--image` flags).
+    pub fn parse(entries: &[String]) -> Result<Self> {
+        let entries = entries
+            .iter()
+            .map(|entry| {
+                let (repo, path) = entry
+                    .split_once('=')
+                    .with_context(|| format!("image entry {entry:?} is not REPO=PATH"))?;
+                Ok((repo.to_string(), PathBuf::from(path)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { entries })
+    }
+
+    pub fn to_args(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .map(|(repo, path)| format!("--image={repo}={}", path.display()))
+            .collect()
+    }
+
+    pub fn with(mut self, repository: &str, entrypoint: &Path) -> Self {
+        self.entries
+            .push((repository.to_string(), entrypoint.to_path_buf()));
+        self
+    }
+
+    fn entrypoint(&self, image: &str) -> Option<&Path> {
+        let repository = repository_of(image);
+        self.entries
+            .iter()
+            .find(|(repo, _)| repo == repository || repo.rsplit('/').next() == Some(repository))
+            .map(|(_, path)| path.as_path())
+    }
+
+    /// The program and argv for a container: `command` replaces the entrypoint and `args` follow
+    /// it, as an image's ENTRYPOINT and CMD would. Errors name the image or program not found.
+    pub fn resolve(
+        &self,
+        image: &str,
+        command: &[String],
+        args: &[String],
+    ) -> Result<(PathBuf, Vec<String>)> {
+        let Some(entrypoint) = self.entrypoint(image) else {
+            bail!("image {image:?} is not mapped to a program on this node (images: {})", self.describe());
+        };
+        let Some((first, rest)) = command.split_first() else {
+            let mut argv = vec![entrypoint.display().to_string()];
+            argv.extend(args.iter().cloned());
+            return Ok((entrypoint.to_path_buf(), argv));
+        };
+        let program = find_program(first, entrypoint)
+            .with_context(|| format!("command {first:?} of image {image:?} is not installed on this node"))?;
+        let mut argv = vec![first.clone()];
+        argv.extend(rest.iter().cloned());
+        argv.extend(args.iter().cloned());
+        Ok((program, argv))
+    }
+
+    fn describe(&self) -> String {
+        self.entries
+            .iter()
+            .map(|(repo, _)| repo.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `registry/path/name:tag@digest` → `registry/path/name`.
+pub fn repository_of(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    match without_digest.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => without_digest,
+    }
+}
+
+/// An absolute program that exists is used as is; otherwise its file name is looked up next to
+/// the image's entrypoint (`bulwark` → the built binary) and then in the system directories.
+fn find_program(name: &str, entrypoint: &Path) -> Option<PathBuf> {
+    let path = Path::new(name);
+    if path.is_absolute() && path.is_file() {
+        return Some(path.to_path_buf());
+    }
+    let file = path.file_name()?;
+    if entrypoint.file_name() == Some(file) {
+        return Some(entrypoint.to_path_buf());
+    }
+    entrypoint
+        .parent()
+        .into_iter()
+        .chain(SYSTEM_DIRS.iter().map(Path::new))
+        .map(|dir| dir.join(file))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> ImageTable {
+        ImageTable::default().with(BULWARK_IMAGE, Path::new("/bin/true"))
+    }
+
+    #[test]
+    fn tags_and_digests_do_not_change_the_repository() {
+        assert_eq!(repository_of("ghcr.io/bulwark-dev/bulwark:0.1.0"), BULWARK_IMAGE);
+        assert_eq!(repository_of("localhost:5000/x@sha256:ab"), "localhost:5000/x");
+        assert_eq!(repository_of("localhost:5000/x"), "localhost:5000/x");
+    }
+
+    #[test]
+    fn command_replaces_the_entrypoint_and_args_follow() {
+        let (program, argv) = table()
+            .resolve("ghcr.io/bulwark-dev/bulwark:1", &[], &["run".into()])
+            .unwrap();
+        assert_eq!(program, Path::new("/bin/true"));
+        assert_eq!(argv, ["/bin/true", "run"]);
+        let (program, argv) = table()
+            .resolve(BULWARK_IMAGE, &["sh".into(), "-c".into()], &["exit 3".into()])
+            .unwrap();
+        assert!(program.ends_with("sh"), "{program:?}");
+        assert_eq!(argv, ["sh", "-c", "exit 3"]);
+    }
+
+    #[test]
+    fn an_unmapped_image_is_named_in_the_error() {
+        let error = table().resolve("nginx:1.27", &[], &[]).unwrap_err();
+        assert!(format!("{error}").contains("\"nginx:1.27\" is not mapped"), "{error}");
+    }
+}
