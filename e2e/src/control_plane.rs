@@ -108,7 +108,8 @@ impl ControlPlane {
         let kwok_kubeconfig = write_kubeconfig("kwok", "kwok", &["system:masters"])?;
         let proxy_kubeconfig = write_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
         let coredns_kubeconfig = write_kubeconfig("coredns", "coredns", &["system:masters"])?;
-        let kubelet_client = authority.client("kube-apiserver-kubelet-client", &["system:masters"])?;
+        let kubelet_client =
+            authority.client("kube-apiserver-kubelet-client", &["system:masters"])?;
         let stages = dir.join("kwok-stages.yaml");
         std::fs::write(&stages, KWOK_STAGES)?;
 
@@ -175,6 +176,10 @@ impl ControlPlane {
             ],
         )?;
         plane.wait_for_apiserver()?;
+        eprintln!(
+            "control plane: kube-apiserver ready after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         // Flags the controller-manager and scheduler share: who they are, where they serve.
         let component = |kubeconfig: &Path| -> Result<Vec<String>> {
             Ok(vec![
@@ -226,19 +231,31 @@ impl ControlPlane {
             ],
         )?;
         crate::block_on(plane.create_nodes_and_wait())?;
+        eprintln!(
+            "control plane: kwok nodes created after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         crate::block_on(async {
             let client = plane.client().await?;
             services::create_kube_dns_service(&client).await?;
             create_storage_class(&client).await
         })?;
+        eprintln!("control plane: building node agent and pod programs (cargo, fresh is a no-op)");
         let images = ImageTable::default()
             .with(BULWARK_IMAGE, &bulwark_binary()?)
-            .with(TESTPOD_IMAGE, &workspace_binary("bulwark-e2e", "bulwark-testpod")?);
+            .with(
+                TESTPOD_IMAGE,
+                &workspace_binary("bulwark-e2e", "bulwark-testpod")?,
+            );
         for (index, zone) in ZONES.iter().enumerate() {
             let node = node_name(zone);
-            let node_kubeconfig =
-                write_kubeconfig(&node, &format!("system:node:{node}"), &["system:nodes", "system:masters"])?;
-            let serving = authority.serving(&format!("{node}-serving"), &[&network::GATEWAY.to_string()])?;
+            let node_kubeconfig = write_kubeconfig(
+                &node,
+                &format!("system:node:{node}"),
+                &["system:nodes", "system:masters"],
+            )?;
+            let serving =
+                authority.serving(&format!("{node}-serving"), &[&network::GATEWAY.to_string()])?;
             let mut args = vec![
                 "agent".to_string(),
                 format!("--node={node}"),
@@ -255,8 +272,18 @@ impl ControlPlane {
             plane.agent_args.push((node.clone(), args, node_kubeconfig));
             plane.start_node(&node)?;
         }
-        plane.processes.push(services::start_kube_proxy(&dir, &proxy_kubeconfig, &node_name(ZONES[0]))?);
-        plane.processes.push(services::start_coredns(&dir, &coredns_kubeconfig)?);
+        eprintln!(
+            "control plane: node agents started after {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        plane.processes.push(services::start_kube_proxy(
+            &dir,
+            &proxy_kubeconfig,
+            &node_name(ZONES[0]),
+        )?);
+        plane
+            .processes
+            .push(services::start_coredns(&dir, &coredns_kubeconfig)?);
         crate::block_on(plane.wait_for_nodes(ZONES.len() * 2))?;
         plane.started_in = started.elapsed();
         Ok(plane)
@@ -271,8 +298,12 @@ impl ControlPlane {
 
     /// Fails with the failing component's log tail if any process died.
     fn check_alive(&mut self) -> Result<()> {
-        self.processes.iter_mut().try_for_each(Process::check_alive)?;
-        self.agents.iter_mut().try_for_each(|(_, p)| p.check_alive())
+        self.processes
+            .iter_mut()
+            .try_for_each(Process::check_alive)?;
+        self.agents
+            .iter_mut()
+            .try_for_each(|(_, p)| p.check_alive())
     }
 
     pub async fn client(&self) -> Result<kube::Client> {
@@ -352,12 +383,20 @@ impl ControlPlane {
             if ready == count && default_sa.is_some() {
                 return Ok(());
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "after 90s only {ready}/{count} nodes are Ready (default ServiceAccount present: {}); logs in {}",
-                default_sa.is_some(),
-                self.dir.join("logs").display()
-            );
+            if Instant::now() > deadline {
+                let not_ready: Vec<String> = nodes
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|n| !crate::node_is_ready(n))
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                anyhow::bail!(
+                    "after 90s only {ready}/{count} nodes are Ready (not Ready: {not_ready:?}; default ServiceAccount present: {})",
+                    default_sa.is_some()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -371,7 +410,13 @@ impl ControlPlane {
             .with_context(|| format!("no node agent named {node}"))?;
         let log = self.dir.join("logs").join(format!("{node}.log"));
         let agent = workspace_binary("bulwark-e2e", "bulwark-node")?;
-        let process = Process::spawn(node, &agent, args, &[("KUBECONFIG", kubeconfig.as_path())], &log)?;
+        let process = Process::spawn(
+            node,
+            &agent,
+            args,
+            &[("KUBECONFIG", kubeconfig.as_path())],
+            &log,
+        )?;
         self.agents.retain(|(name, _)| name != node);
         self.agents.push((node.to_string(), process));
         Ok(())
@@ -380,13 +425,19 @@ impl ControlPlane {
     /// Stops a node the way a machine dies: its agent and every pod process are SIGKILLed, so its
     /// heartbeats stop and its pods stop answering. `start_node` brings it back.
     pub fn kill_node(&mut self, node: &str) {
-        if let Some((_, mut process)) = self.agents.iter().position(|(n, _)| n == node).map(|i| self.agents.remove(i)) {
+        if let Some((_, mut process)) = self
+            .agents
+            .iter()
+            .position(|(n, _)| n == node)
+            .map(|i| self.agents.remove(i))
+        {
             process.signal(libc::SIGKILL);
             process.wait_exit(Duration::from_secs(5));
         }
     }
 
-    /// Stops every component (newest first) and removes the run directory.
+    /// Stops every component (newest first) and removes the run directory; the logs of a start
+    /// that failed are kept in `<runs root>/last-failed-start` so the error's log paths still help.
     pub fn stop(&mut self) {
         // Node agents first: their pods go with them.
         for (_, mut agent) in self.agents.drain(..) {
@@ -395,6 +446,15 @@ impl ControlPlane {
         while let Some(mut process) = self.processes.pop() {
             process.stop(Duration::from_secs(10));
         }
+        if self.started_in.is_zero() && self.dir.exists() {
+            let kept = runs_root().join("last-failed-start");
+            let _ = std::fs::remove_dir_all(&kept);
+            let _ = std::fs::rename(self.dir.join("logs"), &kept);
+            eprintln!(
+                "control plane: start failed; logs kept in {}",
+                kept.display()
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         drop(self.pod_network.take());
     }
@@ -402,13 +462,14 @@ impl ControlPlane {
 
 /// The default StorageClass, provisioned by the node agents.
 async fn create_storage_class(client: &kube::Client) -> Result<()> {
-    let class: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": STORAGE_CLASS,
-                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-        "provisioner": PROVISIONER,
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "reclaimPolicy": "Delete",
-    }))?;
+    let class: k8s_openapi::api::storage::v1::StorageClass =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": STORAGE_CLASS,
+                         "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": PROVISIONER,
+            "volumeBindingMode": "WaitForFirstConsumer",
+            "reclaimPolicy": "Delete",
+        }))?;
     Api::all(client.clone())
         .create(&PostParams::default(), &class)
         .await

@@ -2,8 +2,8 @@
 
 use crate::process::{Process, free_port};
 use anyhow::{Result, anyhow};
-use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,7 +17,9 @@ pub fn bulwark_binary() -> Result<PathBuf> {
 
 /// A binary of this workspace, rebuilt once per test process with cargo (a no-op when fresh) so
 /// a test never runs a stale one. Test and harness binaries live in target/<profile>[/deps];
-/// binaries in target/<profile>.
+/// binaries in target/<profile>. This package's own binaries are built by cargo before its tests
+/// and harness binaries run, so they are used as they are (building them with other features
+/// than the test build's would only rebuild dependencies back and forth).
 pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -26,15 +28,27 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
     }
     let result = (|| {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe.parent().map(|d| if d.ends_with("deps") { d.parent().unwrap() } else { d });
+        let profile_dir = exe.parent().map(|d| {
+            if d.ends_with("deps") {
+                d.parent().unwrap()
+            } else {
+                d
+            }
+        });
         let path = profile_dir.ok_or("no target directory")?.join(bin);
+        if package == env!("CARGO_PKG_NAME") && path.is_file() {
+            return Ok(path);
+        }
         let release = profile_dir.is_some_and(|d| d.ends_with("release"));
-        let mut cargo = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        let mut cargo =
+            std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cargo.args(["build", "--quiet", "-p", package, "--bin", bin]);
         if release {
             cargo.arg("--release");
         }
-        let status = cargo.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).status();
+        let status = cargo
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status();
         match status {
             Ok(s) if s.success() && path.is_file() => Ok(path),
             other => Err(format!("could not build {bin} with cargo ({other:?})")),

@@ -76,7 +76,8 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = spawn_bound(command).with_context(|| format!("starting {}", program.display()))?;
+        let child =
+            spawn_bound(command).with_context(|| format!("starting {}", program.display()))?;
         Ok(Self {
             name: name.into(),
             log: log.to_path_buf(),

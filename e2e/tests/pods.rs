@@ -55,13 +55,18 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 async fn ready_pod(pods: &Api<Pod>, name: &str) -> Pod {
-    let ready = eventually(Duration::from_secs(60), &format!("pod {name} Ready"), || async {
-        pods.get(name).await.ok().filter(is_ready)
-    })
+    let ready = eventually(
+        Duration::from_secs(60),
+        &format!("pod {name} Ready"),
+        || async { pods.get(name).await.ok().filter(is_ready) },
+    )
     .await;
     match ready {
         Ok(pod) => pod,
-        Err(e) => panic!("{e}: {:?}", pods.get(name).await.ok().and_then(|p| p.status)),
+        Err(e) => panic!(
+            "{e}: {:?}",
+            pods.get(name).await.ok().and_then(|p| p.status)
+        ),
     }
 }
 
@@ -71,9 +76,15 @@ async fn listed_ready(slices: &Api<EndpointSlice>, service: &str, ip: &str) -> O
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await
         .ok()?;
-    Some(list.items.iter().flat_map(|s| s.endpoints.iter().flatten()).any(|e| {
-        e.addresses.iter().any(|a| a == ip) && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
-    }))
+    Some(
+        list.items
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .any(|e| {
+                e.addresses.iter().any(|a| a == ip)
+                    && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+            }),
+    )
 }
 
 async fn http_get(url: &str) -> Result<String, String> {
@@ -85,11 +96,18 @@ async fn http_get(url: &str) -> Result<String, String> {
         .map_err(|e| format!("{e:#}"))?;
     let status = response.status();
     let body = response.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() { Ok(body) } else { Err(format!("HTTP {status}: {body}")) }
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("HTTP {status}: {body}"))
+    }
 }
 
 fn pod_ip(pod: &Pod) -> String {
-    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod IP")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP")
 }
 
 #[tokio::test]
@@ -101,11 +119,27 @@ async fn a_probed_pod_serves_through_its_service_by_cluster_ip_and_dns_name() {
     let ns = cluster().namespace("pods").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let created = Instant::now();
-    pods.create(&PostParams::default(), &testpod("web", json!({"app": "web"}), json!({}))).await.unwrap();
+    pods.create(
+        &PostParams::default(),
+        &testpod("web", json!({"app": "web"}), json!({})),
+    )
+    .await
+    .unwrap();
     let web = ready_pod(&pods, "web").await;
-    eprintln!("pod created -> Ready in {:?} on {:?}", created.elapsed(), web.spec.as_ref().unwrap().node_name);
+    eprintln!(
+        "pod created -> Ready in {:?} on {:?}",
+        created.elapsed(),
+        web.spec.as_ref().unwrap().node_name
+    );
     let ip = pod_ip(&web);
-    assert_eq!(http_get(&format!("http://{ip}:8080/")).await.unwrap().trim(), "web", "hostname is the pod name");
+    assert_eq!(
+        http_get(&format!("http://{ip}:8080/"))
+            .await
+            .unwrap()
+            .trim(),
+        "web",
+        "hostname is the pod name"
+    );
 
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let service: Service = serde_json::from_value(json!({
@@ -113,27 +147,45 @@ async fn a_probed_pod_serves_through_its_service_by_cluster_ip_and_dns_name() {
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]},
     }))
     .unwrap();
-    let service = services.create(&PostParams::default(), &service).await.unwrap();
+    let service = services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
     let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-    eventually(Duration::from_secs(30), "the EndpointSlice lists the ready pod", || async {
-        listed_ready(&slices, "web", &ip).await.filter(|listed| *listed)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the EndpointSlice lists the ready pod",
+        || async {
+            listed_ready(&slices, "web", &ip)
+                .await
+                .filter(|listed| *listed)
+        },
+    )
     .await
     .unwrap();
-    let answer = eventually(Duration::from_secs(30), "the host reaches the Service's ClusterIP", || async {
-        http_get(&format!("http://{cluster_ip}/")).await.ok()
-    })
+    let answer = eventually(
+        Duration::from_secs(30),
+        "the host reaches the Service's ClusterIP",
+        || async { http_get(&format!("http://{cluster_ip}/")).await.ok() },
+    )
     .await
     .unwrap();
     assert_eq!(answer.trim(), "web");
 
-    pods.create(&PostParams::default(), &testpod("client", json!({"app": "client"}), json!({}))).await.unwrap();
+    pods.create(
+        &PostParams::default(),
+        &testpod("client", json!({"app": "client"}), json!({})),
+    )
+    .await
+    .unwrap();
     let client_ip = pod_ip(&ready_pod(&pods, "client").await);
     let by_name = format!("http://{client_ip}:8080/fetch?url=http://web.{ns}.svc.cluster.local/");
-    let fetched = match eventually(Duration::from_secs(30), "a pod reaches the Service by its DNS name", || async {
-        http_get(&by_name).await.ok()
-    })
+    let fetched = match eventually(
+        Duration::from_secs(30),
+        "a pod reaches the Service by its DNS name",
+        || async { http_get(&by_name).await.ok() },
+    )
     .await
     {
         Ok(body) => body,
@@ -142,13 +194,240 @@ async fn a_probed_pod_serves_through_its_service_by_cluster_ip_and_dns_name() {
     assert_eq!(fetched.trim(), "web");
 
     // Readiness drives the Ready condition and the EndpointSlice.
-    http_get(&format!("http://{ip}:8080/set?flag=unready")).await.unwrap();
-    eventually(Duration::from_secs(15), "the unready pod leaves the Service", || async {
-        let pod = pods.get("web").await.ok()?;
-        let listed = listed_ready(&slices, "web", &ip).await?;
-        (!is_ready(&pod) && !listed).then_some(())
-    })
+    http_get(&format!("http://{ip}:8080/set?flag=unready"))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "the unready pod leaves the Service",
+        || async {
+            let pod = pods.get("web").await.ok()?;
+            let listed = listed_ready(&slices, "web", &ip).await?;
+            (!is_ready(&pod) && !listed).then_some(())
+        },
+    )
     .await
     .unwrap();
     pods.delete("web", &DeleteParams::default()).await.unwrap();
+}
+
+fn container_status(pod: &Pod) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()
+        .cloned()
+}
+
+#[tokio::test]
+async fn liveness_failures_and_crashes_restart_the_container_and_deletion_honours_the_grace_period()
+{
+    if !local_cluster() {
+        return;
+    }
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pods").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let live = json!({"spec": {"containers": [{
+        "name": "web", "image": format!("{TESTPOD_IMAGE}:1"), "args": ["--ignore-sigterm"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2},
+    }], "terminationGracePeriodSeconds": 2}});
+    pods.create(&PostParams::default(), &testpod("live", json!({}), live))
+        .await
+        .unwrap();
+    let ip = pod_ip(&ready_pod(&pods, "live").await);
+    http_get(&format!("http://{ip}:8080/set?flag=unhealthy"))
+        .await
+        .unwrap();
+    // The container ignores SIGTERM: the liveness kill takes the 2 s grace period, then SIGKILL.
+    let restarted = eventually(Duration::from_secs(30), "a liveness restart", || async {
+        let pod = pods.get("live").await.ok()?;
+        let status = container_status(&pod)?;
+        (status.restart_count == 1 && status.state.as_ref()?.running.is_some()).then_some(status)
+    })
+    .await
+    .unwrap();
+    let last = restarted
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("lastState.terminated");
+    assert_eq!(
+        last.exit_code, 137,
+        "SIGKILLed after ignoring SIGTERM: {last:?}"
+    );
+    assert!(
+        last.message
+            .unwrap_or_default()
+            .contains("failed liveness probe")
+    );
+    // The restarted container has a fresh /tmp, so it is healthy again.
+    let pod = ready_pod(&pods, "live").await;
+    assert_eq!(
+        http_get(&format!("http://{}:8080/healthz", pod_ip(&pod)))
+            .await
+            .unwrap()
+            .trim(),
+        "ok"
+    );
+
+    // A crash (SIGKILL of the container's process) is an exit that restartPolicy Always restarts.
+    let pid: i32 = container_status(&pod)
+        .unwrap()
+        .container_id
+        .unwrap()
+        .trim_start_matches("bulwark://")
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) of the container's process, which runs on this machine.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let crashed = eventually(
+        Duration::from_secs(30),
+        "the crashed container restarted",
+        || async {
+            let status = container_status(&pods.get("live").await.ok()?)?;
+            (status.restart_count == 2 && status.state.as_ref()?.running.is_some())
+                .then_some(status)
+        },
+    )
+    .await
+    .unwrap();
+    let last = crashed.last_state.and_then(|s| s.terminated).unwrap();
+    assert_eq!((last.exit_code, last.signal), (137, Some(9)));
+
+    // Deletion: SIGTERM is ignored, so the process must be gone right after the grace period.
+    let pid: i32 = crashed
+        .container_id
+        .unwrap()
+        .trim_start_matches("bulwark://")
+        .parse()
+        .unwrap();
+    let deleting = Instant::now();
+    pods.delete("live", &DeleteParams::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the pod object is gone",
+        || async {
+            pods.get_opt("live")
+                .await
+                .ok()
+                .and_then(|p| p.is_none().then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    let took = deleting.elapsed();
+    // SAFETY: kill(pid, 0) only checks for existence.
+    assert!(
+        unsafe { libc::kill(pid, 0) } != 0,
+        "the container's process outlived its pod"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "deletion took {took:?}"
+    );
+
+    // An image that maps to no program stays Waiting, and says which image.
+    pods.create(
+        &PostParams::default(),
+        &testpod(
+            "unmapped",
+            json!({}),
+            json!({"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let waiting = eventually(
+        Duration::from_secs(30),
+        "the unmapped image is reported",
+        || async {
+            container_status(&pods.get("unmapped").await.ok()?)?
+                .state?
+                .waiting
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("ErrImagePull"));
+    assert!(
+        waiting
+            .message
+            .unwrap_or_default()
+            .contains("\"nginx:1.27\" is not mapped")
+    );
+}
+
+#[tokio::test]
+async fn a_file_on_a_claim_survives_the_pod() {
+    if !local_cluster() {
+        return;
+    }
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pods").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client.clone(), &ns);
+    claims
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let with_claim = json!({"spec": {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        "containers": [{"name": "web", "image": format!("{TESTPOD_IMAGE}:1"),
+            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/testpod"}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}],
+    }});
+    pods.create(
+        &PostParams::default(),
+        &testpod("writer", json!({}), with_claim.clone()),
+    )
+    .await
+    .unwrap();
+    let writer = ready_pod(&pods, "writer").await;
+    let node = writer.spec.as_ref().unwrap().node_name.clone();
+    let ip = pod_ip(&writer);
+    http_get(&format!(
+        "http://{ip}:8080/write?path=/var/lib/testpod/kept&value=written-by-writer"
+    ))
+    .await
+    .unwrap();
+    pods.delete("writer", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the writer is gone", || async {
+        pods.get_opt("writer")
+            .await
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &testpod("reader", json!({}), with_claim),
+    )
+    .await
+    .unwrap();
+    let reader = ready_pod(&pods, "reader").await;
+    assert_eq!(
+        reader.spec.as_ref().unwrap().node_name,
+        node,
+        "the volume pins the pod to its node"
+    );
+    let read = http_get(&format!(
+        "http://{}:8080/read?path=/var/lib/testpod/kept",
+        pod_ip(&reader)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(read, "written-by-writer");
+    // Nothing of the claim leaked onto the host: the mount point exists only inside the pod.
+    assert!(!std::path::Path::new("/var/lib/testpod").exists());
 }

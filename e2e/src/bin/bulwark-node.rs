@@ -15,10 +15,22 @@ fn main() -> Result<()> {
     // The helper modes must stay single-threaded (setns, unshare): no runtime before them.
     match args.first().map(String::as_str) {
         Some("sandbox") => launch::sandbox(args.get(1).context("sandbox HOSTNAME")?),
-        Some("container") => launch::container(&PathBuf::from(args.get(1).context("container SPEC")?)),
+        Some("container") => {
+            launch::container(&PathBuf::from(args.get(1).context("container SPEC")?))
+        }
         Some("enter") => {
-            let number = |i: usize| -> Result<u32> { Ok(args.get(i).context("enter PID UID GID -- COMMAND")?.parse()?) };
-            let command: Vec<String> = args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect();
+            let number = |i: usize| -> Result<u32> {
+                Ok(args
+                    .get(i)
+                    .context("enter PID UID GID -- COMMAND")?
+                    .parse()?)
+            };
+            let command: Vec<String> = args
+                .iter()
+                .skip_while(|a| *a != "--")
+                .skip(1)
+                .cloned()
+                .collect();
             launch::enter(number(1)? as i32, number(2)?, number(3)?, &command)
         }
         Some("agent") => run_agent(&args[1..]),
@@ -27,13 +39,16 @@ fn main() -> Result<()> {
 }
 
 fn flag(args: &[String], name: &str) -> Option<String> {
-    args.iter().find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_string))
+    args.iter()
+        .find_map(|a| a.strip_prefix(&format!("--{name}=")).map(str::to_string))
 }
 
 fn run_agent(args: &[String]) -> Result<()> {
     let required = |name: &str| flag(args, name).with_context(|| format!("--{name}= is required"));
-    let images: Vec<String> =
-        args.iter().filter_map(|a| a.strip_prefix("--image=").map(str::to_string)).collect();
+    let images: Vec<String> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--image=").map(str::to_string))
+        .collect();
     let (service_host, service_port) = flag(args, "kubernetes-service")
         .unwrap_or_else(|| "10.96.0.1:443".into())
         .rsplit_once(':')
@@ -47,11 +62,16 @@ fn run_agent(args: &[String]) -> Result<()> {
         images: ImageTable::parse(&images)?,
         cluster_dns: flag(args, "cluster-dns").map(|ip| ip.parse()).transpose()?,
         kubernetes_service: (service_host, service_port),
-        kubelet_port: flag(args, "kubelet-port").map(|p| p.parse()).transpose()?.unwrap_or(10250),
+        kubelet_port: flag(args, "kubelet-port")
+            .map(|p| p.parse())
+            .transpose()?
+            .unwrap_or(10250),
     };
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     bulwark_controllers::runtime::ensure_crypto_provider();
     tokio::runtime::Builder::new_multi_thread()
@@ -59,7 +79,9 @@ fn run_agent(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            let client = kube::Client::try_default().await.context("KUBECONFIG for the node agent")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("KUBECONFIG for the node agent")?;
             agent::run(config, client).await
         })
 }

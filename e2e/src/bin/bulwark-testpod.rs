@@ -75,7 +75,10 @@ fn serve(mut stream: TcpStream) -> std::io::Result<()> {
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let path = target.split('?').next().unwrap_or("/");
     let (code, body) = match path {
-        "/" => (200, std::fs::read_to_string("/etc/hostname").unwrap_or_default()),
+        "/" => (
+            200,
+            std::fs::read_to_string("/etc/hostname").unwrap_or_default(),
+        ),
         "/healthz" if std::path::Path::new(UNHEALTHY).exists() => (500, "unhealthy\n".into()),
         "/ready" if std::path::Path::new(UNREADY).exists() => (500, "unready\n".into()),
         "/healthz" | "/ready" => (200, "ok\n".into()),
@@ -125,8 +128,14 @@ fn touch(path: &str) -> String {
 /// A plain HTTP/1.0 GET (names resolve through the pod's /etc/resolv.conf).
 fn fetch(url: &str) -> Result<String, String> {
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let with_port = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let with_port = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
     let address = with_port
         .to_socket_addrs()
         .map_err(|e| format!("resolving {authority}: {e}"))?
@@ -134,11 +143,18 @@ fn fetch(url: &str) -> Result<String, String> {
         .ok_or(format!("{authority} has no address"))?;
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
         .map_err(|e| format!("connecting to {authority} ({address}): {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| format!("reading from {authority}: {e}"))?;
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("malformed response")?;
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("reading from {authority}: {e}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or("malformed response")?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
     if status != "200" {
         return Err(format!("{authority} answered HTTP {status}"));

@@ -6,13 +6,13 @@ use super::images::ImageTable;
 use super::network;
 use super::pod::{self, NodeContext};
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use futures::StreamExt;
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -51,8 +51,14 @@ fn service_env(host: &str, port: u16) -> Vec<(String, String)> {
         ("KUBERNETES_PORT", url.clone()),
         (&format!("KUBERNETES_PORT_{port}_TCP"), url),
         (&format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
-        (&format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
-        (&format!("KUBERNETES_PORT_{port}_TCP_ADDR"), host.to_string()),
+        (
+            &format!("KUBERNETES_PORT_{port}_TCP_PORT"),
+            port.to_string(),
+        ),
+        (
+            &format!("KUBERNETES_PORT_{port}_TCP_ADDR"),
+            host.to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -75,7 +81,10 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> Result<()> {
         used_ips: Mutex::new(Default::default()),
         recorder: Recorder::new(
             client.clone(),
-            Reporter { controller: "bulwark-node".into(), instance: Some(config.node.clone()) },
+            Reporter {
+                controller: "bulwark-node".into(),
+                instance: Some(config.node.clone()),
+            },
         ),
     });
     let config = Arc::new(config);
@@ -107,7 +116,11 @@ async fn register(client: &kube::Client, config: &AgentConfig) -> Result<()> {
         "spec": {"podCIDR": config.pod_cidr, "podCIDRs": [config.pod_cidr]},
     });
     nodes
-        .patch(&config.node, &PatchParams::apply("bulwark-node").force(), &Patch::Apply(&node))
+        .patch(
+            &config.node,
+            &PatchParams::apply("bulwark-node").force(),
+            &Patch::Apply(&node),
+        )
         .await
         .context("registering the Node")?;
     post_status(&nodes, config, true).await
@@ -126,7 +139,8 @@ async fn post_status(nodes: &Api<Node>, config: &AgentConfig, full: bool) -> Res
         pressure("PIDPressure", "KubeletHasSufficientPID"),
     ]});
     if full {
-        let capacity = json!({"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi"});
+        let capacity =
+            json!({"cpu": "4", "memory": "8Gi", "pods": "110", "ephemeral-storage": "50Gi"});
         status["capacity"] = capacity.clone();
         status["allocatable"] = capacity;
         status["addresses"] = json!([
@@ -143,7 +157,11 @@ async fn post_status(nodes: &Api<Node>, config: &AgentConfig, full: bool) -> Res
     }
     // Merge keeps what the controller-manager owns (taints live in spec, so are untouched).
     nodes
-        .patch_status(&config.node, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+        .patch_status(
+            &config.node,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
         .await
         .context("posting node status")?;
     Ok(())
@@ -154,25 +172,33 @@ async fn heartbeat(client: kube::Client, config: Arc<AgentConfig>) -> Result<()>
     let nodes: Api<Node> = Api::all(client.clone());
     let mut last_status = tokio::time::Instant::now();
     loop {
-        let node_uid = nodes.get(&config.node).await.ok().and_then(|n| n.metadata.uid);
+        let node_uid = nodes
+            .get(&config.node)
+            .await
+            .ok()
+            .and_then(|n| n.metadata.uid);
         let lease = Lease {
             metadata: kube::api::ObjectMeta {
                 name: Some(config.node.clone()),
                 owner_references: node_uid.map(|uid| {
-                    vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                        api_version: "v1".into(),
-                        kind: "Node".into(),
-                        name: config.node.clone(),
-                        uid,
-                        ..Default::default()
-                    }]
+                    vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Node".into(),
+                            name: config.node.clone(),
+                            uid,
+                            ..Default::default()
+                        },
+                    ]
                 }),
                 ..Default::default()
             },
             spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
                 holder_identity: Some(config.node.clone()),
                 lease_duration_seconds: Some(LEASE_SECONDS),
-                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(Timestamp::now())),
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    Timestamp::now(),
+                )),
                 ..Default::default()
             }),
         };
@@ -180,7 +206,11 @@ async fn heartbeat(client: kube::Client, config: Arc<AgentConfig>) -> Result<()>
         lease["apiVersion"] = json!("coordination.k8s.io/v1");
         lease["kind"] = json!("Lease");
         if let Err(e) = leases
-            .patch(&config.node, &PatchParams::apply("bulwark-node").force(), &Patch::Apply(&lease))
+            .patch(
+                &config.node,
+                &PatchParams::apply("bulwark-node").force(),
+                &Patch::Apply(&lease),
+            )
             .await
         {
             warn!(error = %e, "renewing the node lease failed");
@@ -200,7 +230,8 @@ async fn run_pods(ctx: Arc<NodeContext>) -> Result<()> {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node));
     let mut events = watcher(pods, config).boxed();
-    let mut workers: HashMap<String, (watch::Sender<Option<Pod>>, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut workers: HashMap<String, (watch::Sender<Option<Pod>>, tokio::task::JoinHandle<()>)> =
+        HashMap::new();
     let mut listed: Vec<String> = vec![];
     while let Some(event) = events.next().await {
         workers.retain(|_, (_, task)| !task.is_finished());
@@ -275,7 +306,10 @@ async fn provision_once(
     for claim in claims.list(&ListParams::default()).await? {
         let annotations = claim.metadata.annotations.clone().unwrap_or_default();
         let ours = annotations.get("volume.kubernetes.io/selected-node") == Some(&config.node)
-            && annotations.get("volume.kubernetes.io/storage-provisioner").map(String::as_str) == Some(PROVISIONER);
+            && annotations
+                .get("volume.kubernetes.io/storage-provisioner")
+                .map(String::as_str)
+                == Some(PROVISIONER);
         let spec = claim.spec.clone().unwrap_or_default();
         let bound = spec.volume_name.as_deref().is_some_and(|v| !v.is_empty());
         if !ours || bound || claim.metadata.deletion_timestamp.is_some() {
@@ -312,7 +346,9 @@ async fn provision_once(
                     {"key": "kubernetes.io/hostname", "operator": "In", "values": [config.node]}]}]}},
             },
         });
-        volumes.create(&PostParams::default(), &serde_json::from_value(pv)?).await?;
+        volumes
+            .create(&PostParams::default(), &serde_json::from_value(pv)?)
+            .await?;
         info!(volume = %name, claim = ?claim.metadata.name, "provisioned");
     }
     for volume in volumes.list(&ListParams::default()).await? {
@@ -323,10 +359,17 @@ async fn provision_once(
             .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
             .is_some_and(|p| p == PROVISIONER);
         let spec = volume.spec.clone().unwrap_or_default();
-        let path = spec.local.as_ref().map(|l| std::path::PathBuf::from(&l.path));
+        let path = spec
+            .local
+            .as_ref()
+            .map(|l| std::path::PathBuf::from(&l.path));
         let here = path.as_ref().is_some_and(|p| p.starts_with(root));
         let released = volume.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
-        if ours && here && released && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete") {
+        if ours
+            && here
+            && released
+            && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete")
+        {
             if let Some(path) = path {
                 let _ = std::fs::remove_dir_all(path);
             }
@@ -339,7 +382,8 @@ async fn provision_once(
 }
 
 async fn class_reclaim_policy(volumes: &Api<PersistentVolume>, class: &str) -> String {
-    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(volumes.clone().into_client());
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> =
+        Api::all(volumes.clone().into_client());
     classes
         .get_opt(class)
         .await

@@ -62,8 +62,15 @@ pub fn sweep() {
 
 /// What a previous run left on this host (for the test that SIGKILLs a harness).
 pub fn leftovers() -> Vec<String> {
-    let mut found: Vec<String> = network::leftover_links().into_iter().map(|l| format!("link {l}")).collect();
-    found.extend(super::services::leftover_rules().into_iter().map(|t| format!("nftables table {t}")));
+    let mut found: Vec<String> = network::leftover_links()
+        .into_iter()
+        .map(|l| format!("link {l}"))
+        .collect();
+    found.extend(
+        super::services::leftover_rules()
+            .into_iter()
+            .map(|t| format!("nftables table {t}")),
+    );
     found
 }
 

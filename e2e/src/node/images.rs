@@ -65,15 +65,19 @@ impl ImageTable {
         args: &[String],
     ) -> Result<(PathBuf, Vec<String>)> {
         let Some(entrypoint) = self.entrypoint(image) else {
-            bail!("image {image:?} is not mapped to a program on this node (images: {})", self.describe());
+            bail!(
+                "image {image:?} is not mapped to a program on this node (images: {})",
+                self.describe()
+            );
         };
         let Some((first, rest)) = command.split_first() else {
             let mut argv = vec![entrypoint.display().to_string()];
             argv.extend(args.iter().cloned());
             return Ok((entrypoint.to_path_buf(), argv));
         };
-        let program = find_program(first, entrypoint)
-            .with_context(|| format!("command {first:?} of image {image:?} is not installed on this node"))?;
+        let program = find_program(first, entrypoint).with_context(|| {
+            format!("command {first:?} of image {image:?} is not installed on this node")
+        })?;
         let mut argv = vec![first.clone()];
         argv.extend(rest.iter().cloned());
         argv.extend(args.iter().cloned());
@@ -127,8 +131,14 @@ mod tests {
 
     #[test]
     fn tags_and_digests_do_not_change_the_repository() {
-        assert_eq!(repository_of("ghcr.io/bulwark-dev/bulwark:0.1.0"), BULWARK_IMAGE);
-        assert_eq!(repository_of("localhost:5000/x@sha256:ab"), "localhost:5000/x");
+        assert_eq!(
+            repository_of("ghcr.io/bulwark-dev/bulwark:0.1.0"),
+            BULWARK_IMAGE
+        );
+        assert_eq!(
+            repository_of("localhost:5000/x@sha256:ab"),
+            "localhost:5000/x"
+        );
         assert_eq!(repository_of("localhost:5000/x"), "localhost:5000/x");
     }
 
@@ -140,7 +150,11 @@ mod tests {
         assert_eq!(program, Path::new("/bin/true"));
         assert_eq!(argv, ["/bin/true", "run"]);
         let (program, argv) = table()
-            .resolve(BULWARK_IMAGE, &["sh".into(), "-c".into()], &["exit 3".into()])
+            .resolve(
+                BULWARK_IMAGE,
+                &["sh".into(), "-c".into()],
+                &["exit 3".into()],
+            )
             .unwrap();
         assert!(program.ends_with("sh"), "{program:?}");
         assert_eq!(argv, ["sh", "-c", "exit 3"]);
@@ -149,6 +163,9 @@ mod tests {
     #[test]
     fn an_unmapped_image_is_named_in_the_error() {
         let error = table().resolve("nginx:1.27", &[], &[]).unwrap_err();
-        assert!(format!("{error}").contains("\"nginx:1.27\" is not mapped"), "{error}");
+        assert!(
+            format!("{error}").contains("\"nginx:1.27\" is not mapped"),
+            "{error}"
+        );
     }
 }

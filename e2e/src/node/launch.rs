@@ -51,7 +51,13 @@ fn check(result: libc::c_int, what: impl FnOnce() -> String) -> Result<()> {
     Ok(())
 }
 
-fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
+fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<()> {
     let (s, t, f, d) = (cstr(source), cstr(target), cstr(fstype), cstr(data));
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let rc = unsafe {
@@ -60,10 +66,16 @@ fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: 
             t.as_ptr(),
             f.as_ptr(),
             flags,
-            if data.is_empty() { std::ptr::null() } else { d.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr().cast()
+            },
         )
     };
-    check(rc, || format!("mount {source} on {} ({fstype})", target.display()))
+    check(rc, || {
+        format!("mount {source} on {} ({fstype})", target.display())
+    })
 }
 
 fn join_namespaces(pid: i32, kinds: &[(&str, libc::c_int)]) -> Result<()> {
@@ -92,7 +104,10 @@ pub fn sandbox(hostname: &str) -> Result<()> {
     check(rc, || "unshare(net, uts, ipc)".into())?;
     let name = hostname.as_bytes();
     // SAFETY: valid buffer and length.
-    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }, || "sethostname".into())?;
+    check(
+        unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) },
+        || "sethostname".into(),
+    )?;
     let status = std::process::Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()
@@ -111,9 +126,17 @@ pub fn container(spec_path: &Path) -> Result<()> {
         .with_context(|| format!("reading {}", spec_path.display()))?;
     join_namespaces(spec.sandbox_pid, &POD_NAMESPACES)?;
     // SAFETY: unshare affects only this single-threaded process.
-    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, || "unshare(mount)".into())?;
+    check(unsafe { libc::unshare(libc::CLONE_NEWNS) }, || {
+        "unshare(mount)".into()
+    })?;
     // Nothing mounted from here on may propagate back to the host.
-    mount("none", Path::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "")?;
+    mount(
+        "none",
+        Path::new("/"),
+        "",
+        libc::MS_REC | libc::MS_PRIVATE,
+        "",
+    )?;
 
     let layer = spec.scratch.join("layer");
     let root = spec.scratch.join("root");
@@ -132,10 +155,22 @@ pub fn container(spec_path: &Path) -> Result<()> {
         ),
     )?;
     for dir in ["proc", "sys", "dev"] {
-        mount(&format!("/{dir}"), &root.join(dir), "", libc::MS_BIND | libc::MS_REC, "")?;
+        mount(
+            &format!("/{dir}"),
+            &root.join(dir),
+            "",
+            libc::MS_BIND | libc::MS_REC,
+            "",
+        )?;
     }
     // A pod's own /dev/shm, as a container runtime gives it (PostgreSQL uses it).
-    mount("shm", &root.join("dev/shm"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777")?;
+    mount(
+        "shm",
+        &root.join("dev/shm"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    )?;
 
     // Pivot so that every path below resolves inside the container's root (a host symlink such
     // as /var/run -> /run must not lead a mkdir out of it); the host stays reachable at /.host
@@ -148,7 +183,8 @@ pub fn container(spec_path: &Path) -> Result<()> {
     check(rc as libc::c_int, || "pivot_root".into())?;
     std::env::set_current_dir("/")?;
     for bind in &spec.mounts {
-        let source = Path::new("/.host").join(bind.source.strip_prefix("/").unwrap_or(&bind.source));
+        let source =
+            Path::new("/.host").join(bind.source.strip_prefix("/").unwrap_or(&bind.source));
         let target = Path::new(&bind.target);
         if source.is_dir() {
             std::fs::create_dir_all(target)
@@ -157,9 +193,18 @@ pub fn container(spec_path: &Path) -> Result<()> {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::OpenOptions::new().create(true).append(true).open(target)?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target)?;
         }
-        mount(&source.display().to_string(), target, "", libc::MS_BIND | libc::MS_REC, "")?;
+        mount(
+            &source.display().to_string(),
+            target,
+            "",
+            libc::MS_BIND | libc::MS_REC,
+            "",
+        )?;
         if bind.read_only {
             mount(
                 "none",
@@ -172,7 +217,10 @@ pub fn container(spec_path: &Path) -> Result<()> {
     }
     let host = cstr("/.host");
     // SAFETY: lazy unmount of the old root we just pivoted away from.
-    check(unsafe { libc::umount2(host.as_ptr(), libc::MNT_DETACH) }, || "umount /.host".into())?;
+    check(
+        unsafe { libc::umount2(host.as_ptr(), libc::MNT_DETACH) },
+        || "umount /.host".into(),
+    )?;
     std::fs::remove_dir("/.host")?;
     for (path, contents) in &spec.files {
         // The host's file may be a symlink (resolv.conf often is); replace it in this root only.
@@ -194,8 +242,13 @@ pub fn enter(pid: i32, uid: u32, gid: u32, command: &[String]) -> Result<()> {
     kinds.push(("mnt", libc::CLONE_NEWNS));
     join_namespaces(pid, &kinds)?;
     // SAFETY: fchdir to the container's root directory fd, then chroot to it.
-    check(unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&root)) }, || "fchdir".into())?;
-    check(unsafe { libc::chroot(cstr(".").as_ptr()) }, || "chroot".into())?;
+    check(
+        unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(&root)) },
+        || "fchdir".into(),
+    )?;
+    check(unsafe { libc::chroot(cstr(".").as_ptr()) }, || {
+        "chroot".into()
+    })?;
     std::env::set_current_dir("/")?;
     become_user(uid, gid, &[])?;
     let program = command.first().context("an exec probe needs a command")?;
@@ -207,12 +260,16 @@ fn become_user(uid: u32, gid: u32, groups: &[u32]) -> Result<()> {
     let groups: Vec<libc::gid_t> = groups.to_vec();
     // SAFETY: plain credential syscalls on this process; groups outlives the call.
     unsafe {
-        check(libc::setgroups(groups.len(), groups.as_ptr()), || "setgroups".into())?;
+        check(libc::setgroups(groups.len(), groups.as_ptr()), || {
+            "setgroups".into()
+        })?;
         check(libc::setgid(gid), || format!("setgid {gid}"))?;
         check(libc::setuid(uid), || format!("setuid {uid}"))?;
         // Changing credentials clears the parent-death signal; the container must still die with
         // its node agent.
-        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), || "prctl".into())?;
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL), || {
+            "prctl".into()
+        })?;
     }
     Ok(())
 }
@@ -227,5 +284,9 @@ fn exec(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<()>
     env_p.push(std::ptr::null());
     // SAFETY: NULL-terminated arrays of valid C strings; execvpe only returns on failure.
     unsafe { libc::execvpe(program_c.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
-    bail!("exec {}: {}", program.display(), std::io::Error::last_os_error())
+    bail!(
+        "exec {}: {}",
+        program.display(),
+        std::io::Error::last_os_error()
+    )
 }

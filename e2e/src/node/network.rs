@@ -39,10 +39,18 @@ fn ip_batch(netns_of: Option<u32>, commands: &[String]) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running ip (Debian package iproute2)")?;
-    child.stdin.take().unwrap().write_all(commands.join("\n").as_bytes())?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(commands.join("\n").as_bytes())?;
     let output = child.wait_with_output()?;
     if !output.status.success() {
-        bail!("ip {:?}: {}", commands, String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "ip {:?}: {}",
+            commands,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -73,7 +81,10 @@ pub fn link_exists(name: &str) -> bool {
 }
 
 pub fn remove_link(name: &str) {
-    let _ = Command::new("ip").args(["link", "del", name]).stderr(Stdio::null()).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", name])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Host links a previous run left behind (gateway and pod veths whose sandbox is gone).
@@ -89,7 +100,11 @@ pub fn leftover_links() -> Vec<String> {
 
 /// The host end's name for a pod: short (IFNAMSIZ is 16) and stable per pod UID.
 pub fn veth_name(pod_uid: &str) -> String {
-    let compact: String = pod_uid.chars().filter(|c| c.is_ascii_hexdigit()).take(12).collect();
+    let compact: String = pod_uid
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(12)
+        .collect();
     format!("{VETH_PREFIX}{compact}")
 }
 
@@ -135,7 +150,10 @@ mod tests {
     #[test]
     fn addresses_are_reused_lowest_first_and_names_fit_ifnamsiz() {
         let used = [Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 4)];
-        assert_eq!(allocate("10.244.1.0/24", &used).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(
+            allocate("10.244.1.0/24", &used).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 3)
+        );
         let name = veth_name("0a1b2c3d-4e5f-6789-abcd-ef0123456789");
         assert!(name.len() <= 15, "{name}");
         assert_eq!(name, "bwk0a1b2c3d4e5f");

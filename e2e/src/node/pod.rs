@@ -55,8 +55,18 @@ struct Running {
 }
 
 enum Message {
-    Exited { name: String, instance: u32, exit: Exit },
-    Probe { name: String, instance: u32, kind: Kind, passing: bool, detail: String },
+    Exited {
+        name: String,
+        instance: u32,
+        exit: Exit,
+    },
+    Probe {
+        name: String,
+        instance: u32,
+        kind: Kind,
+        passing: bool,
+        detail: String,
+    },
 }
 
 struct Sandbox {
@@ -88,7 +98,9 @@ const VOLUME_REFRESH: Duration = Duration::from_secs(600);
 
 /// Runs the pod until it is deleted (or disappears) and everything it had is cleaned up.
 pub async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Option<Pod>>) {
-    let Some(pod) = updates.borrow_and_update().clone() else { return };
+    let Some(pod) = updates.borrow_and_update().clone() else {
+        return;
+    };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -98,7 +110,11 @@ pub async fn run(ctx: Arc<NodeContext>, mut updates: watch::Receiver<Option<Pod>
         .iter()
         .flatten()
         .map(|c| Record::new(&c.name, c.image.as_deref().unwrap_or_default(), true))
-        .chain(spec.containers.iter().map(|c| Record::new(&c.name, c.image.as_deref().unwrap_or_default(), false)))
+        .chain(
+            spec.containers
+                .iter()
+                .map(|c| Record::new(&c.name, c.image.as_deref().unwrap_or_default(), false)),
+        )
         .collect();
     // After a node restart the pod's containers ran before: their restarts keep counting.
     for record in &mut records {
@@ -191,8 +207,14 @@ impl Worker {
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + Duration::from_secs(2);
         if self.sandbox.is_some() && self.volumes.is_some() {
-            wake = self.restart_at.values().copied().fold(Instant::now() + VOLUME_REFRESH, Instant::min);
-            let waiting = self.records.iter().any(|r| matches!(r.state, State::Waiting { .. }) && !self.restart_at.contains_key(&r.name));
+            wake = self
+                .restart_at
+                .values()
+                .copied()
+                .fold(Instant::now() + VOLUME_REFRESH, Instant::min);
+            let waiting = self.records.iter().any(|r| {
+                matches!(r.state, State::Waiting { .. }) && !self.restart_at.contains_key(&r.name)
+            });
             if waiting {
                 wake = wake.min(Instant::now() + Duration::from_secs(2));
             }
@@ -206,7 +228,10 @@ impl Worker {
 
     fn set_waiting(&mut self, name: &str, reason: &str, message: Option<String>) {
         if let Some(r) = self.records.iter_mut().find(|r| r.name == name) {
-            r.state = State::Waiting { reason: reason.into(), message };
+            r.state = State::Waiting {
+                reason: reason.into(),
+                message,
+            };
         }
     }
 
@@ -222,10 +247,20 @@ impl Worker {
                     let message = format!("{e:#}");
                     if self.sandbox_error.as_ref() != Some(&message) {
                         warn!(pod = %self.name(), error = %message, "pod sandbox failed");
-                        self.event(EventType::Warning, "FailedCreatePodSandBox", message.clone()).await;
+                        self.event(
+                            EventType::Warning,
+                            "FailedCreatePodSandBox",
+                            message.clone(),
+                        )
+                        .await;
                     }
                     self.sandbox_error = Some(message.clone());
-                    for name in self.records.iter().map(|r| r.name.clone()).collect::<Vec<_>>() {
+                    for name in self
+                        .records
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .collect::<Vec<_>>()
+                    {
                         self.set_waiting(&name, "ContainerCreating", Some(message.clone()));
                     }
                     return;
@@ -240,26 +275,47 @@ impl Worker {
                 }
                 Err(e) if self.volumes.is_none() => {
                     let message = format!("{e:#}");
-                    for name in self.records.iter().map(|r| r.name.clone()).collect::<Vec<_>>() {
+                    for name in self
+                        .records
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .collect::<Vec<_>>()
+                    {
                         self.set_waiting(&name, "ContainerCreating", Some(message.clone()));
                     }
                     return;
                 }
-                Err(e) => warn!(pod = %self.name(), error = %format!("{e:#}"), "refreshing volumes failed"),
+                Err(e) => {
+                    warn!(pod = %self.name(), error = %format!("{e:#}"), "refreshing volumes failed")
+                }
             }
         }
         let now = Instant::now();
         // Init containers one at a time, in order; app containers once all succeeded.
-        let init_pending = self.records.iter().find(|r| r.init && !r.succeeded()).map(|r| r.name.clone());
+        let init_pending = self
+            .records
+            .iter()
+            .find(|r| r.init && !r.succeeded())
+            .map(|r| r.name.clone());
         let candidates: Vec<String> = match init_pending {
             Some(name) => vec![name],
-            None => self.records.iter().filter(|r| !r.init).map(|r| r.name.clone()).collect(),
+            None => self
+                .records
+                .iter()
+                .filter(|r| !r.init)
+                .map(|r| r.name.clone())
+                .collect(),
         };
         for name in candidates {
             if self.running.contains_key(&name) {
                 continue;
             }
-            let record = self.records.iter().find(|r| r.name == name).cloned().unwrap();
+            let record = self
+                .records
+                .iter()
+                .find(|r| r.name == name)
+                .cloned()
+                .unwrap();
             let due = self.restart_at.get(&name).is_none_or(|at| *at <= now);
             let startable = match &record.state {
                 State::Waiting { .. } => due,
@@ -276,7 +332,11 @@ impl Worker {
     fn start_sandbox(&mut self) -> Result<Sandbox> {
         let hostname = self.pod.metadata.name.clone().unwrap_or_default();
         let mut command = Command::new(&self.ctx.agent);
-        command.args(["sandbox", &hostname]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command
+            .args(["sandbox", &hostname])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = spawn_bound(command).context("starting the pod sandbox")?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
@@ -287,7 +347,10 @@ impl Worker {
         }
         let ip = {
             let mut used = self.ctx.used_ips.lock().unwrap();
-            let ip = network::allocate(&self.ctx.pod_cidr, &used.iter().copied().collect::<Vec<_>>())?;
+            let ip = network::allocate(
+                &self.ctx.pod_cidr,
+                &used.iter().copied().collect::<Vec<_>>(),
+            )?;
             used.insert(ip);
             ip
         };
@@ -302,19 +365,40 @@ impl Worker {
     }
 
     fn security(&self, container: &Container) -> Result<(u32, u32, Vec<u32>)> {
-        let pod_sc = self.pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+        let pod_sc = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.clone())
+            .unwrap_or_default();
         let sc = container.security_context.clone().unwrap_or_default();
         let uid = sc.run_as_user.or(pod_sc.run_as_user);
         let gid = sc.run_as_group.or(pod_sc.run_as_group);
-        let non_root = sc.run_as_non_root.or(pod_sc.run_as_non_root).unwrap_or(false);
+        let non_root = sc
+            .run_as_non_root
+            .or(pod_sc.run_as_non_root)
+            .unwrap_or(false);
         match uid {
-            None if non_root => anyhow::bail!("container has runAsNonRoot and image will run as root (set runAsUser: images here have no user of their own)"),
-            Some(0) if non_root => anyhow::bail!("container's runAsUser breaks non-root policy (runAsUser 0 with runAsNonRoot)"),
+            None if non_root => anyhow::bail!(
+                "container has runAsNonRoot and image will run as root (set runAsUser: images here have no user of their own)"
+            ),
+            Some(0) if non_root => anyhow::bail!(
+                "container's runAsUser breaks non-root policy (runAsUser 0 with runAsNonRoot)"
+            ),
             _ => {}
         }
-        let mut groups: Vec<u32> = pod_sc.supplemental_groups.iter().flatten().map(|g| *g as u32).collect();
+        let mut groups: Vec<u32> = pod_sc
+            .supplemental_groups
+            .iter()
+            .flatten()
+            .map(|g| *g as u32)
+            .collect();
         groups.extend(pod_sc.fs_group.map(|g| g as u32));
-        Ok((uid.unwrap_or(0) as u32, gid.or(uid).unwrap_or(0) as u32, groups))
+        Ok((
+            uid.unwrap_or(0) as u32,
+            gid.or(uid).unwrap_or(0) as u32,
+            groups,
+        ))
     }
 
     fn files(&self, ip: Ipv4Addr) -> Vec<(String, String)> {
@@ -322,9 +406,17 @@ impl Worker {
         let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
         let mut files = vec![
             ("/etc/hostname".into(), format!("{name}\n")),
-            ("/etc/hosts".into(), format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{name}\n")),
+            (
+                "/etc/hosts".into(),
+                format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n{ip}\t{name}\n"),
+            ),
         ];
-        let policy = self.pod.spec.as_ref().and_then(|s| s.dns_policy.clone()).unwrap_or_else(|| "ClusterFirst".into());
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.dns_policy.clone())
+            .unwrap_or_else(|| "ClusterFirst".into());
         if let (Some(dns), "ClusterFirst") = (self.ctx.cluster_dns, policy.as_str()) {
             files.push((
                 "/etc/resolv.conf".into(),
@@ -335,7 +427,9 @@ impl Worker {
     }
 
     async fn start_container(&mut self, name: &str) {
-        let Some(container) = self.spec_container(name) else { return };
+        let Some(container) = self.spec_container(name) else {
+            return;
+        };
         let prepared = self.prepare_container(&container).await;
         let (spec, log) = match prepared {
             Ok(ready) => ready,
@@ -344,7 +438,12 @@ impl Worker {
                 let record = self.records.iter().find(|r| r.name == name);
                 let changed = !matches!(record.map(|r| &r.state), Some(State::Waiting { reason: r, message: Some(m) }) if r == reason && *m == message);
                 if changed {
-                    self.event(EventType::Warning, "Failed", format!("container {name}: {message}")).await;
+                    self.event(
+                        EventType::Warning,
+                        "Failed",
+                        format!("container {name}: {message}"),
+                    )
+                    .await;
                 }
                 self.set_waiting(name, reason, Some(message));
                 return;
@@ -383,7 +482,11 @@ impl Worker {
                 Ok(s) => (s.code().unwrap_or(0), s.signal()),
                 Err(_) => (255, None),
             };
-            let _ = messages.send(Message::Exited { name: exit_name, instance, exit: Exit::new(code, signal, started_at) });
+            let _ = messages.send(Message::Exited {
+                name: exit_name,
+                instance,
+                exit: Exit::new(code, signal, started_at),
+            });
         });
         let (startup_passed, _) = watch::channel(container.startup_probe.is_none());
         let mut running = Running {
@@ -394,7 +497,11 @@ impl Worker {
             startup_passed,
             killing: None,
         };
-        let ip = self.sandbox.as_ref().map(|s| s.ip.to_string()).unwrap_or_default();
+        let ip = self
+            .sandbox
+            .as_ref()
+            .map(|s| s.ip.to_string())
+            .unwrap_or_default();
         for (kind, probe) in [
             (Kind::Startup, &container.startup_probe),
             (Kind::Liveness, &container.liveness_probe),
@@ -425,28 +532,56 @@ impl Worker {
         }
         self.running.insert(name.to_string(), running);
         info!(pod = %self.name(), container = name, pid, "container started");
-        self.event(EventType::Normal, "Started", format!("Started container {name}")).await;
+        self.event(
+            EventType::Normal,
+            "Started",
+            format!("Started container {name}"),
+        )
+        .await;
     }
 
     /// Everything a container needs before it can start; the error carries the Waiting reason.
-    async fn prepare_container(&self, container: &Container) -> Result<(LaunchSpec, PathBuf), (&'static str, anyhow::Error)> {
+    async fn prepare_container(
+        &self,
+        container: &Container,
+    ) -> Result<(LaunchSpec, PathBuf), (&'static str, anyhow::Error)> {
         let image = container.image.clone().unwrap_or_default();
         let (program, argv) = self
             .ctx
             .images
-            .resolve(&image, container.command.as_deref().unwrap_or_default(), container.args.as_deref().unwrap_or_default())
+            .resolve(
+                &image,
+                container.command.as_deref().unwrap_or_default(),
+                container.args.as_deref().unwrap_or_default(),
+            )
             .map_err(|e| ("ErrImagePull", e))?;
-        let env = volumes::environment(&self.ctx.client, &self.pod, container, &self.ctx.service_env)
-            .await
-            .map_err(|e| ("CreateContainerConfigError", e))?;
+        let env = volumes::environment(
+            &self.ctx.client,
+            &self.pod,
+            container,
+            &self.ctx.service_env,
+        )
+        .await
+        .map_err(|e| ("CreateContainerConfigError", e))?;
         let argv = argv.iter().map(|a| volumes::expand(a, &env)).collect();
-        let (uid, gid, groups) = self.security(container).map_err(|e| ("CreateContainerConfigError", e))?;
+        let (uid, gid, groups) = self
+            .security(container)
+            .map_err(|e| ("CreateContainerConfigError", e))?;
         let volumes = self.volumes.as_ref().expect("volumes before containers");
-        let mounts = volumes.mounts_for(container).map_err(|e| ("CreateContainerConfigError", e))?;
+        let mounts = volumes
+            .mounts_for(container)
+            .map_err(|e| ("CreateContainerConfigError", e))?;
         let sandbox = self.sandbox.as_ref().expect("sandbox before containers");
-        let scratch = self.dir.join("containers").join(format!("{}-{}", container.name, self.next_instance));
+        let scratch = self
+            .dir
+            .join("containers")
+            .join(format!("{}-{}", container.name, self.next_instance));
         let logs = self.dir.join("logs").join(&container.name);
-        let restart = self.records.iter().find(|r| r.name == container.name).map_or(0, |r| r.restart_count);
+        let restart = self
+            .records
+            .iter()
+            .find(|r| r.name == container.name)
+            .map_or(0, |r| r.restart_count);
         (|| -> Result<()> {
             for dir in [scratch.join("layer"), scratch.join("root"), logs.clone()] {
                 std::fs::create_dir_all(dir)?;
@@ -474,44 +609,95 @@ impl Worker {
 
     async fn handle(&mut self, message: Message) {
         match message {
-            Message::Exited { name, instance, mut exit } => {
-                if self.running.get(&name).is_none_or(|r| r.instance != instance) {
+            Message::Exited {
+                name,
+                instance,
+                mut exit,
+            } => {
+                if self
+                    .running
+                    .get(&name)
+                    .is_none_or(|r| r.instance != instance)
+                {
                     return;
                 }
                 let running = self.running.remove(&name).unwrap();
                 for probe in &running.probes {
                     probe.abort();
                 }
-                let _ = std::fs::remove_dir_all(self.dir.join("containers").join(format!("{name}-{instance}")));
+                let _ = std::fs::remove_dir_all(
+                    self.dir
+                        .join("containers")
+                        .join(format!("{name}-{instance}")),
+                );
                 exit.message = running.killing.clone();
                 info!(pod = %self.name(), container = %name, exit_code = exit.exit_code, "container exited");
                 let policy = self.restart_policy();
-                let init = self.records.iter().find(|r| r.name == name).is_some_and(|r| r.init);
+                let init = self
+                    .records
+                    .iter()
+                    .find(|r| r.name == name)
+                    .is_some_and(|r| r.init);
                 // An init container under Always is retried until it succeeds, as OnFailure.
-                let policy = if init && policy == "Always" { "OnFailure".to_string() } else { policy };
+                let policy = if init && policy == "Always" {
+                    "OnFailure".to_string()
+                } else {
+                    policy
+                };
                 let again = status::restarts(&policy, exit.exit_code);
                 let record = self.records.iter_mut().find(|r| r.name == name).unwrap();
                 record.ready = false;
                 record.started = false;
                 if again {
                     // A container that ran ten minutes has earned a fresh back-off, as in the kubelet.
-                    let count = if running.started_at.elapsed() > Duration::from_secs(600) { 0 } else { record.restart_count };
+                    let count = if running.started_at.elapsed() > Duration::from_secs(600) {
+                        0
+                    } else {
+                        record.restart_count
+                    };
                     let delay = status::backoff(count);
                     record.last_exit = Some(exit.clone());
                     record.state = State::Waiting {
-                        reason: if delay.is_zero() { "ContainerCreating" } else { "CrashLoopBackOff" }.into(),
-                        message: (!delay.is_zero()).then(|| format!("back-off {}s restarting failed container {name}", delay.as_secs())),
+                        reason: if delay.is_zero() {
+                            "ContainerCreating"
+                        } else {
+                            "CrashLoopBackOff"
+                        }
+                        .into(),
+                        message: (!delay.is_zero()).then(|| {
+                            format!(
+                                "back-off {}s restarting failed container {name}",
+                                delay.as_secs()
+                            )
+                        }),
                     };
                     self.restart_at.insert(name.clone(), Instant::now() + delay);
                     if !delay.is_zero() {
-                        self.event(EventType::Warning, "BackOff", format!("Back-off restarting failed container {name}")).await;
+                        self.event(
+                            EventType::Warning,
+                            "BackOff",
+                            format!("Back-off restarting failed container {name}"),
+                        )
+                        .await;
                     }
                 } else {
                     record.state = State::Terminated(exit);
                 }
             }
-            Message::Probe { name, instance, kind, passing, detail } => {
-                let Some(running) = self.running.get_mut(&name).filter(|r| r.instance == instance) else { return };
+            Message::Probe {
+                name,
+                instance,
+                kind,
+                passing,
+                detail,
+            } => {
+                let Some(running) = self
+                    .running
+                    .get_mut(&name)
+                    .filter(|r| r.instance == instance)
+                else {
+                    return;
+                };
                 let record = self.records.iter_mut().find(|r| r.name == name).unwrap();
                 match (kind, passing) {
                     (Kind::Readiness, ready) => record.ready = ready,
@@ -519,15 +705,32 @@ impl Worker {
                         record.started = true;
                         let _ = running.startup_passed.send(true);
                         // Without a readiness probe a started container is ready.
-                        if self.spec_container(&name).is_some_and(|c| c.readiness_probe.is_none()) {
-                            self.records.iter_mut().find(|r| r.name == name).unwrap().ready = true;
+                        if self
+                            .spec_container(&name)
+                            .is_some_and(|c| c.readiness_probe.is_none())
+                        {
+                            self.records
+                                .iter_mut()
+                                .find(|r| r.name == name)
+                                .unwrap()
+                                .ready = true;
                         }
                     }
                     (Kind::Startup | Kind::Liveness, false) => {
-                        let what = if kind == Kind::Startup { "startup" } else { "liveness" };
-                        let reason = format!("Container {name} failed {what} probe, will be restarted");
+                        let what = if kind == Kind::Startup {
+                            "startup"
+                        } else {
+                            "liveness"
+                        };
+                        let reason =
+                            format!("Container {name} failed {what} probe, will be restarted");
                         running.killing = Some(reason.clone());
-                        self.event(EventType::Warning, "Unhealthy", format!("{what} probe failed: {detail}")).await;
+                        self.event(
+                            EventType::Warning,
+                            "Unhealthy",
+                            format!("{what} probe failed: {detail}"),
+                        )
+                        .await;
                         self.event(EventType::Normal, "Killing", reason).await;
                         let grace = self.grace();
                         let pid = self.running[&name].pid;
@@ -536,7 +739,12 @@ impl Worker {
                     (Kind::Liveness, true) => {}
                 }
                 if !passing && kind == Kind::Readiness {
-                    self.event(EventType::Warning, "Unhealthy", format!("Readiness probe failed: {detail}")).await;
+                    self.event(
+                        EventType::Warning,
+                        "Unhealthy",
+                        format!("Readiness probe failed: {detail}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -547,7 +755,11 @@ impl Worker {
             .pod
             .metadata
             .deletion_grace_period_seconds
-            .or(self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or(self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30);
         Duration::from_secs(seconds.max(0) as u64)
     }
@@ -571,7 +783,9 @@ impl Worker {
                     // SIGKILL cannot be ignored; the exits follow promptly.
                     let hard = Instant::now() + Duration::from_secs(5);
                     while !self.running.is_empty() && Instant::now() < hard {
-                        if let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                        if let Ok(Some(message)) =
+                            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+                        {
                             self.handle_exit_only(message);
                         }
                     }
@@ -582,8 +796,17 @@ impl Worker {
     }
 
     fn handle_exit_only(&mut self, message: Message) {
-        if let Message::Exited { name, instance, exit } = message {
-            if self.running.get(&name).is_some_and(|r| r.instance == instance) {
+        if let Message::Exited {
+            name,
+            instance,
+            exit,
+        } = message
+        {
+            if self
+                .running
+                .get(&name)
+                .is_some_and(|r| r.instance == instance)
+            {
                 let running = self.running.remove(&name).unwrap();
                 running.probes.iter().for_each(|p| p.abort());
                 if let Some(record) = self.records.iter_mut().find(|r| r.name == name) {
@@ -598,7 +821,12 @@ impl Worker {
     async fn terminate(&mut self, rx: &mut mpsc::UnboundedReceiver<Message>) {
         self.write_status().await;
         if !self.running.is_empty() {
-            self.event(EventType::Normal, "Killing", "Stopping all containers".into()).await;
+            self.event(
+                EventType::Normal,
+                "Killing",
+                "Stopping all containers".into(),
+            )
+            .await;
         }
         let grace = self.grace();
         self.kill_all(grace, rx).await;
@@ -624,7 +852,10 @@ impl Worker {
         );
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
             ..Default::default()
         };
         let name = self.pod.metadata.name.clone().unwrap_or_default();
@@ -643,7 +874,15 @@ impl Worker {
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default()
             .into_iter()
-            .filter(|c| !["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"].contains(&c.type_.as_str()))
+            .filter(|c| {
+                ![
+                    "PodReadyToStartContainers",
+                    "Initialized",
+                    "ContainersReady",
+                    "Ready",
+                ]
+                .contains(&c.type_.as_str())
+            })
             .collect();
         let policy = self.restart_policy();
         let facts = PodFacts {
@@ -664,7 +903,8 @@ impl Worker {
                 *kept = (condition.status.clone(), Timestamp::now());
             }
             if condition.last_transition_time.is_some() && condition.type_ != "PodScheduled" {
-                condition.last_transition_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(kept.1));
+                condition.last_transition_time =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(kept.1));
             }
         }
         let value = serde_json::json!({ "status": status });
@@ -676,7 +916,10 @@ impl Worker {
             self.pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
         let name = self.pod.metadata.name.clone().unwrap_or_default();
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&value)).await {
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&value))
+            .await
+        {
             Ok(_) => self.written = Some(value),
             Err(e) => warn!(pod = %self.name(), error = %e, "pod status update failed"),
         }
@@ -723,9 +966,19 @@ async fn probe_loop(
     let mut verdict = Verdict::default();
     loop {
         let result = probe::check(&probe, &container, &pod_ip, Some(exec_target), &agent).await;
-        let detail = result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let detail = result
+            .as_ref()
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         if let Some(passing) = verdict.record(&timing, result.is_ok()) {
-            let _ = messages.send(Message::Probe { name: container.name.clone(), instance, kind, passing, detail });
+            let _ = messages.send(Message::Probe {
+                name: container.name.clone(),
+                instance,
+                kind,
+                passing,
+                detail,
+            });
             if kind == Kind::Startup && passing {
                 return;
             }
@@ -735,5 +988,9 @@ async fn probe_loop(
 }
 
 pub fn log_dir(node_dir: &Path, pod_uid: &str, container: &str) -> PathBuf {
-    node_dir.join("pods").join(pod_uid).join("logs").join(container)
+    node_dir
+        .join("pods")
+        .join(pod_uid)
+        .join("logs")
+        .join(container)
 }

@@ -26,7 +26,8 @@ pub struct Timing {
 
 impl Timing {
     pub fn of(probe: &Probe) -> Self {
-        let seconds = |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+        let seconds =
+            |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
         Self {
             initial_delay: seconds(probe.initial_delay_seconds, 0),
             period: seconds(probe.period_seconds, 10),
@@ -98,7 +99,10 @@ pub async fn check(
         let port = port_number(&http.port, container)?;
         let scheme = http.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
         let host = http.host.as_deref().unwrap_or(pod_ip);
-        let url = format!("{scheme}://{host}:{port}{}", http.path.as_deref().unwrap_or("/"));
+        let url = format!(
+            "{scheme}://{host}:{port}{}",
+            http.path.as_deref().unwrap_or("/")
+        );
         let client = reqwest::Client::builder()
             .timeout(timeout)
             // The kubelet does not verify probe certificates.
@@ -108,7 +112,11 @@ pub async fn check(
         for header in http.http_headers.iter().flatten() {
             request = request.header(&header.name, &header.value);
         }
-        let status = request.send().await.with_context(|| format!("GET {url}"))?.status();
+        let status = request
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .status();
         if !(200..400).contains(&status.as_u16()) {
             bail!("GET {url}: HTTP {status}");
         }
@@ -127,7 +135,13 @@ pub async fn check(
         let (pid, uid, gid) = exec_target.context("the container is not running")?;
         let mut command = tokio::process::Command::new(agent);
         command
-            .args(["enter", &pid.to_string(), &uid.to_string(), &gid.to_string(), "--"])
+            .args([
+                "enter",
+                &pid.to_string(),
+                &uid.to_string(),
+                &gid.to_string(),
+                "--",
+            ])
             .args(exec.command.iter().flatten())
             .kill_on_drop(true)
             .stdin(std::process::Stdio::null());
@@ -153,7 +167,11 @@ mod tests {
 
     #[test]
     fn verdicts_flip_only_at_the_thresholds() {
-        let timing = Timing::of(&Probe { failure_threshold: Some(2), success_threshold: Some(1), ..Default::default() });
+        let timing = Timing::of(&Probe {
+            failure_threshold: Some(2),
+            success_threshold: Some(1),
+            ..Default::default()
+        });
         let mut verdict = Verdict::default();
         assert_eq!(verdict.record(&timing, true), Some(true));
         assert_eq!(verdict.record(&timing, true), None);

@@ -14,8 +14,15 @@ pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const KUBE_PROXY_TABLES: [&str; 2] = ["ip kube-proxy", "ip6 kube-proxy"];
 
 fn nft(args: &[&str]) -> Option<String> {
-    let output = Command::new("nft").args(args).stderr(Stdio::null()).output().ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    let output = Command::new("nft")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// kube-proxy's tables, if a previous run left them.
@@ -39,7 +46,11 @@ pub fn remove_rules() {
 /// Starts kube-proxy for the whole host (every node agent shares the host's network stack).
 pub fn start_kube_proxy(dir: &Path, kubeconfig: &Path, node: &str) -> Result<Process> {
     anyhow::ensure!(
-        Command::new("nft").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()),
+        Command::new("nft")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
         "kube-proxy's nftables mode needs the nft program (Debian package nftables)"
     );
     let args = vec![
@@ -53,7 +64,13 @@ pub fn start_kube_proxy(dir: &Path, kubeconfig: &Path, node: &str) -> Result<Pro
         "--conntrack-max-per-core=0".into(),
         "--v=0".into(),
     ];
-    Process::spawn("kube-proxy", &binary("kube-proxy")?, &args, &[], &dir.join("logs/kube-proxy.log"))
+    Process::spawn(
+        "kube-proxy",
+        &binary("kube-proxy")?,
+        &args,
+        &[],
+        &dir.join("logs/kube-proxy.log"),
+    )
 }
 
 /// Starts CoreDNS on the pod gateway address, serving cluster.local from the API server.
@@ -69,7 +86,13 @@ pub fn start_coredns(dir: &Path, kubeconfig: &Path) -> Result<Process> {
     )
     .context("writing the Corefile")?;
     let args = vec![format!("-conf={}", corefile.display())];
-    Process::spawn("coredns", &binary("coredns")?, &args, &[], &dir.join("logs/coredns.log"))
+    Process::spawn(
+        "coredns",
+        &binary("coredns")?,
+        &args,
+        &[],
+        &dir.join("logs/coredns.log"),
+    )
 }
 
 /// The `kube-dns` Service and its EndpointSlice (CoreDNS runs on the host, not as a pod).

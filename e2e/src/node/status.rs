@@ -26,7 +26,12 @@ impl Exit {
             // A signal death reports 128+signal, as a shell and the kubelet do.
             exit_code: signal.map_or(exit_code, |s| 128 + s),
             signal,
-            reason: if exit_code == 0 && signal.is_none() { "Completed" } else { "Error" }.into(),
+            reason: if exit_code == 0 && signal.is_none() {
+                "Completed"
+            } else {
+                "Error"
+            }
+            .into(),
             message: None,
             started_at,
             finished_at: Timestamp::now(),
@@ -36,8 +41,14 @@ impl Exit {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { started_at: Timestamp, pid: u32 },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: Timestamp,
+        pid: u32,
+    },
     Terminated(Exit),
 }
 
@@ -62,7 +73,10 @@ impl Container {
             name: name.into(),
             image: image.into(),
             init,
-            state: State::Waiting { reason: "PodInitializing".into(), message: None },
+            state: State::Waiting {
+                reason: "PodInitializing".into(),
+                message: None,
+            },
             last_exit: None,
             restart_count: 0,
             ready: false,
@@ -114,14 +128,22 @@ fn exit_state(exit: &Exit) -> ContainerStateTerminated {
 fn container_status(c: &Container) -> ContainerStatus {
     let state = match &c.state {
         State::Waiting { reason, message } => ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: message.clone(),
+            }),
             ..Default::default()
         },
         State::Running { started_at, .. } => ContainerState {
-            running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
+            running: Some(ContainerStateRunning {
+                started_at: Some(time(*started_at)),
+            }),
             ..Default::default()
         },
-        State::Terminated(exit) => ContainerState { terminated: Some(exit_state(exit)), ..Default::default() },
+        State::Terminated(exit) => ContainerState {
+            terminated: Some(exit_state(exit)),
+            ..Default::default()
+        },
     };
     let container_id = match &c.state {
         State::Running { pid, .. } => Some(format!("bulwark://{pid}")),
@@ -162,9 +184,7 @@ pub struct PodFacts<'a> {
 /// container started; Succeeded/Failed once all app containers stopped for good.
 pub fn phase(facts: &PodFacts, containers: &[Container]) -> &'static str {
     let (init, app): (Vec<&Container>, Vec<&Container>) = containers.iter().partition(|c| c.init);
-    let failed_for_good = |c: &Container| {
-        matches!(&c.state, State::Terminated(exit) if !restarts(facts.restart_policy, exit.exit_code))
-    };
+    let failed_for_good = |c: &Container| matches!(&c.state, State::Terminated(exit) if !restarts(facts.restart_policy, exit.exit_code));
     if init.iter().any(|c| failed_for_good(c) && !c.succeeded()) {
         return "Failed";
     }
@@ -172,12 +192,20 @@ pub fn phase(facts: &PodFacts, containers: &[Container]) -> &'static str {
         return "Pending";
     }
     if app.iter().all(|c| failed_for_good(c)) && !app.is_empty() {
-        return if app.iter().all(|c| c.succeeded()) { "Succeeded" } else { "Failed" };
+        return if app.iter().all(|c| c.succeeded()) {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
     }
     let ever_started = |c: &&Container| {
         matches!(c.state, State::Running { .. } | State::Terminated(_)) || c.restart_count > 0
     };
-    if app.iter().all(ever_started) { "Running" } else { "Pending" }
+    if app.iter().all(ever_started) {
+        "Running"
+    } else {
+        "Pending"
+    }
 }
 
 pub fn pod_status(facts: &PodFacts, containers: &[Container]) -> PodStatus {
@@ -185,31 +213,48 @@ pub fn pod_status(facts: &PodFacts, containers: &[Container]) -> PodStatus {
     let condition = |type_: &str, ok: bool, reason: Option<&str>| PodCondition {
         type_: type_.into(),
         status: if ok { "True" } else { "False" }.into(),
-        reason: (!ok).then(|| reason.unwrap_or_default().to_string()).filter(|r| !r.is_empty()),
+        reason: (!ok)
+            .then(|| reason.unwrap_or_default().to_string())
+            .filter(|r| !r.is_empty()),
         last_transition_time: Some(time(now)),
         ..Default::default()
     };
-    let init_done = containers.iter().filter(|c| c.init).all(Container::succeeded);
+    let init_done = containers
+        .iter()
+        .filter(|c| c.init)
+        .all(Container::succeeded);
     let app: Vec<&Container> = containers.iter().filter(|c| !c.init).collect();
     let containers_ready = !facts.terminating
-        && app.iter().all(|c| c.ready && matches!(c.state, State::Running { .. }));
+        && app
+            .iter()
+            .all(|c| c.ready && matches!(c.state, State::Running { .. }));
     let mut conditions = facts.foreign_conditions.clone();
     conditions.extend([
         condition("PodReadyToStartContainers", facts.sandbox_ready, None),
         condition("Initialized", init_done, Some("ContainersNotInitialized")),
-        condition("ContainersReady", containers_ready, Some("ContainersNotReady")),
+        condition(
+            "ContainersReady",
+            containers_ready,
+            Some("ContainersNotReady"),
+        ),
         condition("Ready", containers_ready, Some("ContainersNotReady")),
     ]);
     PodStatus {
         phase: Some(phase(facts, containers).into()),
         conditions: Some(conditions),
         host_ip: Some(facts.host_ip.clone()),
-        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP { ip: facts.host_ip.clone() }]),
+        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
+            ip: facts.host_ip.clone(),
+        }]),
         pod_ip: facts.pod_ip.clone(),
         pod_ips: facts.pod_ip.clone().map(|ip| vec![PodIP { ip }]),
         start_time: Some(time(facts.start_time)),
         init_container_statuses: Some(
-            containers.iter().filter(|c| c.init).map(container_status).collect(),
+            containers
+                .iter()
+                .filter(|c| c.init)
+                .map(container_status)
+                .collect(),
         ),
         container_statuses: Some(app.iter().map(|c| container_status(c)).collect()),
         qos_class: Some("BestEffort".into()),
@@ -235,7 +280,10 @@ mod tests {
 
     fn running(name: &str, ready: bool) -> Container {
         let mut c = Container::new(name, "img", false);
-        c.state = State::Running { started_at: Timestamp::now(), pid: 1 };
+        c.state = State::Running {
+            started_at: Timestamp::now(),
+            pid: 1,
+        };
         c.ready = ready;
         c.started = true;
         c
@@ -248,7 +296,15 @@ mod tests {
     }
 
     fn condition(status: &PodStatus, type_: &str) -> String {
-        status.conditions.as_ref().unwrap().iter().find(|c| c.type_ == type_).unwrap().status.clone()
+        status
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap()
+            .status
+            .clone()
     }
 
     #[test]
@@ -258,20 +314,44 @@ mod tests {
         assert_eq!(condition(&pod_status(&f, &both), "Ready"), "True");
         let one = [running("a", true), running("b", false)];
         assert_eq!(condition(&pod_status(&f, &one), "Ready"), "False");
-        let terminating = PodFacts { terminating: true, ..facts("Always") };
-        assert_eq!(condition(&pod_status(&terminating, &both), "Ready"), "False");
+        let terminating = PodFacts {
+            terminating: true,
+            ..facts("Always")
+        };
+        assert_eq!(
+            condition(&pod_status(&terminating, &both), "Ready"),
+            "False"
+        );
     }
 
     #[test]
     fn phases_follow_init_containers_and_restart_policy() {
         let f = facts("Always");
-        assert_eq!(phase(&f, &[exited("init", 1, true), Container::new("app", "i", false)]), "Pending");
+        assert_eq!(
+            phase(
+                &f,
+                &[exited("init", 1, true), Container::new("app", "i", false)]
+            ),
+            "Pending"
+        );
         assert_eq!(phase(&facts("Never"), &[exited("init", 1, true)]), "Failed");
-        assert_eq!(phase(&f, &[exited("init", 0, true), running("app", false)]), "Running");
+        assert_eq!(
+            phase(&f, &[exited("init", 0, true), running("app", false)]),
+            "Running"
+        );
         // Under Always an exited container is restarting: still Running.
         assert_eq!(phase(&f, &[exited("app", 0, false)]), "Running");
-        assert_eq!(phase(&facts("OnFailure"), &[exited("app", 0, false)]), "Succeeded");
-        assert_eq!(phase(&facts("Never"), &[exited("a", 0, false), exited("b", 2, false)]), "Failed");
+        assert_eq!(
+            phase(&facts("OnFailure"), &[exited("app", 0, false)]),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(
+                &facts("Never"),
+                &[exited("a", 0, false), exited("b", 2, false)]
+            ),
+            "Failed"
+        );
         assert_eq!(phase(&f, &[Container::new("app", "i", false)]), "Pending");
     }
 

@@ -4,10 +4,10 @@
 
 use super::launch::BindMount;
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, BoundObjectReference};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector,
-    PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, ObjectFieldSelector, PersistentVolume,
+    PersistentVolumeClaim, Pod, Secret, ServiceAccount, Volume,
 };
 use kube::api::{Api, PostParams};
 use std::collections::BTreeMap;
@@ -23,7 +23,10 @@ pub fn field_value(pod: &Pod, selector: &ObjectFieldSelector) -> Result<String> 
     let path = selector.field_path.as_str();
     let from_map = |map: &Option<BTreeMap<String, String>>, rest: &str| {
         let key = rest.trim_start_matches("['").trim_end_matches("']");
-        map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default()
+        map.as_ref()
+            .and_then(|m| m.get(key))
+            .cloned()
+            .unwrap_or_default()
     };
     let render = |map: &Option<BTreeMap<String, String>>| {
         map.iter()
@@ -38,7 +41,11 @@ pub fn field_value(pod: &Pod, selector: &ObjectFieldSelector) -> Result<String> 
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "metadata.labels" => render(&meta.labels),
         "metadata.annotations" => render(&meta.annotations),
-        "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
         "spec.serviceAccountName" => pod
             .spec
             .as_ref()
@@ -57,7 +64,9 @@ fn write_files(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<()>
     std::fs::create_dir_all(dir)?;
     for (relative, contents) in files {
         anyhow::ensure!(
-            !relative.split('/').any(|part| part == ".." || part.is_empty()),
+            !relative
+                .split('/')
+                .any(|part| part == ".." || part.is_empty()),
             "volume path {relative:?} must be relative and stay inside the volume"
         );
         let path = dir.join(relative);
@@ -73,7 +82,11 @@ fn write_files(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<()>
 }
 
 /// Keys of a ConfigMap or Secret as files: every key, or only `items` at their paths.
-fn key_files(data: BTreeMap<String, Vec<u8>>, items: &Option<Vec<KeyToPath>>, what: &str) -> Result<Vec<(String, Vec<u8>)>> {
+fn key_files(
+    data: BTreeMap<String, Vec<u8>>,
+    items: &Option<Vec<KeyToPath>>,
+    what: &str,
+) -> Result<Vec<(String, Vec<u8>)>> {
     match items {
         None => Ok(data.into_iter().collect()),
         Some(items) => items
@@ -95,14 +108,29 @@ fn configmap_data(cm: ConfigMap) -> BTreeMap<String, Vec<u8>> {
         .into_iter()
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
-    data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+    data.extend(
+        cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
     data
 }
 
 fn secret_data(secret: Secret) -> BTreeMap<String, Vec<u8>> {
-    let mut data: BTreeMap<String, Vec<u8>> =
-        secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    data.extend(secret.string_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())));
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    data.extend(
+        secret
+            .string_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes())),
+    );
     data
 }
 
@@ -125,7 +153,13 @@ impl PodVolumes {
     pub async fn prepare(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Result<Self> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut dirs = BTreeMap::new();
-        for volume in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+        for volume in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
             let dir = pod_dir.join("volumes").join(&volume.name);
             let dir = materialise(client, pod, ns, volume, dir)
                 .await
@@ -142,13 +176,15 @@ impl PodVolumes {
             .iter()
             .flatten()
             .map(|mount| {
-                let dir = self
-                    .dirs
-                    .get(&mount.name)
-                    .with_context(|| format!("volumeMount {:?} names no volume of the pod", mount.name))?;
+                let dir = self.dirs.get(&mount.name).with_context(|| {
+                    format!("volumeMount {:?} names no volume of the pod", mount.name)
+                })?;
                 let source = match mount.sub_path.as_deref().filter(|s| !s.is_empty()) {
                     Some(sub) => {
-                        anyhow::ensure!(!sub.split('/').any(|p| p == ".."), "subPath {sub:?} leaves the volume");
+                        anyhow::ensure!(
+                            !sub.split('/').any(|p| p == ".."),
+                            "subPath {sub:?} leaves the volume"
+                        );
                         let path = dir.join(sub);
                         if !path.exists() {
                             std::fs::create_dir_all(&path)?;
@@ -167,7 +203,13 @@ impl PodVolumes {
     }
 }
 
-async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume, dir: PathBuf) -> Result<PathBuf> {
+async fn materialise(
+    client: &kube::Client,
+    pod: &Pod,
+    ns: &str,
+    volume: &Volume,
+    dir: PathBuf,
+) -> Result<PathBuf> {
     if volume.empty_dir.is_some() {
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
@@ -179,7 +221,11 @@ async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume
     if let Some(source) = &volume.config_map {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let files = match api.get_opt(&source.name).await? {
-            Some(cm) => key_files(configmap_data(cm), &source.items, &format!("ConfigMap {}", source.name))?,
+            Some(cm) => key_files(
+                configmap_data(cm),
+                &source.items,
+                &format!("ConfigMap {}", source.name),
+            )?,
             None if source.optional == Some(true) => vec![],
             None => bail!("ConfigMap {:?} not found", source.name),
         };
@@ -190,7 +236,11 @@ async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume
         let name = source.secret_name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
         let files = match api.get_opt(&name).await? {
-            Some(secret) => key_files(secret_data(secret), &source.items, &format!("Secret {name}"))?,
+            Some(secret) => key_files(
+                secret_data(secret),
+                &source.items,
+                &format!("Secret {name}"),
+            )?,
             None if source.optional == Some(true) => vec![],
             None => bail!("Secret {name:?} not found"),
         };
@@ -206,13 +256,24 @@ async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume
         let mut files = vec![];
         for source in projected.sources.iter().flatten() {
             if let Some(token) = &source.service_account_token {
-                let value = service_account_token(client, pod, ns, token.audience.clone(), token.expiration_seconds).await?;
+                let value = service_account_token(
+                    client,
+                    pod,
+                    ns,
+                    token.audience.clone(),
+                    token.expiration_seconds,
+                )
+                .await?;
                 files.push((token.path.clone(), value.into_bytes()));
             }
             if let Some(cm) = &source.config_map {
                 let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
                 match api.get_opt(&cm.name).await? {
-                    Some(found) => files.extend(key_files(configmap_data(found), &cm.items, &format!("ConfigMap {}", cm.name))?),
+                    Some(found) => files.extend(key_files(
+                        configmap_data(found),
+                        &cm.items,
+                        &format!("ConfigMap {}", cm.name),
+                    )?),
                     None if cm.optional == Some(true) => {}
                     None => bail!("ConfigMap {:?} not found", cm.name),
                 }
@@ -220,13 +281,20 @@ async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume
             if let Some(secret) = &source.secret {
                 let api: Api<Secret> = Api::namespaced(client.clone(), ns);
                 match api.get_opt(&secret.name).await? {
-                    Some(found) => files.extend(key_files(secret_data(found), &secret.items, &format!("Secret {}", secret.name))?),
+                    Some(found) => files.extend(key_files(
+                        secret_data(found),
+                        &secret.items,
+                        &format!("Secret {}", secret.name),
+                    )?),
                     None if secret.optional == Some(true) => {}
                     None => bail!("Secret {:?} not found", secret.name),
                 }
             }
             if let Some(downward) = &source.downward_api {
-                files.extend(downward_files(pod, downward.items.as_deref().unwrap_or_default())?);
+                files.extend(downward_files(
+                    pod,
+                    downward.items.as_deref().unwrap_or_default(),
+                )?);
             }
         }
         write_files(&dir, &files, projected.default_mode.unwrap_or(0o644) as u32)?;
@@ -241,8 +309,15 @@ async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume
             .spec
             .and_then(|s| s.volume_name)
             .filter(|n| !n.is_empty())
-            .with_context(|| format!("PersistentVolumeClaim {:?} is not bound yet", claim.claim_name))?;
-        let pv = Api::<PersistentVolume>::all(client.clone()).get(&pv_name).await?;
+            .with_context(|| {
+                format!(
+                    "PersistentVolumeClaim {:?} is not bound yet",
+                    claim.claim_name
+                )
+            })?;
+        let pv = Api::<PersistentVolume>::all(client.clone())
+            .get(&pv_name)
+            .await?;
         let spec = pv.spec.unwrap_or_default();
         let path = spec
             .local
@@ -251,7 +326,9 @@ async fn materialise(client: &kube::Client, pod: &Pod, ns: &str, volume: &Volume
             .with_context(|| format!("PersistentVolume {pv_name} is neither local nor hostPath"))?;
         return Ok(PathBuf::from(path));
     }
-    bail!("this node agent supports emptyDir, configMap, secret, downwardAPI, projected, hostPath and persistentVolumeClaim volumes")
+    bail!(
+        "this node agent supports emptyDir, configMap, secret, downwardAPI, projected, hostPath and persistentVolumeClaim volumes"
+    )
 }
 
 /// A token for the pod's ServiceAccount, bound to the pod (TokenRequest, as the kubelet asks).
@@ -285,7 +362,10 @@ async fn service_account_token(
         .create_subresource("token", &account, &PostParams::default(), &request)
         .await
         .with_context(|| format!("requesting a token for ServiceAccount {account}"))?;
-    answer.status.and_then(|s| s.token).context("TokenRequest answered without a token")
+    answer
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest answered without a token")
 }
 
 /// Expands `$(VAR)` references to variables defined so far; `$$(VAR)` stays literal `$(VAR)`.
@@ -298,7 +378,8 @@ pub fn expand(value: &str, defined: &[(String, String)]) -> String {
         if let Some(escaped) = tail.strip_prefix("$$") {
             out.push('$');
             rest = escaped;
-        } else if let Some((name, after)) = tail.strip_prefix("$(").and_then(|t| t.split_once(')')) {
+        } else if let Some((name, after)) = tail.strip_prefix("$(").and_then(|t| t.split_once(')'))
+        {
             match defined.iter().rev().find(|(k, _)| k == name) {
                 Some((_, v)) => out.push_str(v),
                 None => out.push_str(&format!("$({name})")),
@@ -325,8 +406,14 @@ pub async fn environment(
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        ("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default()),
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        (
+            "HOSTNAME".into(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
     ];
     env.extend(service_env.iter().cloned());
     for source in container.env_from.iter().flatten() {
@@ -346,7 +433,12 @@ pub async fn environment(
         } else {
             BTreeMap::new()
         };
-        env.extend(data.into_iter().map(|(k, v)| (format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned())));
+        env.extend(data.into_iter().map(|(k, v)| {
+            (
+                format!("{prefix}{k}"),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        }));
     }
     for var in container.env.iter().flatten() {
         let value = match &var.value_from {
@@ -359,14 +451,24 @@ pub async fn environment(
                     match found.and_then(|d| d.get(&key.key).cloned()) {
                         Some(v) => String::from_utf8_lossy(&v).into_owned(),
                         None if key.optional == Some(true) => continue,
-                        None => bail!("env {}: Secret {:?} has no key {:?}", var.name, key.name, key.key),
+                        None => bail!(
+                            "env {}: Secret {:?} has no key {:?}",
+                            var.name,
+                            key.name,
+                            key.key
+                        ),
                     }
                 } else if let Some(key) = &from.config_map_key_ref {
                     let found = configmaps.get_opt(&key.name).await?.map(configmap_data);
                     match found.and_then(|d| d.get(&key.key).cloned()) {
                         Some(v) => String::from_utf8_lossy(&v).into_owned(),
                         None if key.optional == Some(true) => continue,
-                        None => bail!("env {}: ConfigMap {:?} has no key {:?}", var.name, key.name, key.key),
+                        None => bail!(
+                            "env {}: ConfigMap {:?} has no key {:?}",
+                            var.name,
+                            key.name,
+                            key.key
+                        ),
                     }
                 } else {
                     // resourceFieldRef: this agent enforces no resources, so limits read as 0.
@@ -378,8 +480,11 @@ pub async fn environment(
     }
     // Later definitions win, as in a container runtime.
     let mut seen = std::collections::HashSet::new();
-    let mut deduplicated: Vec<(String, String)> =
-        env.into_iter().rev().filter(|(k, _)| seen.insert(k.clone())).collect();
+    let mut deduplicated: Vec<(String, String)> = env
+        .into_iter()
+        .rev()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .collect();
     deduplicated.reverse();
     Ok(deduplicated)
 }
@@ -402,7 +507,13 @@ mod tests {
         }))
         .unwrap();
         let field = |path: &str| {
-            field_value(&pod, &ObjectFieldSelector { field_path: path.into(), api_version: None })
+            field_value(
+                &pod,
+                &ObjectFieldSelector {
+                    field_path: path.into(),
+                    api_version: None,
+                },
+            )
         };
         assert_eq!(field("metadata.labels['app']").unwrap(), "web");
         assert_eq!(field("spec.nodeName").unwrap(), "node-a");
