@@ -7,7 +7,7 @@
 //!   bulwark-node enter PID UID GID -- COMMAND...
 
 use anyhow::{Context, Result, bail};
-use bulwark_e2e::node::{agent, images::ImageTable, launch};
+use bulwark_e2e::node::{agent, images::ImageTable, launch, logs};
 use std::path::PathBuf;
 
 fn main() -> Result<()> {
@@ -66,6 +66,11 @@ fn run_agent(args: &[String]) -> Result<()> {
             .map(|p| p.parse())
             .transpose()?
             .unwrap_or(10250),
+        tls: logs::TlsFiles {
+            cert: required("tls-cert")?.into(),
+            key: required("tls-key")?.into(),
+            client_ca: required("client-ca")?.into(),
+        },
     };
     tracing_subscriber::fmt()
         .json()

@@ -37,7 +37,7 @@ fn main() {
     }
 }
 
-fn query<'a>(target: &'a str, key: &str) -> Option<String> {
+fn query(target: &str, key: &str) -> Option<String> {
     let (_, query) = target.split_once('?')?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;

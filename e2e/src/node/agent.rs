@@ -38,8 +38,9 @@ pub struct AgentConfig {
     pub cluster_dns: Option<Ipv4Addr>,
     /// Where pods reach the API server as the `kubernetes` Service (host, port).
     pub kubernetes_service: (String, u16),
-    /// The port this agent serves container logs on for the API server.
+    /// The port this agent serves container logs on for the API server, and its TLS files.
     pub kubelet_port: u16,
+    pub tls: super::logs::TlsFiles,
 }
 
 fn service_env(host: &str, port: u16) -> Vec<(String, String)> {
@@ -86,9 +87,18 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> Result<()> {
                 instance: Some(config.node.clone()),
             },
         ),
+        pods: Mutex::new(Default::default()),
+        live_logs: Mutex::new(Default::default()),
     });
+    let tls = super::logs::TlsFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+    };
+    let logs_address = std::net::SocketAddr::from((network::GATEWAY, config.kubelet_port));
     let config = Arc::new(config);
     tokio::try_join!(
+        super::logs::serve(ctx.clone(), logs_address, tls),
         heartbeat(client.clone(), config.clone()),
         run_pods(ctx.clone()),
         provision(client.clone(), config.clone()),
@@ -245,6 +255,12 @@ async fn run_pods(ctx: Arc<NodeContext>) -> Result<()> {
         };
         let mut deliver = |pod: Pod| {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let key = format!(
+                "{}/{}",
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                pod.metadata.name.as_deref().unwrap_or_default()
+            );
+            ctx.pods.lock().unwrap().insert(key, uid.clone());
             match workers.get(&uid) {
                 Some((tx, _)) => {
                     let _ = tx.send(Some(pod));

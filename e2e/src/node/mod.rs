@@ -7,6 +7,7 @@ pub mod agent;
 pub mod host;
 pub mod images;
 pub mod launch;
+pub mod logs;
 pub mod network;
 pub mod pod;
 pub mod probe;

@@ -42,11 +42,30 @@ pub struct NodeContext {
     pub service_env: Vec<(String, String)>,
     pub used_ips: Mutex<HashSet<Ipv4Addr>>,
     pub recorder: Recorder,
+    /// `namespace/name` → UID of the pods on this node, for the containerLogs endpoint.
+    pub pods: Mutex<BTreeMap<String, String>>,
+    /// Log files a running container is still writing (`kubectl logs -f` follows these).
+    pub live_logs: Mutex<HashSet<PathBuf>>,
+}
+
+impl NodeContext {
+    pub fn pod_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.pods
+            .lock()
+            .unwrap()
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    pub fn is_logging(&self, file: &Path) -> bool {
+        self.live_logs.lock().unwrap().contains(file)
+    }
 }
 
 /// A container process the worker started.
 struct Running {
     pid: u32,
+    log: PathBuf,
     instance: u32,
     started_at: Instant,
     probes: Vec<tokio::task::JoinHandle<()>>,
@@ -489,8 +508,10 @@ impl Worker {
             });
         });
         let (startup_passed, _) = watch::channel(container.startup_probe.is_none());
+        self.ctx.live_logs.lock().unwrap().insert(log.clone());
         let mut running = Running {
             pid,
+            log: log.clone(),
             instance,
             started_at: Instant::now(),
             probes: vec![],
@@ -614,22 +635,9 @@ impl Worker {
                 instance,
                 mut exit,
             } => {
-                if self
-                    .running
-                    .get(&name)
-                    .is_none_or(|r| r.instance != instance)
-                {
+                let Some(running) = self.take_exited(&name, instance) else {
                     return;
-                }
-                let running = self.running.remove(&name).unwrap();
-                for probe in &running.probes {
-                    probe.abort();
-                }
-                let _ = std::fs::remove_dir_all(
-                    self.dir
-                        .join("containers")
-                        .join(format!("{name}-{instance}")),
-                );
+                };
                 exit.message = running.killing.clone();
                 info!(pod = %self.name(), container = %name, exit_code = exit.exit_code, "container exited");
                 let policy = self.restart_policy();
@@ -796,25 +804,41 @@ impl Worker {
     }
 
     fn handle_exit_only(&mut self, message: Message) {
-        if let Message::Exited {
+        let Message::Exited {
             name,
             instance,
             exit,
         } = message
+        else {
+            return;
+        };
+        if self.take_exited(&name, instance).is_some()
+            && let Some(record) = self.records.iter_mut().find(|r| r.name == name)
         {
-            if self
-                .running
-                .get(&name)
-                .is_some_and(|r| r.instance == instance)
-            {
-                let running = self.running.remove(&name).unwrap();
-                running.probes.iter().for_each(|p| p.abort());
-                if let Some(record) = self.records.iter_mut().find(|r| r.name == name) {
-                    record.state = State::Terminated(exit);
-                    record.ready = false;
-                }
-            }
+            record.state = State::Terminated(exit);
+            record.ready = false;
         }
+    }
+
+    /// Forgets the container instance that exited (its probes, live log and scratch directory);
+    /// `None` if that instance is not the one running (a late message).
+    fn take_exited(&mut self, name: &str, instance: u32) -> Option<Running> {
+        if self
+            .running
+            .get(name)
+            .is_none_or(|r| r.instance != instance)
+        {
+            return None;
+        }
+        let running = self.running.remove(name)?;
+        self.ctx.live_logs.lock().unwrap().remove(&running.log);
+        running.probes.iter().for_each(|p| p.abort());
+        let _ = std::fs::remove_dir_all(
+            self.dir
+                .join("containers")
+                .join(format!("{name}-{instance}")),
+        );
+        Some(running)
     }
 
     /// Graceful deletion: not Ready at once, containers stopped within the grace period.
@@ -859,10 +883,10 @@ impl Worker {
             ..Default::default()
         };
         let name = self.pod.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = api.delete(&name, &params).await {
-            if !bulwark_controllers::runtime::is_not_found(&e) {
-                warn!(pod = %self.name(), error = %e, "final delete failed");
-            }
+        if let Err(e) = api.delete(&name, &params).await
+            && !bulwark_controllers::runtime::is_not_found(&e)
+        {
+            warn!(pod = %self.name(), error = %e, "final delete failed");
         }
     }
 

@@ -257,7 +257,6 @@ pub fn pod_status(facts: &PodFacts, containers: &[Container]) -> PodStatus {
                 .collect(),
         ),
         container_statuses: Some(app.iter().map(|c| container_status(c)).collect()),
-        qos_class: Some("BestEffort".into()),
         ..Default::default()
     }
 }
