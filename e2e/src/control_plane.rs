@@ -108,6 +108,11 @@ impl ControlPlane {
         let kwok_kubeconfig = write_kubeconfig("kwok", "kwok", &["system:masters"])?;
         let proxy_kubeconfig = write_kubeconfig("kube-proxy", "system:kube-proxy", &[])?;
         let coredns_kubeconfig = write_kubeconfig("coredns", "coredns", &["system:masters"])?;
+        let netpol_kubeconfig = write_kubeconfig(
+            "network-policies",
+            "bulwark-network-policies",
+            &["system:masters"],
+        )?;
         let kubelet_client =
             authority.client("kube-apiserver-kubelet-client", &["system:masters"])?;
         let stages = dir.join("kwok-stages.yaml");
@@ -284,6 +289,13 @@ impl ControlPlane {
         plane
             .processes
             .push(services::start_coredns(&dir, &coredns_kubeconfig)?);
+        plane.processes.push(Process::spawn(
+            "network-policies",
+            &workspace_binary("bulwark-e2e", "bulwark-node")?,
+            &["network-policies".to_string()],
+            &[("KUBECONFIG", netpol_kubeconfig.as_path())],
+            &dir.join("logs/network-policies.log"),
+        )?);
         crate::block_on(plane.wait_for_nodes(ZONES.len() * 2))?;
         plane.started_in = started.elapsed();
         Ok(plane)

@@ -142,13 +142,13 @@ fn sigkilled_owner_leaves_nothing_behind_after_the_next_start() {
         id.trim_start_matches("bulwark://").parse().unwrap()
     });
     let components = processes_mentioning(&run_dir);
-    // etcd, kube-apiserver, controller-manager, scheduler, kwok, kube-proxy, CoreDNS, three node
-    // agents, the operator and the pod's sandbox. The owner's own command line does not mention
+    // etcd, kube-apiserver, controller-manager, scheduler, kwok, kube-proxy, CoreDNS, the
+    // NetworkPolicy enforcer, three node agents, the operator and the pod's sandbox. The owner's own command line does not mention
     // its run directory, nor does the container, which has only the pod's environment.
     assert_eq!(
         components.len(),
-        12,
-        "expected 12 processes, found {components:?}"
+        13,
+        "expected 13 processes, found {components:?}"
     );
     child.kill().unwrap();
     child.wait().unwrap();

@@ -431,3 +431,66 @@ async fn a_file_on_a_claim_survives_the_pod() {
     // Nothing of the claim leaked onto the host: the mount point exists only inside the pod.
     assert!(!std::path::Path::new("/var/lib/testpod").exists());
 }
+
+#[tokio::test]
+async fn a_network_policy_isolates_a_pod_until_it_is_deleted() {
+    if !local_cluster() {
+        return;
+    }
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pods").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(
+        &PostParams::default(),
+        &testpod("b", json!({"app": "b"}), json!({})),
+    )
+    .await
+    .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &testpod("a", json!({"app": "a"}), json!({})),
+    )
+    .await
+    .unwrap();
+    let b = pod_ip(&ready_pod(&pods, "b").await);
+    let a = pod_ip(&ready_pod(&pods, "a").await);
+    let a_to_b = format!("http://{a}:8080/fetch?url=http://{b}:8080/");
+    assert_eq!(http_get(&a_to_b).await.unwrap().trim(), "b");
+
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), &ns);
+    let isolate_b = serde_json::from_value(json!({
+        "metadata": {"name": "isolate-b"},
+        "spec": {"podSelector": {"matchLabels": {"app": "b"}},
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "trusted"}}}]}]},
+    }))
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &isolate_b)
+        .await
+        .unwrap();
+    let isolated = Instant::now();
+    let refused = eventually(Duration::from_secs(15), "A cut off from B", || async {
+        http_get(&a_to_b).await.err()
+    })
+    .await
+    .unwrap();
+    eprintln!("policy enforced within {:?}: {refused}", isolated.elapsed());
+    assert!(
+        refused.contains("connecting to"),
+        "the connection is dropped, not answered: {refused}"
+    );
+    // Probes come from the host, which policies do not filter: B stays Ready.
+    assert!(is_ready(&pods.get("b").await.unwrap()));
+
+    policies
+        .delete("isolate-b", &DeleteParams::default())
+        .await
+        .unwrap();
+    let healed = eventually(Duration::from_secs(15), "A reaches B again", || async {
+        http_get(&a_to_b).await.ok()
+    })
+    .await
+    .unwrap();
+    assert_eq!(healed.trim(), "b");
+}

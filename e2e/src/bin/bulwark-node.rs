@@ -2,12 +2,13 @@
 //! runs its pods with (see e2e/src/node). Not a user-facing tool; the harness starts it.
 //!
 //!   bulwark-node agent --node N --zone Z --pod-cidr CIDR --dir DIR [--image REPO=PATH]... (KUBECONFIG)
+//!   bulwark-node network-policies (KUBECONFIG)
 //!   bulwark-node sandbox HOSTNAME
 //!   bulwark-node container SPEC.json
 //!   bulwark-node enter PID UID GID -- COMMAND...
 
 use anyhow::{Context, Result, bail};
-use bulwark_e2e::node::{agent, images::ImageTable, launch, logs};
+use bulwark_e2e::node::{agent, images::ImageTable, launch, logs, netpol};
 use std::path::PathBuf;
 
 fn main() -> Result<()> {
@@ -34,7 +35,13 @@ fn main() -> Result<()> {
             launch::enter(number(1)? as i32, number(2)?, number(3)?, &command)
         }
         Some("agent") => run_agent(&args[1..]),
-        _ => bail!("usage: bulwark-node agent|sandbox|container|enter ..."),
+        Some("network-policies") => runtime()?.block_on(async {
+            let client = kube::Client::try_default()
+                .await
+                .context("KUBECONFIG for the enforcer")?;
+            netpol::enforce(client).await
+        }),
+        _ => bail!("usage: bulwark-node agent|network-policies|sandbox|container|enter ..."),
     }
 }
 
@@ -72,6 +79,16 @@ fn run_agent(args: &[String]) -> Result<()> {
             client_ca: required("client-ca")?.into(),
         },
     };
+    runtime()?.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("KUBECONFIG for the node agent")?;
+        agent::run(config, client).await
+    })
+}
+
+/// Logging and a small runtime for the long-running modes.
+fn runtime() -> Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -79,14 +96,8 @@ fn run_agent(args: &[String]) -> Result<()> {
         )
         .init();
     bulwark_controllers::runtime::ensure_crypto_provider();
-    tokio::runtime::Builder::new_multi_thread()
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?
-        .block_on(async {
-            let client = kube::Client::try_default()
-                .await
-                .context("KUBECONFIG for the node agent")?;
-            agent::run(config, client).await
-        })
+        .build()?)
 }

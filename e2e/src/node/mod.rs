@@ -8,6 +8,7 @@ pub mod host;
 pub mod images;
 pub mod launch;
 pub mod logs;
+pub mod netpol;
 pub mod network;
 pub mod pod;
 pub mod probe;

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 
 /// The `kube-dns` Service's ClusterIP, written into pods' resolv.conf.
 pub const CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-/// The nftables tables kube-proxy owns in nftables mode.
-const KUBE_PROXY_TABLES: [&str; 2] = ["ip kube-proxy", "ip6 kube-proxy"];
+/// The nftables tables the local control plane's host processes own: kube-proxy's (nftables
+/// mode) and the NetworkPolicy enforcer's.
+const HOST_TABLES: [&str; 3] = ["ip kube-proxy", "ip6 kube-proxy", "inet bulwark-netpol"];
 
 fn nft(args: &[&str]) -> Option<String> {
     let output = Command::new("nft")
@@ -25,10 +26,10 @@ fn nft(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// kube-proxy's tables, if a previous run left them.
+/// Host nftables tables, if a previous run left them.
 pub fn leftover_rules() -> Vec<String> {
     let listed = nft(&["list", "tables"]).unwrap_or_default();
-    KUBE_PROXY_TABLES
+    HOST_TABLES
         .iter()
         .filter(|t| listed.lines().any(|l| l.trim() == format!("table {t}")))
         .map(|t| t.to_string())
