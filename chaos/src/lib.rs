@@ -1,3 +1,4 @@
 //! Fault injectors. Each one is small, explicit and off unless a test or a drill turns it on.
 
+pub mod node_agent;
 pub mod slow_enactor;

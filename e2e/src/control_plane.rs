@@ -231,7 +231,8 @@ impl ControlPlane {
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
                 "--cidr=10.244.0.1/16".into(),
                 "--node-ip=10.0.0.1".into(),
-                "--node-lease-duration-seconds=40".into(),
+                // Renewed every quarter of this; the controller-manager allows 10 s without one.
+                "--node-lease-duration-seconds=8".into(),
                 format!("--server-address=127.0.0.1:{}", free_port()?),
             ],
         )?;

@@ -272,16 +272,9 @@ async fn liveness_failures_and_crashes_restart_the_container_and_deletion_honour
         "ok"
     );
 
-    // A crash (SIGKILL of the container's process) is an exit that restartPolicy Always restarts.
-    let pid: i32 = container_status(&pod)
-        .unwrap()
-        .container_id
-        .unwrap()
-        .trim_start_matches("bulwark://")
-        .parse()
-        .unwrap();
-    // SAFETY: kill(2) of the container's process, which runs on this machine.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // A crash (SIGKILL of every container process) is an exit that restartPolicy Always restarts.
+    let id = container_status(&pod).unwrap().container_id.unwrap();
+    bulwark_chaos::node_agent::crash(&[id]).unwrap();
     let crashed = eventually(
         Duration::from_secs(30),
         "the crashed container restarted",
@@ -493,4 +486,68 @@ async fn a_network_policy_isolates_a_pod_until_it_is_deleted() {
     .await
     .unwrap();
     assert_eq!(healed.trim(), "b");
+}
+
+#[tokio::test]
+async fn freezes_and_partitions_hurt_and_their_undos_heal() {
+    use bulwark_chaos::node_agent::{Partition, Side, freeze, thaw};
+    if !local_cluster() {
+        return;
+    }
+    let api_port: u16 = {
+        let local = cluster().local.lock().unwrap();
+        let server = local.as_ref().unwrap().server.clone();
+        server.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pods").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &testpod("x", json!({}), json!({})))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &testpod("y", json!({}), json!({})))
+        .await
+        .unwrap();
+    let x = pod_ip(&ready_pod(&pods, "x").await);
+    let y_pod = ready_pod(&pods, "y").await;
+    let y = pod_ip(&y_pod);
+    let x_to_y = format!("http://{x}:8080/fetch?url=http://{y}:8080/");
+    assert_eq!(http_get(&x_to_y).await.unwrap().trim(), "y");
+
+    // Frozen: the process holds its socket but answers nothing; thawed, it answers again.
+    let y_containers = vec![container_status(&y_pod).unwrap().container_id.unwrap()];
+    freeze(&y_containers).unwrap();
+    let frozen = reqwest::Client::new()
+        .get(format!("http://{y}:8080/"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    assert!(frozen.is_err(), "a frozen pod must not answer: {frozen:?}");
+    thaw(&y_containers).unwrap();
+    assert_eq!(
+        http_get(&format!("http://{y}:8080/")).await.unwrap().trim(),
+        "y"
+    );
+
+    // Partitioned from each other: packets drop; healed: they flow.
+    let partition =
+        Partition::start(std::slice::from_ref(&x), &Side::Pods(vec![y.clone()])).unwrap();
+    let cut = http_get(&x_to_y).await.unwrap_err();
+    assert!(cut.contains("connecting to"), "{cut}");
+    partition.heal().unwrap();
+    assert_eq!(http_get(&x_to_y).await.unwrap().trim(), "y");
+
+    // Partitioned from the API server (through the kubernetes Service's ClusterIP).
+    let x_to_api = format!("http://{x}:8080/fetch?url=http://10.96.0.1:443/");
+    let partition = Partition::start(
+        std::slice::from_ref(&x),
+        &Side::HostPort("10.244.0.1".into(), api_port),
+    )
+    .unwrap();
+    let cut = http_get(&x_to_api).await.unwrap_err();
+    assert!(cut.contains("connecting to"), "{cut}");
+    partition.heal().unwrap();
+    // Reachable again: the connection opens (plain HTTP to a TLS port then fails differently).
+    let reached = http_get(&x_to_api).await.unwrap_err();
+    assert!(!reached.contains("connecting to"), "{reached}");
 }

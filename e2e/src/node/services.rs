@@ -26,13 +26,19 @@ fn nft(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Host nftables tables, if a previous run left them.
+/// Host nftables tables and chaos partitions a previous run left.
 pub fn leftover_rules() -> Vec<String> {
     let listed = nft(&["list", "tables"]).unwrap_or_default();
-    HOST_TABLES
-        .iter()
-        .filter(|t| listed.lines().any(|l| l.trim() == format!("table {t}")))
-        .map(|t| t.to_string())
+    listed
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table "))
+        .filter(|t| {
+            HOST_TABLES.contains(t)
+                || t.strip_prefix("inet ").is_some_and(|name| {
+                    name.starts_with(bulwark_chaos::node_agent::PARTITION_TABLE_PREFIX)
+                })
+        })
+        .map(str::to_string)
         .collect()
 }
 
