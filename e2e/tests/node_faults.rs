@@ -17,6 +17,15 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+fn with_plane<T>(act: impl FnOnce(&mut bulwark_e2e::control_plane::ControlPlane) -> T) -> T {
+    act(cluster()
+        .local
+        .lock()
+        .unwrap()
+        .as_mut()
+        .expect("the local control plane"))
+}
+
 async fn answers(ip: &str) -> bool {
     reqwest::Client::new()
         .get(format!("http://{ip}:8080/healthz"))
@@ -56,13 +65,7 @@ async fn a_stopped_node_goes_not_ready_with_its_pods_and_recovers_when_restarted
     assert!(answers(&ip).await);
 
     let stopped = Instant::now();
-    cluster()
-        .local
-        .lock()
-        .unwrap()
-        .as_mut()
-        .unwrap()
-        .kill_node(&node);
+    with_plane(|plane| plane.kill_node(&node));
     assert!(
         !answers(&ip).await,
         "a pod of a dead node must stop answering at once"
@@ -84,14 +87,7 @@ async fn a_stopped_node_goes_not_ready_with_its_pods_and_recovers_when_restarted
     );
 
     let restarted = Instant::now();
-    cluster()
-        .local
-        .lock()
-        .unwrap()
-        .as_mut()
-        .unwrap()
-        .start_node(&node)
-        .unwrap();
+    with_plane(|plane| plane.start_node(&node)).unwrap();
     let back = eventually(
         Duration::from_secs(60),
         "the node and its pod Ready again",

@@ -18,6 +18,19 @@ pub const BULWARK_IMAGE: &str = "ghcr.io/bulwark-dev/bulwark";
 /// A tiny HTTP server for tests (`bulwark-testpod`): health toggles, files, outbound fetches.
 pub const TESTPOD_IMAGE: &str = "bulwark.dev/testpod";
 
+/// Where a container finds its image's own programs (bind-mounted read-only).
+pub const IMAGE_BIN: &str = "/usr/local/bin";
+
+/// A container's program: where it is on the host, where the container runs it from, and argv.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub host_path: PathBuf,
+    pub path: PathBuf,
+    pub argv: Vec<String>,
+    /// The image's own program (bound into the container), not a system one.
+    pub own: bool,
+}
+
 const SYSTEM_DIRS: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"];
 
 impl ImageTable {
@@ -58,30 +71,41 @@ impl ImageTable {
 
     /// The program and argv for a container: `command` replaces the entrypoint and `args` follow
     /// it, as an image's ENTRYPOINT and CMD would. Errors name the image or program not found.
-    pub fn resolve(
-        &self,
-        image: &str,
-        command: &[String],
-        args: &[String],
-    ) -> Result<(PathBuf, Vec<String>)> {
+    pub fn resolve(&self, image: &str, command: &[String], args: &[String]) -> Result<Resolved> {
         let Some(entrypoint) = self.entrypoint(image) else {
             bail!(
                 "image {image:?} is not mapped to a program on this node (images: {})",
                 self.describe()
             );
         };
-        let Some((first, rest)) = command.split_first() else {
-            let mut argv = vec![entrypoint.display().to_string()];
-            argv.extend(args.iter().cloned());
-            return Ok((entrypoint.to_path_buf(), argv));
+        let (host_path, mut argv) = match command.split_first() {
+            None => (entrypoint.to_path_buf(), vec![]),
+            Some((first, rest)) => {
+                let program = find_program(first, entrypoint).with_context(|| {
+                    format!("command {first:?} of image {image:?} is not installed on this node")
+                })?;
+                let mut argv = vec![first.clone()];
+                argv.extend(rest.iter().cloned());
+                (program, argv)
+            }
         };
-        let program = find_program(first, entrypoint).with_context(|| {
-            format!("command {first:?} of image {image:?} is not installed on this node")
-        })?;
-        let mut argv = vec![first.clone()];
-        argv.extend(rest.iter().cloned());
+        // The image's own programs may live where a non-root user cannot reach them (a build
+        // directory under /root); the container sees them in its own /usr/local/bin.
+        let own = host_path.parent() == entrypoint.parent();
+        let path = match own {
+            true => Path::new(IMAGE_BIN).join(host_path.file_name().unwrap_or_default()),
+            false => host_path.clone(),
+        };
+        if argv.is_empty() {
+            argv.push(path.display().to_string());
+        }
         argv.extend(args.iter().cloned());
-        Ok((program, argv))
+        Ok(Resolved {
+            host_path,
+            path,
+            argv,
+            own,
+        })
     }
 
     fn describe(&self) -> String {
@@ -125,8 +149,13 @@ fn find_program(name: &str, entrypoint: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    fn table() -> ImageTable {
-        ImageTable::default().with(BULWARK_IMAGE, Path::new("/bin/true"))
+    fn table() -> (tempfile::TempDir, ImageTable) {
+        let dir = tempfile::tempdir().unwrap();
+        for program in ["bulwark", "helper"] {
+            std::fs::write(dir.path().join(program), "").unwrap();
+        }
+        let table = ImageTable::default().with(BULWARK_IMAGE, &dir.path().join("bulwark"));
+        (dir, table)
     }
 
     #[test]
@@ -143,26 +172,35 @@ mod tests {
     }
 
     #[test]
-    fn command_replaces_the_entrypoint_and_args_follow() {
-        let (program, argv) = table()
+    fn command_replaces_the_entrypoint_and_the_image_programs_are_bound_in() {
+        let (dir, table) = table();
+        let entry = table
             .resolve("ghcr.io/bulwark-dev/bulwark:1", &[], &["run".into()])
             .unwrap();
-        assert_eq!(program, Path::new("/bin/true"));
-        assert_eq!(argv, ["/bin/true", "run"]);
-        let (program, argv) = table()
+        assert_eq!(entry.host_path, dir.path().join("bulwark"));
+        assert!(entry.own);
+        assert_eq!(entry.argv, ["/usr/local/bin/bulwark", "run"]);
+        let helper = table
+            .resolve(BULWARK_IMAGE, &["helper".into()], &[])
+            .unwrap();
+        assert_eq!(
+            (helper.path.as_path(), helper.own),
+            (Path::new("/usr/local/bin/helper"), true)
+        );
+        let system = table
             .resolve(
                 BULWARK_IMAGE,
                 &["sh".into(), "-c".into()],
                 &["exit 3".into()],
             )
             .unwrap();
-        assert!(program.ends_with("sh"), "{program:?}");
-        assert_eq!(argv, ["sh", "-c", "exit 3"]);
+        assert!(!system.own && system.path.ends_with("sh"), "{system:?}");
+        assert_eq!(system.argv, ["sh", "-c", "exit 3"]);
     }
 
     #[test]
     fn an_unmapped_image_is_named_in_the_error() {
-        let error = table().resolve("nginx:1.27", &[], &[]).unwrap_err();
+        let error = table().1.resolve("nginx:1.27", &[], &[]).unwrap_err();
         assert!(
             format!("{error}").contains("\"nginx:1.27\" is not mapped"),
             "{error}"

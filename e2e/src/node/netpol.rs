@@ -291,36 +291,40 @@ fn apply(script: &str) -> Result<()> {
     Ok(())
 }
 
+/// A cache of every `K` in the cluster and the stream that keeps it filled (one item per change).
+fn cached<K>(
+    client: &kube::Client,
+) -> (
+    reflector::Store<K>,
+    futures::stream::BoxStream<'static, Result<(), watcher::Error>>,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changes = reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|event| event.map(|_| ()))
+    .boxed();
+    (store, changes)
+}
+
 /// Watches policies, pods and namespaces and keeps the table in step, one atomic nft
 /// transaction per change.
 pub async fn enforce(client: kube::Client) -> Result<()> {
-    let (policies, policy_writer) = reflector::store();
-    let (pods, pod_writer) = reflector::store();
-    let (namespaces, namespace_writer) = reflector::store();
-    let config = watcher::Config::default;
-    let changes = futures::stream::select_all([
-        reflector(
-            policy_writer,
-            watcher(Api::<NetworkPolicy>::all(client.clone()), config()),
-        )
-        .default_backoff()
-        .map(|e| e.map(|_| ()))
-        .boxed(),
-        reflector(
-            pod_writer,
-            watcher(Api::<Pod>::all(client.clone()), config()),
-        )
-        .default_backoff()
-        .map(|e| e.map(|_| ()))
-        .boxed(),
-        reflector(
-            namespace_writer,
-            watcher(Api::<Namespace>::all(client.clone()), config()),
-        )
-        .default_backoff()
-        .map(|e| e.map(|_| ()))
-        .boxed(),
-    ]);
+    let (policies, policy_changes) = cached::<NetworkPolicy>(&client);
+    let (pods, pod_changes) = cached::<Pod>(&client);
+    let (namespaces, namespace_changes) = cached::<Namespace>(&client);
+    let changes = futures::stream::select_all([policy_changes, pod_changes, namespace_changes]);
     let mut changes = changes.ready_chunks(256);
     let mut applied = String::new();
     while let Some(batch) = changes.next().await {

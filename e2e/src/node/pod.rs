@@ -3,7 +3,7 @@
 //! changed) arrive as messages; the kubelet's rules in [`super::status`] decide what follows.
 
 use super::images::ImageTable;
-use super::launch::LaunchSpec;
+use super::launch::{BindMount, LaunchSpec};
 use super::network;
 use super::probe::{self, Kind, Timing, Verdict};
 use super::status::{self, Container as Record, Exit, PodFacts, State};
@@ -254,6 +254,16 @@ impl Worker {
         }
     }
 
+    /// Every container waits for the same reason (the pod's sandbox or volumes are not there).
+    fn all_waiting(&mut self, reason: &str, message: &str) {
+        for record in &mut self.records {
+            record.state = State::Waiting {
+                reason: reason.into(),
+                message: Some(message.into()),
+            };
+        }
+    }
+
     /// Brings the pod one step closer to running: sandbox, volumes, then containers.
     async fn step(&mut self) {
         if self.sandbox.is_none() {
@@ -274,14 +284,7 @@ impl Worker {
                         .await;
                     }
                     self.sandbox_error = Some(message.clone());
-                    for name in self
-                        .records
-                        .iter()
-                        .map(|r| r.name.clone())
-                        .collect::<Vec<_>>()
-                    {
-                        self.set_waiting(&name, "ContainerCreating", Some(message.clone()));
-                    }
+                    self.all_waiting("ContainerCreating", &message);
                     return;
                 }
             }
@@ -293,15 +296,7 @@ impl Worker {
                     self.volumes_refreshed = Instant::now();
                 }
                 Err(e) if self.volumes.is_none() => {
-                    let message = format!("{e:#}");
-                    for name in self
-                        .records
-                        .iter()
-                        .map(|r| r.name.clone())
-                        .collect::<Vec<_>>()
-                    {
-                        self.set_waiting(&name, "ContainerCreating", Some(message.clone()));
-                    }
+                    self.all_waiting("ContainerCreating", &format!("{e:#}"));
                     return;
                 }
                 Err(e) => {
@@ -567,7 +562,7 @@ impl Worker {
         container: &Container,
     ) -> Result<(LaunchSpec, PathBuf), (&'static str, anyhow::Error)> {
         let image = container.image.clone().unwrap_or_default();
-        let (program, argv) = self
+        let resolved = self
             .ctx
             .images
             .resolve(
@@ -584,14 +579,25 @@ impl Worker {
         )
         .await
         .map_err(|e| ("CreateContainerConfigError", e))?;
-        let argv = argv.iter().map(|a| volumes::expand(a, &env)).collect();
+        let argv = resolved
+            .argv
+            .iter()
+            .map(|a| volumes::expand(a, &env))
+            .collect();
         let (uid, gid, groups) = self
             .security(container)
             .map_err(|e| ("CreateContainerConfigError", e))?;
         let volumes = self.volumes.as_ref().expect("volumes before containers");
-        let mounts = volumes
+        let mut mounts = volumes
             .mounts_for(container)
             .map_err(|e| ("CreateContainerConfigError", e))?;
+        if resolved.own {
+            mounts.push(BindMount {
+                source: resolved.host_path.clone(),
+                target: resolved.path.display().to_string(),
+                read_only: true,
+            });
+        }
         let sandbox = self.sandbox.as_ref().expect("sandbox before containers");
         let scratch = self
             .dir
@@ -616,7 +622,7 @@ impl Worker {
                 scratch,
                 mounts,
                 files: self.files(sandbox.ip),
-                program,
+                program: resolved.path.clone(),
                 argv,
                 env,
                 working_dir: container.working_dir.clone(),

@@ -134,6 +134,52 @@ fn secret_data(secret: Secret) -> BTreeMap<String, Vec<u8>> {
     data
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    ConfigMap,
+    Secret,
+}
+
+/// The data of a ConfigMap or Secret; `None` if it is missing and `optional`, an error naming it
+/// if it is missing and required.
+async fn object_data(
+    client: &kube::Client,
+    ns: &str,
+    kind: Kind,
+    name: &str,
+    optional: Option<bool>,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>> {
+    let found = match kind {
+        Kind::ConfigMap => Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(configmap_data),
+        Kind::Secret => Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await?
+            .map(secret_data),
+    };
+    match found {
+        None if optional != Some(true) => bail!("{kind:?} {name:?} not found"),
+        data => Ok(data),
+    }
+}
+
+/// A ConfigMap's or Secret's keys as volume files (none if it is missing and optional).
+async fn source_files(
+    client: &kube::Client,
+    ns: &str,
+    kind: Kind,
+    name: &str,
+    items: &Option<Vec<KeyToPath>>,
+    optional: Option<bool>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    match object_data(client, ns, kind, name, optional).await? {
+        Some(data) => key_files(data, items, &format!("{kind:?} {name}")),
+        None => Ok(vec![]),
+    }
+}
+
 fn downward_files(pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Result<Vec<(String, Vec<u8>)>> {
     items
         .iter()
@@ -219,31 +265,29 @@ async fn materialise(
         return Ok(PathBuf::from(&host.path));
     }
     if let Some(source) = &volume.config_map {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let files = match api.get_opt(&source.name).await? {
-            Some(cm) => key_files(
-                configmap_data(cm),
-                &source.items,
-                &format!("ConfigMap {}", source.name),
-            )?,
-            None if source.optional == Some(true) => vec![],
-            None => bail!("ConfigMap {:?} not found", source.name),
-        };
+        let files = source_files(
+            client,
+            ns,
+            Kind::ConfigMap,
+            &source.name,
+            &source.items,
+            source.optional,
+        )
+        .await?;
         write_files(&dir, &files, source.default_mode.unwrap_or(0o644) as u32)?;
         return Ok(dir);
     }
     if let Some(source) = &volume.secret {
         let name = source.secret_name.clone().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let files = match api.get_opt(&name).await? {
-            Some(secret) => key_files(
-                secret_data(secret),
-                &source.items,
-                &format!("Secret {name}"),
-            )?,
-            None if source.optional == Some(true) => vec![],
-            None => bail!("Secret {name:?} not found"),
-        };
+        let files = source_files(
+            client,
+            ns,
+            Kind::Secret,
+            &name,
+            &source.items,
+            source.optional,
+        )
+        .await?;
         write_files(&dir, &files, source.default_mode.unwrap_or(0o644) as u32)?;
         return Ok(dir);
     }
@@ -267,28 +311,30 @@ async fn materialise(
                 files.push((token.path.clone(), value.into_bytes()));
             }
             if let Some(cm) = &source.config_map {
-                let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-                match api.get_opt(&cm.name).await? {
-                    Some(found) => files.extend(key_files(
-                        configmap_data(found),
+                files.extend(
+                    source_files(
+                        client,
+                        ns,
+                        Kind::ConfigMap,
+                        &cm.name,
                         &cm.items,
-                        &format!("ConfigMap {}", cm.name),
-                    )?),
-                    None if cm.optional == Some(true) => {}
-                    None => bail!("ConfigMap {:?} not found", cm.name),
-                }
+                        cm.optional,
+                    )
+                    .await?,
+                );
             }
             if let Some(secret) = &source.secret {
-                let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-                match api.get_opt(&secret.name).await? {
-                    Some(found) => files.extend(key_files(
-                        secret_data(found),
+                files.extend(
+                    source_files(
+                        client,
+                        ns,
+                        Kind::Secret,
+                        &secret.name,
                         &secret.items,
-                        &format!("Secret {}", secret.name),
-                    )?),
-                    None if secret.optional == Some(true) => {}
-                    None => bail!("Secret {:?} not found", secret.name),
-                }
+                        secret.optional,
+                    )
+                    .await?,
+                );
             }
             if let Some(downward) = &source.downward_api {
                 files.extend(downward_files(
@@ -403,8 +449,6 @@ pub async fn environment(
     service_env: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut env: Vec<(String, String)> = vec![
         (
             "PATH".into(),
@@ -419,20 +463,13 @@ pub async fn environment(
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
         let data = if let Some(cm) = &source.config_map_ref {
-            match configmaps.get_opt(&cm.name).await? {
-                Some(found) => configmap_data(found),
-                None if cm.optional == Some(true) => BTreeMap::new(),
-                None => bail!("envFrom ConfigMap {:?} not found", cm.name),
-            }
+            object_data(client, ns, Kind::ConfigMap, &cm.name, cm.optional).await?
         } else if let Some(secret) = &source.secret_ref {
-            match secrets.get_opt(&secret.name).await? {
-                Some(found) => secret_data(found),
-                None if secret.optional == Some(true) => BTreeMap::new(),
-                None => bail!("envFrom Secret {:?} not found", secret.name),
-            }
+            object_data(client, ns, Kind::Secret, &secret.name, secret.optional).await?
         } else {
-            BTreeMap::new()
+            None
         };
+        let data = data.unwrap_or_default();
         env.extend(data.into_iter().map(|(k, v)| {
             (
                 format!("{prefix}{k}"),
@@ -446,29 +483,21 @@ pub async fn environment(
             Some(from) => {
                 if let Some(field) = &from.field_ref {
                     field_value(pod, field)?
-                } else if let Some(key) = &from.secret_key_ref {
-                    let found = secrets.get_opt(&key.name).await?.map(secret_data);
-                    match found.and_then(|d| d.get(&key.key).cloned()) {
+                } else if let Some((kind, name, key, optional)) = from
+                    .secret_key_ref
+                    .as_ref()
+                    .map(|k| (Kind::Secret, &k.name, &k.key, k.optional))
+                    .or(from
+                        .config_map_key_ref
+                        .as_ref()
+                        .map(|k| (Kind::ConfigMap, &k.name, &k.key, k.optional)))
+                {
+                    // A missing object is an error unless optional, as is a missing key.
+                    let data = object_data(client, ns, kind, name, optional).await?;
+                    match data.and_then(|d| d.get(key).cloned()) {
                         Some(v) => String::from_utf8_lossy(&v).into_owned(),
-                        None if key.optional == Some(true) => continue,
-                        None => bail!(
-                            "env {}: Secret {:?} has no key {:?}",
-                            var.name,
-                            key.name,
-                            key.key
-                        ),
-                    }
-                } else if let Some(key) = &from.config_map_key_ref {
-                    let found = configmaps.get_opt(&key.name).await?.map(configmap_data);
-                    match found.and_then(|d| d.get(&key.key).cloned()) {
-                        Some(v) => String::from_utf8_lossy(&v).into_owned(),
-                        None if key.optional == Some(true) => continue,
-                        None => bail!(
-                            "env {}: ConfigMap {:?} has no key {:?}",
-                            var.name,
-                            key.name,
-                            key.key
-                        ),
+                        None if optional == Some(true) => continue,
+                        None => bail!("env {}: {kind:?} {name:?} has no key {key:?}", var.name),
                     }
                 } else {
                     // resourceFieldRef: this agent enforces no resources, so limits read as 0.
