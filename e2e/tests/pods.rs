@@ -140,6 +140,44 @@ async fn a_probed_pod_serves_through_its_service_by_cluster_ip_and_dns_name() {
         "web",
         "hostname is the pod name"
     );
+    // `kubectl logs`: the API server fetches them from the node agent over mutual TLS.
+    let logs = pods
+        .logs("web", &kube::api::LogParams::default())
+        .await
+        .expect("pod logs through the API server");
+    assert!(
+        logs.contains("bulwark-testpod listening on :8080"),
+        "logs: {logs:?}"
+    );
+    // -f: a request made now shows up in the followed stream; --tail=1: only the last line.
+    let follow = kube::api::LogParams {
+        follow: true,
+        ..Default::default()
+    };
+    let mut lines = futures::AsyncBufReadExt::lines(pods.log_stream("web", &follow).await.unwrap());
+    http_get(&format!("http://{ip}:8080/?followed-marker"))
+        .await
+        .unwrap();
+    let followed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = futures::StreamExt::next(&mut lines).await {
+            if line.unwrap().contains("followed-marker") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        followed.ok(),
+        Some(true),
+        "the followed log shows a new request"
+    );
+    let tail = kube::api::LogParams {
+        tail_lines: Some(1),
+        ..Default::default()
+    };
+    let last = pods.logs("web", &tail).await.unwrap();
+    assert_eq!(last.lines().count(), 1, "{last:?}");
 
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let service: Service = serde_json::from_value(json!({
@@ -262,6 +300,13 @@ async fn liveness_failures_and_crashes_restart_the_container_and_deletion_honour
             .unwrap_or_default()
             .contains("failed liveness probe")
     );
+    // --previous: the log of the container the liveness probe killed.
+    let previous = kube::api::LogParams {
+        previous: true,
+        ..Default::default()
+    };
+    let before = pods.logs("live", &previous).await.unwrap();
+    assert!(before.contains("/set?flag=unhealthy"), "{before:?}");
     // The restarted container has a fresh /tmp, so it is healthy again.
     let pod = ready_pod(&pods, "live").await;
     assert_eq!(

@@ -8,7 +8,8 @@
 //!   GET /write?path=P&value=V  GET /read?path=P
 //!   GET /fetch?url=http://host:port/path   the body of that URL, fetched from this pod
 //!
-//! Flags: --port=N (8080), --ignore-sigterm (to test the grace period's SIGKILL).
+//! Flags: --port=N (8080), --ignore-sigterm (to test the grace period's SIGKILL). Every request
+//! is logged to stderr.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -79,6 +80,8 @@ fn serve(mut stream: TcpStream) -> std::io::Result<()> {
         header.clear();
     }
     let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    // One log line per request, so tests can follow the log.
+    eprintln!("{}", line.trim_end());
     let path = target.split('?').next().unwrap_or("/");
     let (code, body) = match path {
         "/" => (

@@ -539,9 +539,7 @@ impl Worker {
         let has_readiness = container.readiness_probe.is_some();
         let has_startup = container.startup_probe.is_some();
         if let Some(record) = self.records.iter_mut().find(|r| r.name == name) {
-            if matches!(record.state, State::Waiting { .. }) && record.last_exit.is_some() {
-                record.restart_count += 1;
-            }
+            record.restart_count = record.starting_count();
             record.state = State::Running { started_at, pid };
             record.started = !has_startup;
             record.ready = !has_readiness && !has_startup;
@@ -608,7 +606,7 @@ impl Worker {
             .records
             .iter()
             .find(|r| r.name == container.name)
-            .map_or(0, |r| r.restart_count);
+            .map_or(0, Record::starting_count);
         (|| -> Result<()> {
             for dir in [scratch.join("layer"), scratch.join("root"), logs.clone()] {
                 std::fs::create_dir_all(dir)?;

@@ -84,6 +84,13 @@ impl Container {
         }
     }
 
+    /// The restart count once the container (re)starts now: one more if it ran before, so each
+    /// run has its own count (and log file).
+    pub fn starting_count(&self) -> i32 {
+        let rerun = matches!(self.state, State::Waiting { .. }) && self.last_exit.is_some();
+        self.restart_count + i32::from(rerun)
+    }
+
     pub fn succeeded(&self) -> bool {
         matches!(&self.state, State::Terminated(exit) if exit.exit_code == 0)
     }
