@@ -269,7 +269,6 @@ impl ControlPlane {
                 format!("--pod-cidr={}", network::pod_cidr(index)),
                 format!("--dir={}", p(&dir.join("nodes").join(&node))),
                 format!("--cluster-dns={}", services::CLUSTER_DNS),
-                format!("--kubelet-port={}", free_port()?),
                 format!("--tls-cert={}", p(&serving.cert)),
                 format!("--tls-key={}", p(&serving.key)),
                 format!("--client-ca={}", p(&pki.ca_cert)),

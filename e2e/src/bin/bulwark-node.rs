@@ -72,7 +72,7 @@ fn run_agent(args: &[String]) -> Result<()> {
         kubelet_port: flag(args, "kubelet-port")
             .map(|p| p.parse())
             .transpose()?
-            .unwrap_or(10250),
+            .unwrap_or(0),
         tls: logs::TlsFiles {
             cert: required("tls-cert")?.into(),
             key: required("tls-key")?.into(),

@@ -38,7 +38,8 @@ pub struct AgentConfig {
     pub cluster_dns: Option<Ipv4Addr>,
     /// Where pods reach the API server as the `kubernetes` Service (host, port).
     pub kubernetes_service: (String, u16),
-    /// The port this agent serves container logs on for the API server, and its TLS files.
+    /// The port this agent serves container logs on for the API server (0: any free one, which
+    /// the Node then advertises), and its TLS files.
     pub kubelet_port: u16,
     pub tls: super::logs::TlsFiles,
 }
@@ -66,8 +67,14 @@ fn service_env(host: &str, port: u16) -> Vec<(String, String)> {
     .collect()
 }
 
-pub async fn run(config: AgentConfig, client: kube::Client) -> Result<()> {
+pub async fn run(mut config: AgentConfig, client: kube::Client) -> Result<()> {
     std::fs::create_dir_all(config.dir.join("pods"))?;
+    // Bound before registering, so the advertised port is one this agent really holds.
+    let address = std::net::SocketAddr::from((network::GATEWAY, config.kubelet_port));
+    let logs_listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the containerLogs endpoint {address}"))?;
+    config.kubelet_port = logs_listener.local_addr()?.port();
     register(&client, &config).await?;
     let ctx = Arc::new(NodeContext {
         client: client.clone(),
@@ -95,10 +102,9 @@ pub async fn run(config: AgentConfig, client: kube::Client) -> Result<()> {
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
     };
-    let logs_address = std::net::SocketAddr::from((network::GATEWAY, config.kubelet_port));
     let config = Arc::new(config);
     tokio::try_join!(
-        super::logs::serve(ctx.clone(), logs_address, tls),
+        super::logs::serve(ctx.clone(), logs_listener, tls),
         heartbeat(client.clone(), config.clone()),
         run_pods(ctx.clone()),
         provision(client.clone(), config.clone()),

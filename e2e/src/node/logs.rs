@@ -67,16 +67,15 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig> {
         .with_single_cert(chain, key)?)
 }
 
+/// Serves on `tcp`, bound by the caller before the Node advertises its port.
 pub async fn serve(
     ctx: Arc<NodeContext>,
-    address: std::net::SocketAddr,
+    tcp: tokio::net::TcpListener,
     files: TlsFiles,
 ) -> Result<()> {
     let config = server_config(&files)?;
     let listener = TlsListener {
-        tcp: tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("binding {address}"))?,
+        tcp,
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
     };
     let router = axum::Router::new()
