@@ -596,3 +596,129 @@ async fn freezes_and_partitions_hurt_and_their_undos_heal() {
     let reached = http_get(&x_to_api).await.unwrap_err();
     assert!(!reached.contains("connecting to"), "{reached}");
 }
+
+#[tokio::test]
+async fn init_containers_volumes_env_users_and_exec_and_startup_probes_reach_the_container() {
+    if !local_cluster() {
+        return;
+    }
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pods").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let post = PostParams::default();
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ns)
+        .create(
+            &post,
+            &serde_json::from_value(
+                json!({"metadata": {"name": "settings"}, "data": {"mode": "strict"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns)
+        .create(
+            &post,
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"password": "hunter2"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let spec = json!({"spec": {
+        "securityContext": {"runAsUser": 1234, "runAsGroup": 2345, "runAsNonRoot": true},
+        "volumes": [
+            {"name": "work", "emptyDir": {}},
+            {"name": "settings", "configMap": {"name": "settings"}},
+            {"name": "creds", "secret": {"secretName": "creds"}},
+            {"name": "about", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        ],
+        "initContainers": [
+            {"name": "first", "image": format!("{TESTPOD_IMAGE}:1"), "command": ["sh", "-c", "echo first > /work/order"],
+             "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+            {"name": "second", "image": format!("{TESTPOD_IMAGE}:1"), "command": ["sh", "-c", "echo second >> /work/order"],
+             "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+        ],
+        "containers": [{
+            "name": "web", "image": format!("{TESTPOD_IMAGE}:1"),
+            "env": [
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "GREETING", "value": "node $(NODE)"},
+            ],
+            "volumeMounts": [
+                {"name": "work", "mountPath": "/work"},
+                {"name": "settings", "mountPath": "/etc/settings", "readOnly": true},
+                {"name": "creds", "mountPath": "/etc/creds"},
+                {"name": "about", "mountPath": "/etc/about"},
+            ],
+            "startupProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+            "readinessProbe": {"exec": {"command": ["sh", "-c", "test -s /work/order"]}, "periodSeconds": 1},
+        }],
+    }});
+    pods.create(
+        &post,
+        &testpod("configured", json!({"tier": "front"}), spec),
+    )
+    .await
+    .unwrap();
+    let pod = ready_pod(&pods, "configured").await;
+    let ip = pod_ip(&pod);
+    let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+    let get = |path: &str| {
+        let url = format!("http://{ip}:8080{path}");
+        async move { http_get(&url).await.unwrap() }
+    };
+    assert_eq!(
+        get("/read?path=/work/order").await,
+        "first\nsecond\n",
+        "init containers ran in order"
+    );
+    assert_eq!(get("/read?path=/etc/settings/mode").await, "strict");
+    assert!(
+        get("/read?path=/etc/about/labels")
+            .await
+            .contains("tier=\"front\"")
+    );
+    assert_eq!(get("/env?name=PASSWORD").await, "hunter2");
+    assert_eq!(get("/read?path=/etc/creds/password").await, "hunter2");
+    assert_eq!(get("/env?name=GREETING").await, format!("node {node}"));
+    assert_eq!(get("/env?name=KUBERNETES_SERVICE_HOST").await, "10.96.0.1");
+    assert_eq!(get("/id").await, "1234 2345", "runAsUser and runAsGroup");
+    let refused = http_get(&format!(
+        "http://{}:8080/write?path=/etc/settings/mode&value=x",
+        pod_ip(&pod)
+    ))
+    .await;
+    assert!(
+        refused.unwrap_err().contains("Read-only"),
+        "a readOnly mount refuses writes"
+    );
+    let statuses = pod.status.unwrap().init_container_statuses.unwrap();
+    assert!(statuses.iter().all(|s| {
+        s.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code
+            == 0
+    }));
+
+    // runAsNonRoot without a user is refused with the kubelet's reason.
+    let root = json!({"spec": {"securityContext": {"runAsNonRoot": true}}});
+    pods.create(&post, &testpod("as-root", json!({}), root))
+        .await
+        .unwrap();
+    let waiting = eventually(Duration::from_secs(30), "runAsNonRoot refused", || async {
+        container_status(&pods.get("as-root").await.ok()?)?
+            .state?
+            .waiting
+            .filter(|w| w.reason.as_deref() == Some("CreateContainerConfigError"))
+    })
+    .await
+    .unwrap();
+    assert!(waiting.message.unwrap_or_default().contains("runAsNonRoot"));
+}

@@ -7,6 +7,7 @@
 //!   GET /set?flag=F            unhealthy, unready, healthy (clears both)
 //!   GET /write?path=P&value=V  GET /read?path=P
 //!   GET /fetch?url=http://host:port/path   the body of that URL, fetched from this pod
+//!   GET /env?name=N            an environment variable;  GET /id  uid and gid
 //!
 //! Flags: --port=N (8080), --ignore-sigterm (to test the grace period's SIGKILL). Every request
 //! is logged to stderr.
@@ -118,6 +119,18 @@ fn serve(mut stream: TcpStream) -> std::io::Result<()> {
             Some(Err(e)) => (502, format!("{e}\n")),
             None => (400, "url is required\n".into()),
         },
+        "/env" => match query(&target, "name").map(std::env::var) {
+            Some(Ok(value)) => (200, value),
+            Some(Err(e)) => (404, format!("{e}\n")),
+            None => (400, "name is required\n".into()),
+        },
+        // SAFETY: getuid and getgid cannot fail.
+        "/id" => (
+            200,
+            format!("{} {}", unsafe { libc::getuid() }, unsafe {
+                libc::getgid()
+            }),
+        ),
         _ => (404, "not found\n".into()),
     };
     write!(
