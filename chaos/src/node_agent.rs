@@ -73,7 +73,8 @@ pub fn thaw(container_ids: &[String]) -> Result<usize> {
     signal_all(container_ids, libc::SIGCONT)
 }
 
-fn nft(script: &str) -> Result<()> {
+/// Applies an nftables script in one transaction (`nft -f -`); the error quotes nft.
+pub fn apply_nft(script: &str) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -138,13 +139,13 @@ impl Partition {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        nft(&partition_rules(&table, a, b))?;
+        apply_nft(&partition_rules(&table, a, b))?;
         Ok(Self { table })
     }
 
     /// Undoes the partition.
     pub fn heal(self) -> Result<()> {
-        nft(&format!("delete table inet {}\n", self.table))
+        apply_nft(&format!("delete table inet {}\n", self.table))
     }
 }
 

@@ -642,6 +642,8 @@ async fn init_containers_volumes_env_users_and_exec_and_startup_probes_reach_the
         ],
         "containers": [{
             "name": "web", "image": format!("{TESTPOD_IMAGE}:1"),
+            "workingDir": "/work",
+            "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
             "env": [
                 {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
                 {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -682,6 +684,16 @@ async fn init_containers_volumes_env_users_and_exec_and_startup_probes_reach_the
             .contains("tier=\"front\"")
     );
     assert_eq!(get("/env?name=PASSWORD").await, "hunter2");
+    assert_eq!(
+        get("/env?name=CFG_mode").await,
+        "strict",
+        "envFrom with a prefix"
+    );
+    assert_eq!(
+        get("/read?path=order").await,
+        "first\nsecond\n",
+        "relative to workingDir"
+    );
     assert_eq!(get("/read?path=/etc/creds/password").await, "hunter2");
     assert_eq!(get("/env?name=GREETING").await, format!("node {node}"));
     assert_eq!(get("/env?name=KUBERNETES_SERVICE_HOST").await, "10.96.0.1");

@@ -7,7 +7,7 @@
 //! type is isolated in that direction, and only traffic some selecting policy allows passes;
 //! replies of allowed connections pass; traffic from the host (probes) is never filtered.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -273,24 +273,6 @@ pub fn ruleset(
     )
 }
 
-fn apply(script: &str) -> Result<()> {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running nft (Debian package nftables)")?;
-    child.stdin.take().unwrap().write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "nft: {}\n{script}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
 /// A cache of every `K` in the cluster and the stream that keeps it filled (one item per change).
 fn cached<K>(
     client: &kube::Client,
@@ -345,7 +327,7 @@ pub async fn enforce(client: kube::Client) -> Result<()> {
             .collect();
         let script = ruleset(&policies, &pods, &namespaces);
         if script != applied {
-            match apply(&script) {
+            match bulwark_chaos::node_agent::apply_nft(&script) {
                 Ok(()) => {
                     info!(
                         policies = policies.len(),

@@ -601,7 +601,7 @@ impl Worker {
             .dir
             .join("containers")
             .join(format!("{}-{}", container.name, self.next_instance));
-        let logs = self.dir.join("logs").join(&container.name);
+        let logs = log_dir(&self.ctx.dir, &self.uid, &container.name);
         let restart = self
             .records
             .iter()
@@ -1015,6 +1015,7 @@ async fn probe_loop(
     }
 }
 
+/// Where a container's logs stay (`<restart count>.log` per run), also after the pod is gone.
 pub fn log_dir(node_dir: &Path, pod_uid: &str, container: &str) -> PathBuf {
     node_dir
         .join("pods")
