@@ -9,4 +9,5 @@ pub mod leadership;
 pub mod metrics;
 pub mod readiness;
 pub mod runtime;
+pub mod scope;
 pub mod slo;

@@ -19,6 +19,8 @@ pub struct Bind {
     pub zone: String,
     pub zones: Vec<String>,
     pub port: u16,
+    /// The address `named` listens on besides loopback, and that DnsZones name.
+    address: std::net::IpAddr,
     /// Base64 TSIG secret, as `tsig-keygen` prints it.
     pub secret: String,
     dir: tempfile::TempDir,
@@ -43,6 +45,7 @@ impl Bind {
             zone: zones[0].clone(),
             zones,
             port: free_port()?,
+            address: crate::host_address_for_pods().unwrap_or([127, 0, 0, 1].into()),
             secret,
             dir,
             process: None,
@@ -55,8 +58,10 @@ impl Bind {
         Ok(bind)
     }
 
+    /// Where DnsZones point: an address the cluster's pods reach when there is one (see
+    /// [`crate::host_address_for_pods`]), else loopback.
     pub fn server(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.address, self.port)
     }
 
     /// A provider for the zone with the right key.
@@ -148,7 +153,7 @@ impl Bind {
     pid-file "{dir}/named.pid";
     session-keyfile "{dir}/session.key";
     managed-keys-directory "{dir}";
-    listen-on port {port} {{ 127.0.0.1; }};
+    listen-on port {port} {{ 127.0.0.1; {address}; }};
     listen-on-v6 {{ none; }};
     recursion no;
     dnssec-validation no;
@@ -160,6 +165,7 @@ controls {{ }};
 key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
 "#,
             port = self.port,
+            address = self.address,
             secret = self.secret,
         );
         for zone in &self.zones {

@@ -15,6 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Kwok stages: nodes become Ready, scheduled pods become Running with an IP, deleted pods go.
+/// Whether this process runs a started local control plane (and so the pod network's gateway).
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn running_in_this_process() -> bool {
+    RUNNING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 const KWOK_STAGES: &str = include_str!("../kwok-stages.yaml");
 /// One real node (and one kwok node) per zone, as in kind-config.yaml.
 pub const ZONES: [&str; 3] = ["a", "b", "c"];
@@ -298,6 +305,7 @@ impl ControlPlane {
         )?);
         crate::block_on(plane.wait_for_nodes(ZONES.len() * 2))?;
         plane.started_in = started.elapsed();
+        RUNNING.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(plane)
     }
 
@@ -451,6 +459,7 @@ impl ControlPlane {
     /// Stops every component (newest first) and removes the run directory; the logs of a start
     /// that failed are kept in `<runs root>/last-failed-start` so the error's log paths still help.
     pub fn stop(&mut self) {
+        RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
         // Node agents first: their pods go with them.
         for (_, mut agent) in self.agents.drain(..) {
             agent.stop(Duration::from_secs(10));

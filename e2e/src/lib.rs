@@ -6,6 +6,7 @@
 
 pub mod binaries;
 pub mod bind;
+pub mod chart;
 pub mod control_plane;
 pub mod dns;
 pub mod node;
@@ -96,6 +97,20 @@ pub fn cluster() -> &'static TestCluster {
     cluster.as_ref().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// An address of this machine that the test cluster's pods reach, for the servers tests run on
+/// the host (BIND9, Prometheus) when the operator runs as pods: the pod network's gateway while
+/// this process runs the local control plane; on another cluster `BULWARK_E2E_HOST_ADDRESS` (for
+/// kind, the Docker network's gateway). `None`: only host processes reach the host's servers.
+pub fn host_address_for_pods() -> Option<std::net::IpAddr> {
+    if let Some(address) = std::env::var_os("BULWARK_E2E_HOST_ADDRESS") {
+        let address = address.to_string_lossy();
+        return Some(address.parse().unwrap_or_else(|_| {
+            panic!("BULWARK_E2E_HOST_ADDRESS={address:?} is not an IP address")
+        }));
+    }
+    control_plane::running_in_this_process().then_some(node::network::GATEWAY.into())
+}
+
 impl TestCluster {
     pub async fn client(&self) -> kube::Client {
         client_for(&self.kubeconfig)
@@ -103,12 +118,27 @@ impl TestCluster {
             .expect("client for the test cluster")
     }
 
-    /// Creates a fresh namespace `<prefix>-<n>` for one test.
+    /// Creates a fresh namespace `<prefix>-<n>` for one test that runs its own operators. It is
+    /// labelled `bulwark.dev/exclude=true`, so a cluster-wide Bulwark installed on the cluster
+    /// leaves it to them.
     pub async fn namespace(&self, prefix: &str) -> String {
+        self.namespace_labelled(prefix, true).await
+    }
+
+    /// A fresh namespace a cluster-wide Bulwark manages (no exclusion label).
+    pub async fn namespace_for_cluster_wide_release(&self, prefix: &str) -> String {
+        self.namespace_labelled(prefix, false).await
+    }
+
+    async fn namespace_labelled(&self, prefix: &str, excluded: bool) -> String {
         let client = self.client().await;
         let api: Api<Namespace> = Api::all(client);
+        let mut labels = serde_json::json!({"bulwark.dev/e2e": "true"});
+        if excluded {
+            labels[bulwark_controllers::scope::EXCLUDE_LABEL] = "true".into();
+        }
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {"generateName": format!("{prefix}-"), "labels": {"bulwark.dev/e2e": "true"}}
+            "metadata": {"generateName": format!("{prefix}-"), "labels": labels}
         }))
         .unwrap();
         let created = api

@@ -89,7 +89,8 @@ impl Exporter {
     }
 }
 
-/// A Prometheus server (the Debian package) on a loopback port, scraping `targets` and
+/// A Prometheus server (the Debian package) on a loopback port (or the pod network's gateway
+/// while a local control plane runs, so the operator's pods reach it), scraping `targets` and
 /// evaluating its rule file every `interval`; rules are replaced with [`Self::load_rules`].
 /// Its data lives in `dir/data`, so a restart on the same `dir` keeps it.
 pub struct Prometheus {
@@ -101,21 +102,34 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub async fn start(dir: &Path, port: u16, targets: &[String], interval: &str) -> Result<Self> {
+        // honor_labels: the exporter's own `job` label is the one SLO selectors name.
+        let synthetic = json!({"job_name": "synthetic", "honor_labels": true, "static_configs": [{"targets": targets}]});
+        Self::start_scraping(dir, port, vec![synthetic], interval).await
+    }
+
+    /// Like [`Self::start`], with Prometheus `scrape_configs` of the caller's.
+    pub async fn start_scraping(
+        dir: &Path,
+        port: u16,
+        scrape_configs: Vec<Value>,
+        interval: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
+        // Where the operator's pods reach it, when they run on this cluster.
+        let address = crate::host_address_for_pods().unwrap_or([127, 0, 0, 1].into());
         let rules = dir.join("rules.json");
         std::fs::write(&rules, r#"{"groups": []}"#)?;
         let config = json!({
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [rules],
-            // honor_labels: the exporter's own `job` label is the one SLO selectors name.
-            "scrape_configs": [{"job_name": "synthetic", "honor_labels": true, "static_configs": [{"targets": targets}]}],
+            "scrape_configs": scrape_configs,
         });
         let config_file = dir.join("prometheus.json");
         std::fs::write(&config_file, config.to_string())?;
         let args = [
             format!("--config.file={}", config_file.display()),
             format!("--storage.tsdb.path={}", dir.join("data").display()),
-            format!("--web.listen-address=127.0.0.1:{port}"),
+            format!("--web.listen-address={address}:{port}"),
             "--web.enable-lifecycle".to_string(),
             // Benchmarks backfill days of history; keep all of it.
             "--storage.tsdb.retention.time=30d".to_string(),
@@ -127,7 +141,7 @@ impl Prometheus {
             &[],
             &dir.join("prometheus.log"),
         )?;
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{address}:{port}");
         bulwark_controllers::runtime::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

@@ -1,5 +1,7 @@
-//! DNS plan enactment end to end: the real control plane, three operator replicas, a real
-//! BIND9, and a poller that queries the authoritative server continuously.
+//! DNS plan enactment end to end: the real control plane, operator replicas, a real BIND9, and a
+//! poller that queries the authoritative server continuously. The operator runs as the Helm
+//! chart's pods (its ServiceAccount and RBAC), except where a test needs test-only flags on a
+//! host process: the slow enactor and the unfenced variant.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::dns::rfc2136::Rfc2136;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::bind::Bind;
+use bulwark_e2e::chart::Release;
 use bulwark_e2e::dns::{apply_endpoint, create_zone, plans, set_tsig_secret, start_operators};
 use bulwark_e2e::operator::start_operator;
 use bulwark_e2e::{cluster, eventually, install_crds};
@@ -102,6 +105,17 @@ async fn event_reasons(client: &kube::Client, ns: &str, name: &str) -> Vec<Strin
         .unwrap_or_default()
 }
 
+/// Names of the release's operator pods (what plans record as `enactedBy`).
+async fn pod_names(release: &Release, client: &kube::Client) -> Vec<String> {
+    release
+        .pods(client)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
 /// One answer of the authoritative server: the addresses it served and the fence beside them.
 struct Sample {
     values: Vec<String>,
@@ -184,14 +198,9 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
         dns,
     } = test_bed("dns-converge", "converge").await;
     let cluster = cluster();
-    let _operators = start_operators(
-        &cluster.kubeconfig,
-        &ns,
-        3,
-        &["--dns-resync=1s"],
-        &log_dir("dns-converge"),
-    )
-    .unwrap();
+    let release =
+        Release::install_operator(&cluster.kubeconfig, &ns, 3, &["dns.resync=1s"]).unwrap();
+    let operator_pods = pod_names(&release, &client).await;
     let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
     let fqdn = "api.converge.test";
 
@@ -208,11 +217,10 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     let status = plan1.status.clone().unwrap();
     assert_eq!(plan1.spec.generation, 1);
     assert_eq!(status.phase, PlanPhase::Live);
+    let enacted_by = status.enacted_by.unwrap();
     assert!(
-        status
-            .enacted_by
-            .unwrap()
-            .starts_with(&format!("{ns}-enactor-"))
+        operator_pods.contains(&enacted_by),
+        "enacted by {enacted_by}, not one of the operator pods {operator_pods:?}"
     );
 
     // A change mints plan 2; plan 1 is marked Superseded.
@@ -430,14 +438,8 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
         dns,
     } = test_bed("dns-recover", "recover").await;
     let cluster = cluster();
-    let _operators = start_operators(
-        &cluster.kubeconfig,
-        &ns,
-        2,
-        &["--dns-resync=1s"],
-        &log_dir("dns-recover"),
-    )
-    .unwrap();
+    let release =
+        Release::install_operator(&cluster.kubeconfig, &ns, 2, &["dns.resync=1s"]).unwrap();
     let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
     let plan_api: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
@@ -536,8 +538,11 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
     .await
     .unwrap();
 
-    // Hand-made plans the planner could not have minted are refused, not enacted: an empty one
-    // at the reserved generation, and one above it.
+    // Plans the planner could not have minted are refused, not enacted: an empty one at the
+    // reserved generation, and one above it. The admission policy admits plans only from
+    // Bulwark's ServiceAccount, so they are written as that account (a buggy or compromised
+    // planner): the enactors' own check is what stops them.
+    let forger: Api<DnsPlan> = Api::namespaced(release.client_as_operator().await.unwrap(), &ns);
     let uid = endpoints.get("web").await.unwrap().metadata.uid;
     for (name, generation, rrsets) in [
         ("web-forged-empty", 3, serde_json::json!([])),
@@ -556,7 +561,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
                 "rrsets": rrsets, "contentHash": "0".repeat(64)}
         }))
         .unwrap();
-        plan_api.create(&Default::default(), &forged).await.unwrap();
+        forger.create(&Default::default(), &forged).await.unwrap();
     }
     for (name, why) in [
         ("web-forged-empty", "allowEmpty"),
@@ -619,8 +624,7 @@ async fn names_with_records_bulwark_did_not_write_or_another_owner_are_conflicts
         dns,
     } = test_bed("dns-owner", "owner").await;
     let cluster = cluster();
-    let _operators =
-        start_operators(&cluster.kubeconfig, &ns, 2, &[], &log_dir("dns-owner")).unwrap();
+    let _release = Release::install_operator(&cluster.kubeconfig, &ns, 2, &[]).unwrap();
     let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
     let fqdn = "legacy.owner.test";
     bind.nsupdate(&["add legacy.owner.test 300 A 192.0.2.10"])

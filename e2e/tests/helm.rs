@@ -1,36 +1,21 @@
-//! The Helm chart: lint, schema, least-privilege RBAC, hardened pods, and a real install whose
-//! Deployment becomes Available (kwok runs the pods on the local control plane).
+//! The Helm chart: lint, schema, least-privilege RBAC, hardened pods, and a real cluster-wide
+//! install whose operator pods (run by the node agents) become Available, enact a DnsEndpoint,
+//! and leave namespaces labelled `bulwark.dev/exclude=true` to the release installed there.
 
+use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_crds::dns::DnsPlan;
-use bulwark_e2e::{binaries::binary, cluster, eventually};
+use bulwark_crds::dns::PlanPhase;
+use bulwark_e2e::bind::Bind;
+use bulwark_e2e::chart::Release;
+use bulwark_e2e::chart::{CHART, helm, output_text as text};
+use bulwark_e2e::dns::{apply_endpoint, create_zone, plans};
+use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::Value;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/bulwark");
-
-fn helm(args: &[&str]) -> Output {
-    let home = std::env::temp_dir().join("bulwark-e2e-helm");
-    Command::new(binary("helm").expect("helm binary"))
-        .args(args)
-        // Keep helm's cache and config out of the user's home.
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("run helm")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn rendered(extra: &[&str]) -> Vec<Value> {
     let mut args = vec![
@@ -113,6 +98,29 @@ fn rbac_is_least_privilege_and_every_rule_says_why() {
             assert_ne!(manifest["roleRef"]["name"], "cluster-admin");
         }
     }
+    // Cluster-wide, namespaces labelled bulwark.dev/exclude=true are left to their own release:
+    // the operator reads namespace labels, and the admission policy does not bind there.
+    let cluster_role = manifests
+        .iter()
+        .find(|m| m["kind"] == "ClusterRole")
+        .unwrap();
+    assert!(
+        cluster_role["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["resources"] == serde_json::json!(["namespaces"])
+                && r["verbs"] == serde_json::json!(["list", "watch"])),
+        "{cluster_role}"
+    );
+    let binding = manifests
+        .iter()
+        .find(|m| m["kind"] == "ValidatingAdmissionPolicyBinding")
+        .unwrap();
+    assert_eq!(
+        binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"],
+        serde_json::json!([{"key": "bulwark.dev/exclude", "operator": "NotIn", "values": ["true"]}])
+    );
     // Every rule in the RBAC template is directly preceded by a comment saying which feature needs it.
     let source = std::fs::read_to_string(format!("{CHART}/templates/rbac.yaml")).unwrap();
     let lines: Vec<&str> = source.lines().collect();
@@ -215,7 +223,7 @@ fn pods_are_hardened() {
 #[tokio::test]
 async fn chart_installs_and_the_deployment_becomes_available() {
     let cluster = cluster();
-    let ns = cluster.namespace("helm").await;
+    let ns = cluster.namespace_for_cluster_wide_release("helm").await;
     let kubeconfig = cluster.kubeconfig.display().to_string();
     let started = Instant::now();
     let install = helm(&[
@@ -332,6 +340,8 @@ async fn chart_installs_and_the_deployment_becomes_available() {
         .await
         .unwrap();
 
+    a_cluster_wide_release_leaves_excluded_namespaces_alone(&client, &ns).await;
+
     let uninstall = helm(&[
         "uninstall",
         "bulwark",
@@ -346,4 +356,84 @@ async fn chart_installs_and_the_deployment_becomes_available() {
         "helm uninstall: {}",
         text(&uninstall)
     );
+}
+
+/// With a cluster-wide release installed (in `release_ns`), a DnsEndpoint in a managed namespace
+/// is enacted by its pods, and one in a namespace labelled `bulwark.dev/exclude=true` only by the
+/// release installed there: the way the e2e suite and a canary release share a cluster.
+async fn a_cluster_wide_release_leaves_excluded_namespaces_alone(
+    client: &kube::Client,
+    release_ns: &str,
+) {
+    let cluster = cluster();
+    let bind = Bind::start("scope.test").unwrap();
+    let managed = cluster.namespace_for_cluster_wide_release("managed").await;
+    let excluded = cluster.namespace("excluded").await;
+    let own_release = Release::install_operator(&cluster.kubeconfig, &excluded, 1, &[]).unwrap();
+    let pod_names = |ns: String| async move {
+        let pods: Api<Pod> = Api::namespaced(cluster.client().await, &ns);
+        let list = pods.list(&Default::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect::<Vec<_>>()
+    };
+    let cluster_wide_pods = pod_names(release_ns.to_string()).await;
+    let own_pods = pod_names(excluded.clone()).await;
+    for (ns, fqdn, address, enactors) in [
+        (
+            &managed,
+            "managed.scope.test",
+            "192.0.2.10",
+            &cluster_wide_pods,
+        ),
+        (&excluded, "excluded.scope.test", "192.0.2.20", &own_pods),
+    ] {
+        create_zone(client, ns, "scope", &bind).await.unwrap();
+        apply_endpoint(client, ns, "web", "scope", fqdn, &[address.to_string()])
+            .await
+            .unwrap();
+        let plan = eventually(
+            Duration::from_secs(60),
+            &format!("{ns}: plan 1 Live"),
+            || async {
+                let plan = plans(client, ns, "web").await.ok()?.pop()?;
+                (plan.status.as_ref()?.phase == PlanPhase::Live).then_some(plan)
+            },
+        )
+        .await
+        .unwrap();
+        let enacted_by = plan.status.unwrap().enacted_by.unwrap_or_default();
+        println!("{ns}: plan 1 enacted by {enacted_by}");
+        assert!(
+            enactors.contains(&enacted_by),
+            "{ns}: enacted by {enacted_by}, expected one of {enactors:?}"
+        );
+        assert_eq!(
+            plans(client, ns, "web").await.unwrap().len(),
+            1,
+            "{ns}: one planner, one plan"
+        );
+        assert_eq!(
+            bind.provider().served_records(fqdn).await.unwrap()[0].values,
+            vec![address.to_string()]
+        );
+        // Every Event about the namespace's objects comes from the expected release's pods.
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+        let reporters: std::collections::BTreeSet<String> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|e| e.reporting_instance)
+            .collect();
+        println!("{ns}: Events reported by {reporters:?}");
+        assert!(!reporters.is_empty(), "{ns}: the enactment left Events");
+        assert!(
+            reporters.iter().all(|r| enactors.contains(r)),
+            "{ns}: Events from {reporters:?}, expected only {enactors:?}"
+        );
+    }
+    drop(own_release);
 }

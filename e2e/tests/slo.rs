@@ -1,4 +1,5 @@
-//! SLO burn-rate alerting end to end: the operator on the real control plane renders a
+//! SLO burn-rate alerting end to end: the operator (the Helm chart's pod) on the real control
+//! plane renders a
 //! ServiceLevelObjective; a real Prometheus loads the PrometheusRule's groups, scrapes a
 //! synthetic exporter whose error ratio the test sets, fires the page alert, and the SLO's
 //! status follows, with every fault on the way shown as a Condition.
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use bulwark_controllers::slo::{dashboard_name, prometheus_rule_name, prometheus_rule_resource};
 use bulwark_crds::slo::ServiceLevelObjective;
-use bulwark_e2e::operator::start_operator;
+use bulwark_e2e::chart::Release;
 use bulwark_e2e::process::free_port;
 use bulwark_e2e::slo::{
     ERRORS_SELECTOR, Exporter, Prometheus, TOTAL_SELECTOR, install_prometheus_rule_crd,
@@ -21,10 +22,6 @@ const OBJECTIVE: f64 = 99.9;
 /// 2% of requests failing against a 0.1% budget: a 20× burn, above the 14.4× page factor.
 const INJECTED_ERROR_RATIO: f64 = 0.02;
 const INJECTED_BURN: f64 = INJECTED_ERROR_RATIO / ((100.0 - OBJECTIVE) / 100.0);
-
-fn log_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join("bulwark-e2e-logs").join("slo")
-}
 
 /// (status, reason, message) of the SLO's condition `type_`.
 async fn condition(
@@ -59,8 +56,8 @@ async fn wait_for_condition(
 }
 
 /// `bulwark_reconciles_total` of the SLO controller, all results.
-async fn slo_reconciles(operator: &bulwark_e2e::operator::Operator) -> f64 {
-    let (_, metrics) = operator.get("/metrics").await.unwrap();
+async fn slo_reconciles(release: &Release, client: &kube::Client) -> f64 {
+    let metrics = release.metrics(client).await.unwrap();
     metrics
         .lines()
         .filter(|l| l.starts_with("bulwark_reconciles_total{") && l.contains("controller=\"slo\""))
@@ -76,15 +73,16 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
     let ns = cluster.namespace("slo").await;
     let exporter = Exporter::start("api", 200.0).unwrap();
     let prometheus_port = free_port().unwrap();
-    let operator = start_operator(
+    // Prometheus (started later) listens where the operator's pod reaches it.
+    let prometheus_host = bulwark_e2e::host_address_for_pods().unwrap_or([127, 0, 0, 1].into());
+    let release = Release::install_operator(
         &cluster.kubeconfig,
         &ns,
-        "slo-0",
+        1,
         &[
-            &format!("--prometheus-url=http://127.0.0.1:{prometheus_port}"),
-            "--slo-status-interval=1s",
+            &format!("slo.prometheusURL=http://{prometheus_host}:{prometheus_port}"),
+            "slo.statusInterval=1s",
         ],
-        &log_dir(),
     )
     .unwrap();
 
@@ -236,9 +234,9 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
     println!("all {} dashboard queries answered with data", queries.len());
 
     // Status writes do not feed back into reconciles: refreshes follow the 1s interval.
-    let before = slo_reconciles(&operator).await;
+    let before = slo_reconciles(&release, &client).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let per_second = (slo_reconciles(&operator).await - before) / 10.0;
+    let per_second = (slo_reconciles(&release, &client).await - before) / 10.0;
     println!("SLO reconciles per second with a 1s status interval: {per_second:.1}");
     assert!(
         (0.5..=2.0).contains(&per_second),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
 use bulwark_controllers::slo::{self, controller::SloSettings};
-use bulwark_controllers::{metrics::Metrics, readiness::Readiness};
+use bulwark_controllers::{metrics::Metrics, readiness::Readiness, scope::Scope};
 use clap::{Parser, Subcommand};
 use kube::runtime::events::{Recorder, Reporter};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
@@ -88,7 +88,7 @@ struct RunArgs {
     /// Interval between renewals and acquisition attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     retry_period: Duration,
-    /// Watch only this namespace (default: every namespace).
+    /// Watch only this namespace (default: every namespace not labelled bulwark.dev/exclude=true).
     #[arg(long, env = "BULWARK_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// DnsPlans kept below each endpoint's live generation (for audit and rollback).
@@ -308,8 +308,21 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Strategy::Fenced
     };
+    // Every long-running task is supervised: one that ends before shutdown (a panic, a stream
+    // closed for good) takes the process down with a non-zero exit, so Kubernetes restarts the
+    // replica instead of leaving one that looks healthy and does nothing.
+    let mut tasks = Supervisor::new(args.chaos_crash_task.clone());
+    let scope = match args.watch_namespace {
+        Some(namespace) => Scope::pinned(namespace),
+        None => {
+            let (scope, namespace_cache) = Scope::cluster_wide(&client, &readiness);
+            tasks.spawn("namespace-cache", namespace_cache);
+            scope
+        }
+    };
+    info!(?scope, "managing");
     let dns_settings = DnsSettings {
-        namespace: args.watch_namespace.clone(),
+        scope: scope.clone(),
         identity,
         strategy,
         retention: args.dns_plan_retention,
@@ -317,10 +330,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         server_timeout: args.dns_server_timeout,
         slow_enactor: SlowEnactor::new(args.chaos_slow_enactor.unwrap_or_default()),
     };
-    // Every long-running task is supervised: one that ends before shutdown (a panic, a stream
-    // closed for good) takes the process down with a non-zero exit, so Kubernetes restarts the
-    // replica instead of leaving one that looks healthy and does nothing.
-    let mut tasks = Supervisor::new(args.chaos_crash_task.clone());
     tasks.spawn(
         "dns-planner",
         dns::planner::run(
@@ -356,7 +365,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     );
     let slo_settings = SloSettings {
-        namespace: args.watch_namespace.clone(),
+        scope,
         prometheus_url: args.prometheus_url,
         status_interval: args.slo_status_interval,
         query_timeout: args.prometheus_timeout,

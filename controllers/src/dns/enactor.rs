@@ -57,8 +57,8 @@ pub async fn run(
     settings: DnsSettings,
     shutdown: CancellationToken,
 ) {
-    let scope = settings.namespace.clone();
-    let namespace = scope.as_deref();
+    let scope = settings.scope.clone();
+    let namespace = scope.namespace();
     let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
     let endpoints = caches.endpoints;
     // Zones trigger their endpoints and are read from this cache, not fetched per enactment.
@@ -90,6 +90,13 @@ pub async fn run(
 }
 
 async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {
+    if let Some(action) = context
+        .settings
+        .scope
+        .not_managed(endpoint.namespace().as_deref())
+    {
+        return Ok(action);
+    }
     let has_finalizer = endpoint.finalizers().iter().any(|f| f == RECORDS_FINALIZER);
     let deleting = endpoint.meta().deletion_timestamp.is_some();
     if deleting && !has_finalizer {

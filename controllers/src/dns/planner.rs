@@ -33,6 +33,7 @@ use super::runtime::{
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::scope::Scope;
 
 const CONTROLLER: &str = "dns-planner";
 const FIELD_MANAGER: &str = "bulwark-dns-planner";
@@ -47,6 +48,7 @@ struct Context {
     slices: Store<EndpointSlice>,
     backoff: Backoff,
     server_timeout: Duration,
+    scope: Scope,
 }
 
 pub async fn run(
@@ -58,7 +60,8 @@ pub async fn run(
     settings: DnsSettings,
     shutdown: CancellationToken,
 ) {
-    let namespace = settings.namespace.as_deref();
+    let scope = settings.scope;
+    let namespace = scope.namespace();
     let server_timeout = settings.server_timeout;
     let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
     let endpoints = caches.endpoints;
@@ -80,6 +83,7 @@ pub async fn run(
         slices,
         backoff: Backoff::default(),
         server_timeout,
+        scope: scope.clone(),
     });
     let results = controller
         .owns_stream(caches.plan_events.touched_objects())
@@ -178,6 +182,9 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     };
     if endpoint.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if let Some(action) = context.scope.not_managed(endpoint.namespace().as_deref()) {
+        return Ok(action);
     }
     let timer = context.metrics.reconcile(CONTROLLER);
     let result = match plan(&endpoint, &context, token).await {

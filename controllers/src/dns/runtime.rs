@@ -21,6 +21,7 @@ use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
 use crate::readiness::Readiness;
+use crate::scope::Scope;
 
 /// The caches both DNS controllers work from: endpoints (their main stream) and plans, each with
 /// a readiness gate `<controller>/<kind>`.
@@ -70,8 +71,8 @@ pub const LEADER_TOKEN_ANNOTATION: &str = "bulwark.dev/leader-token";
 
 #[derive(Clone, Debug)]
 pub struct DnsSettings {
-    /// Only this namespace's objects, or every namespace's when `None`.
-    pub namespace: Option<String>,
+    /// The namespaces whose objects this replica manages.
+    pub scope: Scope,
     /// This replica's identity, recorded as a plan's `enactedBy`.
     pub identity: String,
     pub strategy: Strategy,

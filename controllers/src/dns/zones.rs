@@ -37,7 +37,7 @@ pub async fn run(
 ) {
     let (zones, zone_events) = cached::<DnsZone>(
         &client,
-        settings.namespace.as_deref(),
+        settings.scope.namespace(),
         watcher::Config::default(),
         readiness.gate(format!("{CONTROLLER}/DnsZone")),
     );
@@ -67,6 +67,13 @@ async fn reconcile(zone: Arc<DnsZone>, context: Arc<Context>) -> Result<Action, 
     let Some(token) = context.leadership.borrow().token() else {
         return Ok(Action::await_change());
     };
+    if let Some(action) = context
+        .settings
+        .scope
+        .not_managed(zone.namespace().as_deref())
+    {
+        return Ok(action);
+    }
     let timer = context.metrics.reconcile(CONTROLLER);
     let probe = match zone_client(&context.client, &zone, context.settings.server_timeout).await {
         Ok(dns) => dns.probe().await.map_err(Error::from),

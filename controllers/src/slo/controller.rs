@@ -24,6 +24,7 @@ use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, publish};
+use crate::scope::Scope;
 
 const CONTROLLER: &str = "slo";
 const FIELD_MANAGER: &str = "bulwark-slo";
@@ -38,8 +39,8 @@ pub const LIVE_STATUS: &str = "LiveStatus";
 
 #[derive(Clone, Debug)]
 pub struct SloSettings {
-    /// Only this namespace's objects, or every namespace's when `None`.
-    pub namespace: Option<String>,
+    /// The namespaces whose objects this replica manages.
+    pub scope: Scope,
     /// Base URL of the Prometheus whose numbers go into status, e.g. `http://prometheus:9090`.
     pub prometheus_url: Option<String>,
     /// How often live numbers are refreshed.
@@ -72,7 +73,7 @@ pub async fn run(
     settings: SloSettings,
     shutdown: CancellationToken,
 ) {
-    let namespace = settings.namespace.as_deref();
+    let namespace = settings.scope.namespace();
     let (slos, slo_events) = cached::<ServiceLevelObjective>(
         &client,
         namespace,
@@ -130,6 +131,13 @@ async fn reconcile(
     let Some(token) = context.leadership.borrow().token() else {
         return Ok(Action::await_change());
     };
+    if let Some(action) = context
+        .settings
+        .scope
+        .not_managed(slo.namespace().as_deref())
+    {
+        return Ok(action);
+    }
     let timer = context.metrics.reconcile(CONTROLLER);
     let result = reconcile_as_leader(&slo, &context, token).await;
     timer.done(result.as_ref().err().map(|_| "api"));
