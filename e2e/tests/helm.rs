@@ -418,7 +418,7 @@ async fn a_cluster_wide_release_leaves_excluded_namespaces_alone(
             bind.provider().served_records(fqdn).await.unwrap()[0].values,
             vec![address.to_string()]
         );
-        // Every Event about the namespace's objects comes from the expected release's pods.
+        // Every Event Bulwark recorded there comes from the expected release's pods.
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
         let reporters: std::collections::BTreeSet<String> = events
             .list(&Default::default())
@@ -426,6 +426,7 @@ async fn a_cluster_wide_release_leaves_excluded_namespaces_alone(
             .unwrap()
             .items
             .into_iter()
+            .filter(|e| e.reporting_controller.as_deref() == Some("bulwark"))
             .filter_map(|e| e.reporting_instance)
             .collect();
         println!("{ns}: Events reported by {reporters:?}");
