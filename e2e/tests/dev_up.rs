@@ -1,7 +1,8 @@
 //! `./dev up` as a new user meets it: `bulwark-local` starts the whole system, then
 //! `kubectl apply -f examples/` gives a DNS answer (`dig` at the printed server) from the
 //! example Service's ready pods and the example SLO's live burn rates, within a minute of
-//! startup finishing; Ctrl-C (SIGTERM here) stops everything and exits cleanly.
+//! startup finishing; Prometheus scrapes the operator's pods; Ctrl-C (SIGTERM here) stops
+//! everything and exits cleanly.
 //!
 //! Local control plane only: it starts its own, so it is skipped with `BULWARK_E2E_KUBECONFIG`.
 
@@ -135,6 +136,28 @@ async fn dev_up_answers_dig_and_shows_slo_status_for_the_examples() {
         "checkout-availability live burn rates {burn}, {:.1}s after kubectl apply",
         up.elapsed().as_secs_f64()
     );
+
+    // Prometheus scrapes both operator pods.
+    let prometheus = state["prometheus"].as_str().unwrap();
+    let scraped = eventually(
+        Duration::from_secs(60),
+        "Prometheus to scrape both operator pods",
+        || async {
+            let body: serde_json::Value = reqwest::get(format!(
+                "{prometheus}/api/v1/query?query=sum(up%7Bjob%3D%22bulwark%22%7D)"
+            ))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+            let up = body["data"]["result"][0]["value"][1].as_str()?.to_string();
+            (up == "2").then_some(up)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", local.log_tail(30)));
+    println!("Prometheus: sum(up{{job=\"bulwark\"}}) = {scraped}");
 
     local.signal(libc::SIGTERM);
     let exit = local.wait_exit(Duration::from_secs(60));

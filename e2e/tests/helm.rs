@@ -13,7 +13,8 @@ use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -223,6 +224,21 @@ fn pods_are_hardened() {
 #[tokio::test]
 async fn chart_installs_and_the_deployment_becomes_available() {
     let cluster = cluster();
+    // Only a cluster-wide release makes a ClusterRole; a second one would manage the same
+    // namespaces as the one already there.
+    let cluster_roles: Api<ClusterRole> = Api::all(cluster.client().await);
+    let installed = cluster_roles
+        .list(&ListParams::default().labels("app.kubernetes.io/name=bulwark"))
+        .await
+        .unwrap()
+        .items;
+    if let Some(role) = installed.first() {
+        println!(
+            "skipped: a cluster-wide Bulwark is installed here (ClusterRole {}); a second would act on the same namespaces",
+            role.metadata.name.as_deref().unwrap_or_default()
+        );
+        return;
+    }
     let ns = cluster.namespace_for_cluster_wide_release("helm").await;
     let kubeconfig = cluster.kubeconfig.display().to_string();
     let started = Instant::now();
