@@ -15,6 +15,7 @@ use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio_util::sync::CancellationToken;
 
 use crate::readiness::Readiness;
 
@@ -70,10 +71,11 @@ impl Scope {
     }
 
     /// Manages every namespace not excluded; the returned task keeps the namespace cache (it is
-    /// metadata only) and must run for the replica's lifetime.
+    /// metadata only) until `shutdown`, and must run for the replica's lifetime.
     pub fn cluster_wide(
         client: &kube::Client,
         readiness: &Readiness,
+        shutdown: CancellationToken,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let (store, writer) = reflector::store();
         let gate = readiness.gate("scope/Namespace");
@@ -81,7 +83,10 @@ impl Scope {
         let events = watcher(namespaces, watcher::Config::default())
             .default_backoff()
             .reflect(writer);
-        let task = gate.open_when_listed(events).for_each(|event| {
+        let events = gate
+            .open_when_listed(events)
+            .take_until(shutdown.cancelled_owned());
+        let task = events.for_each(|event| {
             if let Err(error) = event {
                 tracing::warn!(%error, "namespace watch failed");
             }

@@ -35,7 +35,15 @@ impl Bind {
 
     /// Starts `named` authoritative for every zone in `zones`, all updatable with one key.
     pub fn start_zones(zones: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("bulwark-bind-").tempdir()?;
+        Self::start_in(&std::env::temp_dir(), zones)
+    }
+
+    /// Like [`Self::start_zones`], with its files in a new directory under `parent` (a run
+    /// directory, so a sweep of stale runs removes them too).
+    pub fn start_in(parent: &std::path::Path, zones: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bulwark-bind-")
+            .tempdir_in(parent)?;
         let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
         let zones: Vec<String> = zones
             .iter()

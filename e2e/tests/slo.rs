@@ -115,7 +115,13 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
         install_prometheus_rule_crd(&client).await.unwrap();
     }
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let dashboard = config_maps.get(&dashboard_name(name)).await.unwrap();
+    let dashboard = eventually(
+        Duration::from_secs(30),
+        "the dashboard ConfigMap",
+        || async { config_maps.get(&dashboard_name(name)).await.ok() },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         dashboard.metadata.labels.as_ref().unwrap()["grafana_dashboard"],
         "1"

@@ -315,7 +315,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let scope = match args.watch_namespace {
         Some(namespace) => Scope::pinned(namespace),
         None => {
-            let (scope, namespace_cache) = Scope::cluster_wide(&client, &readiness);
+            let (scope, namespace_cache) =
+                Scope::cluster_wide(&client, &readiness, shutdown.clone());
             tasks.spawn("namespace-cache", namespace_cache);
             scope
         }

@@ -59,7 +59,7 @@ async fn main() -> Result<()> {
     install_crds(&client).await.context("installing CRDs")?;
     install_prometheus_rule_crd(&client).await?;
 
-    let bind = Bind::start(ZONE)?;
+    let bind = Bind::start_in(&plane.dir, &[ZONE])?;
     dns::create_zone_for(&client, EXAMPLES_NAMESPACE, ZONE_OBJECT, &bind, ZONE).await?;
     println!("BIND9 serving {ZONE} at {}", bind.server());
 
