@@ -156,12 +156,13 @@ fn sigkilled_owner_leaves_nothing_behind_after_the_next_start() {
     });
     let components = processes_mentioning(&run_dir);
     // etcd, kube-apiserver, controller-manager, scheduler, kwok, kube-proxy, CoreDNS, the
-    // NetworkPolicy enforcer, three node agents, the operator and the pod's sandbox. The owner's own command line does not mention
-    // its run directory, nor does the container, which has only the pod's environment.
+    // NetworkPolicy enforcer, three node agents, BIND9, Prometheus, and the sandboxes of the
+    // two operator pods and this pod. The owner's own command line does not mention its run
+    // directory, nor do containers, which have only their pod's environment.
     assert_eq!(
         components.len(),
-        13,
-        "expected 13 processes, found {components:?}"
+        16,
+        "expected 16 processes, found {components:?}"
     );
     child.kill().unwrap();
     child.wait().unwrap();
