@@ -40,6 +40,43 @@ enum Command {
     /// Work with ServiceLevelObjectives offline.
     #[command(subcommand)]
     Slo(SloCommand),
+    /// Run a PostgreSQL instance: the main process of a DatabaseCluster's pod.
+    Instance(Box<InstanceArgs>),
+}
+
+#[derive(clap::Args)]
+struct InstanceArgs {
+    /// The instance's volume (data directory, persisted epoch and role, sockets, log).
+    #[arg(long, env = "BULWARK_INSTANCE_VOLUME")]
+    volume: PathBuf,
+    /// PostgreSQL's programs.
+    #[arg(
+        long,
+        env = "BULWARK_POSTGRES_BIN",
+        default_value = "/usr/lib/postgresql/15/bin"
+    )]
+    postgres_bin: PathBuf,
+    #[arg(long, default_value_t = 5432)]
+    port: u16,
+    /// A new volume starts as the primary, or as a replica of this primary (host:port).
+    #[arg(long)]
+    bootstrap_replica_of: Option<String>,
+    #[arg(long, default_value = "replicator")]
+    replication_user: String,
+    #[arg(long)]
+    replication_password_file: PathBuf,
+    /// Address of the command API (HTTPS, client certificates only).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    api_addr: SocketAddr,
+    #[arg(long)]
+    tls_cert: PathBuf,
+    #[arg(long)]
+    tls_key: PathBuf,
+    /// CA whose certificates may command this instance (the operator's).
+    #[arg(long)]
+    client_ca: PathBuf,
+    #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: telemetry::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -165,6 +202,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Instance(args) => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match runtime.block_on(instance(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bulwark instance: {}", format!("{e:#}").replace('\n', " "));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(run(*args)) {
@@ -177,6 +224,41 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
+    use bulwark_controllers::postgres::{api, instance::Role, manager};
+    telemetry::init(args.log_format);
+    bulwark_controllers::runtime::ensure_crypto_provider();
+    let config = manager::Config {
+        volume: args.volume,
+        bin_dir: args.postgres_bin,
+        port: args.port,
+        bootstrap: match args.bootstrap_replica_of {
+            Some(primary) => Role::Replica { primary },
+            None => Role::Primary,
+        },
+        replication_user: args.replication_user,
+        replication_password_file: args.replication_password_file,
+    };
+    let tls = bulwark_controllers::tls::TlsFiles {
+        cert: args.tls_cert,
+        key: args.tls_key,
+        client_ca: args.client_ca,
+    };
+    // Bound before bootstrapping, so a taken port fails at once.
+    let tcp = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("binding the command API on {}", args.api_addr))?;
+    let manager = manager::Manager::open(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    info!(address = %args.api_addr, "command API listening");
+    let supervisor = tokio::spawn(manager.clone().supervise(shutdown.clone()));
+    let served = api::serve(manager, tcp, &tls, shutdown.clone()).await;
+    shutdown.cancel();
+    supervisor.await?;
+    served
 }
 
 fn crdgen(dirs: &[PathBuf]) -> anyhow::Result<()> {

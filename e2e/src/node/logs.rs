@@ -3,69 +3,17 @@
 //! server requires (signed by the cluster CA) before answering.
 
 use super::pod::NodeContext;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use bulwark_controllers::tls::MutualTlsListener;
+pub use bulwark_controllers::tls::TlsFiles;
 use serde::Deserialize;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::warn;
-
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
-}
-
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((stream, address)) = self.tcp.accept().await else {
-                continue;
-            };
-            match self.acceptor.accept(stream).await {
-                Ok(tls) => return (tls, address),
-                Err(e) => warn!(%address, error = %e, "TLS handshake refused"),
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
-    }
-}
-
-fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&files.client_ca)? {
-        roots.add(cert?)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()?;
-    let chain = CertificateDer::pem_file_iter(&files.cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).context("node serving key")?;
-    Ok(rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?)
-}
 
 /// Serves on `tcp`, bound by the caller before the Node advertises its port.
 pub async fn serve(
@@ -73,11 +21,7 @@ pub async fn serve(
     tcp: tokio::net::TcpListener,
     files: TlsFiles,
 ) -> Result<()> {
-    let config = server_config(&files)?;
-    let listener = TlsListener {
-        tcp,
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-    };
+    let listener = MutualTlsListener::new(tcp, &files)?;
     let router = axum::Router::new()
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",

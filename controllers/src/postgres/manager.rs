@@ -1,0 +1,494 @@
+//! `bulwark instance`: the main process of a PostgreSQL pod. It bootstraps the data directory
+//! (initdb for the first primary, pg_basebackup for a replica), writes the configuration Bulwark
+//! manages, supervises `postgres` (restarting it when it dies, unless fenced), and carries out
+//! the operator's commands, each decided by [`super::instance::decide`] and persisted to the
+//! volume before PostgreSQL is touched, so a crash mid-command never forgets an epoch.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio::process::{Child, Command as Process};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::instance::{Action, Command, Refusal, Role, State, decide};
+
+/// Where the database's port and the replication credentials come from.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The instance's volume: `pgdata/`, the persisted state, the socket directory, the log.
+    pub volume: PathBuf,
+    /// PostgreSQL's programs (Debian: /usr/lib/postgresql/<major>/bin).
+    pub bin_dir: PathBuf,
+    pub port: u16,
+    /// The role a new volume starts in; a volume that has a state file keeps its own.
+    pub bootstrap: Role,
+    pub replication_user: String,
+    pub replication_password_file: PathBuf,
+}
+
+impl Config {
+    fn pgdata(&self) -> PathBuf {
+        self.volume.join("pgdata")
+    }
+    fn state_file(&self) -> PathBuf {
+        self.volume.join("bulwark-instance.json")
+    }
+    /// Unix socket directory: local connections never leave the pod.
+    fn socket_dir(&self) -> PathBuf {
+        self.volume.join("run")
+    }
+    fn log_file(&self) -> PathBuf {
+        self.volume.join("postgres.log")
+    }
+    fn program(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+    fn replication_password(&self) -> Result<String> {
+        let password = std::fs::read_to_string(&self.replication_password_file)
+            .with_context(|| format!("{}", self.replication_password_file.display()))?;
+        Ok(password.trim().to_string())
+    }
+}
+
+/// What `GET /status` reports.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub epoch: u64,
+    #[serde(flatten)]
+    pub role: Role,
+    /// PostgreSQL answers on its socket.
+    pub running: bool,
+    pub in_recovery: Option<bool>,
+    pub timeline: Option<i32>,
+    /// The primary's current WAL position.
+    pub current_lsn: Option<String>,
+    pub received_lsn: Option<String>,
+    pub replayed_lsn: Option<String>,
+    /// The WAL receiver's state (`streaming` on a healthy replica).
+    pub wal_receiver: Option<String>,
+    /// Standbys streaming from this primary: (application name, sync state).
+    pub standbys: Vec<(String, String)>,
+}
+
+pub struct Manager {
+    config: Config,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    state: State,
+    postgres: Option<Child>,
+}
+
+impl Manager {
+    /// Loads the persisted state, or bootstraps a new volume in `config.bootstrap`'s role.
+    pub async fn open(config: Config) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(config.socket_dir())?;
+        let state = match std::fs::read(config.state_file()) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}", config.state_file().display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let state = State {
+                    epoch: 0,
+                    role: config.bootstrap.clone(),
+                };
+                bootstrap(&config, &state.role).await?;
+                persist(&config, &state)?;
+                state
+            }
+            Err(e) => return Err(e.into()),
+        };
+        info!(epoch = state.epoch, role = ?state.role, "instance state");
+        write_config(&config, &state.role)?;
+        let manager = Arc::new(Manager {
+            config,
+            inner: Mutex::new(Inner {
+                state,
+                postgres: None,
+            }),
+        });
+        Ok(manager)
+    }
+
+    /// Keeps PostgreSQL running unless fenced; returns only on shutdown.
+    pub async fn supervise(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            {
+                let mut inner = self.inner.lock().await;
+                let exited = match inner.postgres.as_mut() {
+                    Some(child) => child.try_wait().ok().flatten(),
+                    None => None,
+                };
+                if let Some(status) = exited {
+                    warn!(%status, "postgres exited; restarting it");
+                    inner.postgres = None;
+                }
+                if inner.postgres.is_none() && inner.state.role != Role::Fenced {
+                    match start_postgres(&self.config) {
+                        Ok(child) => inner.postgres = Some(child),
+                        Err(error) => warn!(%error, "could not start postgres"),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        let mut inner = self.inner.lock().await;
+        if let Some(child) = inner.postgres.take() {
+            // Fast shutdown: sessions end, a checkpoint is written, nothing is lost.
+            stop_postgres(child, libc::SIGINT).await;
+        }
+    }
+
+    /// Decides, persists, then acts. A refusal leaves everything as it was.
+    pub async fn command(&self, command: Command) -> Result<State, CommandError> {
+        let mut inner = self.inner.lock().await;
+        let (next, action) = decide(&inner.state, &command).map_err(CommandError::Refused)?;
+        persist(&self.config, &next).map_err(CommandError::Failed)?;
+        let previous = std::mem::replace(&mut inner.state, next.clone());
+        info!(?command, from = ?previous, to = ?next, ?action, "command accepted");
+        match action {
+            Action::Nothing => {}
+            Action::Promote => {
+                let output = Process::new(self.config.program("pg_ctl"))
+                    .arg("promote")
+                    .arg("-w")
+                    .arg("-D")
+                    .arg(self.config.pgdata())
+                    .output()
+                    .await
+                    .map_err(|e| CommandError::Failed(e.into()))?;
+                if !output.status.success() {
+                    return Err(CommandError::Failed(anyhow::anyhow!(
+                        "pg_ctl promote: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )));
+                }
+            }
+            Action::StopImmediately => {
+                if let Some(child) = inner.postgres.take() {
+                    stop_postgres(child, libc::SIGQUIT).await;
+                }
+            }
+            Action::Follow { rewind, .. } => {
+                if let Some(child) = inner.postgres.take() {
+                    stop_postgres(child, libc::SIGINT).await;
+                }
+                if rewind {
+                    // This instance's history may hold writes the new primary never had: start
+                    // over from the new primary's copy (pg_rewind would copy less).
+                    std::fs::remove_dir_all(self.config.pgdata())
+                        .map_err(|e| CommandError::Failed(e.into()))?;
+                    bootstrap(&self.config, &next.role)
+                        .await
+                        .map_err(CommandError::Failed)?;
+                }
+                write_config(&self.config, &next.role).map_err(CommandError::Failed)?;
+                // The supervisor starts it again as a replica.
+            }
+        }
+        Ok(next)
+    }
+
+    pub async fn status(&self) -> Status {
+        let state = self.inner.lock().await.state.clone();
+        let mut status = Status {
+            epoch: state.epoch,
+            role: state.role,
+            running: false,
+            in_recovery: None,
+            timeline: None,
+            current_lsn: None,
+            received_lsn: None,
+            replayed_lsn: None,
+            wal_receiver: None,
+            standbys: Vec::new(),
+        };
+        if let Err(error) = self.read_postgres(&mut status).await {
+            tracing::debug!(%error, "postgres did not answer");
+        }
+        status
+    }
+
+    async fn read_postgres(&self, status: &mut Status) -> Result<()> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host_path(self.config.socket_dir())
+            .port(self.config.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(2))
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(connection);
+        let row = client
+            .query_one(
+                // A primary's timeline is in its current WAL file's name (the checkpoint's
+                // lags a promotion); a replica's is the one it receives.
+                "SELECT pg_is_in_recovery(),
+                        CASE WHEN pg_is_in_recovery()
+                             THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                                           (SELECT timeline_id FROM pg_control_checkpoint()))
+                             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+                        END,
+                        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+                        pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+                        (SELECT status FROM pg_stat_wal_receiver)",
+                &[],
+            )
+            .await?;
+        status.running = true;
+        status.in_recovery = row.get(0);
+        status.timeline = row.get(1);
+        status.current_lsn = row.get(2);
+        status.received_lsn = row.get(3);
+        status.replayed_lsn = row.get(4);
+        status.wal_receiver = row.get(5);
+        status.standbys = client
+            .query(
+                "SELECT application_name, sync_state FROM pg_stat_replication ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("accepted but not carried out: {0:#}")]
+    Failed(anyhow::Error),
+}
+
+/// Writes the state to a new file, syncs it, then renames it over the old one: a crash leaves
+/// either the old state or the new, never a torn one.
+fn persist(config: &Config, state: &State) -> Result<()> {
+    use std::io::Write;
+    let path = config.state_file();
+    let temporary = path.with_extension("json.new");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&serde_json::to_vec(state)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(&config.volume)?.sync_all()?;
+    Ok(())
+}
+
+async fn run(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
+    let output = Process::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .await
+        .with_context(|| format!("running {}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {}: {}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A new data directory: initdb and the replication role for a primary, a base backup of the
+/// primary for a replica.
+async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
+    let pgdata = config.pgdata().display().to_string();
+    let password = config.replication_password()?;
+    match role {
+        Role::Primary | Role::Fenced => {
+            info!("initdb");
+            // Checksums: a torn page is detected instead of replicated.
+            run(
+                &config.program("initdb"),
+                &[
+                    "-D",
+                    &pgdata,
+                    "-U",
+                    "postgres",
+                    "--data-checksums",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ],
+                &[],
+            )
+            .await?;
+            write_config(config, role)?;
+            // Single-user mode: the replication role exists before anyone can connect.
+            let sql = format!(
+                "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD '{}';\n",
+                config.replication_user,
+                password.replace('\'', "''")
+            );
+            let mut single = Process::new(config.program("postgres"))
+                .args(["--single", "-D", &pgdata, "postgres"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            use tokio::io::AsyncWriteExt;
+            single
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(sql.as_bytes())
+                .await?;
+            let output = single.wait_with_output().await?;
+            if !output.status.success() {
+                bail!(
+                    "creating the replication role: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+        Role::Replica { primary } => {
+            let (host, port) = split_address(primary)?;
+            info!(%primary, "pg_basebackup");
+            run(
+                &config.program("pg_basebackup"),
+                &[
+                    "-D",
+                    &pgdata,
+                    "-h",
+                    &host,
+                    "-p",
+                    &port,
+                    "-U",
+                    &config.replication_user,
+                    "-X",
+                    "stream",
+                    "--checkpoint=fast",
+                ],
+                &[("PGPASSWORD", &password)],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn split_address(address: &str) -> Result<(String, String)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("{address:?} is not host:port"))?;
+    Ok((host.to_string(), port.to_string()))
+}
+
+/// The settings Bulwark manages, in `bulwark.conf` (included last, so they win), and the whole
+/// of `pg_hba.conf`; a replica also gets `standby.signal`.
+fn write_config(config: &Config, role: &Role) -> Result<()> {
+    let pgdata = config.pgdata();
+    let main = pgdata.join("postgresql.conf");
+    let text = std::fs::read_to_string(&main)?;
+    let include = "include 'bulwark.conf'";
+    if !text.lines().any(|l| l.trim() == include) {
+        std::fs::write(&main, format!("{text}\n{include}\n"))?;
+    }
+    let mut settings = format!(
+        "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
+         wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n",
+        port = config.port,
+        socket = config.socket_dir().display(),
+    );
+    let standby_signal = pgdata.join("standby.signal");
+    if let Role::Replica { primary } = role {
+        let (host, port) = split_address(primary)?;
+        let conninfo = format!(
+            "host={} port={} user={} password={} application_name={}",
+            conninfo_value(&host),
+            conninfo_value(&port),
+            conninfo_value(&config.replication_user),
+            conninfo_value(&config.replication_password()?),
+            conninfo_value(&application_name(config)),
+        );
+        // postgresql.conf quotes with '' inside a quoted value.
+        settings.push_str(&format!(
+            "primary_conninfo = '{}'\n",
+            conninfo.replace('\'', "''")
+        ));
+        std::fs::write(&standby_signal, "")?;
+    } else if standby_signal.exists() {
+        std::fs::remove_file(&standby_signal)?;
+    }
+    std::fs::write(pgdata.join("bulwark.conf"), settings)?;
+    std::fs::write(
+        pgdata.join("pg_hba.conf"),
+        format!(
+            "# Written by Bulwark's instance manager.\n\
+             local all all trust\n\
+             host replication {user} all scram-sha-256\n\
+             host all all all scram-sha-256\n",
+            user = config.replication_user
+        ),
+    )?;
+    Ok(())
+}
+
+/// A libpq connection-string value, quoted so spaces, quotes and backslashes survive.
+fn conninfo_value(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The name this instance streams under (what a primary's pg_stat_replication shows).
+fn application_name(config: &Config) -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("port-{}", config.port))
+    })
+}
+
+fn start_postgres(config: &Config) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.log_file())?;
+    info!("starting postgres");
+    let mut command = Process::new(config.program("postgres"));
+    command
+        .arg("-D")
+        .arg(config.pgdata())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // If the manager dies, postgres goes too (SIGQUIT: immediate shutdown, which takes its
+    // backends with it), so a restarted manager never finds a stray postmaster on its volume.
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(command.spawn()?)
+}
+
+/// SIGINT is PostgreSQL's fast shutdown, SIGQUIT its immediate one.
+async fn stop_postgres(mut child: Child, signal: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+    if tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
