@@ -65,6 +65,17 @@ struct InstanceArgs {
     replication_user: String,
     #[arg(long)]
     replication_password_file: PathBuf,
+    /// The application database a new primary creates, owned by `--owner`.
+    #[arg(long, value_parser = sql_name, requires_all = ["owner", "owner_password_file"])]
+    database: Option<String>,
+    #[arg(long, value_parser = sql_name)]
+    owner: Option<String>,
+    #[arg(long)]
+    owner_password_file: Option<PathBuf>,
+    /// A primary that hears from neither the API server (in-cluster config) nor any replica for
+    /// this long stops at once (self-fencing). Unset: no isolation check.
+    #[arg(long, value_parser = parse_duration)]
+    isolation_timeout: Option<Duration>,
     /// Address of the command API (HTTPS, client certificates only).
     #[arg(long, default_value = "0.0.0.0:8443")]
     api_addr: SocketAddr,
@@ -240,6 +251,24 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
         },
         replication_user: args.replication_user,
         replication_password_file: args.replication_password_file,
+        database: match (args.database, args.owner, args.owner_password_file) {
+            (Some(name), Some(owner), Some(owner_password_file)) => Some(manager::Database {
+                name,
+                owner,
+                owner_password_file,
+            }),
+            _ => None,
+        },
+    };
+    // Connected before anything starts, so a missing in-cluster config fails at once.
+    let api_server = match args.isolation_timeout {
+        Some(bound) => Some((
+            kube::Client::try_default()
+                .await
+                .context("the API server client the isolation check needs")?,
+            bound,
+        )),
+        None => None,
     };
     let tls = bulwark_controllers::tls::TlsFiles {
         cert: args.tls_cert,
@@ -255,10 +284,34 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(address = %args.api_addr, "command API listening");
     let supervisor = tokio::spawn(manager.clone().supervise(shutdown.clone()));
+    if let Some((client, bound)) = api_server {
+        info!(bound = ?bound, "self-fencing when isolated");
+        tokio::spawn(
+            manager
+                .clone()
+                .watch_isolation(client, bound, shutdown.clone()),
+        );
+    }
     let served = api::serve(manager, tcp, &tls, shutdown.clone()).await;
     shutdown.cancel();
     supervisor.await?;
     served
+}
+
+/// A role or database name Bulwark puts in SQL: lower-case letters, digits and underscores.
+fn sql_name(name: &str) -> Result<String, String> {
+    let valid = name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(format!(
+            "{name:?}: use at most 63 lower-case letters, digits and underscores, not starting with a digit"
+        ))
+    }
 }
 
 fn crdgen(dirs: &[PathBuf]) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::instance::{Action, Command, Refusal, Role, State, decide};
+use super::isolation::Contacts;
 
 /// Where the database's port and the replication credentials come from.
 #[derive(Clone, Debug)]
@@ -29,6 +30,15 @@ pub struct Config {
     pub bootstrap: Role,
     pub replication_user: String,
     pub replication_password_file: PathBuf,
+    /// The application's database and its owner role, created with the first primary.
+    pub database: Option<Database>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Database {
+    pub name: String,
+    pub owner: String,
+    pub owner_password_file: PathBuf,
 }
 
 impl Config {
@@ -74,6 +84,8 @@ pub struct Status {
     pub wal_receiver: Option<String>,
     /// Standbys streaming from this primary: (application name, sync state).
     pub standbys: Vec<(String, String)>,
+    /// Why this instance fenced itself, when it did.
+    pub fence_reason: Option<String>,
 }
 
 pub struct Manager {
@@ -84,6 +96,7 @@ pub struct Manager {
 struct Inner {
     state: State,
     postgres: Option<Child>,
+    fence_reason: Option<String>,
 }
 
 impl Manager {
@@ -111,6 +124,7 @@ impl Manager {
             inner: Mutex::new(Inner {
                 state,
                 postgres: None,
+                fence_reason: None,
             }),
         });
         Ok(manager)
@@ -199,7 +213,10 @@ impl Manager {
     }
 
     pub async fn status(&self) -> Status {
-        let state = self.inner.lock().await.state.clone();
+        let (state, fence_reason) = {
+            let inner = self.inner.lock().await;
+            (inner.state.clone(), inner.fence_reason.clone())
+        };
         let mut status = Status {
             epoch: state.epoch,
             role: state.role,
@@ -211,6 +228,7 @@ impl Manager {
             replayed_lsn: None,
             wal_receiver: None,
             standbys: Vec::new(),
+            fence_reason,
         };
         if let Err(error) = self.read_postgres(&mut status).await {
             tracing::debug!(%error, "postgres did not answer");
@@ -218,16 +236,22 @@ impl Manager {
         status
     }
 
-    async fn read_postgres(&self, status: &mut Status) -> Result<()> {
+    /// A session over the Unix socket as the superuser.
+    async fn session(&self) -> Result<tokio_postgres::Client> {
         let (client, connection) = tokio_postgres::Config::new()
             .host_path(self.config.socket_dir())
             .port(self.config.port)
             .user("postgres")
             .dbname("postgres")
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1))
             .connect(tokio_postgres::NoTls)
             .await?;
         tokio::spawn(connection);
+        Ok(client)
+    }
+
+    async fn read_postgres(&self, status: &mut Status) -> Result<()> {
+        let client = self.session().await?;
         let row = client
             .query_one(
                 // A primary's timeline is in its current WAL file's name (the checkpoint's
@@ -261,6 +285,88 @@ impl Manager {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         Ok(())
+    }
+}
+
+impl Manager {
+    /// While primary, checks every half second whether the API server and any replica can still
+    /// be heard from, and fences this instance once neither could for `bound` (see
+    /// [`super::isolation`]).
+    pub async fn watch_isolation(
+        self: Arc<Self>,
+        api_server: kube::Client,
+        bound: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let check_timeout = Duration::from_secs(1);
+        let mut contacts = Contacts::fresh(Instant::now());
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if self.inner.lock().await.state.role != Role::Primary {
+                contacts = Contacts::fresh(Instant::now());
+                continue;
+            }
+            let (api, replica) = tokio::join!(
+                tokio::time::timeout(check_timeout, api_server.apiserver_version()),
+                tokio::time::timeout(check_timeout, self.replica_replied_within(bound)),
+            );
+            let now = Instant::now();
+            if matches!(api, Ok(Ok(_))) {
+                contacts.api_server = now;
+            }
+            if matches!(replica, Ok(Ok(true))) {
+                contacts.replica = now;
+            }
+            if contacts.isolated(now, bound) {
+                let reason = format!(
+                    "isolated: neither the API server nor any replica answered for {:.1}s (bound {:.1}s)",
+                    contacts.silent_for(now).as_secs_f64(),
+                    bound.as_secs_f64()
+                );
+                self.fence_self(reason).await;
+                contacts = Contacts::fresh(now);
+            }
+        }
+    }
+
+    /// Whether some standby's last reply is younger than `within`.
+    async fn replica_replied_within(&self, within: Duration) -> Result<bool> {
+        let row = self
+            .session()
+            .await?
+            .query_one(
+                "SELECT coalesce(max(extract(epoch FROM now() - reply_time)), 'infinity')::float8
+                 FROM pg_stat_replication",
+                &[],
+            )
+            .await?;
+        let age: f64 = row.get(0);
+        Ok(age < within.as_secs_f64())
+    }
+
+    /// Stops a primary at once, in its own epoch: it acknowledges nothing more until the
+    /// operator brings it back with `follow` (a new primary will have been promoted by then).
+    async fn fence_self(&self, reason: String) {
+        let mut inner = self.inner.lock().await;
+        if inner.state.role != Role::Primary {
+            return;
+        }
+        let fenced = State {
+            epoch: inner.state.epoch,
+            role: Role::Fenced,
+        };
+        if let Err(error) = persist(&self.config, &fenced) {
+            warn!(%error, "could not persist the fence; stopping postgres anyway");
+        }
+        warn!(%reason, epoch = fenced.epoch, "fencing myself");
+        inner.state = fenced;
+        inner.fence_reason = Some(reason);
+        if let Some(child) = inner.postgres.take() {
+            stop_postgres(child, libc::SIGQUIT).await;
+        }
     }
 }
 
@@ -329,11 +435,21 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
             .await?;
             write_config(config, role)?;
             // Single-user mode: the replication role exists before anyone can connect.
-            let sql = format!(
-                "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD '{}';\n",
+            let mut sql = format!(
+                "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {};\n",
                 config.replication_user,
-                password.replace('\'', "''")
+                sql_literal(&password)
             );
+            if let Some(database) = &config.database {
+                let owner_password = std::fs::read_to_string(&database.owner_password_file)
+                    .with_context(|| format!("{}", database.owner_password_file.display()))?;
+                sql.push_str(&format!(
+                    "CREATE ROLE \"{owner}\" WITH LOGIN PASSWORD {password};\nCREATE DATABASE \"{name}\" OWNER \"{owner}\";\n",
+                    owner = database.owner,
+                    password = sql_literal(owner_password.trim()),
+                    name = database.name,
+                ));
+            }
             let mut single = Process::new(config.program("postgres"))
                 .args(["--single", "-D", &pgdata, "postgres"])
                 .stdin(Stdio::piped())
@@ -400,7 +516,8 @@ fn write_config(config: &Config, role: &Role) -> Result<()> {
     }
     let mut settings = format!(
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
-         wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n",
+         wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
+         wal_receiver_status_interval = 1s\n",
         port = config.port,
         socket = config.socket_dir().display(),
     );
@@ -436,6 +553,11 @@ fn write_config(config: &Config, role: &Role) -> Result<()> {
         ),
     )?;
     Ok(())
+}
+
+/// A SQL string literal.
+fn sql_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// A libpq connection-string value, quoted so spaces, quotes and backslashes survive.

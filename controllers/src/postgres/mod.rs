@@ -1,7 +1,8 @@
 //! Replicated PostgreSQL. So far the instance manager (`bulwark instance`, the main process of
-//! every instance pod): its pure command decisions, the driver that runs PostgreSQL, and its
-//! mutual-TLS command API. The operator's DatabaseCluster controller is not written yet.
+//! every instance pod): its pure command decisions, self-fencing when isolated, the driver that
+//! runs PostgreSQL, and its mutual-TLS command API. The operator's DatabaseCluster controller is not written yet.
 
 pub mod api;
 pub mod instance;
+pub mod isolation;
 pub mod manager;
