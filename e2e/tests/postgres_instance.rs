@@ -2,8 +2,8 @@
 //! on loopback, run as the `postgres` user as in a pod: bootstrap (initdb, then pg_basebackup),
 //! streaming replication, the mutual-TLS command API, promote into a new epoch, fencing that cuts
 //! the old primary off at once, stale epochs refused with both named, the old primary rejoining
-//! as a replica of the new one, and the epoch and role surviving a restart of the manager (a
-//! SIGKILLed one takes its postgres with it).
+//! as a replica of the new one, the epoch and role surviving a restart of the manager (a
+//! SIGKILLed one takes its postgres with it), and a switchover that loses no write.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -182,6 +182,15 @@ impl Instance {
             self.name,
             tail(&postgres)
         )
+    }
+
+    /// How many lines of the manager's log mention `text`.
+    fn log_mentions(&self, text: &str) -> usize {
+        std::fs::read_to_string(self.volume.join("manager.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
     }
 
     /// A SQL session over the instance's Unix socket.
@@ -435,4 +444,80 @@ async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
         s["walReceiver"] == "streaming" && s["epoch"] == 1
     })
     .await;
+
+    // Switchover back to a in epoch 2, losing nothing: b takes writes up to the moment it is
+    // demoted (stopped cleanly), a replays up to b's final LSN, is promoted, and b follows it
+    // as it is, without a new copy.
+    b.sql()
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO acknowledged SELECT generate_series(111, 160);")
+        .await
+        .unwrap();
+    let clones_before = b.log_mentions("pg_basebackup");
+    let (code, state) = command(&operator, &b, json!({"command": "demote", "epoch": 2})).await;
+    assert_eq!((code, state), (200, json!({"epoch": 2, "role": "demoted"})));
+    assert!(
+        b.sql().await.is_err(),
+        "a demoted primary takes no sessions"
+    );
+    let final_lsn = wait_status(&operator, &b, "stopped with a final LSN", |s| {
+        s["running"] == false && s["finalLsn"].is_string()
+    })
+    .await["finalLsn"]
+        .as_str()
+        .map(lsn)
+        .unwrap();
+    let a_status = wait_status(&operator, &a, "replayed up to b's final LSN", |s| {
+        s["replayedLsn"]
+            .as_str()
+            .is_some_and(|r| lsn(r) >= final_lsn)
+    })
+    .await;
+    println!(
+        "switchover: b stopped at {final_lsn:#x}; a replayed {}",
+        a_status["replayedLsn"]
+    );
+    let (code, _) = command(&operator, &a, json!({"command": "promote", "epoch": 2})).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        a.count().await,
+        Some(160),
+        "every write b acknowledged is on a"
+    );
+    let (code, _) = command(
+        &operator,
+        &b,
+        json!({"command": "follow", "primary": format!("127.0.0.1:{}", a.pg_port), "epoch": 2}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    wait_status(&operator, &b, "b streaming from a", |s| {
+        s["walReceiver"] == "streaming"
+    })
+    .await;
+    assert_eq!(
+        b.log_mentions("pg_basebackup"),
+        clones_before,
+        "b followed without a new copy"
+    );
+    a.sql()
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO acknowledged VALUES (161);")
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "b replays a's new write",
+        || async { (b.count().await? == 161).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
+}
+
+/// An LSN (`X/Y`, hexadecimal halves) as a number.
+fn lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').unwrap();
+    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
 }

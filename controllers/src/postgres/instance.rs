@@ -16,6 +16,28 @@ pub enum Role {
     Replica { primary: String },
     /// Stopped on command: no client is served until a `follow` brings it back as a replica.
     Fenced,
+    /// A primary stopped cleanly for a switchover: every write it acknowledged is in WAL up to
+    /// its final checkpoint, which the target replays before it is promoted. It can follow the
+    /// new primary as it is, or be promoted again if the switchover is called off.
+    Demoted,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Primary => write!(f, "the primary"),
+            Role::Replica { primary } => write!(f, "a replica of {primary}"),
+            Role::Fenced => write!(f, "fenced"),
+            Role::Demoted => write!(f, "demoted"),
+        }
+    }
+}
+
+impl Role {
+    /// Whether PostgreSQL should be running in this role.
+    pub fn serves(&self) -> bool {
+        matches!(self, Role::Primary | Role::Replica { .. })
+    }
 }
 
 /// What the instance persists on its volume.
@@ -32,6 +54,7 @@ pub struct State {
 pub enum Command {
     Promote { epoch: u64 },
     Fence { epoch: u64 },
+    Demote { epoch: u64 },
     Follow { primary: String, epoch: u64 },
 }
 
@@ -40,6 +63,7 @@ impl Command {
         match self {
             Command::Promote { epoch }
             | Command::Fence { epoch }
+            | Command::Demote { epoch }
             | Command::Follow { epoch, .. } => *epoch,
         }
     }
@@ -54,6 +78,9 @@ pub enum Action {
     Promote,
     /// Stop at once (immediate shutdown: sessions are cut, nothing new is accepted).
     StopImmediately,
+    /// Stop cleanly (fast shutdown: sessions end, a final checkpoint is written and sent to the
+    /// standbys streaming from it).
+    StopCleanly,
     /// Restart as a replica of `primary`; `rewind` when this instance was a primary (or fenced
     /// one) whose history may have diverged from the new primary's.
     Follow { primary: String, rewind: bool },
@@ -71,6 +98,8 @@ pub enum Refusal {
     PromoteNeedsNewEpoch { requested: u64, accepted: u64 },
     #[error("a fenced instance is not promoted; it rejoins with follow first")]
     FencedCannotPromote,
+    #[error("only a primary is demoted; this instance is {role}")]
+    NotPrimary { role: String },
     #[error(
         "the primary of epoch {epoch} cannot follow {primary} in the same epoch; a new primary means a new epoch"
     )]
@@ -104,6 +133,11 @@ pub fn decide(state: &State, command: &Command) -> Result<(State, Action), Refus
             })
         }
         (Command::Promote { .. }, _) => Ok((next(Role::Primary), Action::Promote)),
+        (Command::Demote { .. }, Role::Primary) => Ok((next(Role::Demoted), Action::StopCleanly)),
+        (Command::Demote { .. }, Role::Demoted) => Ok((next(Role::Demoted), Action::Nothing)),
+        (Command::Demote { .. }, role) => Err(Refusal::NotPrimary {
+            role: role.to_string(),
+        }),
         (Command::Fence { .. }, Role::Fenced) => Ok((next(Role::Fenced), Action::Nothing)),
         (Command::Fence { .. }, _) => Ok((next(Role::Fenced), Action::StopImmediately)),
         (Command::Follow { primary, .. }, Role::Primary) if requested == state.epoch => {
@@ -118,7 +152,9 @@ pub fn decide(state: &State, command: &Command) -> Result<(State, Action), Refus
             Ok((next(state.role.clone()), Action::Nothing))
         }
         (Command::Follow { primary, .. }, role) => {
-            let rewind = !matches!(role, Role::Replica { .. });
+            // A replica's and a cleanly demoted primary's history is a prefix of the new
+            // primary's; a primary or fenced one's may not be.
+            let rewind = !matches!(role, Role::Replica { .. } | Role::Demoted);
             let action = Action::Follow {
                 primary: primary.clone(),
                 rewind,
@@ -269,10 +305,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_switchover_demotes_cleanly_and_the_old_primary_follows_without_a_rewind() {
+        let primary = state(3, Role::Primary);
+        let (demoted, action) = decide(&primary, &Command::Demote { epoch: 4 }).unwrap();
+        assert_eq!(
+            (demoted.clone(), action),
+            (state(4, Role::Demoted), Action::StopCleanly)
+        );
+        assert_eq!(
+            decide(
+                &demoted,
+                &Command::Follow {
+                    primary: "db-1:5432".into(),
+                    epoch: 4
+                }
+            )
+            .unwrap()
+            .1,
+            Action::Follow {
+                primary: "db-1:5432".into(),
+                rewind: false
+            }
+        );
+        // Called off: the demoted primary, which has every write, may be promoted again.
+        assert_eq!(
+            decide(&demoted, &Command::Promote { epoch: 5 }),
+            Ok((state(5, Role::Primary), Action::Promote))
+        );
+        let replica = state(3, replica_of("db-0:5432"));
+        assert_eq!(
+            decide(&replica, &Command::Demote { epoch: 4 })
+                .unwrap_err()
+                .to_string(),
+            "only a primary is demoted; this instance is a replica of db-0:5432"
+        );
+    }
+
     fn any_role() -> impl Strategy<Value = Role> {
         prop_oneof![
             Just(Role::Primary),
             Just(Role::Fenced),
+            Just(Role::Demoted),
             (0..3u8).prop_map(|i| replica_of(&format!("db-{i}:5432"))),
         ]
     }
@@ -281,6 +355,7 @@ mod tests {
         prop_oneof![
             (0..6u64).prop_map(|epoch| Command::Promote { epoch }),
             (0..6u64).prop_map(|epoch| Command::Fence { epoch }),
+            (0..6u64).prop_map(|epoch| Command::Demote { epoch }),
             (0..3u8, 0..6u64).prop_map(|(i, epoch)| Command::Follow {
                 primary: format!("db-{i}:5432"),
                 epoch

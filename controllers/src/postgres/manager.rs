@@ -86,6 +86,9 @@ pub struct Status {
     pub standbys: Vec<(String, String)>,
     /// Why this instance fenced itself, when it did.
     pub fence_reason: Option<String>,
+    /// Where a stopped instance's WAL ends (its last checkpoint): a switchover's target must
+    /// have replayed this far before it is promoted.
+    pub final_lsn: Option<String>,
 }
 
 pub struct Manager {
@@ -143,7 +146,7 @@ impl Manager {
                     warn!(%status, "postgres exited; restarting it");
                     inner.postgres = None;
                 }
-                if inner.postgres.is_none() && inner.state.role != Role::Fenced {
+                if inner.postgres.is_none() && inner.state.role.serves() {
                     match start_postgres(&self.config) {
                         Ok(child) => inner.postgres = Some(child),
                         Err(error) => warn!(%error, "could not start postgres"),
@@ -192,6 +195,11 @@ impl Manager {
                     stop_postgres(child, libc::SIGQUIT).await;
                 }
             }
+            Action::StopCleanly => {
+                if let Some(child) = inner.postgres.take() {
+                    stop_postgres(child, libc::SIGINT).await;
+                }
+            }
             Action::Follow { rewind, .. } => {
                 if let Some(child) = inner.postgres.take() {
                     stop_postgres(child, libc::SIGINT).await;
@@ -229,11 +237,28 @@ impl Manager {
             wal_receiver: None,
             standbys: Vec::new(),
             fence_reason,
+            final_lsn: None,
         };
         if let Err(error) = self.read_postgres(&mut status).await {
             tracing::debug!(%error, "postgres did not answer");
         }
+        if !status.role.serves() {
+            status.final_lsn = self.final_lsn().await.ok();
+        }
         status
+    }
+
+    /// The last checkpoint's location, from the control file of a stopped data directory.
+    async fn final_lsn(&self) -> Result<String> {
+        let output = Process::new(self.config.program("pg_controldata"))
+            .arg(self.config.pgdata())
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("Latest checkpoint location:"))
+            .map(|lsn| lsn.trim().to_string())
+            .context("pg_controldata printed no checkpoint location")
     }
 
     /// A session over the Unix socket as the superuser.
@@ -416,7 +441,7 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
     let pgdata = config.pgdata().display().to_string();
     let password = config.replication_password()?;
     match role {
-        Role::Primary | Role::Fenced => {
+        Role::Primary | Role::Fenced | Role::Demoted => {
             info!("initdb");
             // Checksums: a torn page is detected instead of replicated.
             run(
