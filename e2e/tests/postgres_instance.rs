@@ -521,3 +521,118 @@ fn lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').unwrap();
     (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
 }
+
+/// Synchronous mode: with `ANY 1 (b)` on the primary a commit is acknowledged only once b has
+/// it (with b down, a commit waits), so when the primary crashes mid-stream and b is promoted,
+/// every acknowledged write is there.
+#[tokio::test]
+async fn synchronous_commits_wait_for_the_standby_and_survive_a_primary_crash() {
+    let dir = tempfile::Builder::new()
+        .prefix("bulwark-pg-")
+        .tempdir()
+        .unwrap();
+    let secrets = secrets(dir.path());
+    let operator = client(Some(&secrets.operator), &secrets.ca);
+    let mut a = Instance::start(dir.path(), "a", &secrets, None);
+    wait_status(&operator, &a, "primary running", |s| {
+        s["inRecovery"] == false
+    })
+    .await;
+    let mut b = Instance::start(dir.path(), "b", &secrets, Some(a.pg_port));
+    wait_status(&operator, &b, "streaming", |s| {
+        s["walReceiver"] == "streaming"
+    })
+    .await;
+    a.sql()
+        .await
+        .unwrap()
+        .batch_execute("CREATE TABLE acknowledged (n bigint PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (code, state) = command(
+        &operator,
+        &a,
+        json!({"command": "synchronous", "epoch": 0, "count": 1, "standbys": ["b"]}),
+    )
+    .await;
+    assert_eq!(code, 200, "{state}");
+    wait_status(&operator, &a, "b a quorum standby", |s| {
+        s["standbys"] == json!([["b", "quorum"]])
+    })
+    .await;
+
+    // b down: a commit is not acknowledged; b back: it is.
+    b.stop();
+    let waiting = a.sql().await.unwrap();
+    let mut insert = tokio::spawn(async move {
+        waiting
+            .execute("INSERT INTO acknowledged VALUES (0)", &[])
+            .await
+            .map(drop)
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut insert)
+            .await
+            .is_err(),
+        "with its synchronous standby down, a commit must wait"
+    );
+    b.run();
+    tokio::time::timeout(Duration::from_secs(60), insert)
+        .await
+        .expect("acknowledged once the standby is back")
+        .unwrap()
+        .unwrap();
+    let writer = a.sql().await.unwrap();
+
+    // Writes in a stream; the primary crashes (its manager SIGKILLed: postgres quits at once).
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(vec![0i64]));
+    let stream = tokio::spawn({
+        let acknowledged = acknowledged.clone();
+        async move {
+            for n in 1i64.. {
+                if writer
+                    .execute("INSERT INTO acknowledged VALUES ($1)", &[&n])
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                acknowledged.lock().unwrap().push(n);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut crashed = a.child.take().unwrap();
+    crashed.kill().unwrap();
+    crashed.wait().unwrap();
+    stream.await.unwrap();
+    let (code, _) = command(&operator, &b, json!({"command": "promote", "epoch": 1})).await;
+    assert_eq!(code, 200);
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let on_b: Vec<i64> = b
+        .sql()
+        .await
+        .unwrap()
+        .query("SELECT n FROM acknowledged ORDER BY n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let lost: Vec<i64> = acknowledged
+        .iter()
+        .filter(|n| !on_b.contains(n))
+        .copied()
+        .collect();
+    println!(
+        "synchronous failover: {} writes acknowledged before the crash, {} rows on the promoted standby, {} lost",
+        acknowledged.len(),
+        on_b.len(),
+        lost.len()
+    );
+    assert!(
+        acknowledged.len() > 10,
+        "the stream must have been writing when the primary crashed"
+    );
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}

@@ -47,15 +47,50 @@ pub struct State {
     pub epoch: u64,
     #[serde(flatten)]
     pub role: Role,
+    /// The standbys a commit waits for while this instance is primary; none: commits are
+    /// acknowledged without waiting for any standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<Synchronous>,
+}
+
+/// `ANY count (standbys…)`: a commit is acknowledged once `count` of these standbys (by
+/// application name) have flushed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synchronous {
+    pub count: u32,
+    pub standbys: Vec<String>,
+}
+
+impl Synchronous {
+    /// The `synchronous_standby_names` value.
+    pub fn standby_names(&self) -> String {
+        let names: Vec<String> = self.standbys.iter().map(|n| format!("\"{n}\"")).collect();
+        format!("ANY {} ({})", self.count, names.join(", "))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "command", rename_all = "camelCase")]
 pub enum Command {
-    Promote { epoch: u64 },
-    Fence { epoch: u64 },
-    Demote { epoch: u64 },
-    Follow { primary: String, epoch: u64 },
+    Promote {
+        epoch: u64,
+    },
+    Fence {
+        epoch: u64,
+    },
+    Demote {
+        epoch: u64,
+    },
+    Follow {
+        primary: String,
+        epoch: u64,
+    },
+    /// Which standbys commits wait for (`count: 0` or no standbys: none).
+    Synchronous {
+        epoch: u64,
+        count: u32,
+        standbys: Vec<String>,
+    },
 }
 
 impl Command {
@@ -64,7 +99,8 @@ impl Command {
             Command::Promote { epoch }
             | Command::Fence { epoch }
             | Command::Demote { epoch }
-            | Command::Follow { epoch, .. } => *epoch,
+            | Command::Follow { epoch, .. }
+            | Command::Synchronous { epoch, .. } => *epoch,
         }
     }
 }
@@ -78,6 +114,8 @@ pub enum Action {
     Promote,
     /// Stop at once (immediate shutdown: sessions are cut, nothing new is accepted).
     StopImmediately,
+    /// Re-read the configuration (the synchronous standbys changed).
+    Reload,
     /// Stop cleanly (fast shutdown: sessions end, a final checkpoint is written and sent to the
     /// standbys streaming from it).
     StopCleanly,
@@ -100,6 +138,8 @@ pub enum Refusal {
     FencedCannotPromote,
     #[error("only a primary is demoted; this instance is {role}")]
     NotPrimary { role: String },
+    #[error("{0}")]
+    InvalidSynchronous(String),
     #[error(
         "the primary of epoch {epoch} cannot follow {primary} in the same epoch; a new primary means a new epoch"
     )]
@@ -118,7 +158,22 @@ pub fn decide(state: &State, command: &Command) -> Result<(State, Action), Refus
     let next = |role: Role| State {
         epoch: requested,
         role,
+        synchronous: state.synchronous.clone(),
     };
+    if let Command::Synchronous {
+        count, standbys, ..
+    } = command
+    {
+        let wanted = synchronous(*count, standbys)?;
+        let action = if wanted == state.synchronous {
+            Action::Nothing
+        } else {
+            Action::Reload
+        };
+        let mut next = next(state.role.clone());
+        next.synchronous = wanted;
+        return Ok((next, action));
+    }
     match (command, &state.role) {
         (Command::Promote { .. }, Role::Primary) if requested == state.epoch => {
             Ok((state.clone(), Action::Nothing))
@@ -151,6 +206,7 @@ pub fn decide(state: &State, command: &Command) -> Result<(State, Action), Refus
         {
             Ok((next(state.role.clone()), Action::Nothing))
         }
+        (Command::Synchronous { .. }, _) => unreachable!("decided above"),
         (Command::Follow { primary, .. }, role) => {
             // A replica's and a cleanly demoted primary's history is a prefix of the new
             // primary's; a primary or fenced one's may not be.
@@ -169,13 +225,45 @@ pub fn decide(state: &State, command: &Command) -> Result<(State, Action), Refus
     }
 }
 
+/// The synchronous setting a command asks for, checked: the names go into the configuration.
+fn synchronous(count: u32, standbys: &[String]) -> Result<Option<Synchronous>, Refusal> {
+    if count == 0 || standbys.is_empty() {
+        return Ok(None);
+    }
+    if count as usize > standbys.len() {
+        return Err(Refusal::InvalidSynchronous(format!(
+            "ANY {count} of {} standbys can never be satisfied",
+            standbys.len()
+        )));
+    }
+    if let Some(bad) = standbys.iter().find(|n| {
+        n.is_empty()
+            || n.len() > 63
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err(Refusal::InvalidSynchronous(format!(
+            "standby name {bad:?}: use letters, digits, '-' and '_' (at most 63)"
+        )));
+    }
+    Ok(Some(Synchronous {
+        count,
+        standbys: standbys.to_vec(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn state(epoch: u64, role: Role) -> State {
-        State { epoch, role }
+        State {
+            epoch,
+            role,
+            synchronous: None,
+        }
     }
 
     fn replica_of(primary: &str) -> Role {
@@ -340,6 +428,65 @@ mod tests {
                 .to_string(),
             "only a primary is demoted; this instance is a replica of db-0:5432"
         );
+    }
+
+    #[test]
+    fn synchronous_standbys_are_checked_and_kept_across_role_changes() {
+        let primary = state(2, Role::Primary);
+        let (next, action) = decide(
+            &primary,
+            &Command::Synchronous {
+                epoch: 2,
+                count: 1,
+                standbys: vec!["db-1".into(), "db-2".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(action, Action::Reload);
+        let wanted = next.synchronous.clone().unwrap();
+        assert_eq!(wanted.standby_names(), "ANY 1 (\"db-1\", \"db-2\")");
+        // The same again changes nothing; a demotion keeps it for a later promotion.
+        let again = Command::Synchronous {
+            epoch: 2,
+            count: 1,
+            standbys: vec!["db-1".into(), "db-2".into()],
+        };
+        assert_eq!(decide(&next, &again).unwrap().1, Action::Nothing);
+        let (demoted, _) = decide(&next, &Command::Demote { epoch: 3 }).unwrap();
+        assert_eq!(demoted.synchronous, Some(wanted));
+        for (count, standbys, error) in [
+            (
+                3,
+                vec!["db-1".to_string()],
+                "ANY 3 of 1 standbys can never be satisfied",
+            ),
+            (
+                1,
+                vec!["db\"1".to_string()],
+                "standby name \"db\\\"1\": use letters, digits, '-' and '_' (at most 63)",
+            ),
+        ] {
+            let refused = decide(
+                &primary,
+                &Command::Synchronous {
+                    epoch: 2,
+                    count,
+                    standbys,
+                },
+            )
+            .unwrap_err();
+            assert_eq!(refused.to_string(), error);
+        }
+        let (none, _) = decide(
+            &next,
+            &Command::Synchronous {
+                epoch: 2,
+                count: 0,
+                standbys: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(none.synchronous, None);
     }
 
     fn any_role() -> impl Strategy<Value = Role> {

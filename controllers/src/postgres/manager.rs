@@ -113,6 +113,7 @@ impl Manager {
                 let state = State {
                     epoch: 0,
                     role: config.bootstrap.clone(),
+                    synchronous: None,
                 };
                 bootstrap(&config, &state.role).await?;
                 persist(&config, &state)?;
@@ -121,7 +122,7 @@ impl Manager {
             Err(e) => return Err(e.into()),
         };
         info!(epoch = state.epoch, role = ?state.role, "instance state");
-        write_config(&config, &state.role)?;
+        write_config(&config, &state)?;
         let manager = Arc::new(Manager {
             config,
             inner: Mutex::new(Inner {
@@ -189,10 +190,19 @@ impl Manager {
                         String::from_utf8_lossy(&output.stderr)
                     )));
                 }
+                // As a primary it now waits for the synchronous standbys it was given.
+                write_config(&self.config, &next).map_err(CommandError::Failed)?;
+                self.reload().await.map_err(CommandError::Failed)?;
             }
             Action::StopImmediately => {
                 if let Some(child) = inner.postgres.take() {
                     stop_postgres(child, libc::SIGQUIT).await;
+                }
+            }
+            Action::Reload => {
+                write_config(&self.config, &next).map_err(CommandError::Failed)?;
+                if inner.postgres.is_some() {
+                    self.reload().await.map_err(CommandError::Failed)?;
                 }
             }
             Action::StopCleanly => {
@@ -213,7 +223,7 @@ impl Manager {
                         .await
                         .map_err(CommandError::Failed)?;
                 }
-                write_config(&self.config, &next.role).map_err(CommandError::Failed)?;
+                write_config(&self.config, &next).map_err(CommandError::Failed)?;
                 // The supervisor starts it again as a replica.
             }
         }
@@ -246,6 +256,17 @@ impl Manager {
             status.final_lsn = self.final_lsn().await.ok();
         }
         status
+    }
+
+    /// Makes the running postgres re-read its configuration.
+    async fn reload(&self) -> Result<()> {
+        let pgdata = self.config.pgdata().display().to_string();
+        run(
+            &self.config.program("pg_ctl"),
+            &["reload", "-D", &pgdata],
+            &[],
+        )
+        .await
     }
 
     /// The last checkpoint's location, from the control file of a stopped data directory.
@@ -380,8 +401,8 @@ impl Manager {
             return;
         }
         let fenced = State {
-            epoch: inner.state.epoch,
             role: Role::Fenced,
+            ..inner.state.clone()
         };
         if let Err(error) = persist(&self.config, &fenced) {
             warn!(%error, "could not persist the fence; stopping postgres anyway");
@@ -458,7 +479,14 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
                 &[],
             )
             .await?;
-            write_config(config, role)?;
+            write_config(
+                config,
+                &State {
+                    epoch: 0,
+                    role: role.clone(),
+                    synchronous: None,
+                },
+            )?;
             // Single-user mode: the replication role exists before anyone can connect.
             let mut sql = format!(
                 "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {};\n",
@@ -531,7 +559,8 @@ fn split_address(address: &str) -> Result<(String, String)> {
 
 /// The settings Bulwark manages, in `bulwark.conf` (included last, so they win), and the whole
 /// of `pg_hba.conf`; a replica also gets `standby.signal`.
-fn write_config(config: &Config, role: &Role) -> Result<()> {
+fn write_config(config: &Config, state: &State) -> Result<()> {
+    let role = &state.role;
     let pgdata = config.pgdata();
     let main = pgdata.join("postgresql.conf");
     let text = std::fs::read_to_string(&main)?;
@@ -546,6 +575,12 @@ fn write_config(config: &Config, role: &Role) -> Result<()> {
         port = config.port,
         socket = config.socket_dir().display(),
     );
+    if let (Role::Primary, Some(synchronous)) = (role, &state.synchronous) {
+        settings.push_str(&format!(
+            "synchronous_standby_names = '{}'\n",
+            synchronous.standby_names()
+        ));
+    }
     let standby_signal = pgdata.join("standby.signal");
     if let Role::Replica { primary } = role {
         let (host, port) = split_address(primary)?;
