@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_e2e::eventually;
 use bulwark_e2e::operator::bulwark_binary;
 use bulwark_e2e::pki::{ClientCert, Pki};
@@ -193,16 +194,21 @@ impl Instance {
             .count()
     }
 
-    /// A SQL session over the instance's Unix socket.
-    async fn sql(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, connection) = tokio_postgres::Config::new()
+    /// The superuser over the instance's Unix socket.
+    fn superuser(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
             .host_path(self.volume.join("run"))
             .port(self.pg_port)
             .user("postgres")
             .dbname("postgres")
-            .connect_timeout(Duration::from_secs(2))
-            .connect(tokio_postgres::NoTls)
-            .await?;
+            .connect_timeout(Duration::from_secs(2));
+        config
+    }
+
+    /// A SQL session as the superuser.
+    async fn sql(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.superuser().connect(tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
         Ok(client)
     }
@@ -582,57 +588,47 @@ async fn synchronous_commits_wait_for_the_standby_and_survive_a_primary_crash() 
         .expect("acknowledged once the standby is back")
         .unwrap()
         .unwrap();
-    let writer = a.sql().await.unwrap();
 
     // Writes in a stream; the primary crashes (its manager SIGKILLed: postgres quits at once).
-    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(vec![0i64]));
-    let stream = tokio::spawn({
-        let acknowledged = acknowledged.clone();
-        async move {
-            for n in 1i64.. {
-                if writer
-                    .execute("INSERT INTO acknowledged VALUES ($1)", &[&n])
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                acknowledged.lock().unwrap().push(n);
-            }
-        }
-    });
+    let probe = WriteProbe::start(
+        a.superuser(),
+        Duration::from_millis(1),
+        Duration::from_secs(2),
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut crashed = a.child.take().unwrap();
     crashed.kill().unwrap();
     crashed.wait().unwrap();
-    stream.await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the probe to see the crash",
+        || async {
+            (probe.report().count(Outcome::Acknowledged) < probe.report().writes.len())
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let report = probe.stop().await;
     let (code, _) = command(&operator, &b, json!({"command": "promote", "epoch": 1})).await;
     assert_eq!(code, 200);
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    let on_b: Vec<i64> = b
-        .sql()
-        .await
-        .unwrap()
-        .query("SELECT n FROM acknowledged ORDER BY n", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let lost: Vec<i64> = acknowledged
-        .iter()
-        .filter(|n| !on_b.contains(n))
-        .copied()
-        .collect();
+    let found = sequences_found(&b.sql().await.unwrap()).await.unwrap();
+    let verification = report.verify(&found);
     println!(
-        "synchronous failover: {} writes acknowledged before the crash, {} rows on the promoted standby, {} lost",
-        acknowledged.len(),
-        on_b.len(),
-        lost.len()
+        "synchronous failover: {} writes acknowledged before the crash, {} indeterminate ({} committed), {} rows on the promoted standby, {} acknowledged lost",
+        report.count(Outcome::Acknowledged),
+        report.count(Outcome::Indeterminate),
+        verification.indeterminate_committed,
+        found.len(),
+        verification.lost.len()
     );
     assert!(
-        acknowledged.len() > 10,
+        report.count(Outcome::Acknowledged) > 10,
         "the stream must have been writing when the primary crashed"
     );
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert_eq!(
+        verification.lost,
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
 }

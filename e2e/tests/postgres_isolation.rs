@@ -4,10 +4,10 @@
 //! side still sees it, so no failover can happen behind its back). Cut off from both, it stops
 //! acknowledging within the isolation bound, and its status says why. Local control plane only.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::node_agent::{Partition, Side};
+use bulwark_controllers::postgres::probe::WriteProbe;
 use bulwark_e2e::node::images::BULWARK_IMAGE;
 use bulwark_e2e::pki::Pki;
 use bulwark_e2e::{cluster, eventually};
@@ -113,66 +113,21 @@ async fn running_pod(pods: &Api<Pod>, pod: Pod) -> String {
     .unwrap()
 }
 
-/// Writes a row every 50 ms to the primary as the application would, from outside the pods,
-/// and records when each write was acknowledged.
-struct Writer {
-    acknowledged: Arc<Mutex<Vec<Instant>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(ip: &str) -> Writer {
-        let acknowledged = Arc::new(Mutex::new(Vec::new()));
-        let ip = ip.to_string();
-        let task = tokio::spawn({
-            let acknowledged = acknowledged.clone();
-            async move {
-                let mut session = None;
-                for n in 0i64.. {
-                    if session.is_none() {
-                        session = connect(&ip).await;
-                    }
-                    if let Some(client) = &session {
-                        let write = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            client.execute("INSERT INTO probe VALUES ($1)", &[&n]),
-                        )
-                        .await;
-                        match write {
-                            Ok(Ok(_)) => acknowledged.lock().unwrap().push(Instant::now()),
-                            _ => session = None,
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        });
-        Writer { acknowledged, task }
-    }
-
-    fn acknowledged_after(&self, moment: Instant) -> Vec<Instant> {
-        let all = self.acknowledged.lock().unwrap();
-        all.iter().copied().filter(|t| *t > moment).collect()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn connect(ip: &str) -> Option<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::Config::new()
+/// How the application reaches the instance at `ip`.
+fn application(ip: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
         .host(ip)
         .port(5432)
         .user("app")
         .password(APP_PASSWORD)
         .dbname("app")
-        .connect_timeout(Duration::from_secs(1))
-        .connect(tokio_postgres::NoTls)
-        .await
-        .ok()?;
+        .connect_timeout(Duration::from_secs(1));
+    config
+}
+
+async fn connect(ip: &str) -> Option<tokio_postgres::Client> {
+    let (client, connection) = application(ip).connect(tokio_postgres::NoTls).await.ok()?;
     tokio::spawn(connection);
     Some(client)
 }
@@ -240,13 +195,16 @@ async fn an_isolated_primary_stops_acknowledging_writes_within_the_bound() {
     })
     .await
     .unwrap();
-    connect(&a_ip)
-        .await
-        .expect("the application's role and database exist")
-        .batch_execute("CREATE TABLE probe (n bigint PRIMARY KEY)")
-        .await
-        .unwrap();
-    let writer = Writer::start(&a_ip);
+    assert!(
+        connect(&a_ip).await.is_some(),
+        "the application's role and database exist"
+    );
+    // The application writing to the primary from outside the pods.
+    let writer = WriteProbe::start(
+        application(&a_ip),
+        Duration::from_millis(50),
+        Duration::from_secs(2),
+    );
     let api_server = Side::HostPort("10.244.0.1".into(), api_port);
     let replica = Side::Pods(vec![b_ip.clone()]);
     let primary = std::slice::from_ref(&a_ip);
@@ -256,7 +214,9 @@ async fn an_isolated_primary_stops_acknowledging_writes_within_the_bound() {
         let cut = Partition::start(primary, side).unwrap();
         let started = Instant::now();
         tokio::time::sleep(BOUND * 2).await;
-        let late = writer.acknowledged_after(started + BOUND + Duration::from_secs(1));
+        let late = writer
+            .report()
+            .acknowledged_after(started + BOUND + Duration::from_secs(1));
         cut.heal().unwrap();
         println!(
             "cut off from {what} only: {} writes acknowledged after the bound",
@@ -289,8 +249,10 @@ async fn an_isolated_primary_stops_acknowledging_writes_within_the_bound() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let acknowledged = writer.acknowledged_after(isolated_at);
-    let last = acknowledged.last().map(|t| t.duration_since(isolated_at));
+    let acknowledged = writer.stop().await.acknowledged_after(isolated_at);
+    let last = acknowledged
+        .last()
+        .map(|w| w.at.duration_since(isolated_at));
     to_api.heal().unwrap();
     to_replica.heal().unwrap();
     println!(

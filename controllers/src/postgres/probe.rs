@@ -1,0 +1,276 @@
+//! The write probe: the instrument tests, benchmarks and DR drills share to judge a database
+//! through a fault. It writes client-numbered rows one after another and classifies each write:
+//! acknowledged (the commit returned), failed (never sent: no session), or indeterminate (sent,
+//! but the session broke or timed out before an answer: it may or may not have committed).
+//! Afterwards every acknowledged row must be found; the unavailability window (RTO as a client
+//! sees it) is the longest stretch without an acknowledgement that contains failures.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+/// The table the probe writes to (created if missing).
+pub const TABLE: &str = "bulwark_write_probe";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Acknowledged,
+    Failed,
+    Indeterminate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub sequence: i64,
+    /// When the outcome was known.
+    pub at: Instant,
+    pub outcome: Outcome,
+}
+
+/// Everything the probe saw, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub writes: Vec<Write>,
+}
+
+/// What reading the rows back found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// Acknowledged writes that are missing: the RPO, in writes.
+    pub lost: Vec<i64>,
+    /// Indeterminate writes that did commit, and those that did not.
+    pub indeterminate_committed: usize,
+    pub indeterminate_absent: usize,
+}
+
+impl Report {
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.writes.iter().filter(|w| w.outcome == outcome).count()
+    }
+
+    /// Acknowledged writes whose acknowledgement came after `moment`.
+    pub fn acknowledged_after(&self, moment: Instant) -> Vec<Write> {
+        self.writes
+            .iter()
+            .filter(|w| w.outcome == Outcome::Acknowledged && w.at > moment)
+            .copied()
+            .collect()
+    }
+
+    /// The longest time between two acknowledgements (or from the last one to the end of the
+    /// report) that holds at least one write that was not acknowledged.
+    pub fn unavailability(&self) -> Option<Duration> {
+        let mut longest = None;
+        let mut last_ack: Option<Instant> = None;
+        let mut failed_since = false;
+        for write in &self.writes {
+            match write.outcome {
+                Outcome::Acknowledged => {
+                    if failed_since && let Some(start) = last_ack {
+                        let gap = write.at.duration_since(start);
+                        longest = Some(longest.map_or(gap, |l: Duration| l.max(gap)));
+                    }
+                    last_ack = Some(write.at);
+                    failed_since = false;
+                }
+                Outcome::Failed | Outcome::Indeterminate => failed_since = true,
+            }
+        }
+        if failed_since && let (Some(start), Some(end)) = (last_ack, self.writes.last()) {
+            let gap = end.at.duration_since(start);
+            longest = Some(longest.map_or(gap, |l: Duration| l.max(gap)));
+        }
+        longest
+    }
+
+    /// Compares the report with the sequences found in the table.
+    pub fn verify(&self, found: &std::collections::BTreeSet<i64>) -> Verification {
+        let mut verification = Verification {
+            lost: Vec::new(),
+            indeterminate_committed: 0,
+            indeterminate_absent: 0,
+        };
+        for write in &self.writes {
+            let present = found.contains(&write.sequence);
+            match (write.outcome, present) {
+                (Outcome::Acknowledged, false) => verification.lost.push(write.sequence),
+                (Outcome::Indeterminate, true) => verification.indeterminate_committed += 1,
+                (Outcome::Indeterminate, false) => verification.indeterminate_absent += 1,
+                _ => {}
+            }
+        }
+        verification
+    }
+}
+
+/// A running probe; [`WriteProbe::stop`] ends it and returns its report.
+pub struct WriteProbe {
+    report: Arc<Mutex<Report>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WriteProbe {
+    /// Writes every `interval` through sessions opened with `config`, each write bounded by
+    /// `timeout`.
+    pub fn start(config: tokio_postgres::Config, interval: Duration, timeout: Duration) -> Self {
+        let report = Arc::new(Mutex::new(Report::default()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let report = report.clone();
+            let stop = stop.clone();
+            async move {
+                let mut session: Option<tokio_postgres::Client> = None;
+                for sequence in 0i64.. {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    if session.is_none() {
+                        session = tokio::time::timeout(timeout, open(&config))
+                            .await
+                            .ok()
+                            .flatten();
+                    }
+                    let outcome = match &session {
+                        None => Outcome::Failed,
+                        Some(client) => {
+                            let insert = format!("INSERT INTO {TABLE} (sequence) VALUES ($1)");
+                            match tokio::time::timeout(
+                                timeout,
+                                client.execute(&insert, &[&sequence]),
+                            )
+                            .await
+                            {
+                                Ok(Ok(_)) => Outcome::Acknowledged,
+                                _ => Outcome::Indeterminate,
+                            }
+                        }
+                    };
+                    if outcome != Outcome::Acknowledged {
+                        session = None;
+                    }
+                    report.lock().unwrap().writes.push(Write {
+                        sequence,
+                        at: Instant::now(),
+                        outcome,
+                    });
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+            }
+        });
+        WriteProbe { report, stop, task }
+    }
+
+    /// What the probe has seen so far.
+    pub fn report(&self) -> Report {
+        self.report.lock().unwrap().clone()
+    }
+
+    pub async fn stop(self) -> Report {
+        self.stop.cancel();
+        let _ = self.task.await;
+        self.report.lock().unwrap().clone()
+    }
+}
+
+/// A session with the probe's table in place.
+async fn open(config: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {TABLE} (sequence bigint PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await
+        .ok()?;
+    Some(client)
+}
+
+/// The sequences a probe's table holds, read through `client`.
+pub async fn sequences_found(
+    client: &tokio_postgres::Client,
+) -> Result<std::collections::BTreeSet<i64>, tokio_postgres::Error> {
+    Ok(client
+        .query(&format!("SELECT sequence FROM {TABLE}"), &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(outcomes: &[(u64, Outcome)]) -> (Instant, Report) {
+        let start = Instant::now();
+        let writes = outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, (ms, outcome))| Write {
+                sequence: i as i64,
+                at: start + Duration::from_millis(*ms),
+                outcome: *outcome,
+            })
+            .collect();
+        (start, Report { writes })
+    }
+
+    #[test]
+    fn unavailability_is_the_longest_gap_between_acknowledgements_that_holds_failures() {
+        use Outcome::*;
+        let (_, steady) = report(&[(0, Acknowledged), (100, Acknowledged), (200, Acknowledged)]);
+        assert_eq!(steady.unavailability(), None);
+        let (_, outage) = report(&[
+            (0, Acknowledged),
+            (100, Indeterminate),
+            (1100, Failed),
+            (2100, Failed),
+            (2600, Acknowledged),
+            (2700, Failed),
+            (3000, Acknowledged),
+        ]);
+        assert_eq!(outage.unavailability(), Some(Duration::from_millis(2600)));
+        // Still down when the probe stopped: measured to its last write.
+        let (_, unresolved) = report(&[(0, Acknowledged), (500, Failed), (1500, Failed)]);
+        assert_eq!(
+            unresolved.unavailability(),
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn verification_counts_lost_acknowledged_writes_and_settles_indeterminate_ones() {
+        use Outcome::*;
+        let (start, writes) = report(&[
+            (0, Acknowledged),
+            (10, Acknowledged),
+            (20, Indeterminate),
+            (30, Indeterminate),
+            (40, Failed),
+            (50, Acknowledged),
+        ]);
+        let found = [0, 2, 5].into_iter().collect();
+        assert_eq!(
+            writes.verify(&found),
+            Verification {
+                lost: vec![1],
+                indeterminate_committed: 1,
+                indeterminate_absent: 1
+            }
+        );
+        assert_eq!(writes.count(Acknowledged), 3);
+        assert_eq!(
+            writes
+                .acknowledged_after(start + Duration::from_millis(5))
+                .iter()
+                .map(|w| w.sequence)
+                .collect::<Vec<_>>(),
+            vec![1, 5]
+        );
+    }
+}
