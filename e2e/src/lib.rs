@@ -12,6 +12,7 @@ pub mod dns;
 pub mod node;
 pub mod operator;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod slo;
 
@@ -116,6 +117,14 @@ impl TestCluster {
         client_for(&self.kubeconfig)
             .await
             .expect("client for the test cluster")
+    }
+
+    /// The API server's port when this process runs the local control plane (pods reach it at
+    /// the gateway on that port; partitions name it).
+    pub fn local_api_server_port(&self) -> Option<u16> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        let server = &local.as_ref()?.server;
+        server.rsplit(':').next()?.parse().ok()
     }
 
     /// Creates a fresh namespace `<prefix>-<n>` for one test that runs its own operators. It is

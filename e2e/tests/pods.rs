@@ -539,11 +539,7 @@ async fn freezes_and_partitions_hurt_and_their_undos_heal() {
     if !local_cluster() {
         return;
     }
-    let api_port: u16 = {
-        let local = cluster().local.lock().unwrap();
-        let server = local.as_ref().unwrap().server.clone();
-        server.rsplit(':').next().unwrap().parse().unwrap()
-    };
+    let api_port = cluster().local_api_server_port().unwrap();
     let client = cluster().client().await;
     let ns = cluster().namespace("pods").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);

@@ -15,21 +15,11 @@ use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found}
 use bulwark_e2e::eventually;
 use bulwark_e2e::operator::bulwark_binary;
 use bulwark_e2e::pki::{ClientCert, Pki};
+use bulwark_e2e::postgres::{instance_status, postgres_user};
 use bulwark_e2e::process::{free_port, spawn_bound};
 use serde_json::{Value, json};
 
 const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// The `postgres` user's uid and gid (Debian's package creates it).
-fn postgres_user() -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let line = passwd
-        .lines()
-        .find(|l| l.starts_with("postgres:"))
-        .expect("the postgres user (Debian's postgresql package)");
-    let fields: Vec<&str> = line.split(':').collect();
-    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
-}
 
 /// Files both instances share: the CA, each side's certificates, the replication password.
 struct Secrets {
@@ -241,13 +231,7 @@ fn client(identity: Option<&reqwest::Identity>, ca: &Path) -> reqwest::Client {
 }
 
 async fn status(http: &reqwest::Client, instance: &Instance) -> Option<Value> {
-    http.get(format!("{}/status", instance.api))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+    instance_status(http, &instance.api).await
 }
 
 async fn command(http: &reqwest::Client, instance: &Instance, body: Value) -> (u16, Value) {
@@ -277,17 +261,23 @@ async fn wait_status(
     .unwrap_or_else(|e| panic!("{e}\n{}", instance.log()))
 }
 
-#[tokio::test]
-async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
+/// A primary `a` and a replica `b` cloned from it and streaming, with the operator's client.
+struct Pair {
+    a: Instance,
+    b: Instance,
+    operator: reqwest::Client,
+    secrets: Secrets,
+    _dir: tempfile::TempDir,
+}
+
+async fn primary_and_replica() -> Pair {
     let dir = tempfile::Builder::new()
         .prefix("bulwark-pg-")
         .tempdir()
         .unwrap();
     let secrets = secrets(dir.path());
     let operator = client(Some(&secrets.operator), &secrets.ca);
-
-    // Bootstrap: a primary, then a replica cloned from it and streaming.
-    let mut a = Instance::start(dir.path(), "a", &secrets, None);
+    let a = Instance::start(dir.path(), "a", &secrets, None);
     let a_status = wait_status(&operator, &a, "primary running", |s| {
         s["running"] == true && s["inRecovery"] == false
     })
@@ -304,6 +294,25 @@ async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
     .await;
     println!("b: {b_status}");
     assert_eq!(b_status["role"], "replica");
+    Pair {
+        a,
+        b,
+        operator,
+        secrets,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
+    // Bootstrap: a primary, then a replica cloned from it and streaming.
+    let Pair {
+        mut a,
+        b,
+        operator,
+        secrets,
+        _dir,
+    } = primary_and_replica().await;
 
     // Writes on the primary reach the replica; the primary lists it as a standby.
     let writer = a.sql().await.unwrap();
@@ -533,22 +542,13 @@ fn lsn(text: &str) -> u64 {
 /// every acknowledged write is there.
 #[tokio::test]
 async fn synchronous_commits_wait_for_the_standby_and_survive_a_primary_crash() {
-    let dir = tempfile::Builder::new()
-        .prefix("bulwark-pg-")
-        .tempdir()
-        .unwrap();
-    let secrets = secrets(dir.path());
-    let operator = client(Some(&secrets.operator), &secrets.ca);
-    let mut a = Instance::start(dir.path(), "a", &secrets, None);
-    wait_status(&operator, &a, "primary running", |s| {
-        s["inRecovery"] == false
-    })
-    .await;
-    let mut b = Instance::start(dir.path(), "b", &secrets, Some(a.pg_port));
-    wait_status(&operator, &b, "streaming", |s| {
-        s["walReceiver"] == "streaming"
-    })
-    .await;
+    let Pair {
+        mut a,
+        mut b,
+        operator,
+        _dir,
+        ..
+    } = primary_and_replica().await;
     a.sql()
         .await
         .unwrap()

@@ -10,6 +10,7 @@ use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_controllers::postgres::probe::WriteProbe;
 use bulwark_e2e::node::images::BULWARK_IMAGE;
 use bulwark_e2e::pki::Pki;
+use bulwark_e2e::postgres::{instance_status, postgres_user};
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -18,13 +19,6 @@ use serde_json::{Value, json};
 /// The isolation bound the primary runs with.
 const BOUND: Duration = Duration::from_secs(3);
 const APP_PASSWORD: &str = "app-password";
-
-fn postgres_user() -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-    let line = passwd.lines().find(|l| l.starts_with("postgres:")).unwrap();
-    let fields: Vec<&str> = line.split(':').collect();
-    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
-}
 
 fn instance_pod(name: &str, extra_args: &[String]) -> Pod {
     let (uid, gid) = postgres_user();
@@ -82,13 +76,7 @@ fn operator_client(ip: &str, ca: &[u8], identity: &reqwest::Identity) -> reqwest
 }
 
 async fn status(http: &reqwest::Client) -> Option<Value> {
-    http.get("https://instance:8443/status")
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+    instance_status(http, "https://instance:8443").await
 }
 
 async fn running_pod(pods: &Api<Pod>, pod: Pod) -> String {
@@ -134,16 +122,11 @@ async fn connect(ip: &str) -> Option<tokio_postgres::Client> {
 
 #[tokio::test]
 async fn an_isolated_primary_stops_acknowledging_writes_within_the_bound() {
-    if cluster().local.lock().unwrap().is_none() {
+    let Some(api_port) = cluster().local_api_server_port() else {
         eprintln!(
             "skipped: instance pods run the built binary on the local control plane's node agents"
         );
         return;
-    }
-    let api_port: u16 = {
-        let local = cluster().local.lock().unwrap();
-        let server = local.as_ref().unwrap().server.clone();
-        server.rsplit(':').next().unwrap().parse().unwrap()
     };
     let client = cluster().client().await;
     let ns = cluster().namespace("pg-isolation").await;

@@ -266,6 +266,13 @@ mod tests {
         }
     }
 
+    fn follow(primary: &str, epoch: u64) -> Command {
+        Command::Follow {
+            primary: primary.into(),
+            epoch,
+        }
+    }
+
     fn replica_of(primary: &str) -> Role {
         Role::Replica {
             primary: primary.into(),
@@ -317,13 +324,7 @@ mod tests {
             Err(Refusal::FencedCannotPromote)
         );
         assert_eq!(
-            decide(
-                &fenced,
-                &Command::Follow {
-                    primary: "db-1:5432".into(),
-                    epoch: 4
-                }
-            ),
+            decide(&fenced, &follow("db-1:5432", 4)),
             Ok((
                 state(4, replica_of("db-1:5432")),
                 Action::Follow {
@@ -338,25 +339,11 @@ mod tests {
     fn a_primary_follows_only_into_a_newer_epoch() {
         let primary = state(3, Role::Primary);
         assert!(matches!(
-            decide(
-                &primary,
-                &Command::Follow {
-                    primary: "db-1:5432".into(),
-                    epoch: 3
-                }
-            ),
+            decide(&primary, &follow("db-1:5432", 3)),
             Err(Refusal::PrimaryFollowsInItsOwnEpoch { epoch: 3, .. })
         ));
         assert_eq!(
-            decide(
-                &primary,
-                &Command::Follow {
-                    primary: "db-1:5432".into(),
-                    epoch: 4
-                }
-            )
-            .unwrap()
-            .1,
+            decide(&primary, &follow("db-1:5432", 4)).unwrap().1,
             Action::Follow {
                 primary: "db-1:5432".into(),
                 rewind: true
@@ -365,30 +352,14 @@ mod tests {
         // A replica switching to a new primary needs no rewind; the same primary is a no-op.
         let replica = state(3, replica_of("db-0:5432"));
         assert_eq!(
-            decide(
-                &replica,
-                &Command::Follow {
-                    primary: "db-1:5432".into(),
-                    epoch: 4
-                }
-            )
-            .unwrap()
-            .1,
+            decide(&replica, &follow("db-1:5432", 4)).unwrap().1,
             Action::Follow {
                 primary: "db-1:5432".into(),
                 rewind: false
             }
         );
         assert_eq!(
-            decide(
-                &replica,
-                &Command::Follow {
-                    primary: "db-0:5432".into(),
-                    epoch: 3
-                }
-            )
-            .unwrap()
-            .1,
+            decide(&replica, &follow("db-0:5432", 3)).unwrap().1,
             Action::Nothing
         );
     }
@@ -402,15 +373,7 @@ mod tests {
             (state(4, Role::Demoted), Action::StopCleanly)
         );
         assert_eq!(
-            decide(
-                &demoted,
-                &Command::Follow {
-                    primary: "db-1:5432".into(),
-                    epoch: 4
-                }
-            )
-            .unwrap()
-            .1,
+            decide(&demoted, &follow("db-1:5432", 4)).unwrap().1,
             Action::Follow {
                 primary: "db-1:5432".into(),
                 rewind: false
