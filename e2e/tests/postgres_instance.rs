@@ -1,8 +1,8 @@
 //! The instance manager (`bulwark instance`) against real PostgreSQL (Debian's), two instances
 //! on loopback, run as the `postgres` user as in a pod: bootstrap (initdb, then pg_basebackup),
 //! streaming replication, the mutual-TLS command API, promote into a new epoch, fencing that cuts
-//! the old primary off at once, stale epochs refused with both named, the old primary rejoining
-//! as a replica of the new one, the epoch and role surviving a restart of the manager (a
+//! the old primary off at once, stale epochs refused with both named, the old primary rewound
+//! (pg_rewind) to rejoin as a replica of the new one, the epoch and role surviving a restart of the manager (a
 //! SIGKILLed one takes its postgres with it), and a switchover that loses no write.
 
 use std::os::unix::fs::PermissionsExt;
@@ -423,6 +423,18 @@ async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+    // Rewound to where the histories split, not copied anew.
+    assert_eq!(
+        (
+            a.log_mentions("no rewind required"),
+            a.log_mentions("pg_rewind failed"),
+            a.log_mentions("pg_basebackup")
+        ),
+        (0, 0, 0),
+        "{}",
+        a.log()
+    );
+    assert!(a.log_mentions("pg_rewind: Done!") > 0, "{}", a.log());
 
     // The epoch and role are on the volume: a restarted manager keeps them.
     a.stop();

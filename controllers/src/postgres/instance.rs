@@ -119,8 +119,9 @@ pub enum Action {
     /// Stop cleanly (fast shutdown: sessions end, a final checkpoint is written and sent to the
     /// standbys streaming from it).
     StopCleanly,
-    /// Restart as a replica of `primary`; `rewind` when this instance was a primary (or fenced
-    /// one) whose history may have diverged from the new primary's.
+    /// Restart as a replica of `primary`; `rewind` (pg_rewind, or a new copy if that fails) when
+    /// this instance was a primary (or fenced one) whose history may have diverged from the new
+    /// primary's.
     Follow { primary: String, rewind: bool },
 }
 

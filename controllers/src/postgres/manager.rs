@@ -193,6 +193,17 @@ impl Manager {
                 // As a primary it now waits for the synchronous standbys it was given.
                 write_config(&self.config, &next).map_err(CommandError::Failed)?;
                 self.reload().await.map_err(CommandError::Failed)?;
+                // A checkpoint puts the new timeline in the control file, where pg_rewind on
+                // the old primary looks for it (without one it sees the same timeline and does
+                // nothing).
+                let checkpoint = async {
+                    self.session()
+                        .await?
+                        .batch_execute("CHECKPOINT")
+                        .await
+                        .map_err(anyhow::Error::from)
+                };
+                checkpoint.await.map_err(CommandError::Failed)?;
             }
             Action::StopImmediately => {
                 if let Some(child) = inner.postgres.take() {
@@ -215,13 +226,20 @@ impl Manager {
                     stop_postgres(child, libc::SIGINT).await;
                 }
                 if rewind {
-                    // This instance's history may hold writes the new primary never had: start
-                    // over from the new primary's copy (pg_rewind would copy less).
-                    std::fs::remove_dir_all(self.config.pgdata())
-                        .map_err(|e| CommandError::Failed(e.into()))?;
-                    bootstrap(&self.config, &next.role)
-                        .await
-                        .map_err(CommandError::Failed)?;
+                    // This instance's history may hold writes the new primary never had: rewind
+                    // it to where the histories split, or, if that fails, start over from the
+                    // new primary's copy.
+                    if let Err(error) = rewind_to(&self.config, &next.role).await {
+                        warn!(
+                            error = format!("{error:#}"),
+                            "pg_rewind failed; cloning the new primary instead"
+                        );
+                        std::fs::remove_dir_all(self.config.pgdata())
+                            .map_err(|e| CommandError::Failed(e.into()))?;
+                        bootstrap(&self.config, &next.role)
+                            .await
+                            .map_err(CommandError::Failed)?;
+                    }
                 }
                 write_config(&self.config, &next).map_err(CommandError::Failed)?;
                 // The supervisor starts it again as a replica.
@@ -453,6 +471,10 @@ async fn run(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<()>
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
+    let said = String::from_utf8_lossy(&output.stderr);
+    if !said.trim().is_empty() {
+        info!(program = %program.display(), output = %said.trim(), "finished");
+    }
     Ok(())
 }
 
@@ -488,11 +510,22 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
                 },
             )?;
             // Single-user mode: the replication role exists before anyone can connect.
+            // The replication role also reads what pg_rewind needs from a new primary.
+            let user = &config.replication_user;
             let mut sql = format!(
-                "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {};\n",
-                config.replication_user,
+                "CREATE ROLE {user} WITH REPLICATION LOGIN PASSWORD {};\n",
                 sql_literal(&password)
             );
+            for function in [
+                "pg_ls_dir(text, boolean, boolean)",
+                "pg_stat_file(text, boolean)",
+                "pg_read_binary_file(text)",
+                "pg_read_binary_file(text, bigint, bigint, boolean)",
+            ] {
+                sql.push_str(&format!(
+                    "GRANT EXECUTE ON FUNCTION {function} TO {user};\n"
+                ));
+            }
             if let Some(database) = &config.database {
                 let owner_password = std::fs::read_to_string(&database.owner_password_file)
                     .with_context(|| format!("{}", database.owner_password_file.display()))?;
@@ -550,6 +583,34 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
     Ok(())
 }
 
+/// `pg_rewind` of a stopped former primary onto the primary of `role`: only the blocks that
+/// changed since the histories split are copied. It first finishes crash recovery itself when
+/// the instance was stopped at once (fenced).
+async fn rewind_to(config: &Config, role: &Role) -> Result<()> {
+    let Role::Replica { primary } = role else {
+        bail!("rewinding needs a primary to follow");
+    };
+    let (host, port) = split_address(primary)?;
+    let source = format!(
+        "host={} port={} user={} dbname=postgres",
+        conninfo_value(&host),
+        conninfo_value(&port),
+        conninfo_value(&config.replication_user)
+    );
+    info!(%primary, "pg_rewind");
+    run(
+        &config.program("pg_rewind"),
+        &[
+            "--target-pgdata",
+            &config.pgdata().display().to_string(),
+            "--source-server",
+            &source,
+        ],
+        &[("PGPASSWORD", &config.replication_password()?)],
+    )
+    .await
+}
+
 fn split_address(address: &str) -> Result<(String, String)> {
     let (host, port) = address
         .rsplit_once(':')
@@ -568,10 +629,12 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
     if !text.lines().any(|l| l.trim() == include) {
         std::fs::write(&main, format!("{text}\n{include}\n"))?;
     }
+    // wal_keep_size: a former primary keeps the WAL pg_rewind reads back to where the
+    // histories split, and a replica that fell behind can still catch up.
     let mut settings = format!(
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
          wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
-         wal_receiver_status_interval = 1s\n",
+         wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n",
         port = config.port,
         socket = config.socket_dir().display(),
     );
