@@ -643,4 +643,35 @@ async fn synchronous_commits_wait_for_the_standby_and_survive_a_primary_crash() 
         Vec::<i64>::new(),
         "acknowledged writes lost"
     );
+    // The crashed primary's manager comes back and is told to follow a primary that is not
+    // there: pg_rewind and the fallback copy both fail, and the command says so. The command is
+    // kept, so corrected, it copies the real new primary.
+    a.run();
+    wait_status(&operator, &a, "a's manager answering", |s| s["epoch"] == 0).await;
+    let nowhere = format!("127.0.0.1:{}", free_port().unwrap());
+    let (code, state) = command(
+        &operator,
+        &a,
+        json!({"command": "follow", "primary": nowhere, "epoch": 1}),
+    )
+    .await;
+    println!("following a primary that is not there: {code} {state}");
+    assert_eq!(code, 500);
+    assert!(
+        state["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("accepted but not carried out")
+    );
+    let (code, state) = command(
+        &operator,
+        &a,
+        json!({"command": "follow", "primary": format!("127.0.0.1:{}", b.pg_port), "epoch": 1}),
+    )
+    .await;
+    assert_eq!(code, 200, "{state}\n{}", a.log());
+    wait_status(&operator, &a, "a streaming from b", |s| {
+        s["walReceiver"] == "streaming"
+    })
+    .await;
 }

@@ -115,6 +115,11 @@ impl Manager {
                     role: config.bootstrap.clone(),
                     synchronous: None,
                 };
+                // No state file: any data directory is from a bootstrap that did not finish.
+                if config.pgdata().exists() {
+                    warn!("removing the data directory of an unfinished bootstrap");
+                    std::fs::remove_dir_all(config.pgdata())?;
+                }
                 bootstrap(&config, &state.role).await?;
                 persist(&config, &state)?;
                 state
@@ -147,7 +152,14 @@ impl Manager {
                     warn!(%status, "postgres exited; restarting it");
                     inner.postgres = None;
                 }
-                if inner.postgres.is_none() && inner.state.role.serves() {
+                // A replica whose new copy failed (the primary was unreachable) tries again.
+                let role = inner.state.role.clone();
+                if let Err(error) = ensure_replica_data(&self.config, &inner.state).await {
+                    warn!(
+                        error = format!("{error:#}"),
+                        "no data directory yet; retrying"
+                    );
+                } else if inner.postgres.is_none() && role.serves() {
                     match start_postgres(&self.config) {
                         Ok(child) => inner.postgres = Some(child),
                         Err(error) => warn!(%error, "could not start postgres"),
@@ -225,22 +237,19 @@ impl Manager {
                 if let Some(child) = inner.postgres.take() {
                     stop_postgres(child, libc::SIGINT).await;
                 }
-                if rewind {
-                    // This instance's history may hold writes the new primary never had: rewind
-                    // it to where the histories split, or, if that fails, start over from the
-                    // new primary's copy.
-                    if let Err(error) = rewind_to(&self.config, &next.role).await {
-                        warn!(
-                            error = format!("{error:#}"),
-                            "pg_rewind failed; cloning the new primary instead"
-                        );
-                        std::fs::remove_dir_all(self.config.pgdata())
-                            .map_err(|e| CommandError::Failed(e.into()))?;
-                        bootstrap(&self.config, &next.role)
-                            .await
-                            .map_err(CommandError::Failed)?;
-                    }
+                // This instance's history may hold writes the new primary never had: rewind it
+                // to where the histories split; if that fails, it gets a new copy.
+                if rewind && let Err(error) = rewind_to(&self.config, &next.role).await {
+                    warn!(
+                        error = format!("{error:#}"),
+                        "pg_rewind failed; cloning the new primary instead"
+                    );
+                    std::fs::remove_dir_all(self.config.pgdata())
+                        .map_err(|e| CommandError::Failed(e.into()))?;
                 }
+                ensure_replica_data(&self.config, &next)
+                    .await
+                    .map_err(CommandError::Failed)?;
                 write_config(&self.config, &next).map_err(CommandError::Failed)?;
                 // The supervisor starts it again as a replica.
             }
@@ -581,6 +590,19 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A replica without a complete data directory (its copy was never made, or failed) gets a new
+/// copy of its primary.
+async fn ensure_replica_data(config: &Config, state: &State) -> Result<()> {
+    if !matches!(state.role, Role::Replica { .. }) || config.pgdata().join("PG_VERSION").exists() {
+        return Ok(());
+    }
+    if config.pgdata().exists() {
+        std::fs::remove_dir_all(config.pgdata())?;
+    }
+    bootstrap(config, &state.role).await?;
+    write_config(config, state)
 }
 
 /// `pg_rewind` of a stopped former primary onto the primary of `role`: only the blocks that
