@@ -245,6 +245,30 @@ async fn command(http: &reqwest::Client, instance: &Instance, body: Value) -> (u
     (code, response.json().await.unwrap())
 }
 
+/// Has `instance` follow `primary` in `epoch` and waits until it streams from it.
+async fn follow_until_streaming(
+    http: &reqwest::Client,
+    instance: &Instance,
+    primary: &Instance,
+    epoch: u64,
+) {
+    let target = format!("127.0.0.1:{}", primary.pg_port);
+    let (code, state) = command(
+        http,
+        instance,
+        json!({"command": "follow", "primary": target, "epoch": epoch}),
+    )
+    .await;
+    assert_eq!(code, 200, "{state}\n{}", instance.log());
+    wait_status(
+        http,
+        instance,
+        &format!("streaming from {}", primary.name),
+        |s| s["walReceiver"] == "streaming",
+    )
+    .await;
+}
+
 /// Waits until `instance`'s status satisfies `check`.
 async fn wait_status(
     http: &reqwest::Client,
@@ -405,17 +429,7 @@ async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
         .batch_execute("INSERT INTO acknowledged SELECT generate_series(101, 110);")
         .await
         .unwrap();
-    let (code, state) = command(
-        &operator,
-        &a,
-        json!({"command": "follow", "primary": format!("127.0.0.1:{}", b.pg_port), "epoch": 1}),
-    )
-    .await;
-    assert_eq!(code, 200, "{state}\n{}", a.log());
-    wait_status(&operator, &a, "streaming from b", |s| {
-        s["walReceiver"] == "streaming"
-    })
-    .await;
+    follow_until_streaming(&operator, &a, &b, 1).await;
     eventually(
         Duration::from_secs(30),
         "a replays all 110 rows",
@@ -512,17 +526,7 @@ async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
         Some(160),
         "every write b acknowledged is on a"
     );
-    let (code, _) = command(
-        &operator,
-        &b,
-        json!({"command": "follow", "primary": format!("127.0.0.1:{}", a.pg_port), "epoch": 2}),
-    )
-    .await;
-    assert_eq!(code, 200);
-    wait_status(&operator, &b, "b streaming from a", |s| {
-        s["walReceiver"] == "streaming"
-    })
-    .await;
+    follow_until_streaming(&operator, &b, &a, 2).await;
     assert_eq!(
         b.log_mentions("pg_basebackup"),
         clones_before,
@@ -663,15 +667,5 @@ async fn synchronous_commits_wait_for_the_standby_and_survive_a_primary_crash() 
             .unwrap()
             .starts_with("accepted but not carried out")
     );
-    let (code, state) = command(
-        &operator,
-        &a,
-        json!({"command": "follow", "primary": format!("127.0.0.1:{}", b.pg_port), "epoch": 1}),
-    )
-    .await;
-    assert_eq!(code, 200, "{state}\n{}", a.log());
-    wait_status(&operator, &a, "a streaming from b", |s| {
-        s["walReceiver"] == "streaming"
-    })
-    .await;
+    follow_until_streaming(&operator, &a, &b, 1).await;
 }
