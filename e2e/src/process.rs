@@ -152,9 +152,10 @@ impl Drop for Process {
     }
 }
 
-/// A free loopback TCP port (bound then released; good enough on a quiet test machine).
+/// A TCP port free on every local address (bound on the wildcard, then released): callers bind
+/// it on loopback or on the pod network's gateway, so a port free on loopback alone is not enough.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+    Ok(std::net::TcpListener::bind("0.0.0.0:0")?
         .local_addr()?
         .port())
 }
