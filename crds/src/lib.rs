@@ -7,6 +7,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod dns;
+pub mod postgres;
 pub mod slo;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -22,6 +23,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         dns::DnsEndpoint::crd(),
         dns::DnsPlan::crd(),
         slo::ServiceLevelObjective::crd(),
+        postgres::DatabaseCluster::crd(),
     ]
 }
 

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What this instance's PostgreSQL is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "camelCase")]
 pub enum Role {
     /// Accepts writes for its epoch.
@@ -41,7 +41,7 @@ impl Role {
 }
 
 /// What the instance persists on its volume.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct State {
     /// The highest cluster epoch this instance has accepted.
     pub epoch: u64,
@@ -55,7 +55,7 @@ pub struct State {
 
 /// `ANY count (standbys…)`: a commit is acknowledged once `count` of these standbys (by
 /// application name) have flushed it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Synchronous {
     pub count: u32,
     pub standbys: Vec<String>,
