@@ -12,13 +12,16 @@ use std::process::{Command, Stdio};
 pub const PARTITION_TABLE_PREFIX: &str = "bulwark-chaos-";
 
 /// Every process of a container: its process group (the node agent starts each container as a
-/// group leader whose pid is in the container ID `bulwark://PID`).
+/// group leader whose pid is in the container ID `bulwark://PID`) and all their descendants,
+/// which may have left the group (PostgreSQL's backends and WAL senders start sessions of their
+/// own): a frozen primary must not go on committing through them.
 pub fn container_processes(container_id: &str) -> Result<Vec<i32>> {
     let leader: i32 = container_id
         .strip_prefix("bulwark://")
         .with_context(|| format!("{container_id:?} is not a node-agent container"))?
         .parse()?;
-    let mut pids = vec![];
+    // (pid, parent, group) of every process.
+    let mut table = vec![];
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -31,15 +34,40 @@ pub fn container_processes(container_id: &str) -> Result<Vec<i32>> {
             continue;
         };
         // Fields after the command (which may hold spaces): state, ppid, pgrp, ...
-        let group = stat
+        let fields: Vec<i32> = stat
             .rsplit(") ")
             .next()
-            .and_then(|rest| rest.split(' ').nth(2)?.parse::<i32>().ok());
-        if group == Some(leader) {
-            pids.push(pid);
+            .unwrap_or_default()
+            .split(' ')
+            .skip(1)
+            .take(2)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if let [parent, group] = fields[..] {
+            table.push((pid, parent, group));
         }
     }
-    Ok(pids)
+    Ok(members_and_descendants(&table, leader))
+}
+
+/// The processes of group `group` and, transitively, their children.
+fn members_and_descendants(table: &[(i32, i32, i32)], group: i32) -> Vec<i32> {
+    let mut found: Vec<i32> = table
+        .iter()
+        .filter(|(_, _, g)| *g == group)
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        for (pid, _, _) in table.iter().filter(|(_, p, _)| *p == parent) {
+            if !found.contains(pid) {
+                found.push(*pid);
+            }
+        }
+        next += 1;
+    }
+    found
 }
 
 fn signal_all(container_ids: &[String], signal: i32) -> Result<usize> {
@@ -152,6 +180,22 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_is_its_group_and_every_descendant() {
+        // 10 leads the group; 11 (its child) started a session of its own, 12 is 11's child;
+        // 20 is another container's.
+        let table = [
+            (10, 1, 10),
+            (11, 10, 11),
+            (12, 11, 11),
+            (20, 1, 20),
+            (21, 20, 20),
+        ];
+        let mut found = members_and_descendants(&table, 10);
+        found.sort();
+        assert_eq!(found, vec![10, 11, 12]);
+    }
 
     #[test]
     fn a_pod_partition_drops_both_directions_and_an_api_partition_only_that_port() {

@@ -107,7 +107,8 @@ pub struct DatabaseClusterSpec {
     /// A primary that has heard from neither the API server nor any replica for this long stops
     /// acknowledging writes (it fences itself). From `1s` to `60s`, in `s` or `ms`, and at least
     /// 2s below `failover.delay` (one check period and one check timeout), so an isolated
-    /// primary has stopped before a replica is promoted.
+    /// primary has stopped before a replica is promoted; synchronous `required` replication is
+    /// safe without that margin.
     #[serde(default = "default_isolation_timeout")]
     #[schemars(length(min = 2, max = 8), pattern(DURATION_PATTERN))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s') && duration(self) <= duration('60s')").message("isolationTimeout must be from 1s to 60s"))]
@@ -147,13 +148,15 @@ fn default_instances() -> u32 {
 }
 
 fn default_isolation_timeout() -> String {
-    "1s".into()
+    "2s".into()
 }
 
 /// The isolated primary checks its contacts every 0.5 s, each check waiting at most 1 s: it has
 /// fenced itself by `isolationTimeout` + 1.5 s, before a failover `failover.delay` later.
-const ISOLATION_WITHIN_DELAY_RULE: &str = "!has(self.failover) || duration(self.isolationTimeout) + duration('2s') <= duration(self.failover.delay)";
-const ISOLATION_WITHIN_DELAY_MESSAGE: &str = "failover.delay must be at least isolationTimeout + 2s: an isolated primary must have fenced itself before a replica is promoted";
+/// Synchronous `required` replication needs no timing: the old primary cannot gather its
+/// acknowledgements once the replicas have moved to the new epoch.
+const ISOLATION_WITHIN_DELAY_RULE: &str = "(has(self.synchronous) && self.synchronous.durability == 'required') || !has(self.failover) || duration(self.isolationTimeout) + duration('2s') <= duration(self.failover.delay)";
+const ISOLATION_WITHIN_DELAY_MESSAGE: &str = "failover.delay must be at least isolationTimeout + 2s unless synchronous durability is required: an isolated primary must have fenced itself before a replica is promoted";
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -233,7 +236,7 @@ pub struct Failover {
 }
 
 fn default_failover_delay() -> String {
-    "3s".into()
+    "4s".into()
 }
 
 impl Default for Failover {
@@ -412,9 +415,9 @@ mod tests {
         assert_eq!(spec.instances, 3);
         assert_eq!(spec.postgres_version, 15);
         assert_eq!(spec.engine, Engine::Postgresql);
-        assert_eq!(spec.failover.delay, "3s");
+        assert_eq!(spec.failover.delay, "4s");
         assert_eq!(spec.failover.max_lag, None);
-        assert_eq!(spec.isolation_timeout, "1s");
+        assert_eq!(spec.isolation_timeout, "2s");
         assert_eq!(spec.storage.reclaim, Reclaim::Delete);
         assert_eq!(spec.bootstrap, Bootstrap::default());
         assert_eq!(spec.bootstrap.database, "app");
@@ -447,8 +450,8 @@ mod tests {
         assert_eq!(properties["engine"]["default"], "postgresql");
         assert_eq!(properties["postgresVersion"]["default"], 15);
         assert_eq!(properties["instances"]["default"], 3);
-        assert_eq!(properties["isolationTimeout"]["default"], "1s");
-        assert_eq!(properties["failover"]["default"], json!({"delay": "3s"}));
+        assert_eq!(properties["isolationTimeout"]["default"], "2s");
+        assert_eq!(properties["failover"]["default"], json!({"delay": "4s"}));
         assert_eq!(
             properties["bootstrap"]["default"],
             json!({"database": "app", "owner": "app"})

@@ -8,6 +8,7 @@ mod telemetry;
 use anyhow::Context as _;
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
+use bulwark_controllers::postgres::{self, cluster::PostgresSettings};
 use bulwark_controllers::slo::{self, controller::SloSettings};
 use bulwark_controllers::{metrics::Metrics, readiness::Readiness, scope::Scope};
 use clap::{Parser, Subcommand};
@@ -158,6 +159,12 @@ struct RunArgs {
     /// Timeout of one Prometheus query.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     prometheus_timeout: Duration,
+    /// Image of DatabaseCluster instance pods that name none (PostgreSQL and this binary).
+    #[arg(long, env = "BULWARK_POSTGRES_IMAGE", default_value = concat!("ghcr.io/bulwark-dev/bulwark:", env!("CARGO_PKG_VERSION")))]
+    postgres_image: String,
+    /// `UID:GID` instance pods run as: the image's postgres user.
+    #[arg(long, default_value = "999:999", value_parser = parse_user)]
+    postgres_run_as: (i64, i64),
     /// TEST ONLY: enact DNS plans the unsafe way (check, then write without a fence; clean up by
     /// age), so tests can show the outage fencing prevents. Hidden; never set by the chart.
     #[arg(long, hide = true)]
@@ -166,7 +173,7 @@ struct RunArgs {
     #[arg(long, hide = true, value_parser = parse_duration)]
     chaos_slow_enactor: Option<Duration>,
     /// TEST ONLY (chaos): run this supervised task (dns-planner, dns-zone-prober, dns-enactor,
-    /// slo-controller, http, leader-election) as one that panics a second after start, to prove that a dead task
+    /// slo-controller, postgres-controller, http, leader-election) as one that panics a second after start, to prove that a dead task
     /// takes the replica down.
     #[arg(long, hide = true)]
     chaos_crash_task: Option<String>,
@@ -186,6 +193,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
     }
+}
+
+fn parse_user(text: &str) -> Result<(i64, i64), String> {
+    let invalid = || format!("`{text}` is not UID:GID, for example 999:999");
+    let (uid, gid) = text.split_once(':').ok_or_else(invalid)?;
+    Ok((
+        uid.parse().map_err(|_| invalid())?,
+        gid.parse().map_err(|_| invalid())?,
+    ))
 }
 
 fn main() -> ExitCode {
@@ -497,6 +513,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             recorder.clone(),
             readiness.clone(),
             dns_settings,
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "postgres-controller",
+        postgres::cluster::run(
+            client.clone(),
+            metrics.clone(),
+            recorder.clone(),
+            readiness.clone(),
+            leadership.clone(),
+            PostgresSettings {
+                scope: scope.clone(),
+                default_image: args.postgres_image,
+                run_as: args.postgres_run_as,
+            },
             shutdown.clone(),
         ),
     );

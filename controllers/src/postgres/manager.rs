@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command as Process};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::instance::{Action, Command, Refusal, Role, State, decide};
+use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide};
 use super::isolation::Contacts;
 
 /// Where the database's port and the replication credentials come from.
@@ -66,12 +66,14 @@ impl Config {
 }
 
 /// What `GET /status` reports.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub epoch: u64,
     #[serde(flatten)]
     pub role: Role,
+    /// The standbys its commits wait for once it is primary.
+    pub synchronous: Option<Synchronous>,
     /// PostgreSQL answers on its socket.
     pub running: bool,
     pub in_recovery: Option<bool>,
@@ -265,6 +267,7 @@ impl Manager {
         let mut status = Status {
             epoch: state.epoch,
             role: state.role,
+            synchronous: state.synchronous,
             running: false,
             in_recovery: None,
             timeline: None,
@@ -652,11 +655,14 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         std::fs::write(&main, format!("{text}\n{include}\n"))?;
     }
     // wal_keep_size: a former primary keeps the WAL pg_rewind reads back to where the
-    // histories split, and a replica that fell behind can still catch up.
+    // histories split, and a replica that fell behind can still catch up. The 2 s timeouts: a
+    // replica stops reporting `streaming` from a hung primary within 2 s (the operator waits for
+    // that before a failover), and a primary sees a silent standby as gone as soon.
     let mut settings = format!(
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
          wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
-         wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n",
+         wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n\
+         wal_receiver_timeout = 2s\nwal_sender_timeout = 2s\n",
         port = config.port,
         socket = config.socket_dir().display(),
     );

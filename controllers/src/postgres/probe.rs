@@ -49,6 +49,20 @@ impl Report {
         self.writes.iter().filter(|w| w.outcome == outcome).count()
     }
 
+    /// The outage a fault at `moment` caused: from the last acknowledgement before the first
+    /// write after `moment` that was not acknowledged, to the next acknowledgement. None when
+    /// every write after `moment` was acknowledged, or none was again.
+    pub fn outage_after(&self, moment: Instant) -> Option<Duration> {
+        let first_miss = self
+            .writes
+            .iter()
+            .position(|w| w.at >= moment && w.outcome != Outcome::Acknowledged)?;
+        let acknowledged = |w: &&Write| w.outcome == Outcome::Acknowledged;
+        let before = self.writes[..first_miss].iter().rev().find(acknowledged)?;
+        let after = self.writes[first_miss..].iter().find(acknowledged)?;
+        Some(after.at.duration_since(before.at))
+    }
+
     /// Acknowledged writes whose acknowledgement came after `moment`.
     pub fn acknowledged_after(&self, moment: Instant) -> Vec<Write> {
         self.writes
@@ -205,6 +219,31 @@ pub async fn sequences_found(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outage_after_a_fault_runs_from_the_last_acknowledgement_to_the_next() {
+        use Outcome::*;
+        let (start, report) = report(&[
+            (0, Acknowledged),
+            (100, Acknowledged),
+            (200, Failed),
+            (300, Indeterminate),
+            (900, Acknowledged),
+            (1000, Failed),
+            (1400, Acknowledged),
+        ]);
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(
+            report.outage_after(at(150)),
+            Some(Duration::from_millis(800))
+        );
+        // A later fault: the outage that follows it, not the first one.
+        assert_eq!(
+            report.outage_after(at(950)),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(report.outage_after(at(1200)), None);
+    }
 
     fn report(outcomes: &[(u64, Outcome)]) -> (Instant, Report) {
         let start = Instant::now();

@@ -1,0 +1,1167 @@
+//! The DatabaseCluster controller (leader only). It owns each cluster's instance pods and their
+//! PVCs (no StatefulSet: which pod is primary is the operator's decision, not an ordinal's), the
+//! `-rw`, `-ro` and `-r` Services, a PodDisruptionBudget, the cluster's CA and credential
+//! Secrets. It observes every instance manager over mutual TLS and carries out
+//! `failover::decide` one step at a time: the epoch and progress are written to status with a
+//! resourceVersion compare-and-set before any side effect, and leadership is re-checked right
+//! before each write and each command.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulwark_crds::postgres::{
+    DatabaseCluster, DatabaseClusterStatus, Durability, FailoverProgress, FailoverRecord,
+    InstanceStatus, Reclaim,
+};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::failover::{self, Kind, Member, Observation, Progress, Recorded, Replication, Step};
+use super::instance::{Command, Role};
+use super::manager::Status as InstanceReport;
+use super::pki;
+use crate::conditions;
+use crate::leadership::{Leadership, became_leader, still_leading};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, publish};
+use crate::scope::Scope;
+
+const CONTROLLER: &str = "postgres";
+const FIELD_MANAGER: &str = "bulwark-postgres";
+pub const CLUSTER_LABEL: &str = "bulwark.dev/cluster";
+/// `primary` on the primary of the current epoch (the `-rw` Service's selector), `replica` on
+/// streaming replicas (`-ro`); absent otherwise.
+pub const ROLE_LABEL: &str = "bulwark.dev/role";
+pub const POSTGRES_PORT: i32 = 5432;
+pub const API_PORT: u16 = 8443;
+const REPLICATION_USER: &str = "bulwark_replication";
+const VOLUME: &str = "/var/lib/bulwark";
+/// How long one instance may take to answer `GET /status` or a command.
+const INSTANCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Steps carried out in one reconcile before the cluster is looked at afresh from the cache.
+const STEPS_PER_RECONCILE: usize = 16;
+
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    pub scope: Scope,
+    /// Image of instance pods whose DatabaseCluster names none: PostgreSQL and `bulwark`.
+    pub default_image: String,
+    /// User and group the instance pods run as (the image's postgres user).
+    pub run_as: (i64, i64),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// What the operator remembers of each instance between reconciles (a new leader starts
+/// afresh, which only makes it wait a full failover delay before judging a primary down).
+struct Seen {
+    healthy_at: Instant,
+    /// The primary's WAL position when last seen healthy.
+    position: Option<u64>,
+}
+
+struct Context {
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    leadership: watch::Receiver<Leadership>,
+    settings: PostgresSettings,
+    backoff: Backoff,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    readiness: Readiness,
+    leadership: watch::Receiver<Leadership>,
+    settings: PostgresSettings,
+    shutdown: CancellationToken,
+) {
+    let namespace = settings.scope.namespace();
+    let (clusters, cluster_events) = cached::<DatabaseCluster>(
+        &client,
+        namespace,
+        watcher::Config::default(),
+        readiness.gate(format!("{CONTROLLER}/DatabaseCluster")),
+    );
+    let (_pods, pod_events) = cached::<Pod>(
+        &client,
+        namespace,
+        watcher::Config::default().labels(CLUSTER_LABEL),
+        readiness.gate(format!("{CONTROLLER}/Pod")),
+    );
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        recorder,
+        leadership: leadership.clone(),
+        settings,
+        backoff: Backoff::default(),
+        seen: Mutex::new(HashMap::new()),
+    });
+    use kube::runtime::WatchStreamExt;
+    let results = Controller::for_stream(cluster_events.applied_objects(), clusters)
+        .owns_stream(pod_events.touched_objects())
+        .reconcile_all_on(became_leader(leadership))
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, context);
+    drain(CONTROLLER, results).await;
+}
+
+fn key(cluster: &DatabaseCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    )
+}
+
+fn error_policy(cluster: Arc<DatabaseCluster>, error: &Error, context: Arc<Context>) -> Action {
+    warn!(cluster = %key(&cluster), %error, "DatabaseCluster reconciliation failed");
+    context.backoff.failed(&key(&cluster))
+}
+
+async fn reconcile(cluster: Arc<DatabaseCluster>, context: Arc<Context>) -> Result<Action, Error> {
+    let Some(token) = context.leadership.borrow().token() else {
+        return Ok(Action::await_change());
+    };
+    if let Some(action) = context
+        .settings
+        .scope
+        .not_managed(cluster.namespace().as_deref())
+    {
+        return Ok(action);
+    }
+    let timer = context.metrics.reconcile(CONTROLLER);
+    let result = Reconciler::new(&cluster, &context, token)
+        .run((*cluster).clone())
+        .await;
+    timer.done(result.as_ref().err().map(|_| "api"));
+    if result.is_ok() {
+        context.backoff.succeeded(&key(&cluster));
+    }
+    result
+}
+
+/// `3s`, `500ms`: the CRD's pattern admits nothing else.
+pub fn spec_duration(text: &str) -> Duration {
+    if let Some(ms) = text.strip_suffix("ms") {
+        Duration::from_millis(ms.parse().unwrap_or(0))
+    } else {
+        Duration::from_secs(text.trim_end_matches('s').parse().unwrap_or(0))
+    }
+}
+
+/// A Kubernetes binary quantity (`16Mi`, `1G`, `1024`) in bytes.
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// A PostgreSQL LSN (`16/B374D848`) as a byte position.
+pub fn lsn_position(lsn: &str) -> Option<u64> {
+    let (high, low) = lsn.split_once('/')?;
+    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
+}
+
+/// What the operator makes of an instance manager's report.
+pub fn report(status: &InstanceReport) -> failover::Report {
+    let position = [
+        &status.current_lsn,
+        &status.received_lsn,
+        &status.replayed_lsn,
+        &status.final_lsn,
+    ]
+    .into_iter()
+    .filter_map(|lsn| lsn.as_deref().and_then(lsn_position))
+    .max();
+    let streaming_from = match (&status.role, status.wal_receiver.as_deref()) {
+        (Role::Replica { primary }, Some("streaming")) => Some(primary.clone()),
+        _ => None,
+    };
+    failover::Report {
+        state: super::instance::State {
+            epoch: status.epoch,
+            role: status.role.clone(),
+            synchronous: status.synchronous.clone(),
+        },
+        running: status.running,
+        writable: status.running && status.in_recovery == Some(false),
+        wal_position: position,
+        streaming_from,
+    }
+}
+
+fn instance_name(cluster: &str, ordinal: u32) -> String {
+    format!("{cluster}-{ordinal}")
+}
+
+fn progress_of(status: &DatabaseClusterStatus) -> Option<Progress> {
+    status.failover.as_ref().map(|f| Progress {
+        kind: if f.kind == "switchover" {
+            Kind::Switchover
+        } else {
+            Kind::Failover
+        },
+        from: f.from.clone(),
+        to: f.to.clone(),
+        epoch: f.epoch,
+        reason: f.reason.clone(),
+    })
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Failover => "failover",
+        Kind::Switchover => "switchover",
+    }
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+struct Reconciler<'a> {
+    context: &'a Context,
+    token: u64,
+    namespace: String,
+    name: String,
+    owner: Value,
+}
+
+/// An instance pod and what its manager said.
+struct Observed {
+    pod: Pod,
+    report: Option<InstanceReport>,
+}
+
+impl<'a> Reconciler<'a> {
+    fn new(cluster: &DatabaseCluster, context: &'a Context, token: u64) -> Self {
+        let owner = json!({
+            "apiVersion": DatabaseCluster::api_version(&()),
+            "kind": DatabaseCluster::kind(&()),
+            "name": cluster.name_any(),
+            "uid": cluster.uid().unwrap_or_default(),
+            "controller": true,
+            "blockOwnerDeletion": true,
+        });
+        Reconciler {
+            context,
+            token,
+            namespace: cluster.namespace().unwrap_or_default(),
+            name: cluster.name_any(),
+            owner,
+        }
+    }
+
+    fn leading(&self) -> bool {
+        still_leading(&self.context.leadership, self.token)
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.context.client.clone(), &self.namespace)
+    }
+
+    /// Server-side apply of an object this controller owns, unless leadership was lost.
+    async fn apply<K>(&self, name: &str, object: Value) -> Result<(), Error>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        if !self.leading() {
+            return Ok(());
+        }
+        self.api::<K>()
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn labels(&self) -> Value {
+        json!({
+            CLUSTER_LABEL: self.name,
+            "app.kubernetes.io/managed-by": "bulwark",
+        })
+    }
+
+    async fn run(&self, mut cluster: DatabaseCluster) -> Result<Action, Error> {
+        self.ensure_secrets().await?;
+        self.ensure_services().await?;
+        if cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.primary.as_ref())
+            .is_none()
+        {
+            // The first instance bootstraps as primary of epoch 0, recorded before it exists.
+            let mut status = cluster.status.clone().unwrap_or_default();
+            status.primary = Some(instance_name(&self.name, 1));
+            status.phase = Some("Creating".into());
+            self.write_status(&cluster, &status, true).await?;
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+        let mut outcome = Action::requeue(Duration::from_secs(2));
+        for _ in 0..STEPS_PER_RECONCILE {
+            let observed = self.observe(&cluster).await?;
+            self.ensure_instances(&cluster, &observed).await?;
+            let step = self.decide(&cluster, &observed);
+            let done = match step {
+                Step::Steady => {
+                    self.settle(&cluster, &observed, None).await?;
+                    true
+                }
+                Step::Wait(reason) => {
+                    self.settle(&cluster, &observed, Some(reason)).await?;
+                    outcome = Action::requeue(Duration::from_millis(300));
+                    true
+                }
+                Step::Begin(progress) => {
+                    self.begin(&cluster, &observed, progress).await?;
+                    false
+                }
+                Step::Send { member, command } => {
+                    self.send(&cluster, &observed, &member, &command).await?;
+                    false
+                }
+                Step::Complete { primary } => {
+                    self.complete(&cluster, &primary).await?;
+                    false
+                }
+            };
+            if done || !self.leading() {
+                break;
+            }
+            cluster = self.api::<DatabaseCluster>().get(&self.name).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn ensure_secrets(&self) -> Result<(), Error> {
+        let secrets = self.api::<Secret>();
+        let operator_secret = format!("{}-operator-tls", self.name);
+        if secrets.get_opt(&operator_secret).await?.is_none() {
+            let names = (1..=9).map(|n| instance_name(&self.name, n)).collect();
+            let pki = pki::issue(&self.name, names)?;
+            for (secret, issued) in [
+                (format!("{}-instance-tls", self.name), &pki.server),
+                (operator_secret, &pki.operator),
+            ] {
+                let object = json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": secret, "labels": self.labels(), "ownerReferences": [self.owner]},
+                    "type": "kubernetes.io/tls",
+                    "stringData": {"tls.crt": issued.cert, "tls.key": issued.key, "ca.crt": pki.ca},
+                });
+                self.apply::<Secret>(&secret, object).await?;
+            }
+        }
+        let cluster = self.api::<DatabaseCluster>().get(&self.name).await?;
+        let bootstrap = &cluster.spec.bootstrap;
+        for (secret, user) in [
+            (format!("{}-replication", self.name), REPLICATION_USER),
+            (format!("{}-app", self.name), bootstrap.owner.as_str()),
+        ] {
+            if secrets.get_opt(&secret).await?.is_some() {
+                continue;
+            }
+            let password = random_password();
+            let host = format!("{}-rw.{}.svc", self.name, self.namespace);
+            let database = &bootstrap.database;
+            let object = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": secret, "labels": self.labels(), "ownerReferences": [self.owner]},
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {
+                    "username": user, "password": password, "host": host,
+                    "port": POSTGRES_PORT.to_string(), "dbname": database,
+                    "uri": format!("postgresql://{user}:{password}@{host}:{POSTGRES_PORT}/{database}"),
+                },
+            });
+            self.apply::<Secret>(&secret, object).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_services(&self) -> Result<(), Error> {
+        for (suffix, role) in [
+            ("rw", Some("primary")),
+            ("ro", Some("replica")),
+            ("r", None),
+        ] {
+            let name = format!("{}-{suffix}", self.name);
+            let mut selector = json!({CLUSTER_LABEL: self.name});
+            if let Some(role) = role {
+                selector[ROLE_LABEL] = role.into();
+            }
+            let object = json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "labels": self.labels(), "ownerReferences": [self.owner]},
+                "spec": {
+                    "selector": selector,
+                    "ports": [{"name": "postgres", "port": POSTGRES_PORT, "targetPort": POSTGRES_PORT}],
+                },
+            });
+            self.apply::<Service>(&name, object).await?;
+        }
+        let object = json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": self.name, "labels": self.labels(), "ownerReferences": [self.owner]},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {CLUSTER_LABEL: self.name}}},
+        });
+        self.apply::<PodDisruptionBudget>(&self.name, object).await
+    }
+
+    /// Every instance pod, and the status its manager reports (none when it did not answer).
+    async fn observe(&self, cluster: &DatabaseCluster) -> Result<Vec<Observed>, Error> {
+        let pods = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", self.name)))
+            .await?;
+        let http = self.instance_client(&pods.items).await?;
+        let reports = futures::future::join_all(pods.items.iter().map(|pod| {
+            let http = http.clone();
+            let name = pod.name_any();
+            async move {
+                let response = http
+                    .get(format!("https://{name}:{API_PORT}/status"))
+                    .send()
+                    .await
+                    .ok()?;
+                response.json::<InstanceReport>().await.ok()
+            }
+        }))
+        .await;
+        let mut observed: Vec<Observed> = pods
+            .items
+            .into_iter()
+            .zip(reports)
+            .map(|(pod, report)| Observed { pod, report })
+            .collect();
+        observed.sort_by_key(|o| ordinal(&o.pod.name_any()));
+        let recorded_primary = cluster.status.as_ref().and_then(|s| s.primary.clone());
+        let mut seen = self.context.seen.lock().unwrap();
+        for o in &observed {
+            let key = format!("{}/{}", self.namespace, o.pod.name_any());
+            let entry = seen.entry(key).or_insert(Seen {
+                healthy_at: Instant::now(),
+                position: None,
+            });
+            if let Some(report) = o.report.as_ref().filter(|r| r.running) {
+                entry.healthy_at = Instant::now();
+                if recorded_primary.as_deref() == Some(o.pod.name_any().as_str()) {
+                    entry.position = self::report(report).wal_position;
+                }
+            }
+        }
+        Ok(observed)
+    }
+
+    /// An HTTPS client presenting the operator's certificate, trusting only the cluster's CA,
+    /// and reaching each instance by its pod name (the name its certificate carries).
+    async fn instance_client(&self, pods: &[Pod]) -> Result<reqwest::Client, Error> {
+        let secret = self
+            .api::<Secret>()
+            .get(&format!("{}-operator-tls", self.name))
+            .await?;
+        let field = |key: &str| -> Result<Vec<u8>, Error> {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|b| b.0.clone())
+                .ok_or_else(|| anyhow::anyhow!("Secret {} has no {key}", secret.name_any()).into())
+        };
+        crate::runtime::ensure_crypto_provider();
+        let identity =
+            reqwest::Identity::from_pem(&[field("tls.crt")?, field("tls.key")?].concat())
+                .map_err(anyhow::Error::from)?;
+        let ca = reqwest::Certificate::from_pem(&field("ca.crt")?).map_err(anyhow::Error::from)?;
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .identity(identity)
+            .timeout(INSTANCE_TIMEOUT)
+            .connect_timeout(Duration::from_secs(1));
+        for pod in pods {
+            if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+                && let Ok(ip) = ip.parse::<std::net::IpAddr>()
+            {
+                builder = builder.resolve(&pod.name_any(), std::net::SocketAddr::new(ip, API_PORT));
+            }
+        }
+        Ok(builder.build().map_err(anyhow::Error::from)?)
+    }
+
+    /// Creates what is missing: a PVC and a pod for each of `spec.instances`, and removes the
+    /// pods beyond it (never the primary).
+    async fn ensure_instances(
+        &self,
+        cluster: &DatabaseCluster,
+        observed: &[Observed],
+    ) -> Result<(), Error> {
+        let status = cluster.status.clone().unwrap_or_default();
+        let primary = status.primary.clone().unwrap_or_default();
+        let primary_address = observed
+            .iter()
+            .find(|o| o.pod.name_any() == primary)
+            .and_then(pod_address);
+        for ordinal in 1..=cluster.spec.instances {
+            let name = instance_name(&self.name, ordinal);
+            if observed.iter().any(|o| o.pod.name_any() == name) {
+                continue;
+            }
+            // Only the very first instance of a new cluster starts a new database; every other
+            // (and any instance recreated later) copies the current primary.
+            let bootstrap_primary =
+                name == primary && status.epoch == 0 && status.instances.is_empty();
+            let replica_of = if bootstrap_primary {
+                None
+            } else if let Some(address) = &primary_address {
+                Some(address.clone())
+            } else {
+                continue;
+            };
+            self.ensure_volume(cluster, &name).await?;
+            if !self.leading() {
+                return Ok(());
+            }
+            let pod = self.pod(cluster, &name, replica_of.as_deref());
+            match self.api::<Pod>().create(&PostParams::default(), &pod).await {
+                Ok(_) => info!(cluster = %self.name, pod = %name, "instance pod created"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for o in observed {
+            let name = o.pod.name_any();
+            if ordinal(&name) > cluster.spec.instances && name != primary && self.leading() {
+                self.api::<Pod>()
+                    .delete(&name, &DeleteParams::default())
+                    .await?;
+                if cluster.spec.storage.reclaim == Reclaim::Delete {
+                    let pvcs = self.api::<PersistentVolumeClaim>();
+                    if let Err(e) = pvcs.delete(&name, &DeleteParams::default()).await
+                        && !is_not_found(&e)
+                    {
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_volume(&self, cluster: &DatabaseCluster, name: &str) -> Result<(), Error> {
+        let pvcs = self.api::<PersistentVolumeClaim>();
+        if pvcs.get_opt(name).await?.is_some() {
+            return Ok(());
+        }
+        let storage = &cluster.spec.storage;
+        let mut metadata = json!({"name": name, "labels": self.labels()});
+        // Retain: the volumes outlive the cluster (no owner to garbage-collect them with).
+        if storage.reclaim == Reclaim::Delete {
+            metadata["ownerReferences"] = json!([self.owner]);
+        }
+        let mut spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": storage.size}},
+        });
+        if let Some(class) = &storage.storage_class_name {
+            spec["storageClassName"] = class.clone().into();
+        }
+        let object = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec});
+        self.apply::<PersistentVolumeClaim>(name, object).await
+    }
+
+    fn pod(&self, cluster: &DatabaseCluster, name: &str, replica_of: Option<&str>) -> Pod {
+        let spec = &cluster.spec;
+        let (uid, gid) = self.context.settings.run_as;
+        let image = spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.context.settings.default_image.clone());
+        let mut args = vec![
+            "instance".to_string(),
+            format!("--volume={VOLUME}"),
+            format!(
+                "--postgres-bin=/usr/lib/postgresql/{}/bin",
+                spec.postgres_version
+            ),
+            format!("--port={POSTGRES_PORT}"),
+            format!("--api-addr=0.0.0.0:{API_PORT}"),
+            format!("--replication-user={REPLICATION_USER}"),
+            "--replication-password-file=/etc/bulwark/replication/password".into(),
+            format!("--database={}", spec.bootstrap.database),
+            format!("--owner={}", spec.bootstrap.owner),
+            "--owner-password-file=/etc/bulwark/app/password".into(),
+            "--tls-cert=/etc/bulwark/tls/tls.crt".into(),
+            "--tls-key=/etc/bulwark/tls/tls.key".into(),
+            "--client-ca=/etc/bulwark/tls/ca.crt".into(),
+            format!("--isolation-timeout={}", spec.isolation_timeout),
+        ];
+        if let Some(primary) = replica_of {
+            args.push(format!("--bootstrap-replica-of={primary}"));
+        }
+        let secret = |volume: &str, secret: String| json!({"name": volume, "secret": {"secretName": secret}});
+        let mount = |volume: &str| json!({"name": volume, "mountPath": format!("/etc/bulwark/{volume}"), "readOnly": true});
+        let mut labels = self.labels();
+        labels["bulwark.dev/instance"] = name.into();
+        let mut container = json!({
+            "name": "postgres",
+            "image": image,
+            "args": args,
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "ports": [
+                {"name": "postgres", "containerPort": POSTGRES_PORT},
+                {"name": "instance-api", "containerPort": API_PORT},
+            ],
+            "readinessProbe": {"tcpSocket": {"port": POSTGRES_PORT}, "periodSeconds": 1, "failureThreshold": 1},
+            "volumeMounts": [
+                {"name": "data", "mountPath": VOLUME},
+                mount("tls"), mount("replication"), mount("app"),
+            ],
+        });
+        if let Some(resources) = &spec.resources {
+            container["resources"] = serde_json::to_value(resources).unwrap_or_default();
+        }
+        let mut pod_spec = json!({
+            "hostname": name,
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
+            "containers": [container],
+            "topologySpreadConstraints": [{
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {CLUSTER_LABEL: self.name}},
+            }],
+            "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": name}},
+                secret("tls", format!("{}-instance-tls", self.name)),
+                secret("replication", format!("{}-replication", self.name)),
+                secret("app", format!("{}-app", self.name)),
+            ],
+        });
+        if let Some(affinity) = &spec.affinity {
+            pod_spec["affinity"] = serde_json::to_value(affinity).unwrap_or_default();
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": labels, "ownerReferences": [self.owner]},
+            "spec": pod_spec,
+        }))
+        .expect("the instance pod is a valid Pod")
+    }
+
+    fn decide(&self, cluster: &DatabaseCluster, observed: &[Observed]) -> Step {
+        let status = cluster.status.clone().unwrap_or_default();
+        let recorded = Recorded {
+            epoch: status.epoch,
+            primary: status.primary.clone().unwrap_or_default(),
+            progress: progress_of(&status),
+        };
+        let members: Vec<Member> = observed
+            .iter()
+            .map(|o| Member {
+                name: o.pod.name_any(),
+                address: pod_address(o),
+                report: o.report.as_ref().map(report),
+            })
+            .collect();
+        let delay = spec_duration(&cluster.spec.failover.delay);
+        let (down_for_delay, last_primary_position) = {
+            let seen = self.context.seen.lock().unwrap();
+            let down = members
+                .iter()
+                .filter(|m| {
+                    seen.get(&format!("{}/{}", self.namespace, m.name))
+                        .is_some_and(|s| s.healthy_at.elapsed() >= delay)
+                })
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>();
+            let position = seen
+                .get(&format!("{}/{}", self.namespace, recorded.primary))
+                .and_then(|s| s.position);
+            (down, position)
+        };
+        let replication = match &cluster.spec.synchronous {
+            Some(sync) => Replication::Synchronous {
+                count: sync.count,
+                required: sync.durability == Durability::Required,
+            },
+            None => Replication::Asynchronous,
+        };
+        failover::decide(&Observation {
+            recorded: &recorded,
+            members: &members,
+            replication,
+            down_for_delay: &down_for_delay,
+            last_primary_position,
+            max_lag: cluster
+                .spec
+                .failover
+                .max_lag
+                .as_deref()
+                .and_then(quantity_bytes),
+            switchover_to: cluster.spec.switchover_to.as_deref(),
+        })
+    }
+
+    /// Writes the whole status this controller owns (server-side apply drops what is left out);
+    /// `compare_and_set`: only over the resourceVersion `cluster` was read at.
+    async fn write_status(
+        &self,
+        cluster: &DatabaseCluster,
+        status: &DatabaseClusterStatus,
+        compare_and_set: bool,
+    ) -> Result<(), Error> {
+        if !self.leading() {
+            return Ok(());
+        }
+        let resource_version = compare_and_set
+            .then(|| cluster.resource_version())
+            .flatten();
+        apply_status(
+            &self.context.client,
+            cluster,
+            FIELD_MANAGER,
+            serde_json::to_value(status).map_err(anyhow::Error::from)?,
+            resource_version.as_deref(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn begin(
+        &self,
+        cluster: &DatabaseCluster,
+        observed: &[Observed],
+        progress: Progress,
+    ) -> Result<(), Error> {
+        let mut status = cluster.status.clone().unwrap_or_default();
+        let kind = kind_name(progress.kind);
+        status.epoch = progress.epoch;
+        status.phase = Some(if progress.kind == Kind::Switchover {
+            "SwitchingOver".into()
+        } else {
+            "FailingOver".into()
+        });
+        // A retarget keeps the original start, so the recorded duration is the whole outage.
+        let started = status
+            .failover
+            .as_ref()
+            .map(|f| f.started.clone())
+            .unwrap_or_else(now);
+        status.failover = Some(FailoverProgress {
+            from: progress.from.clone(),
+            to: progress.to.clone(),
+            epoch: progress.epoch,
+            reason: progress.reason.clone(),
+            kind: kind.into(),
+            started,
+            step: "epoch recorded".into(),
+        });
+        // The compare-and-set: a leader that read an older status writes nothing.
+        self.write_status(cluster, &status, true).await?;
+        info!(cluster = %self.name, epoch = progress.epoch, from = %progress.from, to = %progress.to, kind, "failover begun");
+        publish(
+            &self.context.recorder,
+            cluster,
+            EventType::Warning,
+            if progress.kind == Kind::Switchover {
+                "SwitchoverStarted"
+            } else {
+                "FailoverStarted"
+            },
+            format!(
+                "epoch {}: {} from {} to {}: {}",
+                progress.epoch, kind, progress.from, progress.to, progress.reason
+            ),
+        )
+        .await;
+        // Off the -rw Service at once, before anything is asked of the instances.
+        if let Some(old) = observed.iter().find(|o| o.pod.name_any() == progress.from) {
+            self.label_role(&old.pod, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        cluster: &DatabaseCluster,
+        observed: &[Observed],
+        member: &str,
+        command: &Command,
+    ) -> Result<(), Error> {
+        let pods: Vec<Pod> = observed.iter().map(|o| o.pod.clone()).collect();
+        let http = self.instance_client(&pods).await?;
+        if !self.leading() {
+            return Ok(());
+        }
+        let response = http
+            .post(format!("https://{member}:{API_PORT}/commands"))
+            .json(command)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{member}: {command:?}: {e}"))?;
+        let code = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !code.is_success() {
+            return Err(anyhow::anyhow!("{member} answered {code} to {command:?}: {body}").into());
+        }
+        info!(cluster = %self.name, %member, ?command, "instance command carried out");
+        let note = match command {
+            Command::Promote { epoch } => Some((
+                "Promoted",
+                format!("{member} promoted to primary of epoch {epoch}"),
+            )),
+            Command::Fence { epoch } => {
+                Some(("Fenced", format!("{member} fenced for epoch {epoch}")))
+            }
+            Command::Demote { epoch } => Some((
+                "Demoted",
+                format!("{member} stopped cleanly for the switchover to epoch {epoch}"),
+            )),
+            Command::Follow { primary, epoch } => Some((
+                "Following",
+                format!("{member} follows {primary} in epoch {epoch}"),
+            )),
+            Command::Synchronous { .. } => None,
+        };
+        if let Some((reason, note)) = note {
+            publish(
+                &self.context.recorder,
+                cluster,
+                EventType::Normal,
+                reason,
+                note,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn complete(&self, cluster: &DatabaseCluster, primary: &str) -> Result<(), Error> {
+        let mut status = cluster.status.clone().unwrap_or_default();
+        if let Some(progress) = status.failover.take() {
+            let started = progress.started.0;
+            let duration = k8s_openapi::jiff::Timestamp::now().duration_since(started);
+            let record = FailoverRecord {
+                from: progress.from,
+                to: primary.into(),
+                epoch: progress.epoch,
+                reason: progress.reason,
+                kind: progress.kind,
+                started: progress.started,
+                duration_seconds: duration.as_secs_f64(),
+            };
+            publish(
+                &self.context.recorder,
+                cluster,
+                EventType::Normal,
+                "FailoverCompleted",
+                format!(
+                    "{} {} → {} in epoch {} took {:.1}s",
+                    record.kind, record.from, record.to, record.epoch, record.duration_seconds
+                ),
+            )
+            .await;
+            status.last_failover = Some(record);
+        }
+        status.primary = Some(primary.into());
+        self.write_status(cluster, &status, true).await
+    }
+
+    /// Labels each pod with its role, and writes the per-instance status and Conditions.
+    async fn settle(
+        &self,
+        cluster: &DatabaseCluster,
+        observed: &[Observed],
+        waiting: Option<String>,
+    ) -> Result<(), Error> {
+        let mut status = cluster.status.clone().unwrap_or_default();
+        let primary = status.primary.clone().unwrap_or_default();
+        let primary_position = observed
+            .iter()
+            .find(|o| o.pod.name_any() == primary)
+            .and_then(|o| o.report.as_ref())
+            .and_then(|r| report(r).wal_position);
+        let mut instances = Vec::new();
+        for o in observed {
+            let name = o.pod.name_any();
+            let role = o.report.as_ref().map(|r| {
+                let serving_primary = r.role == Role::Primary
+                    && r.running
+                    && r.in_recovery == Some(false)
+                    && r.epoch == status.epoch
+                    && name == primary
+                    && status.failover.is_none();
+                if serving_primary {
+                    Some("primary")
+                } else if matches!(r.role, Role::Replica { .. }) && r.running {
+                    Some("replica")
+                } else {
+                    None
+                }
+            });
+            self.label_role(&o.pod, role.flatten()).await?;
+            let ready = pod_ready(&o.pod);
+            let (role_name, reason) = match &o.report {
+                Some(r) => (
+                    match &r.role {
+                        Role::Primary => "primary",
+                        Role::Replica { .. } => "replica",
+                        Role::Fenced => "fenced",
+                        Role::Demoted => "demoted",
+                    },
+                    r.fence_reason.clone(),
+                ),
+                None => (
+                    "unknown",
+                    Some("the instance manager did not answer".into()),
+                ),
+            };
+            let position = o.report.as_ref().and_then(|r| report(r).wal_position);
+            instances.push(InstanceStatus {
+                name,
+                role: role_name.into(),
+                ready,
+                epoch: o.report.as_ref().map(|r| r.epoch).unwrap_or_default(),
+                timeline: o.report.as_ref().and_then(|r| r.timeline),
+                received_lsn: o.report.as_ref().and_then(|r| r.received_lsn.clone()),
+                replayed_lsn: o.report.as_ref().and_then(|r| r.replayed_lsn.clone()),
+                lag_bytes: match (primary_position, position) {
+                    (Some(p), Some(r)) if role_name == "replica" => Some(p.saturating_sub(r)),
+                    _ => None,
+                },
+                reason,
+            });
+        }
+        let ready = instances.iter().filter(|i| i.ready).count() as u32;
+        let healthy_primary = instances
+            .iter()
+            .any(|i| i.name == primary && i.role == "primary" && i.ready);
+        let wanted = cluster.spec.instances;
+        status.phase = Some(
+            if let Some(f) = &status.failover {
+                if f.kind == "switchover" {
+                    "SwitchingOver"
+                } else {
+                    "FailingOver"
+                }
+            } else if healthy_primary && ready >= wanted {
+                "Healthy"
+            } else if status.last_failover.is_none()
+                && status.instances.is_empty()
+                && !healthy_primary
+            {
+                "Creating"
+            } else {
+                "Degraded"
+            }
+            .into(),
+        );
+        let generation = cluster.metadata.generation;
+        let mut conditions = status.conditions.clone();
+        let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+            let wanted = conditions::condition(&conditions, type_, ok, reason, message, generation);
+            conditions.retain(|c| c.type_ != type_);
+            conditions.push(wanted);
+        };
+        set(
+            "Ready",
+            healthy_primary,
+            if healthy_primary {
+                "PrimaryServing"
+            } else {
+                "NoPrimary"
+            },
+            if healthy_primary {
+                format!(
+                    "{primary} serves writes in epoch {}; {ready}/{wanted} instances ready",
+                    status.epoch
+                )
+            } else {
+                format!(
+                    "no primary serves writes: {}",
+                    waiting.clone().unwrap_or_else(|| "starting".into())
+                )
+            },
+        );
+        set(
+            "Degraded",
+            ready < wanted,
+            if ready < wanted {
+                "InstancesNotReady"
+            } else {
+                "AllInstancesReady"
+            },
+            format!("{ready}/{wanted} instances ready"),
+        );
+        let failing_over = status.failover.as_ref().filter(|f| f.kind != "switchover");
+        let switching_over = status.failover.as_ref().filter(|f| f.kind == "switchover");
+        for (type_, progress) in [
+            ("FailingOver", failing_over),
+            ("SwitchingOver", switching_over),
+        ] {
+            match progress {
+                Some(p) => set(
+                    type_,
+                    true,
+                    "InProgress",
+                    format!(
+                        "epoch {}: {} → {}: {}",
+                        p.epoch,
+                        p.from,
+                        p.to,
+                        waiting.clone().unwrap_or_else(|| p.reason.clone())
+                    ),
+                ),
+                None => set(type_, false, "Idle", String::new()),
+            }
+        }
+        let synchronous = cluster.spec.synchronous.as_ref();
+        if let Some(sync) = synchronous.filter(|s| s.durability == Durability::Preferred) {
+            let streaming = instances
+                .iter()
+                .filter(|i| i.role == "replica" && i.ready)
+                .count() as u32;
+            let degraded = streaming < sync.count;
+            set(
+                "SynchronousDegraded",
+                degraded,
+                if degraded {
+                    "TooFewStandbys"
+                } else {
+                    "Synchronous"
+                },
+                format!(
+                    "{streaming} standbys streaming, ANY {} wanted{}",
+                    sync.count,
+                    if degraded {
+                        ": commits are acknowledged without waiting (durability preferred)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        status.conditions = conditions;
+        status.instances = instances;
+        status.ready_instances = ready;
+        status.observed_generation = generation;
+        if let Some(f) = status.failover.as_mut()
+            && let Some(reason) = &waiting
+        {
+            f.step = reason.clone();
+        }
+        if cluster.status.as_ref() != Some(&status) {
+            self.write_status(cluster, &status, false).await?;
+        }
+        Ok(())
+    }
+
+    async fn label_role(&self, pod: &Pod, role: Option<&str>) -> Result<(), Error> {
+        if pod.labels().get(ROLE_LABEL).map(String::as_str) == role || !self.leading() {
+            return Ok(());
+        }
+        let patch = json!({"metadata": {"labels": {ROLE_LABEL: role}}});
+        self.api::<Pod>()
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn ordinal(name: &str) -> u32 {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+fn pod_address(observed: &Observed) -> Option<String> {
+    let ip = observed.pod.status.as_ref()?.pod_ip.as_deref()?;
+    Some(format!("{ip}:{POSTGRES_PORT}"))
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_durations_and_quantities_parse() {
+        assert_eq!(lsn_position("0/3000060"), Some(0x3000060));
+        assert_eq!(lsn_position("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(lsn_position("nonsense"), None);
+        assert_eq!(spec_duration("3s"), Duration::from_secs(3));
+        assert_eq!(spec_duration("1500ms"), Duration::from_millis(1500));
+        assert_eq!(quantity_bytes("16Mi"), Some(16 << 20));
+        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(quantity_bytes("12"), Some(12));
+        assert_eq!(quantity_bytes("1Qi"), None);
+    }
+}

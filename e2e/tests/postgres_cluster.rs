@@ -1,0 +1,267 @@
+//! DatabaseCluster end to end: the operator (chart pods) creates a three-instance cluster with
+//! synchronous `ANY 1` replication and `required` durability; a write probe inserts numbered
+//! rows through the `-rw` Service while the primary's processes are SIGKILLed, then while the
+//! primary hangs (SIGSTOP) until a failover, after which it is thawed. Every acknowledged write
+//! must be on the primary at the end, the hung primary must be back as a replica of the new
+//! epoch, and the Events must tell the story. Local control plane only (the instance
+//! pods run this machine's PostgreSQL and the built `bulwark`).
+
+use std::time::{Duration, Instant};
+
+use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
+use bulwark_crds::postgres::DatabaseCluster;
+use bulwark_e2e::chart::Release;
+use bulwark_e2e::postgres::postgres_user;
+use bulwark_e2e::{cluster, eventually};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+/// Writes come this often; each waits at most this long for its acknowledgement.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn application(
+    client: &kube::Client,
+    ns: &str,
+    cluster_name: &str,
+) -> tokio_postgres::Config {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{cluster_name}-app"))
+        .await
+        .unwrap();
+    let field =
+        |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    let service = Api::<Service>::namespaced(client.clone(), ns)
+        .get(&format!("{cluster_name}-rw"))
+        .await
+        .unwrap();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(service.spec.unwrap().cluster_ip.unwrap())
+        .port(5432)
+        .user(field("username"))
+        .password(field("password"))
+        .dbname(field("dbname"))
+        .connect_timeout(Duration::from_secs(1));
+    config
+}
+
+async fn status(api: &Api<DatabaseCluster>, name: &str) -> serde_json::Value {
+    serde_json::to_value(api.get(name).await.unwrap().status).unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_service() {
+    if cluster().local_api_server_port().is_none() {
+        eprintln!("skipped: instance pods run this machine's PostgreSQL on the local node agents");
+        return;
+    }
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pg-cluster").await;
+    let (uid, gid) = postgres_user();
+    let _release = Release::install_operator(
+        &cluster().kubeconfig,
+        &ns,
+        1,
+        &[
+            &format!("postgres.runAsUser={uid}"),
+            &format!("postgres.runAsGroup={gid}"),
+        ],
+    )
+    .unwrap();
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    let db: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "db"},
+        "spec": {
+            "instances": 3,
+            "storage": {"size": "1Gi"},
+            "synchronous": {"count": 1, "durability": "required"},
+            "failover": {"delay": "2s"},
+        },
+    }))
+    .unwrap();
+    clusters.create(&PostParams::default(), &db).await.unwrap();
+    let healthy = eventually(
+        Duration::from_secs(180),
+        "db healthy with 3 ready instances",
+        || async {
+            let s = status(&clusters, "db").await;
+            (s["phase"] == "Healthy" && s["readyInstances"] == 3).then_some(s)
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "healthy: primary {}, epoch {}",
+        healthy["primary"], healthy["epoch"]
+    );
+
+    let app = application(&client, &ns, "db").await;
+    let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
+    eventually(
+        Duration::from_secs(30),
+        "writes acknowledged through db-rw",
+        || async {
+            (probe
+                .report()
+                .count(bulwark_controllers::postgres::probe::Outcome::Acknowledged)
+                > 20)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let container_of = |pod: Pod| {
+        pod.status.unwrap().container_statuses.unwrap()[0]
+            .container_id
+            .clone()
+            .unwrap()
+    };
+
+    // 1. SIGKILL of every process of the primary's pod (instance manager and PostgreSQL). The
+    //    pod restarts; if it serves again within the failover delay there is no failover.
+    let killed_at = Instant::now();
+    let primary = status(&clusters, "db").await["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let container = container_of(pods.get(&primary).await.unwrap());
+    let killed = bulwark_chaos::node_agent::crash(&[container]).unwrap();
+    println!("SIGKILLed {killed} processes of {primary}");
+    eventually(
+        Duration::from_secs(60),
+        "writes acknowledged again after the kill",
+        || async {
+            let s = status(&clusters, "db").await;
+            let ready = s["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (ready
+                && !probe
+                    .report()
+                    .acknowledged_after(killed_at + Duration::from_secs(1))
+                    .is_empty())
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let after_kill = status(&clusters, "db").await;
+    println!(
+        "after the SIGKILL: primary {} in epoch {} ({})",
+        after_kill["primary"],
+        after_kill["epoch"],
+        if after_kill["primary"] == primary.as_str() {
+            "restarted in place"
+        } else {
+            "failed over"
+        }
+    );
+
+    // 2. The primary hangs (every process stopped, sockets open): the replicas stop hearing
+    //    from it, the operator fails over, and once thawed it rejoins as a replica.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let frozen_at = Instant::now();
+    let epoch = after_kill["epoch"].as_u64().unwrap();
+    let old_primary = after_kill["primary"].as_str().unwrap().to_string();
+    let container = container_of(pods.get(&old_primary).await.unwrap());
+    bulwark_chaos::node_agent::freeze(std::slice::from_ref(&container)).unwrap();
+    let after = eventually(
+        Duration::from_secs(60),
+        "a new primary in a newer epoch",
+        || async {
+            let s = status(&clusters, "db").await;
+            let new_primary = s["primary"].as_str()?;
+            (new_primary != old_primary
+                && s["epoch"].as_u64()? > epoch
+                && s["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .then_some(s)
+        },
+    )
+    .await;
+    // Thawed whatever happened, so a failure leaves no stopped processes behind.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bulwark_chaos::node_agent::thaw(&[container]).unwrap();
+    let after = after.unwrap();
+    assert_eq!(after["lastFailover"]["from"], old_primary.as_str());
+    eventually(
+        Duration::from_secs(120),
+        "the old primary rejoins as a replica",
+        || async {
+            let s = status(&clusters, "db").await;
+            let epoch = s["epoch"].as_u64()?;
+            let old = s["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == old_primary.as_str())?
+                .clone();
+            (old["role"] == "replica" && old["epoch"].as_u64()? == epoch && old["ready"] == true)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = probe.stop().await;
+
+    let (reader, connection) = app.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let found = sequences_found(&reader).await.unwrap();
+    let verification = report.verify(&found);
+    let rto = |fault: Instant| {
+        report
+            .outage_after(fault)
+            .map_or("none".to_string(), |d| format!("{:.2}s", d.as_secs_f64()))
+    };
+    println!(
+        "write probe: {} acknowledged, {} failed, {} indeterminate ({} committed), lost {:?}",
+        report.count(Outcome::Acknowledged),
+        report.count(Outcome::Failed),
+        report.count(Outcome::Indeterminate),
+        verification.indeterminate_committed,
+        verification.lost,
+    );
+    println!(
+        "RTO seen by the probe: SIGKILL {}; hung primary {old_primary} → {} (epoch {}) {}, recorded failover {}s",
+        rto(killed_at),
+        after["primary"],
+        after["epoch"],
+        rto(frozen_at),
+        after["lastFailover"]["durationSeconds"],
+    );
+    assert!(
+        verification.lost.is_empty(),
+        "acknowledged writes lost: {:?}",
+        verification.lost
+    );
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("db"))
+        .filter_map(|e| e.reason)
+        .collect();
+    for wanted in [
+        "FailoverStarted",
+        "Promoted",
+        "FailoverCompleted",
+        "Following",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == wanted),
+            "no {wanted} Event among {reasons:?}"
+        );
+    }
+}
