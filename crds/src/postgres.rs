@@ -133,7 +133,8 @@ pub struct DatabaseClusterSpec {
     pub affinity: Option<Affinity>,
     /// Request a planned switchover to this instance (a pod name such as `db-2`):
     /// `kubectl patch databasecluster db --type merge -p '{"spec":{"switchoverTo":"db-2"}}'`.
-    /// The operator clears nothing; once the instance is primary the request is satisfied.
+    /// Each spec generation asks at most once (`status.switchoverGeneration`): a failover away
+    /// from it later does not switch back, but another spec change while it is set asks again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), pattern(DNS_LABEL_PATTERN))]
     pub switchover_to: Option<String>,
@@ -308,6 +309,10 @@ pub struct DatabaseClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+    /// The `metadata.generation` whose `switchoverTo` was acted on: a request is carried out
+    /// once, and a later failover does not send the primary back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover_generation: Option<i64>,
 }
 
 /// One instance as its instance manager last reported it.

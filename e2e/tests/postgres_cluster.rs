@@ -1,25 +1,29 @@
 //! DatabaseCluster end to end: the operator (chart pods) creates a three-instance cluster with
 //! synchronous `ANY 1` replication and `required` durability; a write probe inserts numbered
 //! rows through the `-rw` Service while the primary's processes are SIGKILLed, then while the
-//! primary hangs (SIGSTOP) until a failover, after which it is thawed. Every acknowledged write
+//! primary hangs (SIGSTOP) until a failover, after which it is thawed, and through a switchover;
+//! cutting only the operator's link to the primary must not fail over. Every acknowledged write
 //! must be on the primary at the end, the hung primary must be back as a replica of the new
 //! epoch, and the Events must tell the story. Local control plane only (the instance
 //! pods run this machine's PostgreSQL and the built `bulwark`).
 
 use std::time::{Duration, Instant};
 
+use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::postgres::postgres_user;
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// Writes come this often; each waits at most this long for its acknowledgement.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The failover delay the cluster runs with (synchronous `required` needs no isolation margin).
+const DELAY: Duration = Duration::from_secs(2);
 
 async fn application(
     client: &kube::Client,
@@ -52,7 +56,7 @@ async fn status(api: &Api<DatabaseCluster>, name: &str) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_service() {
+async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_service() {
     if cluster().local_api_server_port().is_none() {
         eprintln!("skipped: instance pods run this machine's PostgreSQL on the local node agents");
         return;
@@ -60,7 +64,7 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
     let client = cluster().client().await;
     let ns = cluster().namespace("pg-cluster").await;
     let (uid, gid) = postgres_user();
-    let _release = Release::install_operator(
+    let release = Release::install_operator(
         &cluster().kubeconfig,
         &ns,
         1,
@@ -78,7 +82,7 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
             "instances": 3,
             "storage": {"size": "1Gi"},
             "synchronous": {"count": 1, "durability": "required"},
-            "failover": {"delay": "2s"},
+            "failover": {"delay": format!("{}s", DELAY.as_secs())},
         },
     }))
     .unwrap();
@@ -98,6 +102,7 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
         healthy["primary"], healthy["epoch"]
     );
 
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let app = application(&client, &ns, "db").await;
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
     eventually(
@@ -114,13 +119,45 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
     .await
     .unwrap();
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let container_of = |pod: Pod| {
         pod.status.unwrap().container_statuses.unwrap()[0]
             .container_id
             .clone()
             .unwrap()
     };
+
+    // 0. Only the operator's link to the primary is cut: the replicas still stream from it,
+    //    so there is no failover, and writes go on.
+    let primary = healthy["primary"].as_str().unwrap().to_string();
+    let ip_of = |pod: &Pod| pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let primary_ip = ip_of(&pods.get(&primary).await.unwrap());
+    let operator_ips: Vec<String> = release
+        .pods(&client)
+        .await
+        .unwrap()
+        .iter()
+        .map(ip_of)
+        .collect();
+    let cut =
+        Partition::start(std::slice::from_ref(&primary_ip), &Side::Pods(operator_ips)).unwrap();
+    let cut_at = Instant::now();
+    tokio::time::sleep(DELAY * 4).await;
+    let during_cut = status(&clusters, "db").await;
+    let acknowledged_during_cut = probe.report().acknowledged_after(cut_at + DELAY).len();
+    cut.heal().unwrap();
+    println!(
+        "operator cut off from {primary} for {:?}: primary {} in epoch {}, {acknowledged_during_cut} writes acknowledged meanwhile",
+        DELAY * 4,
+        during_cut["primary"],
+        during_cut["epoch"]
+    );
+    assert_eq!(
+        during_cut["primary"],
+        primary.as_str(),
+        "no failover on the operator's link alone"
+    );
+    assert_eq!(during_cut["epoch"], healthy["epoch"]);
+    assert!(acknowledged_during_cut > 0, "the primary kept serving");
 
     // 1. SIGKILL of every process of the primary's pod (instance manager and PostgreSQL). The
     //    pod restarts; if it serves again within the failover delay there is no failover.
@@ -209,6 +246,34 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
     )
     .await
     .unwrap();
+
+    // 3. A switchover under load to the replica that has been primary least recently.
+    let before = status(&clusters, "db").await;
+    let target = before["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .find(|n| *n != old_primary && before["primary"] != n.as_str())
+        .unwrap();
+    let switchover_at = Instant::now();
+    clusters
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"switchoverTo": target}})),
+        )
+        .await
+        .unwrap();
+    let switched = eventually(Duration::from_secs(60), "the switchover", || async {
+        let s = status(&clusters, "db").await;
+        (s["primary"] == target.as_str()
+            && s["lastFailover"]["kind"] == "switchover"
+            && s["phase"] == "Healthy")
+            .then_some(s)
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
 
@@ -237,6 +302,13 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
         rto(frozen_at),
         after["lastFailover"]["durationSeconds"],
     );
+    println!(
+        "switchover {} → {target} (epoch {}): RTO {}, recorded {}s",
+        before["primary"],
+        switched["epoch"],
+        rto(switchover_at),
+        switched["lastFailover"]["durationSeconds"],
+    );
     assert!(
         verification.lost.is_empty(),
         "acknowledged writes lost: {:?}",
@@ -264,4 +336,74 @@ async fn a_killed_and_a_hung_primary_lose_no_acknowledged_write_through_the_rw_s
             "no {wanted} Event among {reasons:?}"
         );
     }
+}
+
+/// Invalid specs are refused at admission (CEL), each with a message that says what to change.
+#[tokio::test]
+async fn invalid_database_clusters_are_refused_with_clear_messages() {
+    let client = cluster().client().await;
+    bulwark_e2e::install_crds(&client).await.unwrap();
+    let ns = cluster().namespace("pg-admission").await;
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client, &ns);
+    let cases = [
+        (json!({"instances": 0}), "instances must be from 1 to 9"),
+        (
+            json!({"instances": 3, "synchronous": {"count": 3}}),
+            "synchronous.count must be less than instances",
+        ),
+        (
+            json!({"parameters": {"wal_level": "minimal"}}),
+            "parameters must not set what Bulwark manages",
+        ),
+        (
+            json!({"failover": {"delay": "500ms"}}),
+            "failover.delay must be from 1s to 300s",
+        ),
+        (
+            json!({"isolationTimeout": "90s"}),
+            "isolationTimeout must be from 1s to 60s",
+        ),
+        (
+            json!({"isolationTimeout": "5s", "failover": {"delay": "6s"}}),
+            "failover.delay must be at least isolationTimeout + 2s",
+        ),
+        (
+            json!({"bootstrap": {"database": "postgres"}}),
+            "bootstrap.database must not be postgres",
+        ),
+    ];
+    for (n, (overrides, expected)) in cases.into_iter().enumerate() {
+        let mut spec = json!({"storage": {"size": "1Gi"}});
+        for (key, value) in overrides.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        let object: DatabaseCluster = serde_json::from_value(json!({
+            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+            "metadata": {"name": format!("bad-{n}")},
+            "spec": spec,
+        }))
+        .unwrap();
+        let error = clusters
+            .create(&PostParams::default(), &object)
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let message = match error {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        };
+        println!("{spec}: {message}");
+        assert!(
+            message.contains(expected),
+            "{spec}: expected {expected:?} in {message}"
+        );
+    }
+    assert!(
+        clusters
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing half-created"
+    );
 }

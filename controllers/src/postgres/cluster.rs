@@ -746,7 +746,11 @@ impl<'a> Reconciler<'a> {
                 .max_lag
                 .as_deref()
                 .and_then(quantity_bytes),
-            switchover_to: cluster.spec.switchover_to.as_deref(),
+            switchover_to: cluster
+                .spec
+                .switchover_to
+                .as_deref()
+                .filter(|_| status.switchover_generation != cluster.metadata.generation),
         })
     }
 
@@ -795,6 +799,9 @@ impl<'a> Reconciler<'a> {
             .as_ref()
             .map(|f| f.started.clone())
             .unwrap_or_else(now);
+        if progress.kind == Kind::Switchover {
+            status.switchover_generation = cluster.metadata.generation;
+        }
         status.failover = Some(FailoverProgress {
             from: progress.from.clone(),
             to: progress.to.clone(),
