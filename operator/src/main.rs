@@ -77,6 +77,11 @@ struct InstanceArgs {
     /// this long stops at once (self-fencing). Unset: no isolation check.
     #[arg(long, value_parser = parse_duration)]
     isolation_timeout: Option<Duration>,
+    /// The DatabaseCluster (in this pod's namespace) whose recorded epoch a primary checks with
+    /// each isolation check: it starts serving only once that epoch is no newer than its own,
+    /// and fences itself on a newer one.
+    #[arg(long, requires = "isolation_timeout")]
+    cluster: Option<String>,
     /// Address of the command API (HTTPS, client certificates only).
     #[arg(long, default_value = "0.0.0.0:8443")]
     api_addr: SocketAddr,
@@ -275,6 +280,7 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
             }),
             _ => None,
         },
+        cluster: args.cluster,
     };
     // Connected before anything starts, so a missing in-cluster config fails at once.
     let api_server = match args.isolation_timeout {

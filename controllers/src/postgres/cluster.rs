@@ -14,8 +14,9 @@ use bulwark_crds::postgres::{
     DatabaseCluster, DatabaseClusterStatus, Durability, FailoverProgress, FailoverRecord,
     InstanceStatus, Reclaim,
 };
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role as RbacRole, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -48,8 +49,11 @@ pub const POSTGRES_PORT: i32 = 5432;
 pub const API_PORT: u16 = 8443;
 const REPLICATION_USER: &str = "bulwark_replication";
 const VOLUME: &str = "/var/lib/bulwark";
-/// How long one instance may take to answer `GET /status` or a command.
-const INSTANCE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an instance may take to report its status: a hung one must not stall every step
+/// of a failover by much (each step observes every instance again).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a command may take (a promotion waits for the end of recovery and a checkpoint).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Steps carried out in one reconcile before the cluster is looked at afresh from the cache.
 const STEPS_PER_RECONCILE: usize = 16;
 
@@ -330,6 +334,7 @@ impl<'a> Reconciler<'a> {
 
     async fn run(&self, mut cluster: DatabaseCluster) -> Result<Action, Error> {
         self.ensure_secrets().await?;
+        self.ensure_instance_account().await?;
         self.ensure_services().await?;
         if cluster
             .status
@@ -426,6 +431,34 @@ impl<'a> Reconciler<'a> {
         Ok(())
     }
 
+    /// The instance pods' identity: it may read its own DatabaseCluster (the recorded epoch)
+    /// and nothing else.
+    fn instance_account(&self) -> String {
+        format!("{}-instance", self.name)
+    }
+
+    async fn ensure_instance_account(&self) -> Result<(), Error> {
+        let name = self.instance_account();
+        let metadata =
+            json!({"name": name, "labels": self.labels(), "ownerReferences": [self.owner]});
+        self.apply::<ServiceAccount>(
+            &name,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}),
+        )
+        .await?;
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": metadata,
+            "rules": [{"apiGroups": ["bulwark.dev"], "resources": ["databaseclusters"], "resourceNames": [self.name], "verbs": ["get"]}],
+        });
+        self.apply::<RbacRole>(&name, role).await?;
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": metadata,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.namespace}],
+        });
+        self.apply::<RoleBinding>(&name, binding).await
+    }
+
     async fn ensure_services(&self) -> Result<(), Error> {
         for (suffix, role) in [
             ("rw", Some("primary")),
@@ -468,6 +501,7 @@ impl<'a> Reconciler<'a> {
             async move {
                 let response = http
                     .get(format!("https://{name}:{API_PORT}/status"))
+                    .timeout(STATUS_TIMEOUT)
                     .send()
                     .await
                     .ok()?;
@@ -523,7 +557,6 @@ impl<'a> Reconciler<'a> {
         let mut builder = reqwest::Client::builder()
             .tls_certs_only([ca])
             .identity(identity)
-            .timeout(INSTANCE_TIMEOUT)
             .connect_timeout(Duration::from_secs(1));
         for pod in pods {
             if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
@@ -641,6 +674,7 @@ impl<'a> Reconciler<'a> {
             "--tls-key=/etc/bulwark/tls/tls.key".into(),
             "--client-ca=/etc/bulwark/tls/ca.crt".into(),
             format!("--isolation-timeout={}", spec.isolation_timeout),
+            format!("--cluster={}", self.name),
         ];
         if let Some(primary) = replica_of {
             args.push(format!("--bootstrap-replica-of={primary}"));
@@ -669,6 +703,7 @@ impl<'a> Reconciler<'a> {
         }
         let mut pod_spec = json!({
             "hostname": name,
+            "serviceAccountName": self.instance_account(),
             "terminationGracePeriodSeconds": 10,
             "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
             "containers": [container],
@@ -850,6 +885,7 @@ impl<'a> Reconciler<'a> {
         }
         let response = http
             .post(format!("https://{member}:{API_PORT}/commands"))
+            .timeout(COMMAND_TIMEOUT)
             .json(command)
             .send()
             .await

@@ -32,6 +32,10 @@ pub struct Config {
     pub replication_password_file: PathBuf,
     /// The application's database and its owner role, created with the first primary.
     pub database: Option<Database>,
+    /// The DatabaseCluster (in the pod's namespace) whose recorded epoch this instance checks:
+    /// a primary serves only once it has read an epoch no newer than its own, and fences itself
+    /// when it reads a newer one. None: a standalone instance, trusted as it starts.
+    pub cluster: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +106,10 @@ struct Inner {
     state: State,
     postgres: Option<Child>,
     fence_reason: Option<String>,
+    /// Since it started, the instance has learnt the cluster's epoch is not newer than its own
+    /// (from the API server, or from a command of the operator's): until then a primary does
+    /// not start PostgreSQL, so a restarted or thawed old primary never serves a stale epoch.
+    epoch_confirmed: bool,
 }
 
 impl Manager {
@@ -130,12 +138,14 @@ impl Manager {
         };
         info!(epoch = state.epoch, role = ?state.role, "instance state");
         write_config(&config, &state)?;
+        let epoch_confirmed = config.cluster.is_none();
         let manager = Arc::new(Manager {
             config,
             inner: Mutex::new(Inner {
                 state,
                 postgres: None,
                 fence_reason: None,
+                epoch_confirmed,
             }),
         });
         Ok(manager)
@@ -161,7 +171,10 @@ impl Manager {
                         error = format!("{error:#}"),
                         "no data directory yet; retrying"
                     );
-                } else if inner.postgres.is_none() && role.serves() {
+                } else if inner.postgres.is_none()
+                    && role.serves()
+                    && (inner.epoch_confirmed || role != Role::Primary)
+                {
                     match start_postgres(&self.config) {
                         Ok(child) => inner.postgres = Some(child),
                         Err(error) => warn!(%error, "could not start postgres"),
@@ -185,6 +198,8 @@ impl Manager {
         let mut inner = self.inner.lock().await;
         let (next, action) = decide(&inner.state, &command).map_err(CommandError::Refused)?;
         persist(&self.config, &next).map_err(CommandError::Failed)?;
+        // The operator read the cluster's epoch before commanding.
+        inner.epoch_confirmed = true;
         let previous = std::mem::replace(&mut inner.state, next.clone());
         info!(?command, from = ?previous, to = ?next, ?action, "command accepted");
         match action {
@@ -386,11 +401,11 @@ impl Manager {
                 continue;
             }
             let (api, replica) = tokio::join!(
-                tokio::time::timeout(check_timeout, api_server.apiserver_version()),
+                tokio::time::timeout(check_timeout, self.contact_api_server(&api_server)),
                 tokio::time::timeout(check_timeout, self.replica_replied_within(bound)),
             );
             let now = Instant::now();
-            if matches!(api, Ok(Ok(_))) {
+            if matches!(api, Ok(Ok(()))) {
                 contacts.api_server = now;
             }
             if matches!(replica, Ok(Ok(true))) {
@@ -406,6 +421,41 @@ impl Manager {
                 contacts = Contacts::fresh(now);
             }
         }
+    }
+
+    /// Reaches the API server: reads the cluster's recorded epoch when there is a cluster, and
+    /// acts on it; otherwise asks for the server's version.
+    async fn contact_api_server(&self, api_server: &kube::Client) -> Result<()> {
+        let Some(name) = &self.config.cluster else {
+            api_server.apiserver_version().await?;
+            return Ok(());
+        };
+        let cluster = kube::Api::<bulwark_crds::postgres::DatabaseCluster>::default_namespaced(
+            api_server.clone(),
+        )
+        .get(name)
+        .await?;
+        let status = cluster.status.unwrap_or_default();
+        let me = application_name(&self.config);
+        // A switchover's primary waits to be demoted cleanly (its final checkpoint is what the
+        // target replays); stopping it at once here would cut that short.
+        let switching_from_me = status
+            .failover
+            .as_ref()
+            .is_some_and(|f| f.kind == "switchover" && f.from == me);
+        let own = self.inner.lock().await.state.epoch;
+        if status.epoch > own {
+            if !switching_from_me {
+                self.fence_self(format!(
+                    "the cluster's epoch is {}, newer than this instance's {own}: another instance is being promoted",
+                    status.epoch
+                ))
+                .await;
+            }
+        } else {
+            self.inner.lock().await.epoch_confirmed = true;
+        }
+        Ok(())
     }
 
     /// Whether some standby's last reply is younger than `within`.
