@@ -91,6 +91,9 @@ async fn main() -> Result<()> {
         &[
             format!("slo.prometheusURL={}", prometheus.url),
             "slo.statusInterval=10s".into(),
+            // DatabaseCluster pods run this machine's PostgreSQL as its postgres user.
+            format!("postgres.runAsUser={}", bulwark_e2e::postgres::postgres_user().0),
+            format!("postgres.runAsGroup={}", bulwark_e2e::postgres::postgres_user().1),
         ],
     )?;
     let operator_pods: Vec<String> = release
