@@ -85,6 +85,7 @@ async fn main() -> Result<()> {
         .create(&PostParams::default(), &serde_json::from_value(namespace)?)
         .await?;
     println!("installing the Helm chart into {SYSTEM_NAMESPACE} (the operator runs as its pods)");
+    let (postgres_uid, postgres_gid) = bulwark_e2e::postgres::postgres_user();
     let release = Release::install(
         &plane.kubeconfig,
         SYSTEM_NAMESPACE,
@@ -92,8 +93,8 @@ async fn main() -> Result<()> {
             format!("slo.prometheusURL={}", prometheus.url),
             "slo.statusInterval=10s".into(),
             // DatabaseCluster pods run this machine's PostgreSQL as its postgres user.
-            format!("postgres.runAsUser={}", bulwark_e2e::postgres::postgres_user().0),
-            format!("postgres.runAsGroup={}", bulwark_e2e::postgres::postgres_user().1),
+            format!("postgres.runAsUser={postgres_uid}"),
+            format!("postgres.runAsGroup={postgres_gid}"),
         ],
     )?;
     let operator_pods: Vec<String> = release
