@@ -55,6 +55,52 @@ async fn status(api: &Api<DatabaseCluster>, name: &str) -> serde_json::Value {
     serde_json::to_value(api.get(name).await.unwrap().status).unwrap()
 }
 
+/// Waits for a primary other than `from`, in an epoch after `epoch`, serving writes.
+async fn failed_over(
+    clusters: &Api<DatabaseCluster>,
+    from: &str,
+    epoch: u64,
+) -> anyhow::Result<serde_json::Value> {
+    eventually(
+        Duration::from_secs(60),
+        "a new primary in a newer epoch",
+        || async {
+            let s = status(clusters, "db").await;
+            (s["primary"].as_str()? != from
+                && s["epoch"].as_u64()? > epoch
+                && s["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            .then_some(s)
+        },
+    )
+    .await
+}
+
+/// Waits for `member` to be a ready replica of the current epoch.
+async fn rejoined(clusters: &Api<DatabaseCluster>, member: &str) {
+    eventually(
+        Duration::from_secs(120),
+        &format!("{member} rejoins as a replica"),
+        || async {
+            let s = status(clusters, "db").await;
+            let epoch = s["epoch"].as_u64()?;
+            let instance = s["instances"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == member)?
+                .clone();
+            (instance["role"] == "replica"
+                && instance["epoch"].as_u64()? == epoch
+                && instance["ready"] == true)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_service() {
     if cluster().local_api_server_port().is_none() {
@@ -208,44 +254,99 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let old_primary = after_kill["primary"].as_str().unwrap().to_string();
     let container = container_of(pods.get(&old_primary).await.unwrap());
     bulwark_chaos::node_agent::freeze(std::slice::from_ref(&container)).unwrap();
-    let after = eventually(
-        Duration::from_secs(60),
-        "a new primary in a newer epoch",
-        || async {
-            let s = status(&clusters, "db").await;
-            let new_primary = s["primary"].as_str()?;
-            (new_primary != old_primary
-                && s["epoch"].as_u64()? > epoch
-                && s["conditions"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            .then_some(s)
-        },
-    )
-    .await;
+    let after = failed_over(&clusters, &old_primary, epoch).await;
     // Thawed whatever happened, so a failure leaves no stopped processes behind.
     tokio::time::sleep(Duration::from_secs(3)).await;
     bulwark_chaos::node_agent::thaw(&[container]).unwrap();
     let after = after.unwrap();
     assert_eq!(after["lastFailover"]["from"], old_primary.as_str());
-    eventually(
-        Duration::from_secs(120),
-        "the old primary rejoins as a replica",
-        || async {
-            let s = status(&clusters, "db").await;
-            let epoch = s["epoch"].as_u64()?;
-            let old = s["instances"]
-                .as_array()?
-                .iter()
-                .find(|i| i["name"] == old_primary.as_str())?
-                .clone();
-            (old["role"] == "replica" && old["epoch"].as_u64()? == epoch && old["ready"] == true)
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    rejoined(&clusters, &old_primary).await;
+
+    // 2b. The primary is cut off from the API server, the replicas and the operator (its node's
+    //     network fails): with no contact it fences itself within its isolation timeout, the
+    //     replicas fail over, and once healed it rejoins.
+    let isolated = after["primary"].as_str().unwrap().to_string();
+    let isolated_epoch = after["epoch"].as_u64().unwrap();
+    let isolated_ip = ip_of(&pods.get(&isolated).await.unwrap());
+    let mut others: Vec<String> = release
+        .pods(&client)
+        .await
+        .unwrap()
+        .iter()
+        .map(ip_of)
+        .collect();
+    for pod in pods
+        .list(&ListParams::default().labels("bulwark.dev/cluster=db"))
+        .await
+        .unwrap()
+    {
+        if pod.metadata.name.as_deref() != Some(isolated.as_str()) {
+            others.push(ip_of(&pod));
+        }
+    }
+    let api_server = Side::HostPort(
+        "10.244.0.1".into(),
+        cluster().local_api_server_port().unwrap(),
+    );
+    // A second probe writes to the isolated primary directly (the host's path to it stays).
+    // (A fresh config: `host` on a copy of `app` would add a host, not replace db-rw's.)
+    let mut direct = tokio_postgres::Config::new();
+    direct
+        .host(&isolated_ip)
+        .port(5432)
+        .user(app.get_user().unwrap())
+        .password(app.get_password().unwrap())
+        .dbname(app.get_dbname().unwrap())
+        .connect_timeout(Duration::from_secs(1));
+    let direct_probe = WriteProbe::start_at(direct, 1_000_000_000, PROBE_INTERVAL, PROBE_TIMEOUT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let isolated_at = Instant::now();
+    let cuts = [
+        Partition::start(std::slice::from_ref(&isolated_ip), &Side::Pods(others)).unwrap(),
+        Partition::start(std::slice::from_ref(&isolated_ip), &api_server).unwrap(),
+    ];
+    let after_isolation = failed_over(&clusters, &isolated, isolated_epoch).await;
+    let direct_report = direct_probe.stop().await;
+    let isolated_window = direct_report
+        .acknowledged_after(isolated_at)
+        .last()
+        .map(|w| w.at.duration_since(isolated_at));
+    for cut in cuts {
+        cut.heal().unwrap();
+    }
+    let after_isolation = after_isolation.unwrap();
+    rejoined(&clusters, &isolated).await;
+    assert!(
+        direct_report.count(Outcome::Acknowledged) > 0,
+        "the direct probe reached the isolated primary before the cut"
+    );
+    // Synchronous and required: with its standbys cut off it cannot acknowledge a commit; one
+    // in flight at the cut may still complete.
+    if isolated_window.is_some_and(|w| w >= Duration::from_millis(500)) {
+        let logs = pods
+            .logs(
+                &isolated,
+                &kube::api::LogParams {
+                    tail_lines: Some(60),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_or_default();
+        let late: Vec<_> = direct_report
+            .acknowledged_after(isolated_at)
+            .iter()
+            .map(|w| (w.sequence, w.at.duration_since(isolated_at)))
+            .collect();
+        println!(
+            "acknowledged by {isolated} after the cut: {late:?}\nstatus: {}\nlogs of {isolated}:\n{logs}",
+            status(&clusters, "db").await
+        );
+    }
+    assert!(
+        isolated_window.is_none_or(|w| w < Duration::from_millis(500)),
+        "the isolated primary acknowledged a write {isolated_window:?} after the cut"
+    );
 
     // 3. A switchover under load to the replica that has been primary least recently.
     let before = status(&clusters, "db").await;
@@ -281,6 +382,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     tokio::spawn(connection);
     let found = sequences_found(&reader).await.unwrap();
     let verification = report.verify(&found);
+    let direct_verification = direct_report.verify(&found);
     let rto = |fault: Instant| {
         report
             .outage_after(fault)
@@ -303,6 +405,13 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         after["lastFailover"]["durationSeconds"],
     );
     println!(
+        "isolated primary {isolated} → {} (epoch {}): outage {}, recorded failover {}s; last write acknowledged by the isolated primary: {isolated_window:?} after the cut",
+        after_isolation["primary"],
+        after_isolation["epoch"],
+        rto(isolated_at),
+        after_isolation["lastFailover"]["durationSeconds"],
+    );
+    println!(
         "switchover {} → {target} (epoch {}): RTO {}, recorded {}s",
         before["primary"],
         switched["epoch"],
@@ -313,6 +422,11 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         verification.lost.is_empty(),
         "acknowledged writes lost: {:?}",
         verification.lost
+    );
+    assert!(
+        direct_verification.lost.is_empty(),
+        "writes the isolated primary acknowledged were lost: {:?}",
+        direct_verification.lost
     );
 
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);

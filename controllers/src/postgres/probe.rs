@@ -127,8 +127,19 @@ pub struct WriteProbe {
 
 impl WriteProbe {
     /// Writes every `interval` through sessions opened with `config`, each write bounded by
-    /// `timeout`.
+    /// `timeout`, numbering them from 0.
     pub fn start(config: tokio_postgres::Config, interval: Duration, timeout: Duration) -> Self {
+        Self::start_at(config, 0, interval, timeout)
+    }
+
+    /// As [`WriteProbe::start`], numbering from `first`: probes sharing a table each take their
+    /// own range.
+    pub fn start_at(
+        config: tokio_postgres::Config,
+        first: i64,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
         let report = Arc::new(Mutex::new(Report::default()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -136,7 +147,7 @@ impl WriteProbe {
             let stop = stop.clone();
             async move {
                 let mut session: Option<tokio_postgres::Client> = None;
-                for sequence in 0i64.. {
+                for sequence in first.. {
                     if stop.is_cancelled() {
                         break;
                     }
