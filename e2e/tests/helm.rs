@@ -411,10 +411,13 @@ async fn a_cluster_wide_release_leaves_excluded_namespaces_alone(
             .unwrap();
         let plan = eventually(
             Duration::from_secs(60),
-            &format!("{ns}: plan 1 Live"),
+            &format!("{ns}: plan 1 Live with its enactor recorded"),
             || async {
                 let plan = plans(client, ns, "web").await.ok()?.pop()?;
-                (plan.status.as_ref()?.phase == PlanPhase::Live).then_some(plan)
+                // Another enactor may verify the served answer, and mark the plan Live, before
+                // the one that applied it records itself.
+                let status = plan.status.as_ref()?;
+                (status.phase == PlanPhase::Live && status.enacted_by.is_some()).then_some(plan)
             },
         )
         .await

@@ -49,9 +49,11 @@ pub const POSTGRES_PORT: i32 = 5432;
 pub const API_PORT: u16 = 8443;
 const REPLICATION_USER: &str = "bulwark_replication";
 const VOLUME: &str = "/var/lib/bulwark";
-/// How long an instance may take to report its status: a hung one must not stall every step
-/// of a failover by much (each step observes every instance again).
+/// How long an instance may take to report its status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an instance that did not answer earlier in the same reconcile is waited for: a
+/// failover takes several steps, and each observes every instance again.
+const SILENT_STATUS_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long a command may take (a promotion waits for the end of recovery and a checkpoint).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Steps carried out in one reconcile before the cluster is looked at afresh from the cache.
@@ -266,6 +268,8 @@ struct Reconciler<'a> {
     namespace: String,
     name: String,
     owner: Value,
+    /// Instances that did not answer in this reconcile so far.
+    silent: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An instance pod and what its manager said.
@@ -290,6 +294,7 @@ impl<'a> Reconciler<'a> {
             namespace: cluster.namespace().unwrap_or_default(),
             name: cluster.name_any(),
             owner,
+            silent: Mutex::default(),
         }
     }
 
@@ -495,13 +500,19 @@ impl<'a> Reconciler<'a> {
             .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", self.name)))
             .await?;
         let http = self.instance_client(&pods.items).await?;
+        let silent = self.silent.lock().unwrap().clone();
         let reports = futures::future::join_all(pods.items.iter().map(|pod| {
             let http = http.clone();
             let name = pod.name_any();
+            let timeout = if silent.contains(&name) {
+                SILENT_STATUS_TIMEOUT
+            } else {
+                STATUS_TIMEOUT
+            };
             async move {
                 let response = http
                     .get(format!("https://{name}:{API_PORT}/status"))
-                    .timeout(STATUS_TIMEOUT)
+                    .timeout(timeout)
                     .send()
                     .await
                     .ok()?;
@@ -516,6 +527,11 @@ impl<'a> Reconciler<'a> {
             .map(|(pod, report)| Observed { pod, report })
             .collect();
         observed.sort_by_key(|o| ordinal(&o.pod.name_any()));
+        *self.silent.lock().unwrap() = observed
+            .iter()
+            .filter(|o| o.report.is_none())
+            .map(|o| o.pod.name_any())
+            .collect();
         let recorded_primary = cluster.status.as_ref().and_then(|s| s.primary.clone());
         let mut seen = self.context.seen.lock().unwrap();
         for o in &observed {
