@@ -15,7 +15,9 @@ use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::postgres::postgres_user;
 use bulwark_e2e::{cluster, eventually};
-use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -148,6 +150,59 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         healthy["primary"], healthy["epoch"]
     );
 
+    // What the operator made for the cluster, owned by it.
+    let owned_by_db = |meta: &kube::api::ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "DatabaseCluster" && o.name == "db")
+    };
+    for name in ["db-rw", "db-ro", "db-r"] {
+        let service = Api::<Service>::namespaced(client.clone(), &ns)
+            .get(name)
+            .await
+            .unwrap();
+        assert!(owned_by_db(&service.metadata), "{name}");
+    }
+    let budget = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+        .get("db")
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(budget.spec.unwrap().max_unavailable).unwrap(),
+        json!(1)
+    );
+    let app_secret = Api::<Secret>::namespaced(client.clone(), &ns)
+        .get("db-app")
+        .await
+        .unwrap();
+    let mut keys: Vec<&String> = app_secret.data.as_ref().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["dbname", "host", "password", "port", "uri", "username"]
+    );
+    assert!(owned_by_db(&app_secret.metadata));
+    let role = Api::<Role>::namespaced(client.clone(), &ns)
+        .get("db-instance")
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(role.rules).unwrap(),
+        json!([{"apiGroups": ["bulwark.dev"], "resources": ["databaseclusters"], "resourceNames": ["db"], "verbs": ["get"]}]),
+        "the instances may read their own cluster and nothing else"
+    );
+    for n in 1..=3 {
+        let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get(&format!("db-{n}"))
+            .await
+            .unwrap();
+        assert!(
+            owned_by_db(&claim.metadata),
+            "reclaim Delete: db-{n}'s volume goes with the cluster"
+        );
+    }
+
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let app = application(&client, &ns, "db").await;
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
@@ -184,8 +239,11 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         .iter()
         .map(ip_of)
         .collect();
-    let cut =
-        Partition::start(std::slice::from_ref(&primary_ip), &Side::Pods(operator_ips)).unwrap();
+    let cut = Partition::start(
+        std::slice::from_ref(&primary_ip),
+        &Side::Pods(operator_ips.clone()),
+    )
+    .unwrap();
     let cut_at = Instant::now();
     tokio::time::sleep(DELAY * 4).await;
     let during_cut = status(&clusters, "db").await;
@@ -268,13 +326,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let isolated = after["primary"].as_str().unwrap().to_string();
     let isolated_epoch = after["epoch"].as_u64().unwrap();
     let isolated_ip = ip_of(&pods.get(&isolated).await.unwrap());
-    let mut others: Vec<String> = release
-        .pods(&client)
-        .await
-        .unwrap()
-        .iter()
-        .map(ip_of)
-        .collect();
+    let mut others = operator_ips.clone();
     for pod in pods
         .list(&ListParams::default().labels("bulwark.dev/cluster=db"))
         .await

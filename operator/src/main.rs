@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
 use bulwark_controllers::postgres::{self, cluster::PostgresSettings};
+use bulwark_controllers::runtime::parse_duration;
 use bulwark_controllers::slo::{self, controller::SloSettings};
 use bulwark_controllers::{metrics::Metrics, readiness::Readiness, scope::Scope};
 use clap::{Parser, Subcommand};
@@ -182,22 +183,6 @@ struct RunArgs {
     /// takes the replica down.
     #[arg(long, hide = true)]
     chaos_crash_task: Option<String>,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 15s or 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
-    }
 }
 
 fn parse_user(text: &str) -> Result<(i64, i64), String> {

@@ -36,7 +36,7 @@ use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, publish};
+use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, parse_duration, publish};
 use crate::scope::Scope;
 
 const CONTROLLER: &str = "postgres";
@@ -169,15 +169,6 @@ async fn reconcile(cluster: Arc<DatabaseCluster>, context: Arc<Context>) -> Resu
     result
 }
 
-/// `3s`, `500ms`: the CRD's pattern admits nothing else.
-pub fn spec_duration(text: &str) -> Duration {
-    if let Some(ms) = text.strip_suffix("ms") {
-        Duration::from_millis(ms.parse().unwrap_or(0))
-    } else {
-        Duration::from_secs(text.trim_end_matches('s').parse().unwrap_or(0))
-    }
-}
-
 /// A Kubernetes binary quantity (`16Mi`, `1G`, `1024`) in bytes.
 pub fn quantity_bytes(text: &str) -> Option<u64> {
     let split = text
@@ -239,23 +230,12 @@ fn instance_name(cluster: &str, ordinal: u32) -> String {
 
 fn progress_of(status: &DatabaseClusterStatus) -> Option<Progress> {
     status.failover.as_ref().map(|f| Progress {
-        kind: if f.kind == "switchover" {
-            Kind::Switchover
-        } else {
-            Kind::Failover
-        },
+        kind: Kind::from_name(&f.kind),
         from: f.from.clone(),
         to: f.to.clone(),
         epoch: f.epoch,
         reason: f.reason.clone(),
     })
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Failover => "failover",
-        Kind::Switchover => "switchover",
-    }
 }
 
 fn now() -> Time {
@@ -762,7 +742,8 @@ impl<'a> Reconciler<'a> {
                 report: o.report.as_ref().map(report),
             })
             .collect();
-        let delay = spec_duration(&cluster.spec.failover.delay);
+        // The CRD's pattern admits only durations this parses.
+        let delay = parse_duration(&cluster.spec.failover.delay).unwrap_or_default();
         let (down_for_delay, last_primary_position) = {
             let seen = self.context.seen.lock().unwrap();
             let down = members
@@ -837,7 +818,7 @@ impl<'a> Reconciler<'a> {
         progress: Progress,
     ) -> Result<(), Error> {
         let mut status = cluster.status.clone().unwrap_or_default();
-        let kind = kind_name(progress.kind);
+        let kind = progress.kind.name();
         status.epoch = progress.epoch;
         status.phase = Some(if progress.kind == Kind::Switchover {
             "SwitchingOver".into()
@@ -1216,8 +1197,8 @@ mod tests {
         assert_eq!(lsn_position("0/3000060"), Some(0x3000060));
         assert_eq!(lsn_position("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
         assert_eq!(lsn_position("nonsense"), None);
-        assert_eq!(spec_duration("3s"), Duration::from_secs(3));
-        assert_eq!(spec_duration("1500ms"), Duration::from_millis(1500));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(quantity_bytes("16Mi"), Some(16 << 20));
         assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
         assert_eq!(quantity_bytes("12"), Some(12));

@@ -66,6 +66,25 @@ pub enum Kind {
     Switchover,
 }
 
+impl Kind {
+    /// How status and Events name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Switchover => "switchover",
+        }
+    }
+
+    /// The kind a status records (anything but `switchover` is a failover).
+    pub fn from_name(name: &str) -> Self {
+        if name == Kind::Switchover.name() {
+            Kind::Switchover
+        } else {
+            Kind::Failover
+        }
+    }
+}
+
 /// A failover or switchover under way: recorded in status with its epoch before any side effect.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Progress {
@@ -472,7 +491,7 @@ fn continue_progress(observation: &Observation<'_>, progress: &Progress) -> Step
             format!(
                 "{} ({}); {} could not be promoted, {to} holds the most WAL",
                 progress.reason,
-                kind_name(progress.kind),
+                progress.kind.name(),
                 progress.to
             )
         });
@@ -534,12 +553,5 @@ fn continue_progress(observation: &Observation<'_>, progress: &Progress) -> Step
     Step::Send {
         member: target.name.clone(),
         command: Command::Promote { epoch },
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Failover => "failover",
-        Kind::Switchover => "switchover",
     }
 }

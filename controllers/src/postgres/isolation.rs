@@ -8,14 +8,26 @@
 //! The bound: a failover needs the primary unreachable for the failover delay, so with the
 //! isolation bound (plus one check period) below the failover delay, the old primary has
 //! stopped before a new one is promoted: no two instances acknowledge writes at once.
+//!
+//! Contact is timed conservatively, on this instance's clock only: an API answer counts from when
+//! its request was sent, and a replica reply (whose own timestamp is the standby's clock) counts
+//! from the previous check, the latest moment it is known not to have arrived yet. Counting a
+//! reply seen "within the bound" as contact now would stretch the bound to nearly twice itself.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+/// The standbys' last replies as the primary lists them: (walsender pid, reply time as text).
+/// A pair not seen at the previous check is a reply (or a new connection) since then.
+pub type Replies = BTreeSet<(i32, String)>;
+
 /// When the primary last heard from each side.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Contacts {
     pub api_server: Instant,
     pub replica: Instant,
+    replies: Replies,
+    checked: Instant,
 }
 
 impl Contacts {
@@ -24,7 +36,23 @@ impl Contacts {
         Contacts {
             api_server: now,
             replica: now,
+            replies: Replies::new(),
+            checked: now,
         }
+    }
+
+    /// Records one check of the standbys made at `now`.
+    pub fn replies_seen(&mut self, replies: Replies, now: Instant) {
+        if replies.difference(&self.replies).next().is_some() {
+            self.replica = self.replica.max(self.checked);
+        }
+        self.replies = replies;
+        self.checked = now;
+    }
+
+    /// Records an API server answer to a request sent at `sent`.
+    pub fn api_server_answered(&mut self, sent: Instant) {
+        self.api_server = self.api_server.max(sent);
     }
 
     /// How long the primary has heard from no one.
@@ -41,20 +69,48 @@ impl Contacts {
 mod tests {
     use super::*;
 
+    fn replies(list: &[(i32, &str)]) -> Replies {
+        list.iter()
+            .map(|(pid, at)| (*pid, at.to_string()))
+            .collect()
+    }
+
     #[test]
     fn either_contact_keeps_a_primary_serving_and_losing_both_fences_it_after_the_bound() {
         let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
         let bound = Duration::from_secs(5);
         let mut contacts = Contacts::fresh(start);
-        assert!(!contacts.isolated(start + Duration::from_secs(4), bound));
+        assert!(!contacts.isolated(at(4), bound));
         // The API server is gone but a replica keeps replying: not isolated.
-        contacts.replica = start + Duration::from_secs(8);
-        assert!(!contacts.isolated(start + Duration::from_secs(12), bound));
-        // Then the replica goes quiet too: isolated once the bound has passed since the last.
-        assert!(!contacts.isolated(start + Duration::from_millis(12_999), bound));
-        assert!(contacts.isolated(start + Duration::from_secs(13), bound));
-        // The API server alone also keeps it serving.
-        contacts.api_server = start + Duration::from_secs(20);
-        assert!(!contacts.isolated(start + Duration::from_secs(24), bound));
+        contacts.replies_seen(replies(&[(7, "r1")]), at(7));
+        contacts.replies_seen(replies(&[(7, "r2")]), at(8));
+        assert!(!contacts.isolated(at(11), bound));
+        // Then the replica goes quiet too (its reply time stops changing): isolated once the
+        // bound has passed since the last check that saw a new reply began.
+        contacts.replies_seen(replies(&[(7, "r2")]), at(9));
+        contacts.replies_seen(replies(&[(7, "r2")]), at(10));
+        assert!(!contacts.isolated(at(11) + Duration::from_millis(999), bound));
+        assert!(contacts.isolated(at(12), bound));
+        // The API server alone also keeps it serving, counted from when its request was sent.
+        contacts.api_server_answered(at(20));
+        assert!(!contacts.isolated(at(24), bound));
+        assert!(contacts.isolated(at(25), bound));
+    }
+
+    #[test]
+    fn a_standby_going_away_is_not_contact_but_a_new_connection_is() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let bound = Duration::from_secs(3);
+        let mut contacts = Contacts::fresh(start);
+        contacts.replies_seen(replies(&[(7, "r1"), (8, "r1")]), at(1));
+        // Reply seen at 1 counts from the check before it (start).
+        assert_eq!(contacts.replica, start);
+        contacts.replies_seen(replies(&[(8, "r1")]), at(2));
+        contacts.replies_seen(replies(&[]), at(3));
+        assert!(contacts.isolated(at(3), bound));
+        contacts.replies_seen(replies(&[(9, "r5")]), at(4));
+        assert_eq!(contacts.replica, at(3));
     }
 }

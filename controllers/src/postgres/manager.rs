@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide};
-use super::isolation::Contacts;
+use super::isolation::{Contacts, Replies};
 
 /// Where the database's port and the replication credentials come from.
 #[derive(Clone, Debug)]
@@ -400,16 +400,18 @@ impl Manager {
                 contacts = Contacts::fresh(Instant::now());
                 continue;
             }
-            let (api, replica) = tokio::join!(
+            let sent = Instant::now();
+            let (api, replies) = tokio::join!(
                 tokio::time::timeout(check_timeout, self.contact_api_server(&api_server)),
-                tokio::time::timeout(check_timeout, self.replica_replied_within(bound)),
+                tokio::time::timeout(check_timeout, self.standby_replies()),
             );
-            let now = Instant::now();
             if matches!(api, Ok(Ok(()))) {
-                contacts.api_server = now;
+                contacts.api_server_answered(sent);
             }
-            if matches!(replica, Ok(Ok(true))) {
-                contacts.replica = now;
+            let now = Instant::now();
+            // A failed query tells nothing about the standbys; the next check compares again.
+            if let Ok(Ok(replies)) = replies {
+                contacts.replies_seen(replies, sent);
             }
             if contacts.isolated(now, bound) {
                 let reason = format!(
@@ -458,19 +460,17 @@ impl Manager {
         Ok(())
     }
 
-    /// Whether some standby's last reply is younger than `within`.
-    async fn replica_replied_within(&self, within: Duration) -> Result<bool> {
-        let row = self
+    /// Each connected standby's last reply, to tell at the next check whether any replied since.
+    async fn standby_replies(&self) -> Result<Replies> {
+        let rows = self
             .session()
             .await?
-            .query_one(
-                "SELECT coalesce(max(extract(epoch FROM now() - reply_time)), 'infinity')::float8
-                 FROM pg_stat_replication",
+            .query(
+                "SELECT pid, reply_time::text FROM pg_stat_replication WHERE reply_time IS NOT NULL",
                 &[],
             )
             .await?;
-        let age: f64 = row.get(0);
-        Ok(age < within.as_secs_f64())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// Stops a primary at once, in its own epoch: it acknowledges nothing more until the
