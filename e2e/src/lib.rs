@@ -119,6 +119,16 @@ impl TestCluster {
             .expect("client for the test cluster")
     }
 
+    /// Acts on the local control plane this process runs (stopping and starting nodes).
+    pub fn with_plane<T>(&self, act: impl FnOnce(&mut control_plane::ControlPlane) -> T) -> T {
+        act(self
+            .local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .expect("the local control plane"))
+    }
+
     /// The API server's port when this process runs the local control plane (pods reach it at
     /// the gateway on that port; partitions name it).
     pub fn local_api_server_port(&self) -> Option<u16> {

@@ -17,15 +17,6 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn with_plane<T>(act: impl FnOnce(&mut bulwark_e2e::control_plane::ControlPlane) -> T) -> T {
-    act(cluster()
-        .local
-        .lock()
-        .unwrap()
-        .as_mut()
-        .expect("the local control plane"))
-}
-
 async fn answers(ip: &str) -> bool {
     reqwest::Client::new()
         .get(format!("http://{ip}:8080/healthz"))
@@ -65,7 +56,7 @@ async fn a_stopped_node_goes_not_ready_with_its_pods_and_recovers_when_restarted
     assert!(answers(&ip).await);
 
     let stopped = Instant::now();
-    with_plane(|plane| plane.kill_node(&node));
+    cluster().with_plane(|plane| plane.kill_node(&node));
     assert!(
         !answers(&ip).await,
         "a pod of a dead node must stop answering at once"
@@ -87,7 +78,9 @@ async fn a_stopped_node_goes_not_ready_with_its_pods_and_recovers_when_restarted
     );
 
     let restarted = Instant::now();
-    with_plane(|plane| plane.start_node(&node)).unwrap();
+    cluster()
+        .with_plane(|plane| plane.start_node(&node))
+        .unwrap();
     let back = eventually(
         Duration::from_secs(60),
         "the node and its pod Ready again",

@@ -4,8 +4,9 @@
 //! primary hangs (SIGSTOP) until a failover, after which it is thawed, and through a switchover;
 //! cutting only the operator's link to the primary must not fail over. Every acknowledged write
 //! must be on the primary at the end, the hung primary must be back as a replica of the new
-//! epoch, and the Events must tell the story. Local control plane only (the instance
-//! pods run this machine's PostgreSQL and the built `bulwark`).
+//! epoch, and the Events must tell the story. The operator's leader is SIGKILLed in the middle of
+//! a failover, which the next leader completes; last, the primary's whole node stops. Local
+//! control plane only (the instance pods run this machine's PostgreSQL and the built `bulwark`).
 
 use std::time::{Duration, Instant};
 
@@ -15,10 +16,13 @@ use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::postgres::postgres_user;
 use bulwark_e2e::{cluster, eventually};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 /// Writes come this often; each waits at most this long for its acknowledgement.
@@ -112,10 +116,11 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let client = cluster().client().await;
     let ns = cluster().namespace("pg-cluster").await;
     let (uid, gid) = postgres_user();
+    // Two replicas: one leads, the other takes over when the leader is killed.
     let release = Release::install_operator(
         &cluster().kubeconfig,
         &ns,
-        1,
+        2,
         &[
             &format!("postgres.runAsUser={uid}"),
             &format!("postgres.runAsGroup={gid}"),
@@ -400,15 +405,97 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         "the isolated primary acknowledged a write {isolated_window:?} after the cut"
     );
 
-    // 3. A switchover under load to the replica that has been primary least recently.
+    // 2c. The operator's leader is SIGKILLed in the middle of a failover (the primary hangs; the
+    //     kill follows the watch event of the failover's first step, which is recorded before
+    //     any side effect). The next leader (the restarted pod renewing its own Lease, or the other
+    //     replica once the Lease expires) finishes it from what status records. A failover can
+    //     finish in under a second, before the kill lands: then it is tried again.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let leader = || async {
+        leases
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|l| {
+                l.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with("-leader"))
+            })
+            .and_then(|l| l.spec?.holder_identity)
+            .expect("an operator leads")
+    };
+    let mut attempt = 0;
+    let (killed, at_kill, resumed) = loop {
+        attempt += 1;
+        let before = status(&clusters, "db").await;
+        let hung = before["primary"].as_str().unwrap().to_string();
+        let hung_container = container_of(pods.get(&hung).await.unwrap());
+        let killed = leader().await;
+        let killed_container = container_of(pods.get(&killed).await.unwrap());
+        let updates = watcher(
+            clusters.clone(),
+            watcher::Config::default().fields("metadata.name=db"),
+        )
+        .applied_objects();
+        let mut updates = std::pin::pin!(updates);
+        bulwark_chaos::node_agent::freeze(std::slice::from_ref(&hung_container)).unwrap();
+        let begun = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(db)) = updates.next().await {
+                if db.status.and_then(|s| s.failover).is_some() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if begun.is_ok() {
+            bulwark_chaos::node_agent::crash(&[killed_container]).unwrap();
+        }
+        let at_kill = status(&clusters, "db").await;
+        let resumed = failed_over(&clusters, &hung, before["epoch"].as_u64().unwrap()).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bulwark_chaos::node_agent::thaw(&[hung_container]).unwrap();
+        begun.expect("a failover began while the primary hung");
+        let resumed = resumed.unwrap();
+        assert_eq!(resumed["lastFailover"]["from"], hung.as_str());
+        rejoined(&clusters, &hung).await;
+        if !at_kill["failover"].is_null() {
+            break (killed, at_kill, resumed);
+        }
+        assert!(
+            attempt < 3,
+            "three failovers completed before the leader could be killed"
+        );
+        println!("attempt {attempt}: the failover completed before the kill; again");
+    };
+    println!(
+        "operator leader {killed} SIGKILLed at failover step {} (epoch {}, attempt {attempt}); {} completed it: {} → {} in epoch {}, recorded {}s",
+        at_kill["failover"]["step"],
+        at_kill["failover"]["epoch"],
+        leader().await,
+        resumed["lastFailover"]["from"],
+        resumed["lastFailover"]["to"],
+        resumed["lastFailover"]["epoch"],
+        resumed["lastFailover"]["durationSeconds"],
+    );
+    // The same failover, resumed: its epoch, or a later one only if it had to retarget.
+    assert!(resumed["lastFailover"]["epoch"].as_u64() >= at_kill["failover"]["epoch"].as_u64());
+
+    // 3. A switchover under load, to a replica on a node where the operator's leader is not
+    //    (step 4 stops the new primary's node, and is about the database, not the operator).
+    let node_of = |pod: Pod| pod.spec.unwrap().node_name.unwrap();
+    let leader_node = node_of(pods.get(&leader().await).await.unwrap());
     let before = status(&clusters, "db").await;
-    let target = before["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
-        .find(|n| *n != old_primary && before["primary"] != n.as_str())
-        .unwrap();
+    let mut target = None;
+    for instance in before["instances"].as_array().unwrap() {
+        let name = instance["name"].as_str().unwrap();
+        if before["primary"] != name && node_of(pods.get(name).await.unwrap()) != leader_node {
+            target = Some(name.to_string());
+        }
+    }
+    let target = target.expect("the instances are spread over the three nodes");
     let switchover_at = Instant::now();
     clusters
         .patch(
@@ -427,6 +514,19 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     })
     .await
     .unwrap();
+    // 4. The primary's node stops the way a machine dies (its agent and every process on it
+    //    SIGKILLed): the replicas fail over; started again, the old primary rejoins.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let node = node_of(pods.get(&target).await.unwrap());
+    let node_stopped_at = Instant::now();
+    cluster().with_plane(|plane| plane.kill_node(&node));
+    let after_node = failed_over(&clusters, &target, switched["epoch"].as_u64().unwrap()).await;
+    cluster()
+        .with_plane(|plane| plane.start_node(&node))
+        .unwrap();
+    let after_node = after_node.unwrap();
+    rejoined(&clusters, &target).await;
+
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
 
@@ -469,6 +569,13 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         switched["epoch"],
         rto(switchover_at),
         switched["lastFailover"]["durationSeconds"],
+    );
+    println!(
+        "node {node} of primary {target} stopped → {} (epoch {}): RTO {}, recorded {}s",
+        after_node["primary"],
+        after_node["epoch"],
+        rto(node_stopped_at),
+        after_node["lastFailover"]["durationSeconds"],
     );
     assert!(
         verification.lost.is_empty(),
