@@ -12,14 +12,23 @@ use std::process::{Command, Stdio};
 pub const PARTITION_TABLE_PREFIX: &str = "bulwark-chaos-";
 
 /// Every process of a container: its process group (the node agent starts each container as a
-/// group leader whose pid is in the container ID `bulwark://PID`) and all their descendants,
-/// which may have left the group (PostgreSQL's backends and WAL senders start sessions of their
-/// own): a frozen primary must not go on committing through them.
+/// group leader whose pid is in the container ID `bulwark://PID`) and all their descendants
+/// (see [`process_group_tree`]).
 pub fn container_processes(container_id: &str) -> Result<Vec<i32>> {
-    let leader: i32 = container_id
+    process_group_tree(container_leader(container_id)?)
+}
+
+fn container_leader(container_id: &str) -> Result<i32> {
+    Ok(container_id
         .strip_prefix("bulwark://")
         .with_context(|| format!("{container_id:?} is not a node-agent container"))?
-        .parse()?;
+        .parse()?)
+}
+
+/// The process `leader`, every process of the group it leads, and all their descendants, which
+/// may have left the group (PostgreSQL's backends and WAL senders start sessions of their own): a
+/// frozen primary must not go on committing through them.
+pub fn process_group_tree(leader: i32) -> Result<Vec<i32>> {
     // (pid, parent, group) of every process.
     let mut table = vec![];
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -50,11 +59,12 @@ pub fn container_processes(container_id: &str) -> Result<Vec<i32>> {
     Ok(members_and_descendants(&table, leader))
 }
 
-/// The processes of group `group` and, transitively, their children.
-fn members_and_descendants(table: &[(i32, i32, i32)], group: i32) -> Vec<i32> {
+/// The process `leader`, the processes of its group and, transitively, their children (a
+/// process that leads no group, like a postmaster its supervisor detached, brings its children).
+fn members_and_descendants(table: &[(i32, i32, i32)], leader: i32) -> Vec<i32> {
     let mut found: Vec<i32> = table
         .iter()
-        .filter(|(_, _, g)| *g == group)
+        .filter(|(pid, _, g)| *g == leader || *pid == leader)
         .map(|(pid, _, _)| *pid)
         .collect();
     let mut next = 0;
@@ -70,20 +80,29 @@ fn members_and_descendants(table: &[(i32, i32, i32)], group: i32) -> Vec<i32> {
     found
 }
 
-fn signal_all(container_ids: &[String], signal: i32) -> Result<usize> {
+/// Sends `signal` to every process of each leader's tree (see [`process_group_tree`]).
+pub fn signal_process_groups(leaders: &[i32], signal: i32) -> Result<usize> {
     let mut signalled = 0;
-    for id in container_ids {
-        for pid in container_processes(id)? {
-            // SAFETY: kill(2) of a process of the pod under test.
+    for leader in leaders {
+        for pid in process_group_tree(*leader)? {
+            // SAFETY: kill(2) of a process under test.
             if unsafe { libc::kill(pid, signal) } == 0 {
                 signalled += 1;
             }
         }
     }
     if signalled == 0 {
-        bail!("no process of containers {container_ids:?} is running");
+        bail!("no process of the groups {leaders:?} is running");
     }
     Ok(signalled)
+}
+
+fn signal_all(container_ids: &[String], signal: i32) -> Result<usize> {
+    let leaders = container_ids
+        .iter()
+        .map(|id| container_leader(id))
+        .collect::<Result<Vec<_>>>()?;
+    signal_process_groups(&leaders, signal).with_context(|| format!("containers {container_ids:?}"))
 }
 
 /// A crash: SIGKILL to every process of these containers (the pod's restartPolicy then acts).
@@ -195,6 +214,10 @@ mod tests {
         let mut found = members_and_descendants(&table, 10);
         found.sort();
         assert_eq!(found, vec![10, 11, 12]);
+        // 11 leads no group of its own members but brings its child.
+        let mut found = members_and_descendants(&table, 11);
+        found.sort();
+        assert_eq!(found, vec![11, 12]);
     }
 
     #[test]

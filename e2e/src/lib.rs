@@ -11,6 +11,7 @@ pub mod control_plane;
 pub mod dns;
 pub mod node;
 pub mod operator;
+pub mod patroni;
 pub mod pki;
 pub mod postgres;
 pub mod process;

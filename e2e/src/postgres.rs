@@ -1,5 +1,12 @@
 //! What the PostgreSQL tests share: the `postgres` user instances run as, and the instance
-//! manager's status over its command API.
+//! manager's status over its command API, and a DatabaseCluster under test.
+
+use crate::eventually;
+use bulwark_crds::postgres::DatabaseCluster;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use kube::Api;
+use serde_json::json;
+use std::time::Duration;
 
 /// The `postgres` user's uid and gid (Debian's postgresql package creates it): instances run as
 /// it, as they would in a pod.
@@ -22,4 +29,148 @@ pub async fn instance_status(http: &reqwest::Client, api: &str) -> Option<serde_
         .json()
         .await
         .ok()
+}
+
+/// A DatabaseCluster under test: its status, and waits for what a fault should lead to.
+pub struct Database {
+    pub api: Api<DatabaseCluster>,
+    pub name: String,
+}
+
+/// The cluster the fault tests and the benchmark run: three instances, synchronous `ANY 1`,
+/// `required` durability, failover after `delay`.
+pub fn three_synchronous_instances(name: &str, delay: Duration) -> DatabaseCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": name},
+        "spec": {
+            "instances": 3,
+            "storage": {"size": "1Gi"},
+            "synchronous": {"count": 1, "durability": "required"},
+            "failover": {"delay": format!("{}s", delay.as_secs())},
+        },
+    }))
+    .expect("a valid DatabaseCluster")
+}
+
+impl Database {
+    pub fn new(api: Api<DatabaseCluster>, name: &str) -> Self {
+        Database {
+            api,
+            name: name.to_string(),
+        }
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        serde_json::to_value(self.api.get(&self.name).await.unwrap().status).unwrap()
+    }
+
+    /// Waits for every instance to be ready in the current epoch, the cluster Healthy.
+    pub async fn healthy(&self, within: Duration) -> anyhow::Result<serde_json::Value> {
+        eventually(within, &format!("{} healthy", self.name), || async {
+            let s = self.status().await;
+            let epoch = s["epoch"].as_u64()?;
+            let instances = s["instances"].as_array()?;
+            (s["phase"] == "Healthy"
+                && s["readyInstances"].as_u64()? == instances.len() as u64
+                && instances
+                    .iter()
+                    .all(|i| i["ready"] == true && i["epoch"].as_u64() == Some(epoch)))
+            .then_some(s)
+        })
+        .await
+    }
+
+    /// Waits for a primary other than `from`, in an epoch after `epoch`, serving writes.
+    pub async fn failed_over(&self, from: &str, epoch: u64) -> anyhow::Result<serde_json::Value> {
+        eventually(
+            Duration::from_secs(60),
+            "a new primary in a newer epoch",
+            || async {
+                let s = self.status().await;
+                (s["primary"].as_str()? != from
+                    && s["epoch"].as_u64()? > epoch
+                    && s["conditions"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                .then_some(s)
+            },
+        )
+        .await
+    }
+
+    /// Waits for `member` to be a ready replica of the current epoch.
+    pub async fn rejoined(&self, member: &str) {
+        eventually(
+            Duration::from_secs(120),
+            &format!("{member} rejoins as a replica"),
+            || async {
+                let s = self.status().await;
+                let epoch = s["epoch"].as_u64()?;
+                let instance = s["instances"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["name"] == member)?
+                    .clone();
+                (instance["role"] == "replica"
+                    && instance["epoch"].as_u64()? == epoch
+                    && instance["ready"] == true)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    /// How the application connects: through the `-rw` Service, with the credentials of the
+    /// `-app` Secret.
+    pub async fn application(&self, client: &kube::Client, ns: &str) -> tokio_postgres::Config {
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&format!("{}-app", self.name))
+            .await
+            .unwrap();
+        let field =
+            |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+        let service = Api::<Service>::namespaced(client.clone(), ns)
+            .get(&format!("{}-rw", self.name))
+            .await
+            .unwrap();
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(service.spec.unwrap().cluster_ip.unwrap())
+            .port(5432)
+            .user(field("username"))
+            .password(field("password"))
+            .dbname(field("dbname"))
+            .connect_timeout(Duration::from_secs(1));
+        config
+    }
+}
+
+/// The application's credentials from `app`, straight to the instance at `ip` (a fresh config:
+/// `host` on a copy of `app` would add a host, not replace the Service's).
+pub fn at_instance(app: &tokio_postgres::Config, ip: &str) -> tokio_postgres::Config {
+    let mut direct = tokio_postgres::Config::new();
+    direct
+        .host(ip)
+        .port(5432)
+        .user(app.get_user().unwrap_or_default())
+        .password(app.get_password().unwrap_or_default())
+        .dbname(app.get_dbname().unwrap_or_default())
+        .connect_timeout(Duration::from_secs(1));
+    direct
+}
+
+/// The node-agent container ID of an instance pod (what the chaos injectors take).
+pub fn container_of(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .unwrap()
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap()
 }

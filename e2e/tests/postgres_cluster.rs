@@ -14,7 +14,9 @@ use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
-use bulwark_e2e::postgres::postgres_user;
+use bulwark_e2e::postgres::{
+    Database, at_instance, container_of, postgres_user, three_synchronous_instances,
+};
 use bulwark_e2e::{cluster, eventually};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -30,82 +32,6 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The failover delay the cluster runs with (synchronous `required` needs no isolation margin).
 const DELAY: Duration = Duration::from_secs(2);
-
-async fn application(
-    client: &kube::Client,
-    ns: &str,
-    cluster_name: &str,
-) -> tokio_postgres::Config {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{cluster_name}-app"))
-        .await
-        .unwrap();
-    let field =
-        |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
-    let service = Api::<Service>::namespaced(client.clone(), ns)
-        .get(&format!("{cluster_name}-rw"))
-        .await
-        .unwrap();
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(service.spec.unwrap().cluster_ip.unwrap())
-        .port(5432)
-        .user(field("username"))
-        .password(field("password"))
-        .dbname(field("dbname"))
-        .connect_timeout(Duration::from_secs(1));
-    config
-}
-
-async fn status(api: &Api<DatabaseCluster>, name: &str) -> serde_json::Value {
-    serde_json::to_value(api.get(name).await.unwrap().status).unwrap()
-}
-
-/// Waits for a primary other than `from`, in an epoch after `epoch`, serving writes.
-async fn failed_over(
-    clusters: &Api<DatabaseCluster>,
-    from: &str,
-    epoch: u64,
-) -> anyhow::Result<serde_json::Value> {
-    eventually(
-        Duration::from_secs(60),
-        "a new primary in a newer epoch",
-        || async {
-            let s = status(clusters, "db").await;
-            (s["primary"].as_str()? != from
-                && s["epoch"].as_u64()? > epoch
-                && s["conditions"]
-                    .as_array()?
-                    .iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            .then_some(s)
-        },
-    )
-    .await
-}
-
-/// Waits for `member` to be a ready replica of the current epoch.
-async fn rejoined(clusters: &Api<DatabaseCluster>, member: &str) {
-    eventually(
-        Duration::from_secs(120),
-        &format!("{member} rejoins as a replica"),
-        || async {
-            let s = status(clusters, "db").await;
-            let epoch = s["epoch"].as_u64()?;
-            let instance = s["instances"]
-                .as_array()?
-                .iter()
-                .find(|i| i["name"] == member)?
-                .clone();
-            (instance["role"] == "replica"
-                && instance["epoch"].as_u64()? == epoch
-                && instance["ready"] == true)
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
-}
 
 #[tokio::test]
 async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_service() {
@@ -128,28 +54,15 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     )
     .unwrap();
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
-    let db: DatabaseCluster = serde_json::from_value(json!({
-        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
-        "metadata": {"name": "db"},
-        "spec": {
-            "instances": 3,
-            "storage": {"size": "1Gi"},
-            "synchronous": {"count": 1, "durability": "required"},
-            "failover": {"delay": format!("{}s", DELAY.as_secs())},
-        },
-    }))
-    .unwrap();
-    clusters.create(&PostParams::default(), &db).await.unwrap();
-    let healthy = eventually(
-        Duration::from_secs(180),
-        "db healthy with 3 ready instances",
-        || async {
-            let s = status(&clusters, "db").await;
-            (s["phase"] == "Healthy" && s["readyInstances"] == 3).then_some(s)
-        },
-    )
-    .await
-    .unwrap();
+    clusters
+        .create(
+            &PostParams::default(),
+            &three_synchronous_instances("db", DELAY),
+        )
+        .await
+        .unwrap();
+    let db = Database::new(clusters.clone(), "db");
+    let healthy = db.healthy(Duration::from_secs(180)).await.unwrap();
     println!(
         "healthy: primary {}, epoch {}",
         healthy["primary"], healthy["epoch"]
@@ -209,7 +122,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let app = application(&client, &ns, "db").await;
+    let app = db.application(&client, &ns).await;
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
     eventually(
         Duration::from_secs(30),
@@ -224,13 +137,6 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     )
     .await
     .unwrap();
-
-    let container_of = |pod: Pod| {
-        pod.status.unwrap().container_statuses.unwrap()[0]
-            .container_id
-            .clone()
-            .unwrap()
-    };
 
     // 0. Only the operator's link to the primary is cut: the replicas still stream from it,
     //    so there is no failover, and writes go on.
@@ -251,7 +157,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     .unwrap();
     let cut_at = Instant::now();
     tokio::time::sleep(DELAY * 4).await;
-    let during_cut = status(&clusters, "db").await;
+    let during_cut = db.status().await;
     let acknowledged_during_cut = probe.report().acknowledged_after(cut_at + DELAY).len();
     cut.heal().unwrap();
     println!(
@@ -271,18 +177,15 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     // 1. SIGKILL of every process of the primary's pod (instance manager and PostgreSQL). The
     //    pod restarts; if it serves again within the failover delay there is no failover.
     let killed_at = Instant::now();
-    let primary = status(&clusters, "db").await["primary"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let container = container_of(pods.get(&primary).await.unwrap());
+    let primary = db.status().await["primary"].as_str().unwrap().to_string();
+    let container = container_of(&pods.get(&primary).await.unwrap());
     let killed = bulwark_chaos::node_agent::crash(&[container]).unwrap();
     println!("SIGKILLed {killed} processes of {primary}");
     eventually(
         Duration::from_secs(60),
         "writes acknowledged again after the kill",
         || async {
-            let s = status(&clusters, "db").await;
+            let s = db.status().await;
             let ready = s["conditions"]
                 .as_array()?
                 .iter()
@@ -297,7 +200,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     )
     .await
     .unwrap();
-    let after_kill = status(&clusters, "db").await;
+    let after_kill = db.status().await;
     println!(
         "after the SIGKILL: primary {} in epoch {} ({})",
         after_kill["primary"],
@@ -315,15 +218,15 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let frozen_at = Instant::now();
     let epoch = after_kill["epoch"].as_u64().unwrap();
     let old_primary = after_kill["primary"].as_str().unwrap().to_string();
-    let container = container_of(pods.get(&old_primary).await.unwrap());
+    let container = container_of(&pods.get(&old_primary).await.unwrap());
     bulwark_chaos::node_agent::freeze(std::slice::from_ref(&container)).unwrap();
-    let after = failed_over(&clusters, &old_primary, epoch).await;
+    let after = db.failed_over(&old_primary, epoch).await;
     // Thawed whatever happened, so a failure leaves no stopped processes behind.
     tokio::time::sleep(Duration::from_secs(3)).await;
     bulwark_chaos::node_agent::thaw(&[container]).unwrap();
     let after = after.unwrap();
     assert_eq!(after["lastFailover"]["from"], old_primary.as_str());
-    rejoined(&clusters, &old_primary).await;
+    db.rejoined(&old_primary).await;
 
     // 2b. The primary is cut off from the API server, the replicas and the operator (its node's
     //     network fails): with no contact it fences itself within its isolation timeout, the
@@ -346,23 +249,19 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         cluster().local_api_server_port().unwrap(),
     );
     // A second probe writes to the isolated primary directly (the host's path to it stays).
-    // (A fresh config: `host` on a copy of `app` would add a host, not replace db-rw's.)
-    let mut direct = tokio_postgres::Config::new();
-    direct
-        .host(&isolated_ip)
-        .port(5432)
-        .user(app.get_user().unwrap())
-        .password(app.get_password().unwrap())
-        .dbname(app.get_dbname().unwrap())
-        .connect_timeout(Duration::from_secs(1));
-    let direct_probe = WriteProbe::start_at(direct, 1_000_000_000, PROBE_INTERVAL, PROBE_TIMEOUT);
+    let direct_probe = WriteProbe::start_at(
+        at_instance(&app, &isolated_ip),
+        1_000_000_000,
+        PROBE_INTERVAL,
+        PROBE_TIMEOUT,
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let isolated_at = Instant::now();
     let cuts = [
         Partition::start(std::slice::from_ref(&isolated_ip), &Side::Pods(others)).unwrap(),
         Partition::start(std::slice::from_ref(&isolated_ip), &api_server).unwrap(),
     ];
-    let after_isolation = failed_over(&clusters, &isolated, isolated_epoch).await;
+    let after_isolation = db.failed_over(&isolated, isolated_epoch).await;
     let direct_report = direct_probe.stop().await;
     let isolated_window = direct_report
         .acknowledged_after(isolated_at)
@@ -372,7 +271,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         cut.heal().unwrap();
     }
     let after_isolation = after_isolation.unwrap();
-    rejoined(&clusters, &isolated).await;
+    db.rejoined(&isolated).await;
     assert!(
         direct_report.count(Outcome::Acknowledged) > 0,
         "the direct probe reached the isolated primary before the cut"
@@ -397,7 +296,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
             .collect();
         println!(
             "acknowledged by {isolated} after the cut: {late:?}\nstatus: {}\nlogs of {isolated}:\n{logs}",
-            status(&clusters, "db").await
+            db.status().await
         );
     }
     assert!(
@@ -430,11 +329,11 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let mut attempt = 0;
     let (killed, at_kill, resumed) = loop {
         attempt += 1;
-        let before = status(&clusters, "db").await;
+        let before = db.status().await;
         let hung = before["primary"].as_str().unwrap().to_string();
-        let hung_container = container_of(pods.get(&hung).await.unwrap());
+        let hung_container = container_of(&pods.get(&hung).await.unwrap());
         let killed = leader().await;
-        let killed_container = container_of(pods.get(&killed).await.unwrap());
+        let killed_container = container_of(&pods.get(&killed).await.unwrap());
         let updates = watcher(
             clusters.clone(),
             watcher::Config::default().fields("metadata.name=db"),
@@ -453,14 +352,16 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         if begun.is_ok() {
             bulwark_chaos::node_agent::crash(&[killed_container]).unwrap();
         }
-        let at_kill = status(&clusters, "db").await;
-        let resumed = failed_over(&clusters, &hung, before["epoch"].as_u64().unwrap()).await;
+        let at_kill = db.status().await;
+        let resumed = db
+            .failed_over(&hung, before["epoch"].as_u64().unwrap())
+            .await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         bulwark_chaos::node_agent::thaw(&[hung_container]).unwrap();
         begun.expect("a failover began while the primary hung");
         let resumed = resumed.unwrap();
         assert_eq!(resumed["lastFailover"]["from"], hung.as_str());
-        rejoined(&clusters, &hung).await;
+        db.rejoined(&hung).await;
         if !at_kill["failover"].is_null() {
             break (killed, at_kill, resumed);
         }
@@ -487,7 +388,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     //    (step 4 stops the new primary's node, and is about the database, not the operator).
     let node_of = |pod: Pod| pod.spec.unwrap().node_name.unwrap();
     let leader_node = node_of(pods.get(&leader().await).await.unwrap());
-    let before = status(&clusters, "db").await;
+    let before = db.status().await;
     let mut target = None;
     for instance in before["instances"].as_array().unwrap() {
         let name = instance["name"].as_str().unwrap();
@@ -506,7 +407,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         .await
         .unwrap();
     let switched = eventually(Duration::from_secs(60), "the switchover", || async {
-        let s = status(&clusters, "db").await;
+        let s = db.status().await;
         (s["primary"] == target.as_str()
             && s["lastFailover"]["kind"] == "switchover"
             && s["phase"] == "Healthy")
@@ -520,12 +421,14 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let node = node_of(pods.get(&target).await.unwrap());
     let node_stopped_at = Instant::now();
     cluster().with_plane(|plane| plane.kill_node(&node));
-    let after_node = failed_over(&clusters, &target, switched["epoch"].as_u64().unwrap()).await;
+    let after_node = db
+        .failed_over(&target, switched["epoch"].as_u64().unwrap())
+        .await;
     cluster()
         .with_plane(|plane| plane.start_node(&node))
         .unwrap();
     let after_node = after_node.unwrap();
-    rejoined(&clusters, &target).await;
+    db.rejoined(&target).await;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
@@ -609,74 +512,4 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
             "no {wanted} Event among {reasons:?}"
         );
     }
-}
-
-/// Invalid specs are refused at admission (CEL), each with a message that says what to change.
-#[tokio::test]
-async fn invalid_database_clusters_are_refused_with_clear_messages() {
-    let client = cluster().client().await;
-    bulwark_e2e::install_crds(&client).await.unwrap();
-    let ns = cluster().namespace("pg-admission").await;
-    let clusters: Api<DatabaseCluster> = Api::namespaced(client, &ns);
-    let cases = [
-        (json!({"instances": 0}), "instances must be from 1 to 9"),
-        (
-            json!({"instances": 3, "synchronous": {"count": 3}}),
-            "synchronous.count must be less than instances",
-        ),
-        (
-            json!({"parameters": {"wal_level": "minimal"}}),
-            "parameters must not set what Bulwark manages",
-        ),
-        (
-            json!({"failover": {"delay": "500ms"}}),
-            "failover.delay must be from 1s to 300s",
-        ),
-        (
-            json!({"isolationTimeout": "90s"}),
-            "isolationTimeout must be from 1s to 60s",
-        ),
-        (
-            json!({"isolationTimeout": "5s", "failover": {"delay": "6s"}}),
-            "failover.delay must be at least isolationTimeout + 2s",
-        ),
-        (
-            json!({"bootstrap": {"database": "postgres"}}),
-            "bootstrap.database must not be postgres",
-        ),
-    ];
-    for (n, (overrides, expected)) in cases.into_iter().enumerate() {
-        let mut spec = json!({"storage": {"size": "1Gi"}});
-        for (key, value) in overrides.as_object().unwrap() {
-            spec[key] = value.clone();
-        }
-        let object: DatabaseCluster = serde_json::from_value(json!({
-            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
-            "metadata": {"name": format!("bad-{n}")},
-            "spec": spec,
-        }))
-        .unwrap();
-        let error = clusters
-            .create(&PostParams::default(), &object)
-            .await
-            .expect_err(&format!("{spec} must be refused"));
-        let message = match error {
-            kube::Error::Api(status) => status.message,
-            other => other.to_string(),
-        };
-        println!("{spec}: {message}");
-        assert!(
-            message.contains(expected),
-            "{spec}: expected {expected:?} in {message}"
-        );
-    }
-    assert!(
-        clusters
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
-        "nothing half-created"
-    );
 }

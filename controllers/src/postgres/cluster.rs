@@ -17,6 +17,7 @@ use bulwark_crds::postgres::{
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role as RbacRole, RoleBinding};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -337,16 +338,19 @@ impl<'a> Reconciler<'a> {
         let mut outcome = Action::requeue(Duration::from_secs(2));
         for _ in 0..STEPS_PER_RECONCILE {
             let observed = self.observe(&cluster).await?;
-            self.ensure_instances(&cluster, &observed).await?;
+            let blocked = self.ensure_instances(&cluster, &observed).await?;
+            // Until the user fixes it, look again now and then, not at the pace of a failover.
+            let retry = blocked.as_ref().map(|_| Duration::from_secs(5));
             let step = self.decide(&cluster, &observed);
             let done = match step {
                 Step::Steady => {
-                    self.settle(&cluster, &observed, None).await?;
+                    self.settle(&cluster, &observed, None, blocked).await?;
                     true
                 }
                 Step::Wait(reason) => {
-                    self.settle(&cluster, &observed, Some(reason)).await?;
-                    outcome = Action::requeue(Duration::from_millis(300));
+                    self.settle(&cluster, &observed, Some(reason), blocked)
+                        .await?;
+                    outcome = Action::requeue(retry.unwrap_or(Duration::from_millis(300)));
                     true
                 }
                 Step::Begin(progress) => {
@@ -566,11 +570,13 @@ impl<'a> Reconciler<'a> {
 
     /// Creates what is missing: a PVC and a pod for each of `spec.instances`, and removes the
     /// pods beyond it (never the primary).
+    /// Creates the missing instances (volume first), and removes those above `spec.instances`.
+    /// Returns why instances could not be created, when that is something the user must fix.
     async fn ensure_instances(
         &self,
         cluster: &DatabaseCluster,
         observed: &[Observed],
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Problem>, Error> {
         let status = cluster.status.clone().unwrap_or_default();
         let primary = status.primary.clone().unwrap_or_default();
         let primary_address = observed
@@ -593,9 +599,11 @@ impl<'a> Reconciler<'a> {
             } else {
                 continue;
             };
-            self.ensure_volume(cluster, &name).await?;
+            if let Some(problem) = self.ensure_volume(cluster, &name).await? {
+                return Ok(Some(problem));
+            }
             if !self.leading() {
-                return Ok(());
+                return Ok(None);
             }
             let pod = self.pod(cluster, &name, replica_of.as_deref());
             match self.api::<Pod>().create(&PostParams::default(), &pod).await {
@@ -620,15 +628,28 @@ impl<'a> Reconciler<'a> {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
-    async fn ensure_volume(&self, cluster: &DatabaseCluster, name: &str) -> Result<(), Error> {
+    /// Creates the instance's volume unless it exists, or says why it cannot be provisioned.
+    async fn ensure_volume(
+        &self,
+        cluster: &DatabaseCluster,
+        name: &str,
+    ) -> Result<Option<Problem>, Error> {
         let pvcs = self.api::<PersistentVolumeClaim>();
         if pvcs.get_opt(name).await?.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         let storage = &cluster.spec.storage;
+        // Checked first: a claim for a class that does not exist stays Pending with no word
+        // to the user, and its pod with it.
+        if let Some(problem) = self
+            .storage_class_problem(storage.storage_class_name.as_deref())
+            .await?
+        {
+            return Ok(Some(problem));
+        }
         let mut metadata = json!({"name": name, "labels": self.labels()});
         // Retain: the volumes outlive the cluster (no owner to garbage-collect them with).
         if storage.reclaim == Reclaim::Delete {
@@ -642,7 +663,34 @@ impl<'a> Reconciler<'a> {
             spec["storageClassName"] = class.clone().into();
         }
         let object = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec});
-        self.apply::<PersistentVolumeClaim>(name, object).await
+        self.apply::<PersistentVolumeClaim>(name, object).await?;
+        Ok(None)
+    }
+
+    /// The named StorageClass missing, or none named and no default one.
+    async fn storage_class_problem(&self, class: Option<&str>) -> Result<Option<Problem>, Error> {
+        let classes: Api<StorageClass> = Api::all(self.context.client.clone());
+        let message = match class {
+            Some(class) => classes.get_opt(class).await?.is_none().then(|| {
+                format!(
+                    "StorageClass {class} does not exist: create it or set spec.storage.storageClassName to one that does"
+                )
+            }),
+            None => {
+                let default = classes.list(&ListParams::default()).await?.items.iter().any(|c| {
+                    c.annotations()
+                        .get("storageclass.kubernetes.io/is-default-class")
+                        .is_some_and(|v| v == "true")
+                });
+                (!default).then(|| {
+                    "spec.storage.storageClassName is not set and the cluster has no default StorageClass".to_string()
+                })
+            }
+        };
+        Ok(message.map(|message| Problem {
+            reason: "StorageClassNotFound",
+            message,
+        }))
     }
 
     fn pod(&self, cluster: &DatabaseCluster, name: &str, replica_of: Option<&str>) -> Pod {
@@ -961,7 +1009,9 @@ impl<'a> Reconciler<'a> {
         cluster: &DatabaseCluster,
         observed: &[Observed],
         waiting: Option<String>,
+        blocked: Option<Problem>,
     ) -> Result<(), Error> {
+        let mut problems: Vec<Problem> = blocked.into_iter().collect();
         let mut status = cluster.status.clone().unwrap_or_default();
         let primary = status.primary.clone().unwrap_or_default();
         let primary_position = observed
@@ -999,10 +1049,19 @@ impl<'a> Reconciler<'a> {
                     },
                     r.fence_reason.clone(),
                 ),
-                None => (
-                    "unknown",
-                    Some("the instance manager did not answer".into()),
-                ),
+                None => match why_not_running(&o.pod) {
+                    Some(why) => {
+                        problems.push(Problem {
+                            reason: "InstanceNotRunning",
+                            message: format!("{name}: {why}"),
+                        });
+                        ("unknown", Some(why))
+                    }
+                    None => (
+                        "unknown",
+                        Some("the instance manager did not answer".into()),
+                    ),
+                },
             };
             let position = o.report.as_ref().and_then(|r| report(r).wal_position);
             instances.push(InstanceStatus {
@@ -1051,13 +1110,21 @@ impl<'a> Reconciler<'a> {
             conditions.retain(|c| c.type_ != type_);
             conditions.push(wanted);
         };
+        // What the user must fix comes before what the operator is waiting for.
+        let problem_text = (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
         set(
             "Ready",
             healthy_primary,
             if healthy_primary {
                 "PrimaryServing"
             } else {
-                "NoPrimary"
+                problems.first().map_or("NoPrimary", |p| p.reason)
             },
             if healthy_primary {
                 format!(
@@ -1067,19 +1134,26 @@ impl<'a> Reconciler<'a> {
             } else {
                 format!(
                     "no primary serves writes: {}",
-                    waiting.clone().unwrap_or_else(|| "starting".into())
+                    problem_text
+                        .clone()
+                        .or(waiting.clone())
+                        .unwrap_or_else(|| "starting".into())
                 )
             },
         );
+        let degraded = ready < wanted;
         set(
             "Degraded",
-            ready < wanted,
-            if ready < wanted {
-                "InstancesNotReady"
-            } else {
-                "AllInstancesReady"
+            degraded,
+            match problems.first() {
+                Some(p) if degraded => p.reason,
+                _ if degraded => "InstancesNotReady",
+                _ => "AllInstancesReady",
             },
-            format!("{ready}/{wanted} instances ready"),
+            match &problem_text {
+                Some(text) if degraded => format!("{ready}/{wanted} instances ready: {text}"),
+                _ => format!("{ready}/{wanted} instances ready"),
+            },
         );
         let failing_over = status.failover.as_ref().filter(|f| f.kind != "switchover");
         let switching_over = status.failover.as_ref().filter(|f| f.kind == "switchover");
@@ -1129,6 +1203,30 @@ impl<'a> Reconciler<'a> {
                 ),
             );
         }
+        // One Warning per new problem (the Condition holds it meanwhile), not one per reconcile.
+        let previous = |type_: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        };
+        let now_degraded = conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| (c.reason.clone(), c.message.clone()));
+        if let Some(problem) = problems.first()
+            && now_degraded != previous("Degraded")
+        {
+            publish(
+                &self.context.recorder,
+                cluster,
+                EventType::Warning,
+                problem.reason,
+                problem_text.clone().unwrap_or_default(),
+            )
+            .await;
+        }
         status.conditions = conditions;
         status.instances = instances;
         status.ready_instances = ready;
@@ -1170,6 +1268,40 @@ fn ordinal(name: &str) -> u32 {
 fn pod_address(observed: &Observed) -> Option<String> {
     let ip = observed.pod.status.as_ref()?.pod_ip.as_deref()?;
     Some(format!("{ip}:{POSTGRES_PORT}"))
+}
+
+/// Something the user must fix, with the Condition reason and Event reason it goes under.
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+/// Why the instance is not running, when the scheduler or the kubelet says (no node fits, an
+/// image that cannot be pulled or run, a crash loop); `None` while it is merely starting.
+fn why_not_running(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(condition) = unschedulable {
+        return Some(format!(
+            "not scheduled: {}",
+            condition.message.as_deref().unwrap_or("no node fits")
+        ));
+    }
+    status.container_statuses.iter().flatten().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        let reason = waiting.reason.as_deref()?;
+        if matches!(reason, "ContainerCreating" | "PodInitializing") {
+            return None;
+        }
+        Some(match &waiting.message {
+            Some(message) => format!("container {}: {reason}: {message}", c.name),
+            None => format!("container {}: {reason}", c.name),
+        })
+    })
 }
 
 fn pod_ready(pod: &Pod) -> bool {

@@ -1,0 +1,404 @@
+//! Database failover benchmark: the write probe at a fixed pace through the primary's address
+//! while the primary is crashed (SIGKILL of every process) or hung (SIGSTOP until the others
+//! have failed over), round after round, for Bulwark (3 instances, synchronous `ANY 1`
+//! `required`, the chart's operator on the local control plane, the probe through `db-rw`) and
+//! for Patroni (Debian's, 3 members on loopback, synchronous_mode, clients using libpq's
+//! `target_session_attrs=read-write` over all members) at its defaults and at its fastest
+//! settings. Then Bulwark's isolated-primary window. Prints a table.
+//! Run: `./dev bench db` (`./dev bench db bulwark` or `patroni` runs one system's rows alone).
+
+use anyhow::{Context, Result, bail};
+use bulwark_chaos::node_agent::{self as chaos, Partition, Side};
+use bulwark_controllers::postgres::probe::{Outcome, Report, WriteProbe, sequences_found};
+use bulwark_crds::postgres::DatabaseCluster;
+use bulwark_e2e::chart::Release;
+use bulwark_e2e::patroni::{PatroniCluster, Timing};
+use bulwark_e2e::postgres::{
+    Database, at_instance, container_of, postgres_user, three_synchronous_instances,
+};
+use bulwark_e2e::{cluster, eventually, install_crds};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, PostParams};
+use std::time::{Duration, Instant};
+
+/// Failovers per fault for Bulwark, and for Patroni at each of its settings.
+const BULWARK_ROUNDS: usize = 20;
+const PATRONI_ROUNDS: usize = 10;
+const ISOLATION_ROUNDS: usize = 5;
+/// One write every this often, each bounded by the timeout, for both systems.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bulwark's failover delay (synchronous `required` needs no isolation margin).
+const DELAY: Duration = Duration::from_secs(2);
+
+fn progress(message: impl AsRef<str>) {
+    eprintln!("[bench-db] {}", message.as_ref());
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    Crash,
+    Hang,
+}
+
+impl Fault {
+    fn label(self) -> &'static str {
+        match self {
+            Fault::Crash => "primary crash (SIGKILL)",
+            Fault::Hang => "hung primary (SIGSTOP)",
+        }
+    }
+}
+
+/// What a system under test offers the rounds.
+trait System {
+    async fn wait_healthy(&self) -> Result<()>;
+    async fn primary(&self) -> Result<String>;
+    async fn inject(&mut self, fault: Fault, member: &str) -> Result<()>;
+    /// Called once writes are acknowledged again: a hung member is thawed, a crashed Patroni
+    /// member's machine comes back (Bulwark's pod restarts by itself).
+    async fn undo(&mut self, fault: Fault, member: &str) -> Result<()>;
+}
+
+/// One row of the table.
+struct Row {
+    system: String,
+    fault: Fault,
+    outages: Vec<Duration>,
+    /// Rounds where the crashed primary came back as primary before any failover.
+    in_place: usize,
+}
+
+/// Runs `rounds` faults one after another, each on the primary of a healthy system, and returns
+/// the outage the probe saw after each.
+async fn rounds(
+    name: &str,
+    system: &mut impl System,
+    probe: &WriteProbe,
+    fault: Fault,
+    rounds: usize,
+) -> Result<Row> {
+    let mut row = Row {
+        system: name.to_string(),
+        fault,
+        outages: vec![],
+        in_place: 0,
+    };
+    for round in 1..=rounds {
+        system.wait_healthy().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let primary = system.primary().await?;
+        let at = Instant::now();
+        system.inject(fault, &primary).await?;
+        let outage = eventually(
+            Duration::from_secs(180),
+            "writes acknowledged again",
+            || async { probe.report().outage_after(at) },
+        )
+        .await?;
+        system.undo(fault, &primary).await?;
+        let now_primary = system.primary().await.unwrap_or_default();
+        if now_primary == primary {
+            row.in_place += 1;
+        }
+        progress(format!(
+            "{name}: {} {round}/{rounds}: {primary} → {now_primary}, outage {:.2} s",
+            fault.label(),
+            outage.as_secs_f64()
+        ));
+        row.outages.push(outage);
+    }
+    row.outages.sort();
+    Ok(row)
+}
+
+struct Bulwark {
+    db: Database,
+    pods: Api<Pod>,
+    frozen: Option<String>,
+}
+
+impl System for Bulwark {
+    async fn wait_healthy(&self) -> Result<()> {
+        self.db.healthy(Duration::from_secs(180)).await.map(drop)
+    }
+
+    async fn primary(&self) -> Result<String> {
+        let status = self.db.status().await;
+        Ok(status["primary"]
+            .as_str()
+            .context("no primary recorded")?
+            .to_string())
+    }
+
+    async fn inject(&mut self, fault: Fault, member: &str) -> Result<()> {
+        let container = container_of(&self.pods.get(member).await?);
+        match fault {
+            Fault::Crash => chaos::crash(&[container])?,
+            Fault::Hang => {
+                self.frozen = Some(container.clone());
+                chaos::freeze(&[container])?
+            }
+        };
+        Ok(())
+    }
+
+    async fn undo(&mut self, _: Fault, _: &str) -> Result<()> {
+        if let Some(container) = self.frozen.take() {
+            chaos::thaw(&[container])?;
+        }
+        Ok(())
+    }
+}
+
+impl System for PatroniCluster {
+    async fn wait_healthy(&self) -> Result<()> {
+        PatroniCluster::wait_healthy(self, Duration::from_secs(240)).await
+    }
+
+    async fn primary(&self) -> Result<String> {
+        PatroniCluster::primary(self)
+            .await
+            .context("no Patroni member runs as primary")
+    }
+
+    async fn inject(&mut self, fault: Fault, member: &str) -> Result<()> {
+        match fault {
+            Fault::Crash => self.crash(member),
+            Fault::Hang => self.freeze(member, true),
+        }
+    }
+
+    async fn undo(&mut self, fault: Fault, member: &str) -> Result<()> {
+        match fault {
+            Fault::Crash => self.restart(member),
+            Fault::Hang => self.freeze(member, false),
+        }
+    }
+}
+
+/// Lost = acknowledged by the probe but absent from the primary's table at the end.
+async fn lost_writes(report: &Report, config: &tokio_postgres::Config) -> Result<usize> {
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let found = sequences_found(&client).await?;
+    Ok(report.verify(&found).lost.len())
+}
+
+/// Bulwark's rows, and the isolated-primary windows.
+async fn bench_bulwark() -> Result<(Vec<Row>, usize, Vec<Option<Duration>>)> {
+    let test_cluster = cluster();
+    let client = test_cluster.client().await;
+    install_crds(&client).await?;
+    let ns = test_cluster.namespace("bench-db").await;
+    let (uid, gid) = postgres_user();
+    progress("Bulwark: installing the chart's operator");
+    let _release = Release::install_operator(
+        &test_cluster.kubeconfig,
+        &ns,
+        1,
+        &[
+            &format!("postgres.runAsUser={uid}"),
+            &format!("postgres.runAsGroup={gid}"),
+        ],
+    )?;
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    clusters
+        .create(
+            &PostParams::default(),
+            &three_synchronous_instances("db", DELAY),
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let mut bulwark = Bulwark {
+        db: Database::new(clusters, "db"),
+        pods: pods.clone(),
+        frozen: None,
+    };
+    progress("Bulwark: waiting for 3 ready instances");
+    bulwark.wait_healthy().await?;
+    let app = bulwark.db.application(&client, &ns).await;
+    let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
+    let mut rows = vec![];
+    for fault in [Fault::Crash, Fault::Hang] {
+        rows.push(rounds("Bulwark", &mut bulwark, &probe, fault, BULWARK_ROUNDS).await?);
+    }
+    let windows = isolated_windows(&bulwark, &app, &pods).await?;
+    bulwark.wait_healthy().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = probe.stop().await;
+    let lost = lost_writes(&report, &app).await?;
+    progress(format!(
+        "Bulwark: {} writes acknowledged, {lost} lost",
+        report.count(Outcome::Acknowledged)
+    ));
+    Ok((rows, lost, windows))
+}
+
+/// The primary cut off from the API server, the replicas and the operator, a probe writing to it
+/// directly: how long after the cut it still acknowledged a write (`None`: nothing after it).
+async fn isolated_windows(
+    bulwark: &Bulwark,
+    app: &tokio_postgres::Config,
+    pods: &Api<Pod>,
+) -> Result<Vec<Option<Duration>>> {
+    let api_server = Side::HostPort(
+        "10.244.0.1".into(),
+        cluster()
+            .local_api_server_port()
+            .context("the isolation rounds cut pods off the local control plane's API server")?,
+    );
+    let mut windows = vec![];
+    for round in 1..=ISOLATION_ROUNDS {
+        bulwark.wait_healthy().await?;
+        let primary = bulwark.primary().await?;
+        let epoch = bulwark.db.status().await["epoch"].as_u64().unwrap_or(0);
+        let mut primary_ip = String::new();
+        let mut others = vec![];
+        for pod in pods.list(&ListParams::default()).await? {
+            let ip = pod.status.and_then(|s| s.pod_ip).unwrap_or_default();
+            if pod.metadata.name.as_deref() == Some(primary.as_str()) {
+                primary_ip = ip;
+            } else if !ip.is_empty() {
+                others.push(ip);
+            }
+        }
+        let first = 1_000_000_000 * round as i64;
+        let direct_probe = WriteProbe::start_at(
+            at_instance(app, &primary_ip),
+            first,
+            PROBE_INTERVAL,
+            PROBE_TIMEOUT,
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cut_at = Instant::now();
+        let primary_side = std::slice::from_ref(&primary_ip);
+        let cuts = [
+            Partition::start(primary_side, &Side::Pods(others))?,
+            Partition::start(primary_side, &api_server)?,
+        ];
+        let failed_over = bulwark.db.failed_over(&primary, epoch).await;
+        let report = direct_probe.stop().await;
+        for cut in cuts {
+            cut.heal()?;
+        }
+        failed_over?;
+        if report.count(Outcome::Acknowledged) == 0 {
+            bail!("the direct probe never reached {primary} before the cut");
+        }
+        let window = report
+            .acknowledged_after(cut_at)
+            .last()
+            .map(|w| w.at.duration_since(cut_at));
+        progress(format!(
+            "Bulwark: isolated primary {round}/{ISOLATION_ROUNDS}: {primary}, last acknowledgement after the cut: {window:?}"
+        ));
+        windows.push(window);
+        bulwark.db.rejoined(&primary).await;
+    }
+    Ok(windows)
+}
+
+async fn bench_patroni(label: &str, timing: Timing) -> Result<(Vec<Row>, usize)> {
+    let dir = std::env::temp_dir().join(format!(
+        "bulwark-bench-patroni-{}-{}",
+        std::process::id(),
+        timing.ttl
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    progress(format!(
+        "{label}: starting etcd and 3 members in {}",
+        dir.display()
+    ));
+    let mut patroni = PatroniCluster::start(&dir, timing).await?;
+    let app = patroni.application();
+    let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
+    let mut rows = vec![];
+    for fault in [Fault::Crash, Fault::Hang] {
+        rows.push(rounds(label, &mut patroni, &probe, fault, PATRONI_ROUNDS).await?);
+    }
+    patroni.wait_healthy(Duration::from_secs(240)).await?;
+    let report = probe.stop().await;
+    let lost = lost_writes(&report, &app).await?;
+    progress(format!(
+        "{label}: {} writes acknowledged, {lost} lost",
+        report.count(Outcome::Acknowledged)
+    ));
+    drop(patroni);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((rows, lost))
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn print_table(rows: &[(Row, usize)]) {
+    println!();
+    println!(
+        "Failover: outage the write probe saw (one write every {} ms, each waiting at most {} s)",
+        PROBE_INTERVAL.as_millis(),
+        PROBE_TIMEOUT.as_secs()
+    );
+    println!();
+    println!(
+        "| system | fault | failovers | p50 | p90 | p99 | max | back in place | acknowledged writes lost (whole run) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (row, lost) in rows {
+        let s = |q: f64| format!("{:.2} s", quantile(&row.outages, q).as_secs_f64());
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
+            row.system,
+            row.fault.label(),
+            row.outages.len() - row.in_place,
+            s(0.5),
+            s(0.9),
+            s(0.99),
+            s(1.0),
+            row.in_place,
+        );
+    }
+}
+
+/// `bench-db [all|bulwark|patroni]`
+#[tokio::main]
+async fn main() -> Result<()> {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if !["all", "bulwark", "patroni"].contains(&which.as_str()) {
+        bail!("usage: bench-db [all|bulwark|patroni]");
+    }
+    let started = Instant::now();
+    let mut table = vec![];
+    let mut windows = None;
+    if which != "patroni" {
+        let (rows, lost, isolated) = bench_bulwark().await?;
+        table.extend(rows.into_iter().map(|row| (row, lost)));
+        windows = Some(isolated);
+    }
+    if which != "bulwark" {
+        let peers = [
+            ("Patroni defaults (ttl 30, loop_wait 10)", Timing::DEFAULTS),
+            ("Patroni fastest (ttl 20, loop_wait 1)", Timing::FASTEST),
+        ];
+        for (label, timing) in peers {
+            let (rows, lost) = bench_patroni(label, timing).await?;
+            table.extend(rows.into_iter().map(|row| (row, lost)));
+        }
+    }
+    print_table(&table);
+    if let Some(windows) = windows {
+        let windows: Vec<String> = windows
+            .iter()
+            .map(|w| w.map_or("none".into(), |w| format!("{:.2} s", w.as_secs_f64())))
+            .collect();
+        println!();
+        println!(
+            "Bulwark isolated primary (cut off from the API server, replicas and operator), last write it acknowledged after the cut, {ISOLATION_ROUNDS} rounds: {}",
+            windows.join(", ")
+        );
+    }
+    progress(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! Bad DatabaseCluster input: what a rule can see is refused at admission (CEL) with a message
+//! that says what to change; what only shows at runtime (a StorageClass that does not exist, an
+//! image that cannot run) becomes a Condition and one Warning Event, with nothing half-applied,
+//! and clears once fixed.
+
+use std::time::Duration;
+
+use bulwark_crds::postgres::DatabaseCluster;
+use bulwark_e2e::chart::Release;
+use bulwark_e2e::postgres::postgres_user;
+use bulwark_e2e::{cluster, eventually};
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::json;
+
+/// Invalid specs are refused at admission (CEL), each with a message that says what to change.
+#[tokio::test]
+async fn invalid_database_clusters_are_refused_with_clear_messages() {
+    let client = cluster().client().await;
+    bulwark_e2e::install_crds(&client).await.unwrap();
+    let ns = cluster().namespace("pg-admission").await;
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client, &ns);
+    let cases = [
+        (json!({"instances": 0}), "instances must be from 1 to 9"),
+        (
+            json!({"instances": 3, "synchronous": {"count": 3}}),
+            "synchronous.count must be less than instances",
+        ),
+        (
+            json!({"parameters": {"wal_level": "minimal"}}),
+            "parameters must not set what Bulwark manages",
+        ),
+        (
+            json!({"failover": {"delay": "500ms"}}),
+            "failover.delay must be from 1s to 300s",
+        ),
+        (
+            json!({"isolationTimeout": "90s"}),
+            "isolationTimeout must be from 1s to 60s",
+        ),
+        (
+            json!({"isolationTimeout": "5s", "failover": {"delay": "6s"}}),
+            "failover.delay must be at least isolationTimeout + 2s",
+        ),
+        (
+            json!({"bootstrap": {"database": "postgres"}}),
+            "bootstrap.database must not be postgres",
+        ),
+    ];
+    for (n, (overrides, expected)) in cases.into_iter().enumerate() {
+        let mut spec = json!({"storage": {"size": "1Gi"}});
+        for (key, value) in overrides.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        let object: DatabaseCluster = serde_json::from_value(json!({
+            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+            "metadata": {"name": format!("bad-{n}")},
+            "spec": spec,
+        }))
+        .unwrap();
+        let error = clusters
+            .create(&PostParams::default(), &object)
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let message = match error {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        };
+        println!("{spec}: {message}");
+        assert!(
+            message.contains(expected),
+            "{spec}: expected {expected:?} in {message}"
+        );
+    }
+    assert!(
+        clusters
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing half-created"
+    );
+}
+
+fn condition(cluster: &DatabaseCluster, type_: &str) -> Option<(String, String)> {
+    let status = cluster.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.reason.clone(), c.message.clone()))
+}
+
+#[tokio::test]
+async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and_events() {
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pg-runtime-errors").await;
+    let (uid, gid) = postgres_user();
+    let _release = Release::install_operator(
+        &cluster().kubeconfig,
+        &ns,
+        1,
+        &[
+            &format!("postgres.runAsUser={uid}"),
+            &format!("postgres.runAsGroup={gid}"),
+        ],
+    )
+    .unwrap();
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    // Unique per run: StorageClasses are cluster-wide.
+    let class = format!("{ns}-late");
+    for (name, spec) in [
+        (
+            "no-class",
+            json!({"instances": 1, "storage": {"size": "1Gi", "storageClassName": class}}),
+        ),
+        (
+            "bad-image",
+            json!({"instances": 1, "storage": {"size": "1Gi"}, "image": "registry.invalid/postgres:none"}),
+        ),
+    ] {
+        let object: DatabaseCluster = serde_json::from_value(json!({
+            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        clusters
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+    }
+
+    let (reason, message) = eventually(
+        Duration::from_secs(60),
+        "no-class Degraded for its StorageClass",
+        || async {
+            condition(&clusters.get("no-class").await.ok()?, "Degraded")
+                .filter(|c| c.0 == "StorageClassNotFound")
+        },
+    )
+    .await
+    .unwrap();
+    println!("no-class: Degraded {reason}: {message}");
+    assert!(
+        message.contains(&format!("StorageClass {class} does not exist")),
+        "{message}"
+    );
+    let ready = condition(&clusters.get("no-class").await.unwrap(), "Ready").unwrap();
+    assert_eq!(ready.0, "StorageClassNotFound", "{ready:?}");
+    let selector = ListParams::default().labels("bulwark.dev/cluster=no-class");
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    assert!(
+        pvcs.list(&selector).await.unwrap().items.is_empty(),
+        "no claim for a class that does not exist"
+    );
+    assert!(
+        pods.list(&selector).await.unwrap().items.is_empty(),
+        "no pod without its volume"
+    );
+
+    let (reason, message) = eventually(
+        Duration::from_secs(90),
+        "bad-image Degraded for its image",
+        || async {
+            condition(&clusters.get("bad-image").await.ok()?, "Degraded")
+                .filter(|c| c.0 == "InstanceNotRunning")
+        },
+    )
+    .await
+    .unwrap();
+    println!("bad-image: Degraded {reason}: {message}");
+    assert!(message.contains("bad-image-1: container"), "{message}");
+    assert!(
+        message.contains("ErrImagePull") || message.contains("ImagePullBackOff"),
+        "{message}"
+    );
+    let instance = clusters
+        .get("bad-image")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .instances;
+    assert!(
+        instance[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("registry.invalid/postgres:none")),
+        "the instance says why: {instance:?}"
+    );
+
+    // One Warning per problem, however many reconciles saw it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let warnings = |object: &'static str, reason: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| {
+                    e.involved_object.name.as_deref() == Some(object)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .map(|e| e.message.unwrap_or_default())
+                .collect::<Vec<_>>()
+        }
+    };
+    let storage_warnings = warnings("no-class", "StorageClassNotFound").await;
+    assert_eq!(storage_warnings.len(), 1, "{storage_warnings:?}");
+    assert!(storage_warnings[0].contains(&class), "{storage_warnings:?}");
+    assert!(!warnings("bad-image", "InstanceNotRunning").await.is_empty());
+
+    // Fixed: the class appears (same provisioner as the default one); the volume and the pod
+    // follow, and the problem clears.
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let default = classes
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|c| {
+            c.metadata.annotations.as_ref().is_some_and(|a| {
+                a.get("storageclass.kubernetes.io/is-default-class")
+                    .map(String::as_str)
+                    == Some("true")
+            })
+        })
+        .expect("a default StorageClass");
+    let late: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class},
+        "provisioner": default.provisioner,
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .unwrap();
+    classes.create(&PostParams::default(), &late).await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "no-class's volume and pod",
+        || async {
+            let claims = pvcs.list(&selector).await.ok()?.items.len();
+            let pods = pods.list(&selector).await.ok()?.items.len();
+            (claims == 1 && pods == 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the StorageClass problem cleared",
+        || async {
+            condition(&clusters.get("no-class").await.ok()?, "Ready")
+                .filter(|c| c.0 != "StorageClassNotFound")
+        },
+    )
+    .await
+    .unwrap();
+    let _ = classes.delete(&class, &DeleteParams::default()).await;
+}
