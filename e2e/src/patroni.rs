@@ -211,17 +211,28 @@ impl PatroniCluster {
         crate::eventually(within, "a Patroni primary", || self.primary()).await
     }
 
-    /// Waits until a primary streams to both other members, one of them synchronously.
+    /// Waits until a primary streams to both other members, one of them synchronously, and
+    /// both run as replicas on its timeline (a member just rewound has settled).
     pub async fn wait_healthy(&self, within: Duration) -> Result<()> {
         crate::eventually(within, "Patroni healthy", || async {
             let primary = self.primary().await?;
-            let member = self.members.iter().find(|m| m.name == primary)?;
-            let replication = self.member_status(member).await?["replication"].clone();
-            let standbys = replication.as_array()?;
+            let mut statuses = vec![];
+            for member in &self.members {
+                statuses.push((member.name == primary, self.member_status(member).await?));
+            }
+            let leader = &statuses.iter().find(|(leads, _)| *leads)?.1;
+            let standbys = leader["replication"].as_array()?;
+            let replicas_on_its_timeline =
+                statuses.iter().filter(|(leads, _)| !leads).all(|(_, s)| {
+                    s["role"] == "replica"
+                        && s["state"] == "running"
+                        && s["timeline"] == leader["timeline"]
+                });
             (standbys.len() == self.members.len() - 1
                 && standbys.iter().all(|s| s["state"] == "streaming")
-                && standbys.iter().any(|s| s["sync_state"] == "sync"))
-            .then_some(())
+                && standbys.iter().any(|s| s["sync_state"] == "sync")
+                && replicas_on_its_timeline)
+                .then_some(())
         })
         .await
     }

@@ -122,6 +122,17 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // The zone spread constraint: one instance per zone's node.
+    let mut nodes = std::collections::BTreeSet::new();
+    for n in 1..=3 {
+        let pod = pods.get(&format!("db-{n}")).await.unwrap();
+        nodes.insert(pod.spec.unwrap().node_name.unwrap());
+    }
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the instances spread over the zones: {nodes:?}"
+    );
     let app = db.application(&client, &ns).await;
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
     eventually(
@@ -396,7 +407,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
             target = Some(name.to_string());
         }
     }
-    let target = target.expect("the instances are spread over the three nodes");
+    let target = target.expect("a replica on a node the leader is not on");
     let switchover_at = Instant::now();
     clusters
         .patch(

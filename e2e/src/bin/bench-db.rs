@@ -4,7 +4,9 @@
 //! `required`, the chart's operator on the local control plane, the probe through `db-rw`) and
 //! for Patroni (Debian's, 3 members on loopback, synchronous_mode, clients using libpq's
 //! `target_session_attrs=read-write` over all members) at its defaults and at its fastest
-//! settings. Then Bulwark's isolated-primary window. Prints a table.
+//! settings. Then Bulwark's isolated-primary window. Prints a table. Each round starts from a
+//! healthy system (every member back and replicating), so rounds measure failovers, not the
+//! after-effects of the last one.
 //! Run: `./dev bench db` (`./dev bench db bulwark` or `patroni` runs one system's rows alone).
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +20,7 @@ use bulwark_e2e::postgres::{
 };
 use bulwark_e2e::{cluster, eventually, install_crds};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::time::{Duration, Instant};
 
 /// Failovers per fault for Bulwark, and for Patroni at each of its settings.
@@ -67,7 +69,13 @@ struct Row {
     outages: Vec<Duration>,
     /// Rounds where the crashed primary came back as primary before any failover.
     in_place: usize,
+    /// Rounds with no writes for [`STUCK_AFTER`]: the outage ran until the member came back.
+    stuck: usize,
 }
+
+/// A failover not done by then is stuck: the fault is undone (the member comes back) and the
+/// outage runs on until writes resume.
+const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 /// Runs `rounds` faults one after another, each on the primary of a healthy system, and returns
 /// the outage the probe saw after each.
@@ -83,6 +91,7 @@ async fn rounds(
         fault,
         outages: vec![],
         in_place: 0,
+        stuck: 0,
     };
     for round in 1..=rounds {
         system.wait_healthy().await?;
@@ -90,21 +99,33 @@ async fn rounds(
         let primary = system.primary().await?;
         let at = Instant::now();
         system.inject(fault, &primary).await?;
-        let outage = eventually(
-            Duration::from_secs(180),
-            "writes acknowledged again",
-            || async { probe.report().outage_after(at) },
-        )
-        .await?;
-        system.undo(fault, &primary).await?;
+        let resumed = || async { probe.report().outage_after(at) };
+        let (outage, stuck) =
+            match eventually(STUCK_AFTER, "writes acknowledged again", resumed).await {
+                Ok(outage) => {
+                    system.undo(fault, &primary).await?;
+                    (outage, false)
+                }
+                Err(_) => {
+                    system.undo(fault, &primary).await?;
+                    let back = "writes acknowledged again once the member is back";
+                    (
+                        eventually(Duration::from_secs(180), back, resumed).await?,
+                        true,
+                    )
+                }
+            };
         let now_primary = system.primary().await.unwrap_or_default();
-        if now_primary == primary {
+        if stuck {
+            row.stuck += 1;
+        } else if now_primary == primary {
             row.in_place += 1;
         }
         progress(format!(
-            "{name}: {} {round}/{rounds}: {primary} → {now_primary}, outage {:.2} s",
+            "{name}: {} {round}/{rounds}: {primary} → {now_primary}, outage {:.2} s{}",
             fault.label(),
-            outage.as_secs_f64()
+            outage.as_secs_f64(),
+            if stuck { " (stuck: no failover)" } else { "" }
         ));
         row.outages.push(outage);
     }
@@ -143,9 +164,29 @@ impl System for Bulwark {
         Ok(())
     }
 
-    async fn undo(&mut self, _: Fault, _: &str) -> Result<()> {
+    async fn undo(&mut self, _: Fault, member: &str) -> Result<()> {
         if let Some(container) = self.frozen.take() {
             chaos::thaw(&[container])?;
+        }
+        // A pod crashed over and over waits out the kubelet's growing back-off (10 s doubling
+        // to 5 min) before each restart; Patroni's members are started again at once, as systemd
+        // would. So a crashed pod the kubelet holds back is replaced: the operator recreates it
+        // on its volume and it rejoins the same way.
+        let pod = self.pods.get(member).await?;
+        let backing_off = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c.state
+                    .and_then(|s| s.waiting)
+                    .is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+            });
+        if backing_off {
+            self.pods
+                .delete(member, &DeleteParams::default().grace_period(0))
+                .await?;
         }
         Ok(())
     }
@@ -175,6 +216,22 @@ impl System for PatroniCluster {
             Fault::Hang => self.freeze(member, false),
         }
     }
+}
+
+/// Waits for the probe's first acknowledged writes: the rounds measure from a working path.
+async fn writing(probe: &WriteProbe, system: &str) -> Result<()> {
+    eventually(Duration::from_secs(60), "the probe's first writes", || async {
+        (probe.report().count(Outcome::Acknowledged) >= 20).then_some(())
+    })
+    .await
+    .with_context(|| {
+        let report = probe.report();
+        format!(
+            "{system}: the write probe got no acknowledgement ({} failed, {} indeterminate)",
+            report.count(Outcome::Failed),
+            report.count(Outcome::Indeterminate)
+        )
+    })
 }
 
 /// Lost = acknowledged by the probe but absent from the primary's table at the end.
@@ -219,6 +276,7 @@ async fn bench_bulwark() -> Result<(Vec<Row>, usize, Vec<Option<Duration>>)> {
     bulwark.wait_healthy().await?;
     let app = bulwark.db.application(&client, &ns).await;
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
+    writing(&probe, "Bulwark").await?;
     let mut rows = vec![];
     for fault in [Fault::Crash, Fault::Hang] {
         rows.push(rounds("Bulwark", &mut bulwark, &probe, fault, BULWARK_ROUNDS).await?);
@@ -313,6 +371,7 @@ async fn bench_patroni(label: &str, timing: Timing) -> Result<(Vec<Row>, usize)>
     let mut patroni = PatroniCluster::start(&dir, timing).await?;
     let app = patroni.application();
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
+    writing(&probe, label).await?;
     let mut rows = vec![];
     for fault in [Fault::Crash, Fault::Hang] {
         rows.push(rounds(label, &mut patroni, &probe, fault, PATRONI_ROUNDS).await?);
@@ -343,21 +402,22 @@ fn print_table(rows: &[(Row, usize)]) {
     );
     println!();
     println!(
-        "| system | fault | failovers | p50 | p90 | p99 | max | back in place | acknowledged writes lost (whole run) |"
+        "| system | fault | failovers | p50 | p90 | p99 | max | back in place | stuck | acknowledged writes lost (whole run) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (row, lost) in rows {
         let s = |q: f64| format!("{:.2} s", quantile(&row.outages, q).as_secs_f64());
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
             row.system,
             row.fault.label(),
-            row.outages.len() - row.in_place,
+            row.outages.len() - row.in_place - row.stuck,
             s(0.5),
             s(0.9),
             s(0.99),
             s(1.0),
             row.in_place,
+            row.stuck,
         );
     }
 }
