@@ -71,6 +71,8 @@ struct Row {
     in_place: usize,
     /// Rounds with no writes for [`STUCK_AFTER`]: the outage ran until the member came back.
     stuck: usize,
+    /// Why the rounds ended early: the system did not recover (no later round can start).
+    broken: Option<String>,
 }
 
 /// A failover not done by then is stuck: the fault is undone (the member comes back) and the
@@ -92,9 +94,16 @@ async fn rounds(
         outages: vec![],
         in_place: 0,
         stuck: 0,
+        broken: None,
     };
     for round in 1..=rounds {
-        system.wait_healthy().await?;
+        if let Err(error) = system.wait_healthy().await {
+            row.broken = Some(format!(
+                "not healthy again after round {}: {error:#}",
+                round - 1
+            ));
+            break;
+        }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let primary = system.primary().await?;
         let at = Instant::now();
@@ -109,10 +118,13 @@ async fn rounds(
                 Err(_) => {
                     system.undo(fault, &primary).await?;
                     let back = "writes acknowledged again once the member is back";
-                    (
-                        eventually(Duration::from_secs(180), back, resumed).await?,
-                        true,
-                    )
+                    match eventually(Duration::from_secs(180), back, resumed).await {
+                        Ok(outage) => (outage, true),
+                        Err(error) => {
+                            row.broken = Some(format!("round {round}: {error:#}"));
+                            break;
+                        }
+                    }
                 }
             };
         let now_primary = system.primary().await.unwrap_or_default();
@@ -220,9 +232,11 @@ impl System for PatroniCluster {
 
 /// Waits for the probe's first acknowledged writes: the rounds measure from a working path.
 async fn writing(probe: &WriteProbe, system: &str) -> Result<()> {
-    eventually(Duration::from_secs(60), "the probe's first writes", || async {
-        (probe.report().count(Outcome::Acknowledged) >= 20).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the probe's first writes",
+        || async { (probe.report().count(Outcome::Acknowledged) >= 20).then_some(()) },
+    )
     .await
     .with_context(|| {
         let report = probe.report();
@@ -279,7 +293,11 @@ async fn bench_bulwark() -> Result<(Vec<Row>, usize, Vec<Option<Duration>>)> {
     writing(&probe, "Bulwark").await?;
     let mut rows = vec![];
     for fault in [Fault::Crash, Fault::Hang] {
-        rows.push(rounds("Bulwark", &mut bulwark, &probe, fault, BULWARK_ROUNDS).await?);
+        let row = rounds("Bulwark", &mut bulwark, &probe, fault, BULWARK_ROUNDS).await?;
+        if let Some(why) = &row.broken {
+            bail!("Bulwark: {why}");
+        }
+        rows.push(row);
     }
     let windows = isolated_windows(&bulwark, &app, &pods).await?;
     bulwark.wait_healthy().await?;
@@ -357,7 +375,7 @@ async fn isolated_windows(
     Ok(windows)
 }
 
-async fn bench_patroni(label: &str, timing: Timing) -> Result<(Vec<Row>, usize)> {
+async fn bench_patroni(label: &str, timing: Timing) -> Result<(Vec<Row>, Option<usize>)> {
     let dir = std::env::temp_dir().join(format!(
         "bulwark-bench-patroni-{}-{}",
         std::process::id(),
@@ -374,13 +392,24 @@ async fn bench_patroni(label: &str, timing: Timing) -> Result<(Vec<Row>, usize)>
     writing(&probe, label).await?;
     let mut rows = vec![];
     for fault in [Fault::Crash, Fault::Hang] {
-        rows.push(rounds(label, &mut patroni, &probe, fault, PATRONI_ROUNDS).await?);
+        let row = rounds(label, &mut patroni, &probe, fault, PATRONI_ROUNDS).await?;
+        let broken = row.broken.is_some();
+        rows.push(row);
+        if broken {
+            break;
+        }
     }
-    patroni.wait_healthy(Duration::from_secs(240)).await?;
+    // Counted on whichever member accepts writes at the end, healthy or not.
     let report = probe.stop().await;
-    let lost = lost_writes(&report, &app).await?;
+    let lost = match lost_writes(&report, &app).await {
+        Ok(lost) => Some(lost),
+        Err(error) => {
+            progress(format!("{label}: could not count lost writes: {error:#}"));
+            None
+        }
+    };
     progress(format!(
-        "{label}: {} writes acknowledged, {lost} lost",
+        "{label}: {} writes acknowledged, {lost:?} lost",
         report.count(Outcome::Acknowledged)
     ));
     drop(patroni);
@@ -393,7 +422,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[index]
 }
 
-fn print_table(rows: &[(Row, usize)]) {
+fn print_table(rows: &[(Row, Option<usize>)]) {
     println!();
     println!(
         "Failover: outage the write probe saw (one write every {} ms, each waiting at most {} s)",
@@ -406,7 +435,11 @@ fn print_table(rows: &[(Row, usize)]) {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (row, lost) in rows {
-        let s = |q: f64| format!("{:.2} s", quantile(&row.outages, q).as_secs_f64());
+        let s = |q: f64| match row.outages.is_empty() {
+            true => "–".to_string(),
+            false => format!("{:.2} s", quantile(&row.outages, q).as_secs_f64()),
+        };
+        let lost = lost.map_or("unknown (no primary at the end)".into(), |l| l.to_string());
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
             row.system,
@@ -419,6 +452,17 @@ fn print_table(rows: &[(Row, usize)]) {
             row.in_place,
             row.stuck,
         );
+    }
+    for (row, _) in rows {
+        if let Some(why) = &row.broken {
+            println!();
+            println!(
+                "{}, {}: ended after {} rounds: {why}",
+                row.system,
+                row.fault.label(),
+                row.outages.len()
+            );
+        }
     }
 }
 
@@ -434,7 +478,7 @@ async fn main() -> Result<()> {
     let mut windows = None;
     if which != "patroni" {
         let (rows, lost, isolated) = bench_bulwark().await?;
-        table.extend(rows.into_iter().map(|row| (row, lost)));
+        table.extend(rows.into_iter().map(|row| (row, Some(lost))));
         windows = Some(isolated);
     }
     if which != "bulwark" {
