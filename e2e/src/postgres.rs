@@ -20,6 +20,25 @@ pub fn postgres_user() -> (u32, u32) {
     (fields[2].parse().unwrap(), fields[3].parse().unwrap())
 }
 
+/// The chart's operator in `namespace` with `replicas` pods, its instances running as this
+/// machine's `postgres` user (they run its PostgreSQL on the node agents).
+pub fn install_operator(
+    kubeconfig: &std::path::Path,
+    namespace: &str,
+    replicas: usize,
+) -> anyhow::Result<crate::chart::Release> {
+    let (uid, gid) = postgres_user();
+    crate::chart::Release::install_operator(
+        kubeconfig,
+        namespace,
+        replicas,
+        &[
+            &format!("postgres.runAsUser={uid}"),
+            &format!("postgres.runAsGroup={gid}"),
+        ],
+    )
+}
+
 /// `GET <api>/status` of an instance manager, or `None` while it does not answer.
 pub async fn instance_status(http: &reqwest::Client, api: &str) -> Option<serde_json::Value> {
     http.get(format!("{api}/status"))

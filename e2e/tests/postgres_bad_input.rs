@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use bulwark_crds::postgres::DatabaseCluster;
-use bulwark_e2e::chart::Release;
-use bulwark_e2e::postgres::postgres_user;
+use bulwark_e2e::postgres::install_operator;
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -94,17 +93,7 @@ fn condition(cluster: &DatabaseCluster, type_: &str) -> Option<(String, String)>
 async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and_events() {
     let client = cluster().client().await;
     let ns = cluster().namespace("pg-runtime-errors").await;
-    let (uid, gid) = postgres_user();
-    let _release = Release::install_operator(
-        &cluster().kubeconfig,
-        &ns,
-        1,
-        &[
-            &format!("postgres.runAsUser={uid}"),
-            &format!("postgres.runAsGroup={gid}"),
-        ],
-    )
-    .unwrap();
+    let _release = install_operator(&cluster().kubeconfig, &ns, 1).unwrap();
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     // Unique per run: StorageClasses are cluster-wide.
     let class = format!("{ns}-late");

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
-use bulwark_e2e::chart::Release;
+
 use bulwark_e2e::postgres::{
-    Database, at_instance, container_of, postgres_user, three_synchronous_instances,
+    Database, at_instance, container_of, install_operator, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually};
 use futures::StreamExt;
@@ -41,18 +41,8 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     }
     let client = cluster().client().await;
     let ns = cluster().namespace("pg-cluster").await;
-    let (uid, gid) = postgres_user();
     // Two replicas: one leads, the other takes over when the leader is killed.
-    let release = Release::install_operator(
-        &cluster().kubeconfig,
-        &ns,
-        2,
-        &[
-            &format!("postgres.runAsUser={uid}"),
-            &format!("postgres.runAsGroup={gid}"),
-        ],
-    )
-    .unwrap();
+    let release = install_operator(&cluster().kubeconfig, &ns, 2).unwrap();
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     clusters
         .create(

@@ -13,10 +13,9 @@ use anyhow::{Context, Result, bail};
 use bulwark_chaos::node_agent::{self as chaos, Partition, Side};
 use bulwark_controllers::postgres::probe::{Outcome, Report, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
-use bulwark_e2e::chart::Release;
 use bulwark_e2e::patroni::{PatroniCluster, Timing};
 use bulwark_e2e::postgres::{
-    Database, at_instance, container_of, postgres_user, three_synchronous_instances,
+    Database, at_instance, container_of, install_operator, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually, install_crds};
 use k8s_openapi::api::core::v1::Pod;
@@ -262,17 +261,8 @@ async fn bench_bulwark() -> Result<(Vec<Row>, usize, Vec<Option<Duration>>)> {
     let client = test_cluster.client().await;
     install_crds(&client).await?;
     let ns = test_cluster.namespace("bench-db").await;
-    let (uid, gid) = postgres_user();
     progress("Bulwark: installing the chart's operator");
-    let _release = Release::install_operator(
-        &test_cluster.kubeconfig,
-        &ns,
-        1,
-        &[
-            &format!("postgres.runAsUser={uid}"),
-            &format!("postgres.runAsGroup={gid}"),
-        ],
-    )?;
+    let _release = install_operator(&test_cluster.kubeconfig, &ns, 1)?;
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     clusters
         .create(
