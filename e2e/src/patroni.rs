@@ -211,8 +211,11 @@ impl PatroniCluster {
         crate::eventually(within, "a Patroni primary", || self.primary()).await
     }
 
-    /// Waits until a primary streams to both other members, one of them synchronously, and
-    /// both run as replicas on its timeline (a member just rewound has settled).
+    /// Waits until a primary streams to both other members, one of them synchronously, both
+    /// run as replicas on its timeline (a member just rewound has settled), and the DCS names
+    /// that synchronous standby (in synchronous_mode only it may be promoted: a crash while the
+    /// key is being reassigned leaves Patroni with no candidate, a state worth measuring on its
+    /// own but not what a failover round is about).
     pub async fn wait_healthy(&self, within: Duration) -> Result<()> {
         crate::eventually(within, "Patroni healthy", || async {
             let primary = self.primary().await?;
@@ -228,9 +231,25 @@ impl PatroniCluster {
                         && s["state"] == "running"
                         && s["timeline"] == leader["timeline"]
                 });
+            let streaming_sync = standbys
+                .iter()
+                .find(|s| s["state"] == "streaming" && s["sync_state"] == "sync")?;
+            let leader_member = self.members.iter().find(|m| m.name == primary)?;
+            let cluster: Value = self
+                .http
+                .get(format!("{}/cluster", leader_member.api))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let named_sync = cluster["members"].as_array()?.iter().any(|m| {
+                m["role"] == "sync_standby" && m["name"] == streaming_sync["application_name"]
+            });
             (standbys.len() == self.members.len() - 1
                 && standbys.iter().all(|s| s["state"] == "streaming")
-                && standbys.iter().any(|s| s["sync_state"] == "sync")
+                && named_sync
                 && replicas_on_its_timeline)
                 .then_some(())
         })

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use bulwark_crds::postgres::DatabaseCluster;
-use bulwark_e2e::postgres::install_operator;
+use bulwark_e2e::chart::Release;
+use bulwark_e2e::postgres::postgres_user;
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -92,8 +93,21 @@ fn condition(cluster: &DatabaseCluster, type_: &str) -> Option<(String, String)>
 #[tokio::test]
 async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and_events() {
     let client = cluster().client().await;
-    let ns = cluster().namespace("pg-runtime-errors").await;
-    let _release = install_operator(&cluster().kubeconfig, &ns, 1).unwrap();
+    // Cluster-wide: only such a release may read StorageClasses (a single-namespace one has no
+    // cluster-wide access, skips the check, and shows the scheduler's words instead).
+    let ns = cluster()
+        .namespace_for_cluster_wide_release("pg-runtime-errors")
+        .await;
+    let (uid, gid) = postgres_user();
+    let _release = Release::install(
+        &cluster().kubeconfig,
+        &ns,
+        &[
+            format!("postgres.runAsUser={uid}"),
+            format!("postgres.runAsGroup={gid}"),
+        ],
+    )
+    .unwrap();
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     // Unique per run: StorageClasses are cluster-wide.
     let class = format!("{ns}-late");

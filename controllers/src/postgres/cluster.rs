@@ -335,7 +335,11 @@ impl<'a> Reconciler<'a> {
             self.write_status(&cluster, &status, true).await?;
             return Ok(Action::requeue(Duration::ZERO));
         }
-        let mut outcome = Action::requeue(Duration::from_secs(2));
+        // How often a steady cluster is looked at: a failure is noticed at most one poll after
+        // the failover delay ran out, so the poll is at most half the delay (and 1 s).
+        let delay = parse_duration(&cluster.spec.failover.delay).unwrap_or_default();
+        let mut outcome =
+            Action::requeue((delay / 2).clamp(Duration::from_millis(300), Duration::from_secs(1)));
         for _ in 0..STEPS_PER_RECONCILE {
             let observed = self.observe(&cluster).await?;
             let blocked = self.ensure_instances(&cluster, &observed).await?;
@@ -667,17 +671,28 @@ impl<'a> Reconciler<'a> {
         Ok(None)
     }
 
-    /// The named StorageClass missing, or none named and no default one.
+    /// The named StorageClass missing, or none named and no default one. A release watching
+    /// one namespace may not read StorageClasses (cluster-scoped): it skips the check.
     async fn storage_class_problem(&self, class: Option<&str>) -> Result<Option<Problem>, Error> {
         let classes: Api<StorageClass> = Api::all(self.context.client.clone());
+        let forbidden = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
         let message = match class {
-            Some(class) => classes.get_opt(class).await?.is_none().then(|| {
+            Some(class) => match classes.get_opt(class).await {
+                Err(e) if forbidden(&e) => return Ok(None),
+                found => found?,
+            }
+            .is_none()
+            .then(|| {
                 format!(
                     "StorageClass {class} does not exist: create it or set spec.storage.storageClassName to one that does"
                 )
             }),
             None => {
-                let default = classes.list(&ListParams::default()).await?.items.iter().any(|c| {
+                let listed = match classes.list(&ListParams::default()).await {
+                    Err(e) if forbidden(&e) => return Ok(None),
+                    listed => listed?,
+                };
+                let default = listed.items.iter().any(|c| {
                     c.annotations()
                         .get("storageclass.kubernetes.io/is-default-class")
                         .is_some_and(|v| v == "true")
