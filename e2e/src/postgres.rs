@@ -2,9 +2,12 @@
 //! manager's status over its command API, and a DatabaseCluster under test.
 
 use crate::eventually;
+use crate::node::network::GATEWAY;
+use anyhow::Context as _;
+use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_crds::postgres::DatabaseCluster;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube::Api;
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use std::time::Duration;
 
@@ -179,6 +182,35 @@ pub fn at_instance(app: &tokio_postgres::Config, ip: &str) -> tokio_postgres::Co
         .dbname(app.get_dbname().unwrap_or_default())
         .connect_timeout(Duration::from_secs(1));
     direct
+}
+
+/// The failure of one instance's node network: `member` cut off from every other pod of its
+/// namespace (the other instances and the operator) and from the local control plane's API
+/// server, until the returned partitions are healed.
+pub async fn isolate(
+    pods: &Api<Pod>,
+    member: &str,
+    api_server_port: u16,
+) -> anyhow::Result<[Partition; 2]> {
+    let mut address = None;
+    let mut others = vec![];
+    for pod in pods.list(&ListParams::default()).await? {
+        let Some(ip) = pod.status.and_then(|s| s.pod_ip) else {
+            continue;
+        };
+        if pod.metadata.name.as_deref() == Some(member) {
+            address = Some(ip);
+        } else {
+            others.push(ip);
+        }
+    }
+    let address = address.with_context(|| format!("{member} has no address"))?;
+    let side = std::slice::from_ref(&address);
+    let api_server = Side::HostPort(GATEWAY.to_string(), api_server_port);
+    Ok([
+        Partition::start(side, &Side::Pods(others))?,
+        Partition::start(side, &api_server)?,
+    ])
 }
 
 /// The node-agent container ID of an instance pod (what the chaos injectors take).

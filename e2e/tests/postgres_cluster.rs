@@ -15,7 +15,7 @@ use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found}
 use bulwark_crds::postgres::DatabaseCluster;
 
 use bulwark_e2e::postgres::{
-    Database, at_instance, container_of, install_operator, three_synchronous_instances,
+    Database, at_instance, container_of, install_operator, isolate, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually};
 use futures::StreamExt;
@@ -235,20 +235,6 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let isolated = after["primary"].as_str().unwrap().to_string();
     let isolated_epoch = after["epoch"].as_u64().unwrap();
     let isolated_ip = ip_of(&pods.get(&isolated).await.unwrap());
-    let mut others = operator_ips.clone();
-    for pod in pods
-        .list(&ListParams::default().labels("bulwark.dev/cluster=db"))
-        .await
-        .unwrap()
-    {
-        if pod.metadata.name.as_deref() != Some(isolated.as_str()) {
-            others.push(ip_of(&pod));
-        }
-    }
-    let api_server = Side::HostPort(
-        "10.244.0.1".into(),
-        cluster().local_api_server_port().unwrap(),
-    );
     // A second probe writes to the isolated primary directly (the host's path to it stays).
     let direct_probe = WriteProbe::start_at(
         at_instance(&app, &isolated_ip),
@@ -258,10 +244,9 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let isolated_at = Instant::now();
-    let cuts = [
-        Partition::start(std::slice::from_ref(&isolated_ip), &Side::Pods(others)).unwrap(),
-        Partition::start(std::slice::from_ref(&isolated_ip), &api_server).unwrap(),
-    ];
+    let cuts = isolate(&pods, &isolated, cluster().local_api_server_port().unwrap())
+        .await
+        .unwrap();
     let after_isolation = db.failed_over(&isolated, isolated_epoch).await;
     let direct_report = direct_probe.stop().await;
     let isolated_window = direct_report

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, Se
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role as RbacRole, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
@@ -571,9 +571,8 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Creates what is missing: a PVC and a pod for each of `spec.instances`, and removes the
-    /// pods beyond it (never the primary).
-    /// Creates the missing instances (volume first), and removes those above `spec.instances`.
-    /// Returns why instances could not be created, when that is something the user must fix.
+    /// pods beyond it (never the primary). Returns why an instance could not be created, when
+    /// that is something the user must fix.
     async fn ensure_instances(
         &self,
         cluster: &DatabaseCluster,
@@ -1217,19 +1216,13 @@ impl<'a> Reconciler<'a> {
             );
         }
         // One Warning per new problem (the Condition holds it meanwhile), not one per reconcile.
-        let previous = |type_: &str| {
-            status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == type_)
+        let degraded_as = |list: &[Condition]| {
+            list.iter()
+                .find(|c| c.type_ == "Degraded")
                 .map(|c| (c.reason.clone(), c.message.clone()))
         };
-        let now_degraded = conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")
-            .map(|c| (c.reason.clone(), c.message.clone()));
         if let Some(problem) = problems.first()
-            && now_degraded != previous("Degraded")
+            && degraded_as(&conditions) != degraded_as(&status.conditions)
         {
             publish(
                 &self.context.recorder,

@@ -10,16 +10,16 @@
 //! Run: `./dev bench db` (`./dev bench db bulwark` or `patroni` runs one system's rows alone).
 
 use anyhow::{Context, Result, bail};
-use bulwark_chaos::node_agent::{self as chaos, Partition, Side};
+use bulwark_chaos::node_agent as chaos;
 use bulwark_controllers::postgres::probe::{Outcome, Report, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::patroni::{PatroniCluster, Timing};
 use bulwark_e2e::postgres::{
-    Database, at_instance, container_of, install_operator, three_synchronous_instances,
+    Database, at_instance, container_of, install_operator, isolate, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually, install_crds};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use std::time::{Duration, Instant};
 
 /// Failovers per fault for Bulwark, and for Patroni at each of its settings.
@@ -308,27 +308,20 @@ async fn isolated_windows(
     app: &tokio_postgres::Config,
     pods: &Api<Pod>,
 ) -> Result<Vec<Option<Duration>>> {
-    let api_server = Side::HostPort(
-        "10.244.0.1".into(),
-        cluster()
-            .local_api_server_port()
-            .context("the isolation rounds cut pods off the local control plane's API server")?,
-    );
+    let api_server_port = cluster()
+        .local_api_server_port()
+        .context("the isolation rounds cut pods off the local control plane's API server")?;
     let mut windows = vec![];
     for round in 1..=ISOLATION_ROUNDS {
         bulwark.wait_healthy().await?;
         let primary = bulwark.primary().await?;
         let epoch = bulwark.db.status().await["epoch"].as_u64().unwrap_or(0);
-        let mut primary_ip = String::new();
-        let mut others = vec![];
-        for pod in pods.list(&ListParams::default()).await? {
-            let ip = pod.status.and_then(|s| s.pod_ip).unwrap_or_default();
-            if pod.metadata.name.as_deref() == Some(primary.as_str()) {
-                primary_ip = ip;
-            } else if !ip.is_empty() {
-                others.push(ip);
-            }
-        }
+        let primary_ip = pods
+            .get(&primary)
+            .await?
+            .status
+            .and_then(|s| s.pod_ip)
+            .context("the primary has no address")?;
         let first = 1_000_000_000 * round as i64;
         let direct_probe = WriteProbe::start_at(
             at_instance(app, &primary_ip),
@@ -338,11 +331,7 @@ async fn isolated_windows(
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
         let cut_at = Instant::now();
-        let primary_side = std::slice::from_ref(&primary_ip);
-        let cuts = [
-            Partition::start(primary_side, &Side::Pods(others))?,
-            Partition::start(primary_side, &api_server)?,
-        ];
+        let cuts = isolate(pods, &primary, api_server_port).await?;
         let failed_over = bulwark.db.failed_over(&primary, epoch).await;
         let report = direct_probe.stop().await;
         for cut in cuts {
