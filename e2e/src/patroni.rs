@@ -2,10 +2,13 @@
 //! loopback running this machine's PostgreSQL as the `postgres` user, its etcd3 DCS on the etcd
 //! the local control plane is built with, `synchronous_mode` on. Faults act on a member's whole
 //! process tree (Patroni and the postmaster it detaches), as a machine crash or hang would.
+//! Like Bulwark's instances, the members accept clients over TLS only, so the same probe pays
+//! the same handshake on both.
 
 use crate::binaries::binary;
 use crate::process::{Process, free_port};
 use anyhow::{Context, Result, bail};
+use bulwark_controllers::postgres::client::Endpoint;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -50,6 +53,8 @@ struct Member {
 
 pub struct PatroniCluster {
     _etcd: Process,
+    /// What the members' certificate (for `localhost`) is checked against.
+    ca: String,
     members: Vec<Member>,
     http: reqwest::Client,
 }
@@ -61,6 +66,14 @@ impl PatroniCluster {
         std::fs::create_dir_all(dir)?;
         let (uid, gid) = crate::postgres::postgres_user();
         std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+        let pki = bulwark_controllers::postgres::pki::issue("patroni", vec!["localhost".into()])?;
+        let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+        for (path, pem) in [(&cert, &pki.server.cert), (&key, &pki.server.key)] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(path, pem)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        }
         let etcd_port = free_port()?;
         let etcd_peer_port = free_port()?;
         let etcd = Process::spawn(
@@ -97,7 +110,10 @@ impl PatroniCluster {
                         "loop_wait": timing.loop_wait,
                         "retry_timeout": timing.retry_timeout,
                         "synchronous_mode": true,
-                        "postgresql": {"use_pg_rewind": true, "parameters": {"wal_log_hints": "on", "max_connections": 50}},
+                        "postgresql": {"use_pg_rewind": true, "parameters": {
+                            "wal_log_hints": "on", "max_connections": 50,
+                            "ssl": "on", "ssl_cert_file": cert, "ssl_key_file": key,
+                        }},
                     },
                     "initdb": [{"encoding": "UTF8"}],
                 },
@@ -109,8 +125,8 @@ impl PatroniCluster {
                     "pgpass": dir.join(format!("{name}.pgpass")),
                     "pg_hba": [
                         "local all all trust",
-                        "host all all 127.0.0.1/32 scram-sha-256",
-                        "host replication all 127.0.0.1/32 scram-sha-256",
+                        "hostssl all all 127.0.0.1/32 scram-sha-256",
+                        "hostssl replication all 127.0.0.1/32 scram-sha-256",
                     ],
                     "authentication": {
                         "superuser": {"username": "postgres", "password": SUPERUSER_PASSWORD},
@@ -133,6 +149,7 @@ impl PatroniCluster {
         bulwark_controllers::runtime::ensure_crypto_provider();
         let mut cluster = PatroniCluster {
             _etcd: etcd,
+            ca: pki.ca,
             members,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(1))
@@ -170,10 +187,13 @@ impl PatroniCluster {
 
     /// How clients reach the primary: every member listed, libpq's
     /// `target_session_attrs=read-write` picking the one that accepts writes.
-    pub fn application(&self) -> tokio_postgres::Config {
+    pub fn application(&self) -> Result<Endpoint> {
         let mut config = tokio_postgres::Config::new();
         for member in &self.members {
-            config.host("127.0.0.1").port(member.postgres_port);
+            config
+                .host("localhost")
+                .hostaddr(std::net::Ipv4Addr::LOCALHOST.into())
+                .port(member.postgres_port);
         }
         config
             .user("postgres")
@@ -181,7 +201,7 @@ impl PatroniCluster {
             .dbname("postgres")
             .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
             .connect_timeout(Duration::from_secs(1));
-        config
+        Endpoint::new(config, self.ca.as_bytes())
     }
 
     async fn member_status(&self, member: &Member) -> Option<Value> {

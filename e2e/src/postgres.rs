@@ -5,6 +5,7 @@ use crate::eventually;
 use crate::node::network::GATEWAY;
 use anyhow::Context as _;
 use bulwark_chaos::node_agent::{Partition, Side};
+use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_crds::postgres::DatabaseCluster;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ListParams};
@@ -145,9 +146,10 @@ impl Database {
         .unwrap();
     }
 
-    /// How the application connects: through the `-rw` Service, with the credentials of the
-    /// `-app` Secret.
-    pub async fn application(&self, client: &kube::Client, ns: &str) -> tokio_postgres::Config {
+    /// How the application connects: through the `-rw` Service, with the credentials and the
+    /// CA of the `-app` Secret, checking the certificate's name is the Service's (the host runs
+    /// no cluster DNS, so the name is given and the address is the Service's cluster IP).
+    pub async fn application(&self, client: &kube::Client, ns: &str) -> Endpoint {
         let secret = Api::<Secret>::namespaced(client.clone(), ns)
             .get(&format!("{}-app", self.name))
             .await
@@ -160,28 +162,15 @@ impl Database {
             .unwrap();
         let mut config = tokio_postgres::Config::new();
         config
-            .host(service.spec.unwrap().cluster_ip.unwrap())
+            .host(format!("{}-rw.{ns}.svc", self.name))
+            .hostaddr(service.spec.unwrap().cluster_ip.unwrap().parse().unwrap())
             .port(5432)
             .user(field("username"))
             .password(field("password"))
             .dbname(field("dbname"))
             .connect_timeout(Duration::from_secs(1));
-        config
+        Endpoint::new(config, field("ca.crt").as_bytes()).unwrap()
     }
-}
-
-/// The application's credentials from `app`, straight to the instance at `ip` (a fresh config:
-/// `host` on a copy of `app` would add a host, not replace the Service's).
-pub fn at_instance(app: &tokio_postgres::Config, ip: &str) -> tokio_postgres::Config {
-    let mut direct = tokio_postgres::Config::new();
-    direct
-        .host(ip)
-        .port(5432)
-        .user(app.get_user().unwrap_or_default())
-        .password(app.get_password().unwrap_or_default())
-        .dbname(app.get_dbname().unwrap_or_default())
-        .connect_timeout(Duration::from_secs(1));
-    direct
 }
 
 /// The failure of one instance's node network: `member` cut off from every other pod of its

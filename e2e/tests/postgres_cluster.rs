@@ -11,11 +11,12 @@
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::node_agent::{Partition, Side};
+use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
 
 use bulwark_e2e::postgres::{
-    Database, at_instance, container_of, install_operator, isolate, three_synchronous_instances,
+    Database, container_of, install_operator, isolate, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually};
 use futures::StreamExt;
@@ -88,7 +89,9 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     keys.sort();
     assert_eq!(
         keys,
-        ["dbname", "host", "password", "port", "uri", "username"]
+        [
+            "ca.crt", "dbname", "host", "password", "port", "uri", "username"
+        ]
     );
     assert!(owned_by_db(&app_secret.metadata));
     let role = Api::<Role>::namespaced(client.clone(), &ns)
@@ -124,6 +127,25 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
         "the instances spread over the zones: {nodes:?}"
     );
     let app = db.application(&client, &ns).await;
+    // TLS only: the application's endpoint checks the certificate for db-rw's name against the
+    // Secret's CA; a session without TLS is refused, and so is a certificate from another CA.
+    app.connect().await.unwrap();
+    let mut plain = app.config.clone();
+    plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let refused = plain.connect(tokio_postgres::NoTls).await.err().unwrap();
+    assert!(
+        refused
+            .as_db_error()
+            .is_some_and(|e| e.message().ends_with("no encryption")),
+        "a session without TLS: {refused:?}"
+    );
+    let stranger = bulwark_controllers::postgres::pki::issue("stranger", vec![]).unwrap();
+    let untrusted = Endpoint::new(app.config.clone(), stranger.ca.as_bytes()).unwrap();
+    let refused = untrusted.connect().await.err().unwrap();
+    assert!(
+        format!("{refused:?}").contains("UnknownIssuer"),
+        "a server certificate from another CA: {refused:?}"
+    );
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
     eventually(
         Duration::from_secs(30),
@@ -237,7 +259,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let isolated_ip = ip_of(&pods.get(&isolated).await.unwrap());
     // A second probe writes to the isolated primary directly (the host's path to it stays).
     let direct_probe = WriteProbe::start_at(
-        at_instance(&app, &isolated_ip),
+        app.at(isolated_ip.parse().unwrap()),
         1_000_000_000,
         PROBE_INTERVAL,
         PROBE_TIMEOUT,
@@ -419,8 +441,7 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     tokio::time::sleep(Duration::from_secs(2)).await;
     let report = probe.stop().await;
 
-    let (reader, connection) = app.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let reader = app.connect().await.unwrap();
     let found = sequences_found(&reader).await.unwrap();
     let verification = report.verify(&found);
     let direct_verification = direct_report.verify(&found);

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_e2e::eventually;
 use bulwark_e2e::operator::bulwark_binary;
@@ -607,7 +608,7 @@ async fn synchronous_commits_wait_for_the_standby_and_survive_a_primary_crash() 
 
     // Writes in a stream; the primary crashes (its manager SIGKILLed: postgres quits at once).
     let probe = WriteProbe::start(
-        a.superuser(),
+        Endpoint::unix_socket(a.superuser()),
         Duration::from_millis(1),
         Duration::from_secs(2),
     );

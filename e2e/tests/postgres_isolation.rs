@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::node_agent::{Partition, Side};
+use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::WriteProbe;
 use bulwark_e2e::node::images::BULWARK_IMAGE;
 use bulwark_e2e::pki::Pki;
@@ -101,23 +102,18 @@ async fn running_pod(pods: &Api<Pod>, pod: Pod) -> String {
     .unwrap()
 }
 
-/// How the application reaches the instance at `ip`.
-fn application(ip: &str) -> tokio_postgres::Config {
+/// How the application reaches the instance at `ip`: TLS, under the certificate's name.
+fn application(ip: &str, ca: &str) -> Endpoint {
     let mut config = tokio_postgres::Config::new();
     config
-        .host(ip)
+        .host("instance")
+        .hostaddr(ip.parse().unwrap())
         .port(5432)
         .user("app")
         .password(APP_PASSWORD)
         .dbname("app")
         .connect_timeout(Duration::from_secs(1));
-    config
-}
-
-async fn connect(ip: &str) -> Option<tokio_postgres::Client> {
-    let (client, connection) = application(ip).connect(tokio_postgres::NoTls).await.ok()?;
-    tokio::spawn(connection);
-    Some(client)
+    Endpoint::new(config, ca.as_bytes()).unwrap()
 }
 
 #[tokio::test]
@@ -179,12 +175,12 @@ async fn an_isolated_primary_stops_acknowledging_writes_within_the_bound() {
     .await
     .unwrap();
     assert!(
-        connect(&a_ip).await.is_some(),
+        application(&a_ip, &ca).connect().await.is_ok(),
         "the application's role and database exist"
     );
     // The application writing to the primary from outside the pods.
     let writer = WriteProbe::start(
-        application(&a_ip),
+        application(&a_ip, &ca),
         Duration::from_millis(50),
         Duration::from_secs(2),
     );
@@ -256,7 +252,7 @@ async fn an_isolated_primary_stops_acknowledging_writes_within_the_bound() {
         "the primary acknowledged a write {last:?} after isolation; the bound is {BOUND:?}, counted from the last contact, plus the time to stop PostgreSQL"
     );
     assert!(
-        connect(&a_ip).await.is_none(),
+        application(&a_ip, &ca).connect().await.is_err(),
         "a fenced primary takes no sessions"
     );
 }

@@ -90,7 +90,8 @@ struct InstanceArgs {
     tls_cert: PathBuf,
     #[arg(long)]
     tls_key: PathBuf,
-    /// CA whose certificates may command this instance (the operator's).
+    /// The cluster's CA: only certificates it signed may command this instance (the
+    /// operator's), and a replica accepts only a primary whose certificate it signed.
     #[arg(long)]
     client_ca: PathBuf,
     #[arg(long, env = "BULWARK_LOG_FORMAT", value_enum, default_value_t)]
@@ -247,6 +248,11 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
     use bulwark_controllers::postgres::{api, instance::Role, manager};
     telemetry::init(args.log_format);
     bulwark_controllers::runtime::ensure_crypto_provider();
+    let tls = bulwark_controllers::tls::TlsFiles {
+        cert: args.tls_cert,
+        key: args.tls_key,
+        client_ca: args.client_ca,
+    };
     let config = manager::Config {
         volume: args.volume,
         bin_dir: args.postgres_bin,
@@ -266,6 +272,7 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
             _ => None,
         },
         cluster: args.cluster,
+        tls: tls.clone(),
     };
     // Connected before anything starts, so a missing in-cluster config fails at once.
     let api_server = match args.isolation_timeout {
@@ -276,11 +283,6 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
             bound,
         )),
         None => None,
-    };
-    let tls = bulwark_controllers::tls::TlsFiles {
-        cert: args.tls_cert,
-        key: args.tls_key,
-        client_ca: args.client_ca,
     };
     // Bound before bootstrapping, so a taken port fails at once.
     let tcp = tokio::net::TcpListener::bind(args.api_addr)

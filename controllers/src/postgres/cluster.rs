@@ -380,7 +380,21 @@ impl<'a> Reconciler<'a> {
         let secrets = self.api::<Secret>();
         let operator_secret = format!("{}-operator-tls", self.name);
         if secrets.get_opt(&operator_secret).await?.is_none() {
-            let names = (1..=9).map(|n| instance_name(&self.name, n)).collect();
+            // Clients verify the name they connect by: an instance's, or a Service's in any of
+            // the forms cluster DNS resolves.
+            let services = ["rw", "ro", "r"].map(|suffix| format!("{}-{suffix}", self.name));
+            let names = (1..=9)
+                .map(|n| instance_name(&self.name, n))
+                .chain(services.iter().flat_map(|service| {
+                    let ns = &self.namespace;
+                    [
+                        service.clone(),
+                        format!("{service}.{ns}"),
+                        format!("{service}.{ns}.svc"),
+                        format!("{service}.{ns}.svc.cluster.local"),
+                    ]
+                }))
+                .collect();
             let pki = pki::issue(&self.name, names)?;
             for (secret, issued) in [
                 (format!("{}-instance-tls", self.name), &pki.server),
@@ -395,6 +409,13 @@ impl<'a> Reconciler<'a> {
                 self.apply::<Secret>(&secret, object).await?;
             }
         }
+        let ca = secrets
+            .get(&format!("{}-instance-tls", self.name))
+            .await?
+            .data
+            .and_then(|data| data.get("ca.crt").cloned())
+            .map(|ca| String::from_utf8_lossy(&ca.0).into_owned())
+            .unwrap_or_default();
         let cluster = self.api::<DatabaseCluster>().get(&self.name).await?;
         let bootstrap = &cluster.spec.bootstrap;
         for (secret, user) in [
@@ -414,7 +435,8 @@ impl<'a> Reconciler<'a> {
                 "stringData": {
                     "username": user, "password": password, "host": host,
                     "port": POSTGRES_PORT.to_string(), "dbname": database,
-                    "uri": format!("postgresql://{user}:{password}@{host}:{POSTGRES_PORT}/{database}"),
+                    "uri": format!("postgresql://{user}:{password}@{host}:{POSTGRES_PORT}/{database}?sslmode=require"),
+                    "ca.crt": ca,
                 },
             });
             self.apply::<Secret>(&secret, object).await?;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide};
 use super::isolation::{Contacts, Replies};
+use crate::tls::TlsFiles;
 
 /// Where the database's port and the replication credentials come from.
 #[derive(Clone, Debug)]
@@ -36,6 +37,9 @@ pub struct Config {
     /// a primary serves only once it has read an epoch no newer than its own, and fences itself
     /// when it reads a newer one. None: a standalone instance, trusted as it starts.
     pub cluster: Option<String>,
+    /// The cluster's serving certificate (PostgreSQL's as well as the command API's) and CA
+    /// (the root replicas check their primary's certificate against).
+    pub tls: TlsFiles,
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +59,11 @@ impl Config {
     /// Unix socket directory: local connections never leave the pod.
     fn socket_dir(&self) -> PathBuf {
         self.volume.join("run")
+    }
+    /// PostgreSQL's copies of the certificate files: it refuses a key others may read, and the
+    /// Secret's mounted files are readable by the pod's whole group.
+    fn tls_dir(&self) -> PathBuf {
+        self.volume.join("tls")
     }
     fn log_file(&self) -> PathBuf {
         self.volume.join("postgres.log")
@@ -116,6 +125,7 @@ impl Manager {
     /// Loads the persisted state, or bootstraps a new volume in `config.bootstrap`'s role.
     pub async fn open(config: Config) -> Result<Arc<Self>> {
         std::fs::create_dir_all(config.socket_dir())?;
+        install_tls(&config)?;
         let state = match std::fs::read(config.state_file()) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{}", config.state_file().display()))?,
@@ -620,19 +630,14 @@ async fn bootstrap(config: &Config, role: &Role) -> Result<()> {
             }
         }
         Role::Replica { primary } => {
-            let (host, port) = split_address(primary)?;
             info!(%primary, "pg_basebackup");
             run(
                 &config.program("pg_basebackup"),
                 &[
                     "-D",
                     &pgdata,
-                    "-h",
-                    &host,
-                    "-p",
-                    &port,
-                    "-U",
-                    &config.replication_user,
+                    "-d",
+                    &replication_conninfo(config, primary)?,
                     "-X",
                     "stream",
                     "--checkpoint=fast",
@@ -665,13 +670,7 @@ async fn rewind_to(config: &Config, role: &Role) -> Result<()> {
     let Role::Replica { primary } = role else {
         bail!("rewinding needs a primary to follow");
     };
-    let (host, port) = split_address(primary)?;
-    let source = format!(
-        "host={} port={} user={} dbname=postgres",
-        conninfo_value(&host),
-        conninfo_value(&port),
-        conninfo_value(&config.replication_user)
-    );
+    let source = format!("{} dbname=postgres", replication_conninfo(config, primary)?);
     info!(%primary, "pg_rewind");
     run(
         &config.program("pg_rewind"),
@@ -684,6 +683,50 @@ async fn rewind_to(config: &Config, role: &Role) -> Result<()> {
         &[("PGPASSWORD", &config.replication_password()?)],
     )
     .await
+}
+
+/// How an instance connects to `primary` (`host:port`) for streaming, base backups and rewinds:
+/// TLS checked against the cluster's CA. verify-ca rather than verify-full, because the primary
+/// is known by its pod address and every instance serves the one certificate the CA issued.
+/// `sslcert` names a file that does not exist, so libpq sends no client certificate instead of
+/// trying the one under $HOME (which a pod's user may not be able to read).
+fn replication_conninfo(config: &Config, primary: &str) -> Result<String> {
+    let (host, port) = split_address(primary)?;
+    let file = |name: &str| conninfo_value(&config.tls_dir().join(name).display().to_string());
+    Ok(format!(
+        "host={} port={} user={} sslmode=verify-ca sslrootcert={} sslcert={}",
+        conninfo_value(&host),
+        conninfo_value(&port),
+        conninfo_value(&config.replication_user),
+        file("ca.crt"),
+        file("no-client.crt"),
+    ))
+}
+
+/// Copies the mounted certificate, key and CA to the volume, the key readable by this user
+/// alone (PostgreSQL refuses to start with a key others may read).
+fn install_tls(config: &Config) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = config.tls_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    for (source, name) in [
+        (&config.tls.cert, "tls.crt"),
+        (&config.tls.key, "tls.key"),
+        (&config.tls.client_ca, "ca.crt"),
+    ] {
+        let bytes = std::fs::read(source).with_context(|| format!("{}", source.display()))?;
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes))
+            .with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn split_address(address: &str) -> Result<(String, String)> {
@@ -712,9 +755,11 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
          wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
          wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n\
-         wal_receiver_timeout = 2s\nwal_sender_timeout = 2s\n",
+         wal_receiver_timeout = 2s\nwal_sender_timeout = 2s\n\
+         ssl = on\nssl_cert_file = '{tls}/tls.crt'\nssl_key_file = '{tls}/tls.key'\n",
         port = config.port,
         socket = config.socket_dir().display(),
+        tls = config.tls_dir().display(),
     );
     if let (Role::Primary, Some(synchronous)) = (role, &state.synchronous) {
         settings.push_str(&format!(
@@ -724,12 +769,9 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
     }
     let standby_signal = pgdata.join("standby.signal");
     if let Role::Replica { primary } = role {
-        let (host, port) = split_address(primary)?;
         let conninfo = format!(
-            "host={} port={} user={} password={} application_name={}",
-            conninfo_value(&host),
-            conninfo_value(&port),
-            conninfo_value(&config.replication_user),
+            "{} password={} application_name={}",
+            replication_conninfo(config, primary)?,
             conninfo_value(&config.replication_password()?),
             conninfo_value(&application_name(config)),
         );
@@ -748,8 +790,8 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         format!(
             "# Written by Bulwark's instance manager.\n\
              local all all trust\n\
-             host replication {user} all scram-sha-256\n\
-             host all all all scram-sha-256\n",
+             hostssl replication {user} all scram-sha-256\n\
+             hostssl all all all scram-sha-256\n",
             user = config.replication_user
         ),
     )?;

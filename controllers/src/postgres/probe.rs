@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::client::Endpoint;
+
 /// The table the probe writes to (created if missing).
 pub const TABLE: &str = "bulwark_write_probe";
 
@@ -126,20 +128,15 @@ pub struct WriteProbe {
 }
 
 impl WriteProbe {
-    /// Writes every `interval` through sessions opened with `config`, each write bounded by
+    /// Writes every `interval` through sessions opened to `endpoint`, each write bounded by
     /// `timeout`, numbering them from 0.
-    pub fn start(config: tokio_postgres::Config, interval: Duration, timeout: Duration) -> Self {
-        Self::start_at(config, 0, interval, timeout)
+    pub fn start(endpoint: Endpoint, interval: Duration, timeout: Duration) -> Self {
+        Self::start_at(endpoint, 0, interval, timeout)
     }
 
     /// As [`WriteProbe::start`], numbering from `first`: probes sharing a table each take their
     /// own range.
-    pub fn start_at(
-        config: tokio_postgres::Config,
-        first: i64,
-        interval: Duration,
-        timeout: Duration,
-    ) -> Self {
+    pub fn start_at(endpoint: Endpoint, first: i64, interval: Duration, timeout: Duration) -> Self {
         let report = Arc::new(Mutex::new(Report::default()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -152,7 +149,7 @@ impl WriteProbe {
                         break;
                     }
                     if session.is_none() {
-                        session = tokio::time::timeout(timeout, open(&config))
+                        session = tokio::time::timeout(timeout, open(&endpoint))
                             .await
                             .ok()
                             .flatten();
@@ -203,9 +200,8 @@ impl WriteProbe {
 }
 
 /// A session with the probe's table in place.
-async fn open(config: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.ok()?;
-    tokio::spawn(connection);
+async fn open(endpoint: &Endpoint) -> Option<tokio_postgres::Client> {
+    let client = endpoint.connect().await.ok()?;
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (sequence bigint PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())"

@@ -11,11 +11,12 @@
 
 use anyhow::{Context, Result, bail};
 use bulwark_chaos::node_agent as chaos;
+use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, Report, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::patroni::{PatroniCluster, Timing};
 use bulwark_e2e::postgres::{
-    Database, at_instance, container_of, install_operator, isolate, three_synchronous_instances,
+    Database, container_of, install_operator, isolate, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually, install_crds};
 use k8s_openapi::api::core::v1::Pod;
@@ -248,9 +249,8 @@ async fn writing(probe: &WriteProbe, system: &str) -> Result<()> {
 }
 
 /// Lost = acknowledged by the probe but absent from the primary's table at the end.
-async fn lost_writes(report: &Report, config: &tokio_postgres::Config) -> Result<usize> {
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+async fn lost_writes(report: &Report, endpoint: &Endpoint) -> Result<usize> {
+    let client = endpoint.connect().await?;
     let found = sequences_found(&client).await?;
     Ok(report.verify(&found).lost.len())
 }
@@ -305,7 +305,7 @@ async fn bench_bulwark() -> Result<(Vec<Row>, usize, Vec<Option<Duration>>)> {
 /// directly: how long after the cut it still acknowledged a write (`None`: nothing after it).
 async fn isolated_windows(
     bulwark: &Bulwark,
-    app: &tokio_postgres::Config,
+    app: &Endpoint,
     pods: &Api<Pod>,
 ) -> Result<Vec<Option<Duration>>> {
     let api_server_port = cluster()
@@ -324,7 +324,7 @@ async fn isolated_windows(
             .context("the primary has no address")?;
         let first = 1_000_000_000 * round as i64;
         let direct_probe = WriteProbe::start_at(
-            at_instance(app, &primary_ip),
+            app.at(primary_ip.parse()?),
             first,
             PROBE_INTERVAL,
             PROBE_TIMEOUT,
@@ -366,7 +366,7 @@ async fn bench_patroni(label: &str, timing: Timing) -> Result<(Vec<Row>, Option<
         dir.display()
     ));
     let mut patroni = PatroniCluster::start(&dir, timing).await?;
-    let app = patroni.application();
+    let app = patroni.application()?;
     let probe = WriteProbe::start(app.clone(), PROBE_INTERVAL, PROBE_TIMEOUT);
     writing(&probe, label).await?;
     let mut rows = vec![];
