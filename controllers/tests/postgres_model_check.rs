@@ -248,7 +248,7 @@ impl World {
             down_for_delay: &down_for_delay,
             last_primary_position: None,
             max_lag: None,
-            switchover_to: None,
+            switchover: None,
         };
         let mut next = self.clone();
         match failover::decide(&observation) {

@@ -121,6 +121,7 @@ pub struct DatabaseClusterSpec {
     #[x_kube(
         validation = Rule::new("self.all(k, k.matches('^[a-z_][a-z0-9_.]{0,62}$'))").message("parameter names are lowercase PostgreSQL setting names"),
         validation = Rule::new(MANAGED_PARAMETERS_RULE).message(MANAGED_PARAMETERS_MESSAGE),
+        validation = Rule::new("self.all(k, !self[k].matches('[\\r\\n]'))").message("parameter values must be one line"),
     )]
     pub parameters: BTreeMap<String, String>,
     #[serde(default)]
@@ -286,7 +287,8 @@ impl Default for Bootstrap {
 pub struct DatabaseClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Creating`, `Healthy`, `Degraded`, `FailingOver`, `SwitchingOver` or `Failed`.
+    /// `Creating`, `Healthy`, `Updating` (a rolling update or scale-down under way), `Degraded`,
+    /// `FailingOver`, `SwitchingOver` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The instance (pod name) that is primary in `epoch`.

@@ -214,3 +214,54 @@ pub fn container_of(pod: &Pod) -> String {
         .clone()
         .unwrap()
 }
+
+/// What a failed DatabaseCluster test needs to be understood: the cluster's status, the
+/// namespace's Events, each pod's state and the tail of its log (the operator's and the
+/// instances').
+pub async fn diagnostics(client: &kube::Client, ns: &str, cluster: &str) -> String {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::ResourceExt;
+    let mut out = String::new();
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), ns);
+    if let Ok(c) = clusters.get(cluster).await {
+        out += &format!(
+            "status: {}\n",
+            serde_json::to_string_pretty(&c.status).unwrap_or_default()
+        );
+    }
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    for event in events
+        .list(&ListParams::default())
+        .await
+        .into_iter()
+        .flatten()
+    {
+        out += &format!(
+            "event {} {}: {}\n",
+            event.involved_object.name.unwrap_or_default(),
+            event.reason.unwrap_or_default(),
+            event.message.unwrap_or_default()
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for pod in pods
+        .list(&ListParams::default())
+        .await
+        .into_iter()
+        .flatten()
+    {
+        let name = pod.name_any();
+        out += &format!(
+            "pod {name}: {}\n",
+            serde_json::to_string(&pod.status).unwrap_or_default()
+        );
+        let params = kube::api::LogParams {
+            tail_lines: Some(40),
+            ..Default::default()
+        };
+        if let Ok(log) = pods.logs(&name, &params).await {
+            out += &format!("log {name}:\n{log}\n");
+        }
+    }
+    out
+}

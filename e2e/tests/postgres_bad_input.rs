@@ -32,6 +32,10 @@ async fn invalid_database_clusters_are_refused_with_clear_messages() {
             "parameters must not set what Bulwark manages",
         ),
         (
+            json!({"parameters": {"log_line_prefix": "%m\nDROP"}}),
+            "parameter values must be one line",
+        ),
+        (
             json!({"failover": {"delay": "500ms"}}),
             "failover.delay must be from 1s to 300s",
         ),

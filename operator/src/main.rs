@@ -86,6 +86,9 @@ struct InstanceArgs {
     /// Address of the command API (HTTPS, client certificates only).
     #[arg(long, default_value = "0.0.0.0:8443")]
     api_addr: SocketAddr,
+    /// A PostgreSQL setting, NAME=VALUE (repeatable); the ones Bulwark manages come after and win.
+    #[arg(long = "parameter", value_parser = parameter)]
+    parameters: Vec<(String, String)>,
     #[arg(long)]
     tls_cert: PathBuf,
     #[arg(long)]
@@ -273,6 +276,7 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
         },
         cluster: args.cluster,
         tls: tls.clone(),
+        parameters: args.parameters,
     };
     // Connected before anything starts, so a missing in-cluster config fails at once.
     let api_server = match args.isolation_timeout {
@@ -305,6 +309,13 @@ async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     supervisor.await?;
     served
+}
+
+fn parameter(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?}: expected NAME=VALUE")),
+    }
 }
 
 /// A role or database name Bulwark puts in SQL: lower-case letters, digits and underscores.

@@ -29,10 +29,13 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::failover::{self, Kind, Member, Observation, Progress, Recorded, Replication, Step};
+use super::failover::{
+    self, Kind, Member, Observation, Planned, Progress, Recorded, Replication, Step,
+};
 use super::instance::{Command, Role};
 use super::manager::Status as InstanceReport;
 use super::pki;
+use super::rollout::{self, Next};
 use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
@@ -46,6 +49,8 @@ pub const CLUSTER_LABEL: &str = "bulwark.dev/cluster";
 /// `primary` on the primary of the current epoch (the `-rw` Service's selector), `replica` on
 /// streaming replicas (`-ro`); absent otherwise.
 pub const ROLE_LABEL: &str = "bulwark.dev/role";
+/// On each instance pod: the hash of the template it was made from ([`Reconciler::template`]).
+const TEMPLATE_ANNOTATION: &str = "bulwark.dev/template";
 pub const POSTGRES_PORT: i32 = 5432;
 pub const API_PORT: u16 = 8443;
 const REPLICATION_USER: &str = "bulwark_replication";
@@ -343,14 +348,20 @@ impl<'a> Reconciler<'a> {
             let blocked = self.ensure_instances(&cluster, &observed).await?;
             // Until the user fixes it, look again now and then, not at the pace of a failover.
             let retry = blocked.as_ref().map(|_| Duration::from_secs(5));
-            let step = self.decide(&cluster, &observed);
+            let (step, rollout) = self.decide(&cluster, &observed);
             let done = match step {
                 Step::Steady => {
-                    self.settle(&cluster, &observed, None, blocked).await?;
+                    if let Next::Replace { name, reason } = &rollout {
+                        self.replace(&cluster, name, reason).await?;
+                        outcome = Action::requeue(Duration::from_secs(1));
+                    }
+                    let updating = rollout != Next::Done;
+                    self.settle(&cluster, &observed, None, blocked, updating)
+                        .await?;
                     true
                 }
                 Step::Wait(reason) => {
-                    self.settle(&cluster, &observed, Some(reason), blocked)
+                    self.settle(&cluster, &observed, Some(reason), blocked, false)
                         .await?;
                     outcome = Action::requeue(retry.unwrap_or(Duration::from_millis(300)));
                     true
@@ -617,6 +628,19 @@ impl<'a> Reconciler<'a> {
                 name == primary && status.epoch == 0 && status.instances.is_empty();
             let replica_of = if bootstrap_primary {
                 None
+            } else if name == primary {
+                // The primary's pod is gone (replaced, or its node lost): it comes back on its
+                // volume, whose state says primary (and it serves only once the API server
+                // confirms its epoch). Without its volume, it must not start an empty database.
+                if self
+                    .api::<PersistentVolumeClaim>()
+                    .get_opt(&name)
+                    .await?
+                    .is_none()
+                {
+                    continue;
+                }
+                None
             } else if let Some(address) = &primary_address {
                 Some(address.clone())
             } else {
@@ -628,7 +652,9 @@ impl<'a> Reconciler<'a> {
             if !self.leading() {
                 return Ok(None);
             }
-            let pod = self.pod(cluster, &name, replica_of.as_deref());
+            let mut pod = self.pod(cluster, &name, replica_of.as_deref());
+            pod.annotations_mut()
+                .insert(TEMPLATE_ANNOTATION.into(), self.template(cluster));
             match self.api::<Pod>().create(&PostParams::default(), &pod).await {
                 Ok(_) => info!(cluster = %self.name, pod = %name, "instance pod created"),
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -754,6 +780,11 @@ impl<'a> Reconciler<'a> {
             format!("--isolation-timeout={}", spec.isolation_timeout),
             format!("--cluster={}", self.name),
         ];
+        args.extend(
+            spec.parameters
+                .iter()
+                .map(|(name, value)| format!("--parameter={name}={value}")),
+        );
         if let Some(primary) = replica_of {
             args.push(format!("--bootstrap-replica-of={primary}"));
         }
@@ -809,7 +840,51 @@ impl<'a> Reconciler<'a> {
         .expect("the instance pod is a valid Pod")
     }
 
-    fn decide(&self, cluster: &DatabaseCluster, observed: &[Observed]) -> Step {
+    /// Every instance's pod is made from the same template but for its name: a hash of it, so a
+    /// pod made before a change to the spec (or to the operator) is known to be out of date.
+    fn template(&self, cluster: &DatabaseCluster) -> String {
+        let spec = serde_json::to_vec(&self.pod(cluster, "template", None).spec)
+            .expect("a pod spec serializes");
+        let digest = ring::digest::digest(&ring::digest::SHA256, &spec);
+        digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Deletes an instance's pod for a rolling update; its volume stays, and the pod is made
+    /// again from the current template.
+    async fn replace(
+        &self,
+        cluster: &DatabaseCluster,
+        name: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        if !self.leading() {
+            return Ok(());
+        }
+        match self
+            .api::<Pod>()
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Err(e) if !is_not_found(&e) => return Err(e.into()),
+            _ => {}
+        }
+        info!(cluster = %self.name, pod = %name, %reason, "instance replaced");
+        publish(
+            &self.context.recorder,
+            cluster,
+            EventType::Normal,
+            "InstanceReplaced",
+            format!("{name} recreated from the current template: {reason}"),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// The next failover step and, for when it is `Steady`, the next rolling change.
+    fn decide(&self, cluster: &DatabaseCluster, observed: &[Observed]) -> (Step, Next) {
         let status = cluster.status.clone().unwrap_or_default();
         let recorded = Recorded {
             epoch: status.epoch,
@@ -824,6 +899,37 @@ impl<'a> Reconciler<'a> {
                 report: o.report.as_ref().map(report),
             })
             .collect();
+        let template = self.template(cluster);
+        let instances: Vec<rollout::Instance> = observed
+            .iter()
+            .zip(&members)
+            .filter(|(o, _)| o.pod.metadata.deletion_timestamp.is_none())
+            .map(|(o, member)| rollout::Instance {
+                member,
+                ordinal: ordinal(&member.name),
+                current: o.pod.annotations().get(TEMPLATE_ANNOTATION) == Some(&template),
+                ready: pod_ready(&o.pod) && o.report.as_ref().is_some_and(|r| r.running),
+            })
+            .collect();
+        let rollout = rollout::next(&instances, &recorded.primary, cluster.spec.instances);
+        let requested = cluster
+            .spec
+            .switchover_to
+            .as_deref()
+            .filter(|_| status.switchover_generation != cluster.metadata.generation)
+            // Already there (a later spec change still names it): the rollout may go on.
+            .filter(|to| *to != recorded.primary)
+            .map(|to| Planned {
+                to,
+                reason: format!("switchover to {to} requested"),
+            });
+        let planned = requested.or(match &rollout {
+            Next::Switchover { to, reason } => Some(Planned {
+                to,
+                reason: reason.clone(),
+            }),
+            _ => None,
+        });
         // The CRD's pattern admits only durations this parses.
         let delay = parse_duration(&cluster.spec.failover.delay).unwrap_or_default();
         let (down_for_delay, last_primary_position) = {
@@ -848,7 +954,7 @@ impl<'a> Reconciler<'a> {
             },
             None => Replication::Asynchronous,
         };
-        failover::decide(&Observation {
+        let step = failover::decide(&Observation {
             recorded: &recorded,
             members: &members,
             replication,
@@ -860,12 +966,9 @@ impl<'a> Reconciler<'a> {
                 .max_lag
                 .as_deref()
                 .and_then(quantity_bytes),
-            switchover_to: cluster
-                .spec
-                .switchover_to
-                .as_deref()
-                .filter(|_| status.switchover_generation != cluster.metadata.generation),
-        })
+            switchover: planned,
+        });
+        (step, rollout)
     }
 
     /// Writes the whole status this controller owns (server-side apply drops what is left out);
@@ -1044,6 +1147,7 @@ impl<'a> Reconciler<'a> {
         observed: &[Observed],
         waiting: Option<String>,
         blocked: Option<Problem>,
+        updating: bool,
     ) -> Result<(), Error> {
         let mut problems: Vec<Problem> = blocked.into_iter().collect();
         let mut status = cluster.status.clone().unwrap_or_default();
@@ -1125,6 +1229,9 @@ impl<'a> Reconciler<'a> {
                 } else {
                     "FailingOver"
                 }
+            } else if healthy_primary && ready >= wanted && updating {
+                // A rolling update or a scale-down is under way.
+                "Updating"
             } else if healthy_primary && ready >= wanted {
                 "Healthy"
             } else if status.last_failover.is_none()

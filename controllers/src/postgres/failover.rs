@@ -49,7 +49,7 @@ impl Member {
         self.report.as_ref().map(|r| r.state.epoch)
     }
 
-    fn streams_from(&self, address: Option<&str>) -> bool {
+    pub(super) fn streams_from(&self, address: Option<&str>) -> bool {
         let streaming = self
             .report
             .as_ref()
@@ -126,8 +126,14 @@ pub struct Observation<'a> {
     /// failover candidate may be (asynchronous replication only).
     pub last_primary_position: Option<u64>,
     pub max_lag: Option<u64>,
-    /// A switchover the user asked for.
-    pub switchover_to: Option<&'a str>,
+    /// A switchover to make: the user asked for it, or a rolling update or scale-down needs it.
+    pub switchover: Option<Planned<'a>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned<'a> {
+    pub to: &'a str,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,10 +240,10 @@ fn steady(observation: &Observation<'_>) -> Step {
     if !serves_as_primary(primary, recorded.epoch) {
         return failover(observation, primary);
     }
-    if let Some(target) = observation.switchover_to
-        && target != primary.name
+    if let Some(planned) = &observation.switchover
+        && planned.to != primary.name
     {
-        return switchover(observation, primary, target);
+        return switchover(observation, primary, planned);
     }
     let wanted = wanted_synchronous(observation, primary);
     if primary.report.as_ref().map(|r| &r.state.synchronous) != Some(&wanted) {
@@ -400,7 +406,8 @@ fn highest_epoch(observation: &Observation<'_>) -> u64 {
         .unwrap_or(0)
 }
 
-fn switchover(observation: &Observation<'_>, primary: &Member, target: &str) -> Step {
+fn switchover(observation: &Observation<'_>, primary: &Member, planned: &Planned<'_>) -> Step {
+    let target = planned.to;
     let Some(to) = member(observation, target) else {
         return Step::Wait(format!("switchover target {target} is not a member"));
     };
@@ -415,7 +422,7 @@ fn switchover(observation: &Observation<'_>, primary: &Member, target: &str) -> 
         from: primary.name.clone(),
         to: target.into(),
         epoch: observation.recorded.epoch.max(highest_epoch(observation)) + 1,
-        reason: format!("switchover to {target} requested"),
+        reason: planned.reason.clone(),
     })
 }
 

@@ -40,6 +40,9 @@ pub struct Config {
     /// The cluster's serving certificate (PostgreSQL's as well as the command API's) and CA
     /// (the root replicas check their primary's certificate against).
     pub tls: TlsFiles,
+    /// The user's PostgreSQL settings (DatabaseCluster `spec.parameters`): names the API
+    /// admitted, none of them one Bulwark manages.
+    pub parameters: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -751,7 +754,12 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
     // histories split, and a replica that fell behind can still catch up. The 2 s timeouts: a
     // replica stops reporting `streaming` from a hung primary within 2 s (the operator waits for
     // that before a failover), and a primary sees a silent standby as gone as soon.
-    let mut settings = format!(
+    let mut settings: String = config
+        .parameters
+        .iter()
+        .map(|(name, value)| format!("{name} = {}\n", conf_literal(value)))
+        .collect();
+    settings += &format!(
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
          wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
          wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n\
@@ -801,6 +809,11 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
 /// A SQL string literal.
 fn sql_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A postgresql.conf string value: a backslash starts an escape there, a quote is doubled.
+fn conf_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// A libpq connection-string value, quoted so spaces, quotes and backslashes survive.

@@ -14,3 +14,4 @@ pub mod isolation;
 pub mod manager;
 pub mod pki;
 pub mod probe;
+pub mod rollout;
