@@ -61,6 +61,7 @@ fn sweep_stale_runs() {
         let pid: Option<i32> = entry.file_name().to_str().and_then(|n| n.parse().ok());
         // SAFETY: kill(pid, 0) only checks for existence.
         if pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0) {
+            crate::node::agent::unmount_under(&entry.path());
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -476,6 +477,7 @@ impl ControlPlane {
                 kept.display()
             );
         }
+        crate::node::agent::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         drop(self.pod_network.take());
     }

@@ -1,13 +1,14 @@
 //! Bad DatabaseCluster input: what a rule can see is refused at admission (CEL) with a message
 //! that says what to change; what only shows at runtime (a StorageClass that does not exist, an
-//! image that cannot run) becomes a Condition and one Warning Event, with nothing half-applied,
-//! and clears once fixed.
+//! image that cannot run, a volume that fills up) becomes a Condition and a Warning Event, with
+//! nothing half-applied, and clears once fixed.
 
 use std::time::Duration;
 
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
-use bulwark_e2e::postgres::postgres_user;
+use bulwark_e2e::node::agent::{CAPACITY_PARAMETER, PROVISIONER};
+use bulwark_e2e::postgres::{Database, diagnostics, install_operator, postgres_user};
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -267,5 +268,117 @@ async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and
     )
     .await
     .unwrap();
+    let _ = classes.delete(&class, &DeleteParams::default()).await;
+}
+
+/// A volume with a real size (the local provisioner's `enforced` capacity) filled by the
+/// application: `VolumeFull` in Degraded, the instance's reason, and a Warning Event.
+#[tokio::test]
+async fn a_full_volume_is_a_condition_and_an_event() {
+    if cluster().local_api_server_port().is_none() {
+        eprintln!("skipped: sized volumes come from the local control plane's provisioner");
+        return;
+    }
+    let client = cluster().client().await;
+    let ns = cluster().namespace("pg-full-volume").await;
+    let _release = install_operator(&cluster().kubeconfig, &ns, 1).unwrap();
+    let class = format!("{ns}-sized");
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let sized: StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": class},
+        "provisioner": PROVISIONER,
+        "parameters": {CAPACITY_PARAMETER: "enforced"},
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .unwrap();
+    classes
+        .create(&PostParams::default(), &sized)
+        .await
+        .unwrap();
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    let object: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "full"},
+        "spec": {"instances": 1, "storage": {"size": "160Mi", "storageClassName": class}},
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let db = Database::new(clusters.clone(), "full");
+    if let Err(e) = db.healthy(Duration::from_secs(120)).await {
+        panic!("{e:#}\n{}", diagnostics(&client, &ns, "full").await);
+    }
+
+    // Rows of 1 kB (stored as they are: under the size PostgreSQL compresses) until a write fails.
+    let endpoint = db.application(&client, &ns).await;
+    // The Service's endpoints may trail the status by a moment.
+    let app = eventually(
+        Duration::from_secs(20),
+        "a session through full-rw",
+        || async { endpoint.connect().await.ok() },
+    )
+    .await
+    .unwrap();
+    app.batch_execute("CREATE TABLE filler (t text)")
+        .await
+        .unwrap();
+    let mut refused = None;
+    for _ in 0..20 {
+        let insert = app
+            .batch_execute(
+                "INSERT INTO filler SELECT repeat(md5(random()::text), 32) FROM generate_series(1, 20000)",
+            )
+            .await;
+        if let Err(e) = insert {
+            refused = Some(e);
+            break;
+        }
+    }
+    let refused = refused.expect("160 MiB cannot hold 400 MB of rows");
+    println!("the database refused a write: {refused:?}");
+
+    let (reason, message) = eventually(
+        Duration::from_secs(30),
+        "Degraded for a full volume",
+        || async {
+            condition(&clusters.get("full").await.ok()?, "Degraded").filter(|c| c.0 == "VolumeFull")
+        },
+    )
+    .await
+    .unwrap();
+    println!("full: Degraded {reason}: {message}");
+    assert!(
+        message.contains("full-1: its volume of 160 MiB is full"),
+        "{message}"
+    );
+    let status = clusters.get("full").await.unwrap().status.unwrap();
+    assert!(
+        status.instances[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("is full")),
+        "the instance says why: {:?}",
+        status.instances
+    );
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    let warnings: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some("full")
+                && e.reason.as_deref() == Some("VolumeFull")
+                && e.type_.as_deref() == Some("Warning")
+        })
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("160 MiB is full")),
+        "{warnings:?}"
+    );
     let _ = classes.delete(&class, &DeleteParams::default()).await;
 }

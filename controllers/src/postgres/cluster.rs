@@ -1177,7 +1177,7 @@ impl<'a> Reconciler<'a> {
             });
             self.label_role(&o.pod, role.flatten()).await?;
             let ready = pod_ready(&o.pod);
-            let (role_name, reason) = match &o.report {
+            let (role_name, mut reason) = match &o.report {
                 Some(r) => (
                     match &r.role {
                         Role::Primary => "primary",
@@ -1201,6 +1201,13 @@ impl<'a> Reconciler<'a> {
                     ),
                 },
             };
+            if let Some(full) = o.report.as_ref().and_then(volume_full) {
+                problems.push(Problem {
+                    reason: "VolumeFull",
+                    message: format!("{name}: {full}"),
+                });
+                reason.get_or_insert(full);
+            }
             let position = o.report.as_ref().and_then(|r| report(r).wal_position);
             instances.push(InstanceStatus {
                 name,
@@ -1282,7 +1289,7 @@ impl<'a> Reconciler<'a> {
                 )
             },
         );
-        let degraded = ready < wanted;
+        let degraded = ready < wanted || !problems.is_empty();
         set(
             "Degraded",
             degraded,
@@ -1403,6 +1410,19 @@ fn ordinal(name: &str) -> u32 {
 fn pod_address(observed: &Observed) -> Option<String> {
     let ip = observed.pod.status.as_ref()?.pod_ip.as_deref()?;
     Some(format!("{ip}:{POSTGRES_PORT}"))
+}
+
+/// Says so when less than 5 % of the instance's volume is left: PostgreSQL stops (or cannot
+/// write) when it runs out, and the user must act (only they may grow a claim).
+fn volume_full(report: &InstanceReport) -> Option<String> {
+    let (size, free) = (report.volume_bytes?, report.volume_free_bytes?);
+    // The free figure stays out of the message: each change of it would be a new Event.
+    (free.saturating_mul(20) < size).then(|| {
+        format!(
+            "its volume of {} MiB is full (under 5 % free): free space in the database, or expand its PersistentVolumeClaim if the StorageClass allows it",
+            size / (1024 * 1024)
+        )
+    })
 }
 
 /// Something the user must fix, with the Condition reason and Event reason it goes under.

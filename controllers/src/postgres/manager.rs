@@ -107,6 +107,11 @@ pub struct Status {
     /// Where a stopped instance's WAL ends (its last checkpoint): a switchover's target must
     /// have replayed this far before it is promoted.
     pub final_lsn: Option<String>,
+    /// The volume's size and what is left of it for PostgreSQL (a full volume stops it).
+    #[serde(default)]
+    pub volume_bytes: Option<u64>,
+    #[serde(default)]
+    pub volume_free_bytes: Option<u64>,
 }
 
 pub struct Manager {
@@ -306,7 +311,13 @@ impl Manager {
             standbys: Vec::new(),
             fence_reason,
             final_lsn: None,
+            volume_bytes: None,
+            volume_free_bytes: None,
         };
+        if let Some((size, free)) = filesystem_space(&self.config.volume) {
+            status.volume_bytes = Some(size);
+            status.volume_free_bytes = Some(free);
+        }
         if let Err(error) = self.read_postgres(&mut status).await {
             tracing::debug!(%error, "postgres did not answer");
         }
@@ -804,6 +815,19 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         ),
     )?;
     Ok(())
+}
+
+/// The size of the filesystem holding `path` and the bytes an unprivileged writer may still use.
+fn filesystem_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs the call fills in.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
 }
 
 /// A SQL string literal.

@@ -344,14 +344,26 @@ async fn provision_once(
         }
         let dir = root.join(&name);
         std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
         let size = spec
             .resources
             .and_then(|r| r.requests)
             .and_then(|r| r.get("storage").cloned())
             .map_or_else(|| "1Gi".to_string(), |q| q.0);
-        let class = spec.storage_class_name.clone().unwrap_or_default();
-        let reclaim = class_reclaim_policy(volumes, &class).await;
+        let class_name = spec.storage_class_name.clone().unwrap_or_default();
+        let class = storage_class(volumes, &class_name).await;
+        let enforced = class
+            .as_ref()
+            .and_then(|c| c.parameters.as_ref())
+            .and_then(|p| p.get(CAPACITY_PARAMETER))
+            .is_some_and(|v| v == "enforced");
+        if enforced {
+            mount_sized(&dir, &size)?;
+        }
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+        let reclaim = class
+            .and_then(|c| c.reclaim_policy)
+            .unwrap_or_else(|| "Delete".into());
+        let class = class_name;
         let pv = json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
@@ -393,6 +405,7 @@ async fn provision_once(
             && spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete")
         {
             if let Some(path) = path {
+                unmount_under(&path);
                 let _ = std::fs::remove_dir_all(path);
             }
             let name = volume.metadata.name.clone().unwrap_or_default();
@@ -403,14 +416,74 @@ async fn provision_once(
     Ok(())
 }
 
-async fn class_reclaim_policy(volumes: &Api<PersistentVolume>, class: &str) -> String {
+async fn storage_class(
+    volumes: &Api<PersistentVolume>,
+    class: &str,
+) -> Option<k8s_openapi::api::storage::v1::StorageClass> {
     let classes: Api<k8s_openapi::api::storage::v1::StorageClass> =
         Api::all(volumes.clone().into_client());
-    classes
-        .get_opt(class)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|c| c.reclaim_policy)
-        .unwrap_or_else(|| "Delete".into())
+    classes.get_opt(class).await.ok().flatten()
+}
+
+/// A StorageClass parameter of this provisioner: `enforced` gives each volume a filesystem of
+/// the claim's size (tmpfs), so a workload can fill it as it would a real disk.
+pub const CAPACITY_PARAMETER: &str = "bulwark.dev/capacity";
+
+fn mount_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
+    let bytes = bytes_of(quantity).with_context(|| format!("storage request {quantity:?}"))?;
+    let status = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={bytes}"),
+            "bulwark-volume",
+        ])
+        .arg(dir)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "mounting a {quantity} tmpfs at {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// A storage quantity in bytes (plain, or with a binary or decimal suffix).
+fn bytes_of(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let factor: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// Detaches every mount at or below `dir` (sized volumes), deepest first, so the directory can
+/// be removed.
+pub fn unmount_under(dir: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|point| std::path::Path::new(point).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if let Ok(path) = std::ffi::CString::new(point) {
+            // SAFETY: a NUL-terminated path; MNT_DETACH only unhooks the mount.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
 }
