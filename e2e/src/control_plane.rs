@@ -3,7 +3,7 @@
 //! run as real processes; and kwok nodes (status only, tainted, for scale tests).
 
 use crate::binaries::binary;
-use crate::node::images::{BULWARK_IMAGE, ImageTable, TESTPOD_IMAGE};
+use crate::node::images::{BULWARK_IMAGE, ImageTable, POSTGRES_IMAGE, TESTPOD_IMAGE};
 use crate::node::{agent::PROVISIONER, host::PodNetwork, network, services};
 use crate::operator::{bulwark_binary, workspace_binary};
 use crate::pki::{self, Pki};
@@ -260,6 +260,12 @@ impl ControlPlane {
             .with(
                 TESTPOD_IMAGE,
                 &workspace_binary("bulwark-e2e", "bulwark-testpod")?,
+            )
+            // DatabaseCluster instance pods: this machine's PostgreSQL, run by the `bulwark`
+            // their init container copies in.
+            .with(
+                POSTGRES_IMAGE,
+                &PathBuf::from(crate::postgres::POSTGRES_BIN).join("postgres"),
             );
         for (index, zone) in ZONES.iter().enumerate() {
             let node = node_name(zone);

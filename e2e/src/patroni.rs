@@ -6,6 +6,7 @@
 //! the same handshake on both.
 
 use crate::binaries::binary;
+use crate::postgres::POSTGRES_BIN;
 use crate::process::{Process, free_port};
 use anyhow::{Context, Result, bail};
 use bulwark_controllers::postgres::client::Endpoint;
@@ -13,8 +14,6 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The PostgreSQL both systems run (Debian's bookworm major).
-pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
 const SUPERUSER_PASSWORD: &str = "bench-superuser";
 
 /// Patroni's timing: the leader key's TTL, the HA loop's sleep, and DCS/PostgreSQL retries.

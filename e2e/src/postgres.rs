@@ -12,6 +12,10 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 use std::time::Duration;
 
+/// This machine's PostgreSQL (Debian's bookworm major): what instance pods, the instance tests
+/// and Patroni run.
+pub const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
+
 /// The `postgres` user's uid and gid (Debian's postgresql package creates it): instances run as
 /// it, as they would in a pod.
 pub fn postgres_user() -> (u32, u32) {

@@ -119,7 +119,23 @@ async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_se
     let mut nodes = std::collections::BTreeSet::new();
     for n in 1..=3 {
         let pod = pods.get(&format!("db-{n}")).await.unwrap();
-        nodes.insert(pod.spec.unwrap().node_name.unwrap());
+        let spec = pod.spec.unwrap();
+        nodes.insert(spec.node_name.unwrap());
+        // PostgreSQL's official image, given `bulwark` by an init container from the operator's.
+        let main = &spec.containers[0];
+        assert_eq!(main.image.as_deref(), Some("docker.io/library/postgres:15"));
+        assert_eq!(
+            main.command.as_deref(),
+            Some(&["/bulwark/bulwark".to_string()][..])
+        );
+        let init = &spec.init_containers.unwrap()[0];
+        assert!(
+            init.image
+                .as_deref()
+                .unwrap()
+                .starts_with("ghcr.io/bulwark-dev/bulwark:")
+        );
+        assert_eq!(init.args.as_deref().unwrap()[0], "copy-binary");
     }
     assert_eq!(
         nodes.len(),

@@ -16,11 +16,9 @@ use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found}
 use bulwark_e2e::eventually;
 use bulwark_e2e::operator::bulwark_binary;
 use bulwark_e2e::pki::{ClientCert, Pki};
-use bulwark_e2e::postgres::{instance_status, postgres_user};
+use bulwark_e2e::postgres::{POSTGRES_BIN, instance_status, postgres_user};
 use bulwark_e2e::process::{free_port, spawn_bound};
 use serde_json::{Value, json};
-
-const POSTGRES_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Files both instances share: the CA, each side's certificates, the replication password.
 struct Secrets {

@@ -44,6 +44,9 @@ enum Command {
     Slo(SloCommand),
     /// Run a PostgreSQL instance: the main process of a DatabaseCluster's pod.
     Instance(Box<InstanceArgs>),
+    /// Copy this binary to PATH: an instance pod's init container, which gives the PostgreSQL
+    /// image the instance manager it runs.
+    CopyBinary { path: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -169,9 +172,18 @@ struct RunArgs {
     /// Timeout of one Prometheus query.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     prometheus_timeout: Duration,
-    /// Image of DatabaseCluster instance pods that name none (PostgreSQL and this binary).
-    #[arg(long, env = "BULWARK_POSTGRES_IMAGE", default_value = concat!("ghcr.io/bulwark-dev/bulwark:", env!("CARGO_PKG_VERSION")))]
+    /// PostgreSQL image of DatabaseCluster instance pods that name none (the official, Debian
+    /// based one); without a tag, the cluster's `postgresVersion` is the tag.
+    #[arg(
+        long,
+        env = "BULWARK_POSTGRES_IMAGE",
+        default_value = "docker.io/library/postgres"
+    )]
     postgres_image: String,
+    /// This binary's image: an init container copies `bulwark` from it into each instance pod,
+    /// whose main process it becomes (the PostgreSQL image has none).
+    #[arg(long, env = "BULWARK_INSTANCE_MANAGER_IMAGE", default_value = concat!("ghcr.io/bulwark-dev/bulwark:", env!("CARGO_PKG_VERSION")))]
+    instance_manager_image: String,
     /// `UID:GID` instance pods run as: the image's postgres user.
     #[arg(long, default_value = "999:999", value_parser = parse_user)]
     postgres_run_as: (i64, i64),
@@ -223,6 +235,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::CopyBinary { path } => match copy_binary(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bulwark copy-binary: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Instance(args) => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
             match runtime.block_on(instance(*args)) {
@@ -245,6 +264,19 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn copy_binary(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let this = std::env::current_exe().context("finding this binary")?;
+    // Written aside and renamed, so a restarted init container never leaves half a binary.
+    let partial = path.with_extension("partial");
+    std::fs::copy(&this, &partial)
+        .with_context(|| format!("copying {} to {}", this.display(), partial.display()))?;
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&partial, path).with_context(|| format!("{}", path.display()))?;
+    println!("copied {} to {}", this.display(), path.display());
+    Ok(())
 }
 
 async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
@@ -530,7 +562,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             leadership.clone(),
             PostgresSettings {
                 scope: scope.clone(),
-                default_image: args.postgres_image,
+                postgres_image: args.postgres_image,
+                instance_manager_image: args.instance_manager_image,
                 run_as: args.postgres_run_as,
             },
             shutdown.clone(),

@@ -55,6 +55,9 @@ pub const POSTGRES_PORT: i32 = 5432;
 pub const API_PORT: u16 = 8443;
 const REPLICATION_USER: &str = "bulwark_replication";
 const VOLUME: &str = "/var/lib/bulwark";
+/// Where an instance pod's init container puts the `bulwark` binary its main container runs.
+const MANAGER_DIR: &str = "/bulwark";
+const MANAGER_BINARY: &str = "/bulwark/bulwark";
 /// How long an instance may take to report its status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long an instance that did not answer earlier in the same reconcile is waited for: a
@@ -68,8 +71,11 @@ const STEPS_PER_RECONCILE: usize = 16;
 #[derive(Clone, Debug)]
 pub struct PostgresSettings {
     pub scope: Scope,
-    /// Image of instance pods whose DatabaseCluster names none: PostgreSQL and `bulwark`.
-    pub default_image: String,
+    /// PostgreSQL image of instance pods whose DatabaseCluster names none; tagged with the
+    /// cluster's major version unless it has a tag.
+    pub postgres_image: String,
+    /// The operator's own image, which an init container copies `bulwark` from.
+    pub instance_manager_image: String,
     /// User and group the instance pods run as (the image's postgres user).
     pub run_as: (i64, i64),
 }
@@ -756,10 +762,18 @@ impl<'a> Reconciler<'a> {
     fn pod(&self, cluster: &DatabaseCluster, name: &str, replica_of: Option<&str>) -> Pod {
         let spec = &cluster.spec;
         let (uid, gid) = self.context.settings.run_as;
-        let image = spec
-            .image
-            .clone()
-            .unwrap_or_else(|| self.context.settings.default_image.clone());
+        let settings = &self.context.settings;
+        let image = spec.image.clone().unwrap_or_else(|| {
+            let default = &settings.postgres_image;
+            let tagged = default
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'));
+            match tagged {
+                true => default.clone(),
+                false => format!("{default}:{}", spec.postgres_version),
+            }
+        });
         let mut args = vec![
             "instance".to_string(),
             format!("--volume={VOLUME}"),
@@ -795,6 +809,7 @@ impl<'a> Reconciler<'a> {
         let mut container = json!({
             "name": "postgres",
             "image": image,
+            "command": [MANAGER_BINARY],
             "args": args,
             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
             "ports": [
@@ -804,8 +819,17 @@ impl<'a> Reconciler<'a> {
             "readinessProbe": {"tcpSocket": {"port": POSTGRES_PORT}, "periodSeconds": 1, "failureThreshold": 1},
             "volumeMounts": [
                 {"name": "data", "mountPath": VOLUME},
+                {"name": "bulwark", "mountPath": MANAGER_DIR, "readOnly": true},
                 mount("tls"), mount("replication"), mount("app"),
             ],
+        });
+        // PostgreSQL's image has no `bulwark`: this copies the operator's own into the pod (as
+        // CloudNativePG does), so any PostgreSQL image of the Debian layout can run.
+        let install_manager = json!({
+            "name": "bulwark",
+            "image": settings.instance_manager_image,
+            "args": ["copy-binary", MANAGER_BINARY],
+            "volumeMounts": [{"name": "bulwark", "mountPath": MANAGER_DIR}],
         });
         if let Some(resources) = &spec.resources {
             container["resources"] = serde_json::to_value(resources).unwrap_or_default();
@@ -815,6 +839,7 @@ impl<'a> Reconciler<'a> {
             "serviceAccountName": self.instance_account(),
             "terminationGracePeriodSeconds": 10,
             "securityContext": {"runAsUser": uid, "runAsGroup": gid, "fsGroup": gid},
+            "initContainers": [install_manager],
             "containers": [container],
             "topologySpreadConstraints": [{
                 "maxSkew": 1,
@@ -824,6 +849,7 @@ impl<'a> Reconciler<'a> {
             }],
             "volumes": [
                 {"name": "data", "persistentVolumeClaim": {"claimName": name}},
+                {"name": "bulwark", "emptyDir": {}},
                 secret("tls", format!("{}-instance-tls", self.name)),
                 secret("replication", format!("{}-replication", self.name)),
                 secret("app", format!("{}-app", self.name)),

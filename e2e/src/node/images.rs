@@ -15,6 +15,8 @@ pub struct ImageTable {
 
 /// The image Bulwark's chart runs (charts/bulwark/values.yaml `image.repository`).
 pub const BULWARK_IMAGE: &str = "ghcr.io/bulwark-dev/bulwark";
+/// PostgreSQL's official image, which DatabaseCluster instance pods run by default.
+pub const POSTGRES_IMAGE: &str = "docker.io/library/postgres";
 /// A tiny HTTP server for tests (`bulwark-testpod`): health toggles, files, outbound fetches.
 pub const TESTPOD_IMAGE: &str = "bulwark.dev/testpod";
 
@@ -70,8 +72,16 @@ impl ImageTable {
     }
 
     /// The program and argv for a container: `command` replaces the entrypoint and `args` follow
-    /// it, as an image's ENTRYPOINT and CMD would. Errors name the image or program not found.
-    pub fn resolve(&self, image: &str, command: &[String], args: &[String]) -> Result<Resolved> {
+    /// it, as an image's ENTRYPOINT and CMD would. A command under one of the container's
+    /// `mount_paths` is run from there (a program an init container put in a shared volume).
+    /// Errors name the image or program not found.
+    pub fn resolve(
+        &self,
+        image: &str,
+        command: &[String],
+        args: &[String],
+        mount_paths: &[&str],
+    ) -> Result<Resolved> {
         let Some(entrypoint) = self.entrypoint(image) else {
             bail!(
                 "image {image:?} is not mapped to a program on this node (images: {})",
@@ -80,6 +90,11 @@ impl ImageTable {
         };
         let (host_path, mut argv) = match command.split_first() {
             None => (entrypoint.to_path_buf(), vec![]),
+            Some((first, rest)) if in_volume(first, mount_paths) => {
+                let mut argv = vec![first.clone()];
+                argv.extend(rest.iter().cloned());
+                (PathBuf::from(first), argv)
+            }
             Some((first, rest)) => {
                 let program = find_program(first, entrypoint).with_context(|| {
                     format!("command {first:?} of image {image:?} is not installed on this node")
@@ -115,6 +130,15 @@ impl ImageTable {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// An absolute path below a mount point: it exists only inside the container.
+fn in_volume(program: &str, mount_paths: &[&str]) -> bool {
+    let program = Path::new(program);
+    program.is_absolute()
+        && mount_paths
+            .iter()
+            .any(|mount| program.starts_with(mount) && program != Path::new(mount))
 }
 
 /// `registry/path/name:tag@digest` → `registry/path/name`.
@@ -175,13 +199,13 @@ mod tests {
     fn command_replaces_the_entrypoint_and_the_image_programs_are_bound_in() {
         let (dir, table) = table();
         let entry = table
-            .resolve("ghcr.io/bulwark-dev/bulwark:1", &[], &["run".into()])
+            .resolve("ghcr.io/bulwark-dev/bulwark:1", &[], &["run".into()], &[])
             .unwrap();
         assert_eq!(entry.host_path, dir.path().join("bulwark"));
         assert!(entry.own);
         assert_eq!(entry.argv, ["/usr/local/bin/bulwark", "run"]);
         let helper = table
-            .resolve(BULWARK_IMAGE, &["helper".into()], &[])
+            .resolve(BULWARK_IMAGE, &["helper".into()], &[], &[])
             .unwrap();
         assert_eq!(
             (helper.path.as_path(), helper.own),
@@ -192,6 +216,7 @@ mod tests {
                 BULWARK_IMAGE,
                 &["sh".into(), "-c".into()],
                 &["exit 3".into()],
+                &[],
             )
             .unwrap();
         assert!(!system.own && system.path.ends_with("sh"), "{system:?}");
@@ -199,8 +224,34 @@ mod tests {
     }
 
     #[test]
+    fn a_program_in_a_volume_runs_from_inside_the_container() {
+        let (_dir, table) = table();
+        let copied = table
+            .resolve(
+                BULWARK_IMAGE,
+                &["/bulwark/bulwark".into()],
+                &["instance".into()],
+                &["/var/lib/data", "/bulwark"],
+            )
+            .unwrap();
+        assert_eq!(copied.path, Path::new("/bulwark/bulwark"));
+        assert!(!copied.own);
+        assert_eq!(copied.argv, ["/bulwark/bulwark", "instance"]);
+        let outside = table.resolve(
+            BULWARK_IMAGE,
+            &["/elsewhere/bulwark".into()],
+            &[],
+            &["/bulwark"],
+        );
+        assert!(
+            outside.unwrap().path.ends_with("bulwark"),
+            "found by name next to the entrypoint"
+        );
+    }
+
+    #[test]
     fn an_unmapped_image_is_named_in_the_error() {
-        let error = table().1.resolve("nginx:1.27", &[], &[]).unwrap_err();
+        let error = table().1.resolve("nginx:1.27", &[], &[], &[]).unwrap_err();
         assert!(
             format!("{error}").contains("\"nginx:1.27\" is not mapped"),
             "{error}"

@@ -567,6 +567,12 @@ impl Worker {
                 &image,
                 container.command.as_deref().unwrap_or_default(),
                 container.args.as_deref().unwrap_or_default(),
+                &container
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .map(|m| m.mount_path.as_str())
+                    .collect::<Vec<_>>(),
             )
             .map_err(|e| ("ErrImagePull", e))?;
         let env = volumes::environment(
