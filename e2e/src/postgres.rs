@@ -269,3 +269,52 @@ pub async fn diagnostics(client: &kube::Client, ns: &str, cluster: &str) -> Stri
     }
     out
 }
+
+/// A namespace of its own with the chart's operator in it: where each DatabaseCluster test runs.
+pub struct DatabaseTest {
+    pub client: kube::Client,
+    pub ns: String,
+    pub clusters: Api<DatabaseCluster>,
+    pub release: crate::chart::Release,
+}
+
+impl DatabaseTest {
+    /// `None` off the local control plane: instance pods run this machine's PostgreSQL on its
+    /// node agents, so the test says it is skipped.
+    pub async fn start(prefix: &str, operator_replicas: usize) -> Option<Self> {
+        let cluster = crate::cluster();
+        if cluster.local_api_server_port().is_none() {
+            eprintln!(
+                "skipped: instance pods run this machine's PostgreSQL on the local node agents"
+            );
+            return None;
+        }
+        let client = cluster.client().await;
+        let ns = cluster.namespace(prefix).await;
+        let release = install_operator(&cluster.kubeconfig, &ns, operator_replicas).unwrap();
+        Some(DatabaseTest {
+            clusters: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            release,
+        })
+    }
+}
+
+/// The messages of the Warning Events in `ns` about `object` with `reason`.
+pub async fn warnings(client: &kube::Client, ns: &str, object: &str, reason: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::Event;
+    Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.name.as_deref() == Some(object)
+                && e.reason.as_deref() == Some(reason)
+                && e.type_.as_deref() == Some("Warning")
+        })
+        .filter_map(|e| e.message)
+        .collect()
+}

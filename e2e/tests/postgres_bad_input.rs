@@ -8,9 +8,9 @@ use std::time::Duration;
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::node::agent::{CAPACITY_PARAMETER, PROVISIONER};
-use bulwark_e2e::postgres::{Database, diagnostics, install_operator, postgres_user};
+use bulwark_e2e::postgres::{Database, DatabaseTest, diagnostics, postgres_user, warnings};
 use bulwark_e2e::{cluster, eventually};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
@@ -199,29 +199,14 @@ async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and
 
     // One Warning per problem, however many reconciles saw it.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let warnings = |object: &'static str, reason: &'static str| {
-        let events = events.clone();
-        async move {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .into_iter()
-                .filter(|e| {
-                    e.involved_object.name.as_deref() == Some(object)
-                        && e.reason.as_deref() == Some(reason)
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .map(|e| e.message.unwrap_or_default())
-                .collect::<Vec<_>>()
-        }
-    };
-    let storage_warnings = warnings("no-class", "StorageClassNotFound").await;
+    let storage_warnings = warnings(&client, &ns, "no-class", "StorageClassNotFound").await;
     assert_eq!(storage_warnings.len(), 1, "{storage_warnings:?}");
     assert!(storage_warnings[0].contains(&class), "{storage_warnings:?}");
-    assert!(!warnings("bad-image", "InstanceNotRunning").await.is_empty());
+    assert!(
+        !warnings(&client, &ns, "bad-image", "InstanceNotRunning")
+            .await
+            .is_empty()
+    );
 
     // Fixed: the class appears (same provisioner as the default one); the volume and the pod
     // follow, and the problem clears.
@@ -275,13 +260,11 @@ async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and
 /// application: `VolumeFull` in Degraded, the instance's reason, and a Warning Event.
 #[tokio::test]
 async fn a_full_volume_is_a_condition_and_an_event() {
-    if cluster().local_api_server_port().is_none() {
-        eprintln!("skipped: sized volumes come from the local control plane's provisioner");
+    // Sized volumes come from the local control plane's provisioner.
+    let Some(test) = DatabaseTest::start("pg-full-volume", 1).await else {
         return;
-    }
-    let client = cluster().client().await;
-    let ns = cluster().namespace("pg-full-volume").await;
-    let _release = install_operator(&cluster().kubeconfig, &ns, 1).unwrap();
+    };
+    let (client, ns, clusters) = (&test.client, &test.ns, &test.clusters);
     let class = format!("{ns}-sized");
     let classes: Api<StorageClass> = Api::all(client.clone());
     let sized: StorageClass = serde_json::from_value(json!({
@@ -295,7 +278,6 @@ async fn a_full_volume_is_a_condition_and_an_event() {
         .create(&PostParams::default(), &sized)
         .await
         .unwrap();
-    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     let object: DatabaseCluster = serde_json::from_value(json!({
         "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
         "metadata": {"name": "full"},
@@ -308,11 +290,11 @@ async fn a_full_volume_is_a_condition_and_an_event() {
         .unwrap();
     let db = Database::new(clusters.clone(), "full");
     if let Err(e) = db.healthy(Duration::from_secs(120)).await {
-        panic!("{e:#}\n{}", diagnostics(&client, &ns, "full").await);
+        panic!("{e:#}\n{}", diagnostics(client, ns, "full").await);
     }
 
     // Rows of 1 kB (stored as they are: under the size PostgreSQL compresses) until a write fails.
-    let endpoint = db.application(&client, &ns).await;
+    let endpoint = db.application(client, ns).await;
     // The Service's endpoints may trail the status by a moment.
     let app = eventually(
         Duration::from_secs(20),
@@ -362,20 +344,7 @@ async fn a_full_volume_is_a_condition_and_an_event() {
         "the instance says why: {:?}",
         status.instances
     );
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-    let warnings: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.involved_object.name.as_deref() == Some("full")
-                && e.reason.as_deref() == Some("VolumeFull")
-                && e.type_.as_deref() == Some("Warning")
-        })
-        .filter_map(|e| e.message)
-        .collect();
+    let warnings = warnings(client, ns, "full", "VolumeFull").await;
     assert!(
         warnings.iter().any(|w| w.contains("160 MiB is full")),
         "{warnings:?}"

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
-use bulwark_crds::postgres::DatabaseCluster;
 
 use bulwark_e2e::postgres::{
-    Database, container_of, install_operator, isolate, three_synchronous_instances,
+    Database, DatabaseTest, container_of, isolate, three_synchronous_instances,
 };
 use bulwark_e2e::{cluster, eventually};
 use futures::StreamExt;
@@ -36,15 +35,16 @@ const DELAY: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn failovers_and_a_switchover_lose_no_acknowledged_write_through_the_rw_service() {
-    if cluster().local_api_server_port().is_none() {
-        eprintln!("skipped: instance pods run this machine's PostgreSQL on the local node agents");
+    // Two operator replicas: one leads, the other takes over when the leader is killed.
+    let Some(DatabaseTest {
+        client,
+        ns,
+        clusters,
+        release,
+    }) = DatabaseTest::start("pg-cluster", 2).await
+    else {
         return;
-    }
-    let client = cluster().client().await;
-    let ns = cluster().namespace("pg-cluster").await;
-    // Two replicas: one leads, the other takes over when the leader is killed.
-    let release = install_operator(&cluster().kubeconfig, &ns, 2).unwrap();
-    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    };
     clusters
         .create(
             &PostParams::default(),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
-use bulwark_e2e::postgres::{Database, container_of, diagnostics, install_operator};
-use bulwark_e2e::{cluster, eventually};
+use bulwark_e2e::postgres::{Database, DatabaseTest, container_of, diagnostics};
+use bulwark_e2e::eventually;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
@@ -35,14 +35,15 @@ fn synchronous_degraded(status: &Value) -> Option<Value> {
 
 #[tokio::test]
 async fn preferred_durability_degrades_to_asynchronous_commits_and_says_so() {
-    if cluster().local_api_server_port().is_none() {
-        eprintln!("skipped: instance pods run this machine's PostgreSQL on the local node agents");
+    let Some(DatabaseTest {
+        client,
+        ns,
+        clusters,
+        ..
+    }) = DatabaseTest::start("pg-preferred", 1).await
+    else {
         return;
-    }
-    let client = cluster().client().await;
-    let ns = cluster().namespace("pg-preferred").await;
-    let _release = install_operator(&cluster().kubeconfig, &ns, 1).unwrap();
-    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    };
     let spec: DatabaseCluster = serde_json::from_value(json!({
         "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
         "metadata": {"name": "db"},

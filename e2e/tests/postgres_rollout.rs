@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
-use bulwark_e2e::postgres::{Database, diagnostics, install_operator, three_synchronous_instances};
-use bulwark_e2e::{cluster, eventually};
+use bulwark_e2e::postgres::{Database, DatabaseTest, diagnostics, three_synchronous_instances};
+use bulwark_e2e::eventually;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -55,14 +55,15 @@ async fn patch(clusters: &Api<DatabaseCluster>, spec: Value) {
 
 #[tokio::test]
 async fn a_rolling_update_and_scaling_lose_no_acknowledged_write() {
-    if cluster().local_api_server_port().is_none() {
-        eprintln!("skipped: instance pods run this machine's PostgreSQL on the local node agents");
+    let Some(DatabaseTest {
+        client,
+        ns,
+        clusters,
+        ..
+    }) = DatabaseTest::start("pg-rollout", 1).await
+    else {
         return;
-    }
-    let client = cluster().client().await;
-    let ns = cluster().namespace("pg-rollout").await;
-    let _release = install_operator(&cluster().kubeconfig, &ns, 1).unwrap();
-    let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
+    };
     clusters
         .create(
             &PostParams::default(),

@@ -31,7 +31,7 @@ const ISOLATION_ROUNDS: usize = 5;
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bulwark's failover delay (synchronous `required` needs no isolation margin).
-const DELAY: Duration = Duration::from_secs(2);
+const DELAY: Duration = Duration::from_secs(1);
 
 fn progress(message: impl AsRef<str>) {
     eprintln!("[bench-db] {}", message.as_ref());
