@@ -484,12 +484,13 @@ mod tests {
             ISOLATION_WITHIN_DELAY_MESSAGE,
             "parameter names are lowercase PostgreSQL setting names",
             MANAGED_PARAMETERS_MESSAGE,
+            "parameter values must be one line",
             "bootstrap.database must not be postgres, template0 or template1",
             "bootstrap.owner must not be postgres or bulwark_replication, nor start with pg_",
         ] {
             assert!(messages.contains(&expected), "missing rule: {expected}");
         }
-        assert_eq!(found.len(), 10, "{found:#?}");
+        assert_eq!(found.len(), 11, "{found:#?}");
     }
 
     #[test]
