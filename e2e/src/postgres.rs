@@ -92,9 +92,10 @@ impl Database {
         serde_json::to_value(self.api.get(&self.name).await.unwrap().status).unwrap()
     }
 
-    /// Waits for every instance to be ready in the current epoch, the cluster Healthy.
+    /// Waits for every instance to be ready in the current epoch, the cluster Healthy; the error
+    /// carries the [`diagnostics`].
     pub async fn healthy(&self, within: Duration) -> anyhow::Result<serde_json::Value> {
-        eventually(within, &format!("{} healthy", self.name), || async {
+        let healthy = eventually(within, &format!("{} healthy", self.name), || async {
             let s = self.status().await;
             let epoch = s["epoch"].as_u64()?;
             let instances = s["instances"].as_array()?;
@@ -105,7 +106,18 @@ impl Database {
                     .all(|i| i["ready"] == true && i["epoch"].as_u64() == Some(epoch)))
             .then_some(s)
         })
-        .await
+        .await;
+        match healthy {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                let client = self.api.clone().into_client();
+                let ns = self.api.namespace().unwrap_or_default().to_string();
+                Err(anyhow::anyhow!(
+                    "{e:#}\n{}",
+                    diagnostics(&client, &ns, &self.name).await
+                ))
+            }
+        }
     }
 
     /// Waits for a primary other than `from`, in an epoch after `epoch`, serving writes.

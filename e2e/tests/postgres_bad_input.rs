@@ -8,7 +8,7 @@ use std::time::Duration;
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::node::agent::{CAPACITY_PARAMETER, PROVISIONER};
-use bulwark_e2e::postgres::{Database, DatabaseTest, diagnostics, postgres_user, warnings};
+use bulwark_e2e::postgres::{Database, DatabaseTest, postgres_user, warnings};
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -289,9 +289,7 @@ async fn a_full_volume_is_a_condition_and_an_event() {
         .await
         .unwrap();
     let db = Database::new(clusters.clone(), "full");
-    if let Err(e) = db.healthy(Duration::from_secs(120)).await {
-        panic!("{e:#}\n{}", diagnostics(client, ns, "full").await);
-    }
+    db.healthy(Duration::from_secs(120)).await.unwrap();
 
     // Rows of 1 kB (stored as they are: under the size PostgreSQL compresses) until a write fails.
     let endpoint = db.application(client, ns).await;

@@ -39,7 +39,7 @@ async fn preferred_durability_degrades_to_asynchronous_commits_and_says_so() {
         client,
         ns,
         clusters,
-        ..
+        release: _release,
     }) = DatabaseTest::start("pg-preferred", 1).await
     else {
         return;

@@ -11,7 +11,7 @@ use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_controllers::postgres::probe::{Outcome, WriteProbe, sequences_found};
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::eventually;
-use bulwark_e2e::postgres::{Database, DatabaseTest, diagnostics, three_synchronous_instances};
+use bulwark_e2e::postgres::{Database, DatabaseTest, three_synchronous_instances};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -59,7 +59,7 @@ async fn a_rolling_update_and_scaling_lose_no_acknowledged_write() {
         client,
         ns,
         clusters,
-        ..
+        release: _release,
     }) = DatabaseTest::start("pg-rollout", 1).await
     else {
         return;
@@ -166,9 +166,7 @@ async fn a_rolling_update_and_scaling_lose_no_acknowledged_write() {
 
     // 3. Scale up again: db-3 comes back as a streaming replica of the current epoch.
     patch(&clusters, json!({"instances": 3})).await;
-    if let Err(e) = db.healthy(Duration::from_secs(120)).await {
-        panic!("{e:#}\n{}", diagnostics(&client, &ns, "db").await);
-    }
+    db.healthy(Duration::from_secs(120)).await.unwrap();
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let report = probe.stop().await;
