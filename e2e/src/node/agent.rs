@@ -430,7 +430,8 @@ async fn storage_class(
 pub const CAPACITY_PARAMETER: &str = "bulwark.dev/capacity";
 
 fn mount_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
-    let bytes = bytes_of(quantity).with_context(|| format!("storage request {quantity:?}"))?;
+    let bytes = bulwark_controllers::postgres::cluster::quantity_bytes(quantity)
+        .with_context(|| format!("storage request {quantity:?}"))?;
     let status = std::process::Command::new("mount")
         .args([
             "-t",
@@ -447,25 +448,6 @@ fn mount_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
         dir.display()
     );
     Ok(())
-}
-
-/// A storage quantity in bytes (plain, or with a binary or decimal suffix).
-fn bytes_of(quantity: &str) -> Option<u64> {
-    let split = quantity
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(quantity.len());
-    let (number, suffix) = quantity.split_at(split);
-    let factor: u64 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        _ => return None,
-    };
-    number.parse::<u64>().ok()?.checked_mul(factor)
 }
 
 /// Detaches every mount at or below `dir` (sized volumes), deepest first, so the directory can
