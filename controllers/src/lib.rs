@@ -5,6 +5,7 @@
 
 pub mod conditions;
 pub mod dns;
+pub mod drills;
 pub mod leadership;
 pub mod metrics;
 pub mod postgres;
