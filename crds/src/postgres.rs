@@ -81,6 +81,7 @@ const MANAGED_PARAMETERS_MESSAGE: &str = "parameters must not set what Bulwark m
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.synchronous) || self.synchronous.count < self.instances").message("synchronous.count must be less than instances: it counts replicas, and a cluster of N instances has N-1"))]
 #[x_kube(validation = Rule::new(ISOLATION_WITHIN_DELAY_RULE).message(ISOLATION_WITHIN_DELAY_MESSAGE))]
+#[x_kube(validation = Rule::new(STANDBY_LIMITS_NOT_LOWERED_RULE).message(STANDBY_LIMITS_NOT_LOWERED_MESSAGE))]
 pub struct DatabaseClusterSpec {
     /// The database engine: `postgresql`, the only one.
     #[serde(default)]
@@ -88,6 +89,7 @@ pub struct DatabaseClusterSpec {
     /// PostgreSQL major version, 13 to 17. It must match the image's.
     #[serde(default = "default_postgres_version")]
     #[x_kube(validation = Rule::new("self >= 13 && self <= 17").message("postgresVersion must be a PostgreSQL major version from 13 to 17"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("postgresVersion cannot change: a new major version needs pg_upgrade, which Bulwark does not run; create a new cluster and move the data"))]
     pub postgres_version: u32,
     /// Number of instances, 1 to 9: one primary, the rest streaming replicas.
     #[serde(default = "default_instances")]
@@ -122,6 +124,7 @@ pub struct DatabaseClusterSpec {
         validation = Rule::new("self.all(k, k.matches('^[a-z_][a-z0-9_.]{0,62}$'))").message("parameter names are lowercase PostgreSQL setting names"),
         validation = Rule::new(MANAGED_PARAMETERS_RULE).message(MANAGED_PARAMETERS_MESSAGE),
         validation = Rule::new("self.all(k, !self[k].matches('[\\r\\n]'))").message("parameter values must be one line"),
+        validation = Rule::new("['max_connections', 'max_worker_processes', 'max_prepared_transactions', 'max_locks_per_transaction'].all(k, !(k in self) || self[k].matches('^[0-9]{1,9}$'))").message("max_connections, max_worker_processes, max_prepared_transactions and max_locks_per_transaction must be whole numbers"),
     )]
     pub parameters: BTreeMap<String, String>,
     #[serde(default)]
@@ -157,6 +160,13 @@ fn default_isolation_timeout() -> String {
 /// fenced itself by `isolationTimeout` + 1.5 s, before a failover `failover.delay` later.
 /// Synchronous `required` replication needs no timing: the old primary cannot gather its
 /// acknowledgements once the replicas have moved to the new epoch.
+/// The settings a hot standby must hold at least at its primary's values (PostgreSQL refuses to
+/// run a replica below them). A rolling change replaces the replicas first, so it can raise
+/// them; lowering them would need the primary restarted first, with an outage, which Bulwark
+/// does not do. An unset one is PostgreSQL's default (the same from version 13 to 17).
+const STANDBY_LIMITS_NOT_LOWERED_RULE: &str = "['max_connections', 'max_worker_processes', 'max_prepared_transactions', 'max_locks_per_transaction'].all(k, !((has(self.parameters) && k in self.parameters) ? self.parameters[k] : {'max_connections': '100', 'max_worker_processes': '8', 'max_prepared_transactions': '0', 'max_locks_per_transaction': '64'}[k]).matches('^[0-9]{1,9}$') || !((has(oldSelf.parameters) && k in oldSelf.parameters) ? oldSelf.parameters[k] : {'max_connections': '100', 'max_worker_processes': '8', 'max_prepared_transactions': '0', 'max_locks_per_transaction': '64'}[k]).matches('^[0-9]{1,9}$') || int((has(self.parameters) && k in self.parameters) ? self.parameters[k] : {'max_connections': '100', 'max_worker_processes': '8', 'max_prepared_transactions': '0', 'max_locks_per_transaction': '64'}[k]) >= int((has(oldSelf.parameters) && k in oldSelf.parameters) ? oldSelf.parameters[k] : {'max_connections': '100', 'max_worker_processes': '8', 'max_prepared_transactions': '0', 'max_locks_per_transaction': '64'}[k]))";
+const STANDBY_LIMITS_NOT_LOWERED_MESSAGE: &str = "max_connections, max_worker_processes, max_prepared_transactions and max_locks_per_transaction can be raised but not lowered (removing one returns it to PostgreSQL's default): a replica must allow at least what its primary does, and lowering them needs the primary restarted first, which Bulwark does not do";
+
 const ISOLATION_WITHIN_DELAY_RULE: &str = "(has(self.synchronous) && self.synchronous.durability == 'required') || !has(self.failover) || duration(self.isolationTimeout) + duration('2s') <= duration(self.failover.delay)";
 const ISOLATION_WITHIN_DELAY_MESSAGE: &str = "failover.delay must be at least isolationTimeout + 2s unless synchronous durability is required: an isolated primary must have fenced itself before a replica is promoted";
 
@@ -169,11 +179,13 @@ pub enum Engine {
 }
 
 /// Each instance's volume, a PersistentVolumeClaim holding the data directory.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Storage {
-    /// Size of each instance's volume, a Kubernetes quantity such as `1Gi` or `500M`.
+    /// Size of each instance's volume, a Kubernetes quantity such as `1Gi` or `500M`. Raising it
+    /// grows the volumes, if their StorageClass allows expansion; it cannot shrink.
     #[schemars(length(min = 1, max = 32), pattern(QUANTITY_PATTERN))]
+    #[x_kube(validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage.size can grow but not shrink: a volume cannot be made smaller"))]
     pub size: String,
     /// StorageClass of the volumes; the cluster's default StorageClass when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -487,10 +499,14 @@ mod tests {
             "parameter values must be one line",
             "bootstrap.database must not be postgres, template0 or template1",
             "bootstrap.owner must not be postgres or bulwark_replication, nor start with pg_",
+            "postgresVersion cannot change: a new major version needs pg_upgrade, which Bulwark does not run; create a new cluster and move the data",
+            "max_connections, max_worker_processes, max_prepared_transactions and max_locks_per_transaction must be whole numbers",
+            STANDBY_LIMITS_NOT_LOWERED_MESSAGE,
+            "storage.size can grow but not shrink: a volume cannot be made smaller",
         ] {
             assert!(messages.contains(&expected), "missing rule: {expected}");
         }
-        assert_eq!(found.len(), 11, "{found:#?}");
+        assert_eq!(found.len(), 15, "{found:#?}");
     }
 
     #[test]

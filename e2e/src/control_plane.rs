@@ -498,6 +498,7 @@ async fn create_storage_class(client: &kube::Client) -> Result<()> {
             "provisioner": PROVISIONER,
             "volumeBindingMode": "WaitForFirstConsumer",
             "reclaimPolicy": "Delete",
+            "allowVolumeExpansion": true,
         }))?;
     Api::all(client.clone())
         .create(&PostParams::default(), &class)

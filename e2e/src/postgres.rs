@@ -315,6 +315,17 @@ impl DatabaseTest {
 
 /// The messages of the Warning Events in `ns` about `object` with `reason`.
 pub async fn warnings(client: &kube::Client, ns: &str, object: &str, reason: &str) -> Vec<String> {
+    events(client, ns, object, reason, "Warning").await
+}
+
+/// The messages of the Events of `type_` (`Normal`, `Warning`) and `reason` about `object`.
+pub async fn events(
+    client: &kube::Client,
+    ns: &str,
+    object: &str,
+    reason: &str,
+    type_: &str,
+) -> Vec<String> {
     use k8s_openapi::api::core::v1::Event;
     Api::<Event>::namespaced(client.clone(), ns)
         .list(&ListParams::default())
@@ -325,7 +336,7 @@ pub async fn warnings(client: &kube::Client, ns: &str, object: &str, reason: &st
         .filter(|e| {
             e.involved_object.name.as_deref() == Some(object)
                 && e.reason.as_deref() == Some(reason)
-                && e.type_.as_deref() == Some("Warning")
+                && e.type_.as_deref() == Some(type_)
         })
         .filter_map(|e| e.message)
         .collect()

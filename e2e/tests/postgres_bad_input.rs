@@ -8,11 +8,11 @@ use std::time::Duration;
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::node::agent::{CAPACITY_PARAMETER, PROVISIONER};
-use bulwark_e2e::postgres::{Database, DatabaseTest, postgres_user, warnings};
+use bulwark_e2e::postgres::{Database, DatabaseTest, events, postgres_user, warnings};
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// Invalid specs are refused at admission (CEL), each with a message that says what to change.
@@ -87,6 +87,71 @@ async fn invalid_database_clusters_are_refused_with_clear_messages() {
             .is_empty(),
         "nothing half-created"
     );
+}
+
+/// Changes a rolling update cannot carry out are refused at admission, and the stored spec is
+/// left as it was; the changes it can carry out pass.
+#[tokio::test]
+async fn changes_a_rolling_update_cannot_make_are_refused() {
+    let client = cluster().client().await;
+    bulwark_e2e::install_crds(&client).await.unwrap();
+    let ns = cluster().namespace("pg-admission-changes").await;
+    let clusters: Api<DatabaseCluster> = Api::namespaced(client, &ns);
+    let object: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "limits"},
+        "spec": {"storage": {"size": "1Gi"}, "parameters": {"max_connections": "200"}},
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let lowered = "can be raised but not lowered";
+    let refused = [
+        (json!({"max_connections": "150"}), lowered),
+        // Unset is PostgreSQL's default, 100.
+        (json!({"max_connections": null}), lowered),
+        (json!({"max_locks_per_transaction": "32"}), lowered),
+        (json!({"max_connections": "many"}), "must be whole numbers"),
+    ];
+    let patch = |spec: serde_json::Value| Patch::Merge(json!({"spec": spec}));
+    let mut attempts: Vec<(serde_json::Value, &str)> = refused
+        .into_iter()
+        .map(|(parameters, expected)| (json!({"parameters": parameters}), expected))
+        .collect();
+    attempts.push((
+        json!({"postgresVersion": 16}),
+        "postgresVersion cannot change",
+    ));
+    attempts.push((
+        json!({"storage": {"size": "500Mi"}}),
+        "storage.size can grow but not shrink",
+    ));
+    for (spec, expected) in attempts {
+        let error = clusters
+            .patch("limits", &PatchParams::default(), &patch(spec.clone()))
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let message = match error {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        };
+        println!("{spec}: {message}");
+        assert!(
+            message.contains(expected),
+            "{spec}: expected {expected:?} in {message}"
+        );
+    }
+    let stored = clusters.get("limits").await.unwrap().spec;
+    assert_eq!(stored.parameters["max_connections"], "200");
+    assert_eq!(stored.postgres_version, 15);
+    let raised = json!({"parameters": {"max_connections": "300", "max_worker_processes": "16"}});
+    let accepted = clusters
+        .patch("limits", &PatchParams::default(), &patch(raised))
+        .await
+        .expect("raising the standby limits is a rolling change");
+    assert_eq!(accepted.spec.parameters["max_connections"], "300");
 }
 
 fn condition(cluster: &DatabaseCluster, type_: &str) -> Option<(String, String)> {
@@ -257,9 +322,12 @@ async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and
 }
 
 /// A volume with a real size (the local provisioner's `enforced` capacity) filled by the
-/// application: `VolumeFull` in Degraded, the instance's reason, and a Warning Event.
+/// application: `VolumeFull` in Degraded, the instance's reason, and a Warning Event. Then
+/// `storage.size` is raised: refused as a Condition while the StorageClass does not allow
+/// expansion (the claim untouched), carried out once it does, and the database takes writes
+/// again.
 #[tokio::test]
-async fn a_full_volume_is_a_condition_and_an_event() {
+async fn a_full_volume_is_a_condition_and_growing_the_storage_fixes_it() {
     // Sized volumes come from the local control plane's provisioner.
     let Some(test) = DatabaseTest::start("pg-full-volume", 1).await else {
         return;
@@ -272,6 +340,7 @@ async fn a_full_volume_is_a_condition_and_an_event() {
         "provisioner": PROVISIONER,
         "parameters": {CAPACITY_PARAMETER: "enforced"},
         "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": false,
     }))
     .unwrap();
     classes
@@ -342,10 +411,105 @@ async fn a_full_volume_is_a_condition_and_an_event() {
         "the instance says why: {:?}",
         status.instances
     );
-    let warnings = warnings(client, ns, "full", "VolumeFull").await;
+    let full_warnings = warnings(client, ns, "full", "VolumeFull").await;
     assert!(
-        warnings.iter().any(|w| w.contains("160 MiB is full")),
-        "{warnings:?}"
+        full_warnings.iter().any(|w| w.contains("160 MiB is full")),
+        "{full_warnings:?}"
+    );
+
+    let grow = Patch::Merge(json!({"spec": {"storage": {"size": "480Mi"}}}));
+    clusters
+        .patch("full", &PatchParams::default(), &grow)
+        .await
+        .unwrap();
+    let (reason, message) = eventually(
+        Duration::from_secs(30),
+        "Degraded for a class without expansion",
+        || async {
+            condition(&clusters.get("full").await.ok()?, "Degraded")
+                .filter(|c| c.0 == "VolumeNotExpandable")
+        },
+    )
+    .await
+    .unwrap();
+    println!("grow without expansion: Degraded {reason}: {message}");
+    // This release watches one namespace and cannot read StorageClasses: the API server's
+    // refusal of the claim's patch is what it reports.
+    let refused_growth = |m: &str| {
+        m.contains("160Mi")
+            && m.contains("480Mi")
+            && (m.contains("does not allow volume expansion") || m.contains("must support resize"))
+    };
+    assert!(refused_growth(&message), "{message}");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let requested = |claim: PersistentVolumeClaim| {
+        claim
+            .spec?
+            .resources?
+            .requests?
+            .get("storage")
+            .map(|q| q.0.clone())
+    };
+    assert_eq!(
+        requested(claims.get("full-1").await.unwrap()).as_deref(),
+        Some("160Mi"),
+        "the claim is left as it was"
+    );
+
+    let expandable = Patch::Merge(json!({"allowVolumeExpansion": true}));
+    classes
+        .patch(&class, &PatchParams::default(), &expandable)
+        .await
+        .unwrap();
+    let grown = eventually(
+        Duration::from_secs(60),
+        "the claim grown to 480Mi",
+        || async {
+            let claim = claims.get("full-1").await.ok()?;
+            let capacity = claim.status.clone()?.capacity?.get("storage")?.0.clone();
+            (requested(claim).as_deref() == Some("480Mi") && capacity == "480Mi").then_some(())
+        },
+    )
+    .await;
+    if let Err(e) = grown {
+        let claim = claims.get("full-1").await.map(|c| (c.spec, c.status));
+        let degraded = condition(&clusters.get("full").await.unwrap(), "Degraded");
+        panic!("{e}: claim {claim:?}; the cluster's Degraded: {degraded:?}");
+    }
+    db.healthy(Duration::from_secs(120)).await.unwrap();
+    // The instance reports its volume's size with its status, polled every second.
+    let cleared = eventually(Duration::from_secs(30), "VolumeFull cleared", || async {
+        let degraded = condition(&clusters.get("full").await.ok()?, "Degraded");
+        degraded
+            .as_ref()
+            .is_none_or(|c| c.0 != "VolumeFull" && c.0 != "VolumeNotExpandable")
+            .then_some(())
+    })
+    .await;
+    if let Err(e) = cleared {
+        let degraded = condition(&clusters.get("full").await.unwrap(), "Degraded");
+        panic!("{e}: {degraded:?}");
+    }
+    let app = eventually(
+        Duration::from_secs(30),
+        "a session through full-rw after the growth",
+        || async { endpoint.connect().await.ok() },
+    )
+    .await
+    .unwrap();
+    app.batch_execute(
+        "INSERT INTO filler SELECT repeat(md5(random()::text), 32) FROM generate_series(1, 20000)",
+    )
+    .await
+    .expect("the grown volume takes another 20 MB");
+    let refusals = warnings(client, ns, "full", "VolumeNotExpandable").await;
+    assert!(refusals.iter().any(|w| refused_growth(w)), "{refusals:?}");
+    let growing = events(client, ns, "full", "VolumeExpanding", "Normal").await;
+    assert!(
+        growing
+            .iter()
+            .any(|e| e.contains("full-1's volume grows from 160Mi to 480Mi")),
+        "{growing:?}"
     );
     let _ = classes.delete(&class, &DeleteParams::default()).await;
 }

@@ -58,11 +58,14 @@ const VOLUME: &str = "/var/lib/bulwark";
 /// Where an instance pod's init container puts the `bulwark` binary its main container runs.
 const MANAGER_DIR: &str = "/bulwark";
 const MANAGER_BINARY: &str = "/bulwark/bulwark";
-/// How long an instance may take to report its status.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long an instance that did not answer earlier in the same reconcile is waited for: a
-/// failover takes several steps, and each observes every instance again.
+/// How long an instance may take to report its status (a few milliseconds when healthy).
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long an instance that did not answer last time is waited for, how soon it is asked
+/// again, and how often it is given the full timeout ([`Seen::status_timeout`]).
 const SILENT_STATUS_TIMEOUT: Duration = Duration::from_millis(200);
+const SILENT_RETRY: Duration = Duration::from_secs(1);
+const PATIENCE_INTERVAL: Duration = Duration::from_secs(5);
+const REAPPLY_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a command may take (a promotion waits for the end of recovery and a checkpoint).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Steps carried out in one reconcile before the cluster is looked at afresh from the cache.
@@ -92,8 +95,43 @@ pub enum Error {
 /// afresh, which only makes it wait a full failover delay before judging a primary down).
 struct Seen {
     healthy_at: Instant,
+    /// Whether its manager answered the last status request, when it was last asked, and when
+    /// it was last given the full [`STATUS_TIMEOUT`]: see [`Seen::status_timeout`].
+    answered: bool,
+    asked_at: Instant,
+    patient_at: Instant,
     /// The primary's WAL position when last seen healthy.
     position: Option<u64>,
+}
+
+impl Seen {
+    fn new(now: Instant) -> Self {
+        Seen {
+            healthy_at: now,
+            answered: true,
+            asked_at: now,
+            patient_at: now,
+            position: None,
+        }
+    }
+
+    /// How long to wait for this instance's status now; `None`: count it silent without asking.
+    /// A failover observes every instance at each of its steps, and a hung one must not cost
+    /// each step a timeout: one that did not answer is asked again only after
+    /// [`SILENT_RETRY`], with [`SILENT_STATUS_TIMEOUT`], and given the full timeout once every
+    /// [`PATIENCE_INTERVAL`], so one that is slow but alive is heard again.
+    fn status_timeout(&mut self, now: Instant) -> Option<Duration> {
+        if self.answered || now.duration_since(self.patient_at) >= PATIENCE_INTERVAL {
+            self.asked_at = now;
+            self.patient_at = now;
+            return Some(STATUS_TIMEOUT);
+        }
+        if now.duration_since(self.asked_at) < SILENT_RETRY {
+            return None;
+        }
+        self.asked_at = now;
+        Some(SILENT_STATUS_TIMEOUT)
+    }
 }
 
 struct Context {
@@ -104,6 +142,13 @@ struct Context {
     settings: PostgresSettings,
     backoff: Backoff,
     seen: Mutex<HashMap<String, Seen>>,
+    /// When each cluster's own objects (Secrets, RBAC, Services, PodDisruptionBudget; by the
+    /// cluster's uid) were last applied: they depend only on its name, so a cluster polled every
+    /// second re-applies them only every [`REAPPLY_INTERVAL`] (bringing back one deleted by hand).
+    applied: Mutex<HashMap<String, Instant>>,
+    /// The `storage.size` every claim of a cluster (by uid) was last found to request, so
+    /// steady polls do not read the claims again until the size changes.
+    sized: Mutex<HashMap<String, String>>,
 }
 
 pub async fn run(
@@ -136,6 +181,8 @@ pub async fn run(
         settings,
         backoff: Backoff::default(),
         seen: Mutex::new(HashMap::new()),
+        applied: Mutex::new(HashMap::new()),
+        sized: Mutex::new(HashMap::new()),
     });
     use kube::runtime::WatchStreamExt;
     let results = Controller::for_stream(cluster_events.applied_objects(), clusters)
@@ -260,8 +307,6 @@ struct Reconciler<'a> {
     namespace: String,
     name: String,
     owner: Value,
-    /// Instances that did not answer in this reconcile so far.
-    silent: Mutex<std::collections::HashSet<String>>,
 }
 
 /// An instance pod and what its manager said.
@@ -286,8 +331,12 @@ impl<'a> Reconciler<'a> {
             namespace: cluster.namespace().unwrap_or_default(),
             name: cluster.name_any(),
             owner,
-            silent: Mutex::default(),
         }
+    }
+
+    /// The key of an instance in [`Context::seen`].
+    fn seen_key(&self, instance: &str) -> String {
+        format!("{}/{instance}", self.namespace)
     }
 
     fn leading(&self) -> bool {
@@ -330,9 +379,18 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn run(&self, mut cluster: DatabaseCluster) -> Result<Action, Error> {
-        self.ensure_secrets().await?;
-        self.ensure_instance_account().await?;
-        self.ensure_services().await?;
+        let uid = cluster.uid().unwrap_or_default();
+        let applied_at = self.context.applied.lock().unwrap().get(&uid).copied();
+        if applied_at.is_none_or(|at| at.elapsed() >= REAPPLY_INTERVAL) {
+            self.ensure_secrets().await?;
+            self.ensure_instance_account().await?;
+            self.ensure_services().await?;
+            self.context
+                .applied
+                .lock()
+                .unwrap()
+                .insert(uid, Instant::now());
+        }
         if cluster
             .status
             .as_ref()
@@ -346,12 +404,16 @@ impl<'a> Reconciler<'a> {
             self.write_status(&cluster, &status, true).await?;
             return Ok(Action::requeue(Duration::ZERO));
         }
-        // A steady cluster is looked at every 2 s (polling every second measured no faster
-        // failovers in `./dev bench db`: the failover delay and the steps dominate).
-        let mut outcome = Action::requeue(Duration::from_secs(2));
+        // A steady cluster is looked at every second: a hung primary is noticed only by looking,
+        // and the sooner the failover begins, the sooner `-rw` stops routing clients to it.
+        let mut outcome = Action::requeue(Duration::from_secs(1));
         for _ in 0..STEPS_PER_RECONCILE {
             let observed = self.observe(&cluster).await?;
-            let blocked = self.ensure_instances(&cluster, &observed).await?;
+            // Also while no primary serves: growing a full volume may be what brings it back.
+            let blocked = match self.ensure_instances(&cluster, &observed).await? {
+                None => self.grow_volumes(&cluster).await?,
+                blocked => blocked,
+            };
             // Until the user fixes it, look again now and then, not at the pace of a failover.
             let retry = blocked.as_ref().map(|_| Duration::from_secs(5));
             let (step, rollout) = self.decide(&cluster, &observed);
@@ -525,26 +587,31 @@ impl<'a> Reconciler<'a> {
             .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", self.name)))
             .await?;
         let http = self.instance_client(&pods.items).await?;
-        let silent = self.silent.lock().unwrap().clone();
-        let reports = futures::future::join_all(pods.items.iter().map(|pod| {
-            let http = http.clone();
-            let name = pod.name_any();
-            let timeout = if silent.contains(&name) {
-                SILENT_STATUS_TIMEOUT
-            } else {
-                STATUS_TIMEOUT
-            };
-            async move {
-                let response = http
-                    .get(format!("https://{name}:{API_PORT}/status"))
-                    .timeout(timeout)
-                    .send()
-                    .await
-                    .ok()?;
-                response.json::<InstanceReport>().await.ok()
-            }
-        }))
-        .await;
+        let timeouts: Vec<Option<Duration>> = {
+            let mut seen = self.context.seen.lock().unwrap();
+            pods.items
+                .iter()
+                .map(|pod| match seen.get_mut(&self.seen_key(&pod.name_any())) {
+                    Some(seen) => seen.status_timeout(Instant::now()),
+                    None => Some(STATUS_TIMEOUT),
+                })
+                .collect()
+        };
+        let reports =
+            futures::future::join_all(pods.items.iter().zip(timeouts).map(|(pod, timeout)| {
+                let http = http.clone();
+                let name = pod.name_any();
+                async move {
+                    let response = http
+                        .get(format!("https://{name}:{API_PORT}/status"))
+                        .timeout(timeout?)
+                        .send()
+                        .await
+                        .ok()?;
+                    response.json::<InstanceReport>().await.ok()
+                }
+            }))
+            .await;
         let mut observed: Vec<Observed> = pods
             .items
             .into_iter()
@@ -552,19 +619,13 @@ impl<'a> Reconciler<'a> {
             .map(|(pod, report)| Observed { pod, report })
             .collect();
         observed.sort_by_key(|o| ordinal(&o.pod.name_any()));
-        *self.silent.lock().unwrap() = observed
-            .iter()
-            .filter(|o| o.report.is_none())
-            .map(|o| o.pod.name_any())
-            .collect();
         let recorded_primary = cluster.status.as_ref().and_then(|s| s.primary.clone());
         let mut seen = self.context.seen.lock().unwrap();
         for o in &observed {
-            let key = format!("{}/{}", self.namespace, o.pod.name_any());
-            let entry = seen.entry(key).or_insert(Seen {
-                healthy_at: Instant::now(),
-                position: None,
-            });
+            let entry = seen
+                .entry(self.seen_key(&o.pod.name_any()))
+                .or_insert_with(|| Seen::new(Instant::now()));
+            entry.answered = o.report.is_some();
             if let Some(report) = o.report.as_ref().filter(|r| r.running) {
                 entry.healthy_at = Instant::now();
                 if recorded_primary.as_deref() == Some(o.pod.name_any().as_str()) {
@@ -757,6 +818,83 @@ impl<'a> Reconciler<'a> {
             reason: "StorageClassNotFound",
             message,
         }))
+    }
+
+    /// Grows each instance's claim to `storage.size` (admission refuses a smaller size; the
+    /// volume's driver does the growing). Returns why a claim cannot grow: its StorageClass
+    /// does not allow expansion, or the API server refuses; such a claim is left as it was.
+    async fn grow_volumes(&self, cluster: &DatabaseCluster) -> Result<Option<Problem>, Error> {
+        let size = &cluster.spec.storage.size;
+        let uid = cluster.uid().unwrap_or_default();
+        if self.context.sized.lock().unwrap().get(&uid) == Some(size) {
+            return Ok(None);
+        }
+        let Some(wanted) = quantity_bytes(size) else {
+            return Ok(None);
+        };
+        let claims = self.api::<PersistentVolumeClaim>();
+        for ordinal in 1..=cluster.spec.instances {
+            let name = instance_name(&self.name, ordinal);
+            let Some(claim) = claims.get_opt(&name).await? else {
+                continue;
+            };
+            let spec = claim.spec.unwrap_or_default();
+            let requested = spec
+                .resources
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").map(|q| q.0.clone()))
+                .unwrap_or_default();
+            if quantity_bytes(&requested).is_none_or(|bytes| bytes >= wanted) {
+                continue;
+            }
+            if let Some(class) = &spec.storage_class_name {
+                let classes: Api<StorageClass> = Api::all(self.context.client.clone());
+                // A release confined to one namespace cannot read classes: the API server
+                // still refuses the patch below if the class does not allow it.
+                if let Ok(Some(found)) = classes.get_opt(class).await
+                    && found.allow_volume_expansion != Some(true)
+                {
+                    return Ok(Some(Problem {
+                        reason: "VolumeNotExpandable",
+                        message: format!(
+                            "storage.size is {size} but StorageClass {class} does not allow volume expansion (allowVolumeExpansion): {name} stays at {requested}"
+                        ),
+                    }));
+                }
+            }
+            if !self.leading() {
+                return Ok(None);
+            }
+            let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}});
+            match claims
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    info!(cluster = %self.name, claim = %name, from = %requested, to = %size, "volume growing");
+                    publish(
+                        &self.context.recorder,
+                        cluster,
+                        EventType::Normal,
+                        "VolumeExpanding",
+                        format!("{name}'s volume grows from {requested} to {size}"),
+                    )
+                    .await;
+                }
+                Err(kube::Error::Api(e)) if e.code == 403 || e.code == 422 => {
+                    return Ok(Some(Problem {
+                        reason: "VolumeNotExpandable",
+                        message: format!(
+                            "{name}'s volume cannot grow from {requested} to {size}: {}",
+                            e.message
+                        ),
+                    }));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.context.sized.lock().unwrap().insert(uid, size.clone());
+        Ok(None)
     }
 
     fn pod(&self, cluster: &DatabaseCluster, name: &str, replica_of: Option<&str>) -> Pod {
@@ -963,13 +1101,13 @@ impl<'a> Reconciler<'a> {
             let down = members
                 .iter()
                 .filter(|m| {
-                    seen.get(&format!("{}/{}", self.namespace, m.name))
+                    seen.get(&self.seen_key(&m.name))
                         .is_some_and(|s| s.healthy_at.elapsed() >= delay)
                 })
                 .map(|m| m.name.clone())
                 .collect::<Vec<_>>();
             let position = seen
-                .get(&format!("{}/{}", self.namespace, recorded.primary))
+                .get(&self.seen_key(&recorded.primary))
                 .and_then(|s| s.position);
             (down, position)
         };
@@ -1504,6 +1642,30 @@ fn random_password() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_instance_costs_a_failover_step_no_wait_and_is_heard_again() {
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        let mut seen = Seen::new(start);
+        assert_eq!(seen.status_timeout(at(0)), Some(STATUS_TIMEOUT));
+        seen.answered = false;
+        assert_eq!(
+            seen.status_timeout(at(300)),
+            None,
+            "just asked: not waited for"
+        );
+        assert_eq!(seen.status_timeout(at(1000)), Some(SILENT_STATUS_TIMEOUT));
+        assert_eq!(seen.status_timeout(at(1500)), None);
+        assert_eq!(seen.status_timeout(at(2100)), Some(SILENT_STATUS_TIMEOUT));
+        assert_eq!(
+            seen.status_timeout(at(5000)),
+            Some(STATUS_TIMEOUT),
+            "a slow instance gets the full timeout now and then"
+        );
+        seen.answered = true;
+        assert_eq!(seen.status_timeout(at(5100)), Some(STATUS_TIMEOUT));
+    }
 
     #[test]
     fn lsns_durations_and_quantities_parse() {

@@ -19,6 +19,10 @@ use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide
 use super::isolation::{Contacts, Replies};
 use crate::tls::TlsFiles;
 
+/// How long a running replica may take to stream from a new primary after a reload before it
+/// is restarted instead.
+const RETARGET_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where the database's port and the replication credentials come from.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -268,7 +272,17 @@ impl Manager {
                     stop_postgres(child, libc::SIGINT).await;
                 }
             }
-            Action::Follow { rewind, .. } => {
+            Action::Follow { primary, rewind } => {
+                if !rewind && inner.postgres.is_some() {
+                    write_config(&self.config, &next).map_err(CommandError::Failed)?;
+                    match self.retarget(&primary).await {
+                        Ok(()) => return Ok(next),
+                        Err(error) => warn!(
+                            error = format!("{error:#}"),
+                            "the running replica did not switch over to the new primary; restarting it"
+                        ),
+                    }
+                }
                 if let Some(child) = inner.postgres.take() {
                     stop_postgres(child, libc::SIGINT).await;
                 }
@@ -325,6 +339,36 @@ impl Manager {
             status.final_lsn = self.final_lsn().await.ok();
         }
         status
+    }
+
+    /// Points this running replica at `primary` (its configuration already names it) without a
+    /// restart: on a reload PostgreSQL restarts only the WAL receiver. Returns once it streams
+    /// from there, so it no longer takes WAL from the old primary. Restarting instead would
+    /// leave the new primary without this synchronous standby for a second or more of the
+    /// failover.
+    async fn retarget(&self, primary: &str) -> Result<()> {
+        let (host, port) = split_address(primary)?;
+        let port: i32 = port.parse().with_context(|| format!("port of {primary}"))?;
+        self.reload().await?;
+        let session = self.session().await?;
+        let deadline = Instant::now() + RETARGET_TIMEOUT;
+        loop {
+            let streaming = session
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_wal_receiver
+                     WHERE status = 'streaming' AND sender_host = $1 AND sender_port = $2",
+                    &[&host, &port],
+                )
+                .await?
+                .is_some();
+            if streaming {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("not streaming from {primary} within {RETARGET_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Makes the running postgres re-read its configuration.
@@ -762,9 +806,11 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         std::fs::write(&main, format!("{text}\n{include}\n"))?;
     }
     // wal_keep_size: a former primary keeps the WAL pg_rewind reads back to where the
-    // histories split, and a replica that fell behind can still catch up. The 2 s timeouts: a
-    // replica stops reporting `streaming` from a hung primary within 2 s (the operator waits for
-    // that before a failover), and a primary sees a silent standby as gone as soon.
+    // histories split, and a replica that fell behind can still catch up. The receiver's 1 s
+    // timeout: a replica stops reporting `streaming` from a hung primary within 1 s (the
+    // operator waits for that before a failover, so this bounds how soon a hung primary is
+    // replaced; an idle primary is asked for a keepalive after 0.5 s of silence). The sender's
+    // 2 s: a primary sees a silent standby as gone, its status arriving every second.
     let mut settings: String = config
         .parameters
         .iter()
@@ -774,7 +820,7 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
          wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
          wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n\
-         wal_receiver_timeout = 2s\nwal_sender_timeout = 2s\n\
+         wal_receiver_timeout = 1s\nwal_sender_timeout = 2s\n\
          ssl = on\nssl_cert_file = '{tls}/tls.crt'\nssl_key_file = '{tls}/tls.key'\n",
         port = config.port,
         socket = config.socket_dir().display(),

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
@@ -351,12 +352,7 @@ async fn provision_once(
             .map_or_else(|| "1Gi".to_string(), |q| q.0);
         let class_name = spec.storage_class_name.clone().unwrap_or_default();
         let class = storage_class(volumes, &class_name).await;
-        let enforced = class
-            .as_ref()
-            .and_then(|c| c.parameters.as_ref())
-            .and_then(|p| p.get(CAPACITY_PARAMETER))
-            .is_some_and(|v| v == "enforced");
-        if enforced {
+        if is_enforced(class.as_ref()) {
             mount_sized(&dir, &size)?;
         }
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
@@ -384,6 +380,11 @@ async fn provision_once(
             .create(&PostParams::default(), &serde_json::from_value(pv)?)
             .await?;
         info!(volume = %name, claim = ?claim.metadata.name, "provisioned");
+    }
+    for claim in claims.list(&ListParams::default()).await? {
+        if let Err(e) = expand(claims, volumes, root, &claim).await {
+            warn!(claim = ?claim.metadata.name, error = %format!("{e:#}"), "expanding failed");
+        }
     }
     for volume in volumes.list(&ListParams::default()).await? {
         let ours = volume
@@ -416,6 +417,81 @@ async fn provision_once(
     Ok(())
 }
 
+/// Volume expansion, as an external resizer does for its driver (the controller-manager has no
+/// in-tree plugin for these volumes and leaves them to one): a bound claim of this node asking
+/// for more than its volume holds gets it (a sized volume's filesystem grows at once, online),
+/// then the volume's and the claim's recorded capacity follow. The API server has already
+/// checked that the StorageClass allows expansion.
+async fn expand(
+    claims: &Api<PersistentVolumeClaim>,
+    volumes: &Api<PersistentVolume>,
+    root: &std::path::Path,
+    claim: &PersistentVolumeClaim,
+) -> Result<()> {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    let quantity = |resources: Option<&std::collections::BTreeMap<String, Quantity>>| {
+        resources
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+    };
+    let bytes = |q: &Option<String>| {
+        q.as_deref()
+            .and_then(bulwark_controllers::postgres::cluster::quantity_bytes)
+    };
+    let spec = claim.spec.clone().unwrap_or_default();
+    let Some(volume_name) = spec.volume_name.filter(|v| !v.is_empty()) else {
+        return Ok(());
+    };
+    let requested = quantity(spec.resources.as_ref().and_then(|r| r.requests.as_ref()));
+    let Some(volume) = volumes.get_opt(&volume_name).await? else {
+        return Ok(());
+    };
+    let volume_spec = volume.spec.clone().unwrap_or_default();
+    let ours = volume
+        .annotations()
+        .get("pv.kubernetes.io/provisioned-by")
+        .is_some_and(|p| p == PROVISIONER);
+    let Some(dir) = volume_spec
+        .local
+        .as_ref()
+        .map(|l| std::path::PathBuf::from(&l.path))
+        .filter(|p| p.starts_with(root))
+    else {
+        return Ok(());
+    };
+    let wanted = bytes(&requested);
+    let grow = wanted > bytes(&quantity(volume_spec.capacity.as_ref()));
+    // Until the claim is bound its capacity is the binder's to record.
+    let recorded = bytes(&quantity(
+        claim.status.as_ref().and_then(|s| s.capacity.as_ref()),
+    ));
+    let record = recorded.is_some() && recorded < wanted;
+    let (true, Some(requested)) = (ours && (grow || record), requested) else {
+        return Ok(());
+    };
+    if grow {
+        let class = storage_class(volumes, &spec.storage_class_name.unwrap_or_default()).await;
+        if is_enforced(class.as_ref()) {
+            resize_sized(&dir, &requested)?;
+        }
+        let patch = json!({"spec": {"capacity": {"storage": requested}}});
+        volumes
+            .patch(&volume_name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let patch = json!({"status": {"capacity": {"storage": requested}}});
+    let namespace = claim.namespace().unwrap_or_default();
+    Api::<PersistentVolumeClaim>::namespaced(claims.clone().into_client(), &namespace)
+        .patch_status(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    info!(volume = %volume_name, claim = ?claim.metadata.name, size = %requested, "expanded");
+    Ok(())
+}
+
 async fn storage_class(
     volumes: &Api<PersistentVolume>,
     class: &str,
@@ -428,6 +504,29 @@ async fn storage_class(
 /// A StorageClass parameter of this provisioner: `enforced` gives each volume a filesystem of
 /// the claim's size (tmpfs), so a workload can fill it as it would a real disk.
 pub const CAPACITY_PARAMETER: &str = "bulwark.dev/capacity";
+
+fn is_enforced(class: Option<&k8s_openapi::api::storage::v1::StorageClass>) -> bool {
+    class
+        .and_then(|c| c.parameters.as_ref())
+        .and_then(|p| p.get(CAPACITY_PARAMETER))
+        .is_some_and(|v| v == "enforced")
+}
+
+/// Grows a sized volume's filesystem in place (tmpfs takes a new size while mounted).
+fn resize_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
+    let bytes = bulwark_controllers::postgres::cluster::quantity_bytes(quantity)
+        .with_context(|| format!("storage request {quantity:?}"))?;
+    let status = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={bytes}")])
+        .arg(dir)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "growing the tmpfs at {} to {quantity}",
+        dir.display()
+    );
+    Ok(())
+}
 
 fn mount_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
     let bytes = bulwark_controllers::postgres::cluster::quantity_bytes(quantity)
