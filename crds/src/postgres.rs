@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -374,7 +374,8 @@ pub struct FailoverProgress {
     pub reason: String,
     /// `failover` or `switchover`.
     pub kind: String,
-    pub started: Time,
+    /// To the microsecond: a failover takes about a second.
+    pub started: MicroTime,
     /// The step reached, for example `fencing`, `promoting` or `repointing replicas`.
     pub step: String,
 }
@@ -392,7 +393,7 @@ pub struct FailoverRecord {
     pub reason: String,
     /// `failover` or `switchover`.
     pub kind: String,
-    pub started: Time,
+    pub started: MicroTime,
     /// From `started` until the new primary accepted writes.
     pub duration_seconds: f64,
 }
