@@ -25,7 +25,7 @@ pub const IDENTIFIER_PATTERN: &str = r"^[a-z_][a-z0-9_]{0,62}$";
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
 /// PostgreSQL settings Bulwark writes itself: replication, recovery, TLS and where files are.
-pub const MANAGED_PARAMETERS: [&str; 20] = [
+pub const MANAGED_PARAMETERS: [&str; 24] = [
     "listen_addresses",
     "port",
     "unix_socket_directories",
@@ -46,11 +46,15 @@ pub const MANAGED_PARAMETERS: [&str; 20] = [
     "hba_file",
     "data_directory",
     "max_wal_senders",
+    "wal_receiver_timeout",
+    "wal_sender_timeout",
+    "wal_receiver_status_interval",
+    "wal_retrieve_retry_interval",
 ];
 // The rule and message spell out MANAGED_PARAMETERS (attributes take literals); a test checks
 // that all three agree.
-const MANAGED_PARAMETERS_RULE: &str = "!self.exists(k, k in ['listen_addresses', 'port', 'unix_socket_directories', 'wal_level', 'hot_standby', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'recovery_target_timeline', 'wal_log_hints', 'archive_mode', 'ssl', 'ssl_cert_file', 'ssl_key_file', 'ssl_ca_file', 'hba_file', 'data_directory', 'max_wal_senders'])";
-const MANAGED_PARAMETERS_MESSAGE: &str = "parameters must not set what Bulwark manages: listen_addresses, port, unix_socket_directories, wal_level, hot_standby, synchronous_standby_names, synchronous_commit, primary_conninfo, primary_slot_name, restore_command, recovery_target_timeline, wal_log_hints, archive_mode, ssl, ssl_cert_file, ssl_key_file, ssl_ca_file, hba_file, data_directory, max_wal_senders";
+const MANAGED_PARAMETERS_RULE: &str = "!self.exists(k, k in ['listen_addresses', 'port', 'unix_socket_directories', 'wal_level', 'hot_standby', 'synchronous_standby_names', 'synchronous_commit', 'primary_conninfo', 'primary_slot_name', 'restore_command', 'recovery_target_timeline', 'wal_log_hints', 'archive_mode', 'ssl', 'ssl_cert_file', 'ssl_key_file', 'ssl_ca_file', 'hba_file', 'data_directory', 'max_wal_senders', 'wal_receiver_timeout', 'wal_sender_timeout', 'wal_receiver_status_interval', 'wal_retrieve_retry_interval'])";
+const MANAGED_PARAMETERS_MESSAGE: &str = "parameters must not set what Bulwark manages: listen_addresses, port, unix_socket_directories, wal_level, hot_standby, synchronous_standby_names, synchronous_commit, primary_conninfo, primary_slot_name, restore_command, recovery_target_timeline, wal_log_hints, archive_mode, ssl, ssl_cert_file, ssl_key_file, ssl_ca_file, hba_file, data_directory, max_wal_senders, wal_receiver_timeout, wal_sender_timeout, wal_receiver_status_interval, wal_retrieve_retry_interval";
 
 /// A replicated PostgreSQL cluster: one primary, streaming replicas, automatic failover and
 /// planned switchover.

@@ -810,7 +810,10 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
     // timeout: a replica stops reporting `streaming` from a hung primary within 1 s (the
     // operator waits for that before a failover, so this bounds how soon a hung primary is
     // replaced; an idle primary is asked for a keepalive after 0.5 s of silence). The sender's
-    // 2 s: a primary sees a silent standby as gone, its status arriving every second.
+    // 2 s: a primary sees a silent standby as gone, its status arriving every second. The 1 s
+    // retry interval (PostgreSQL's default is 5 s): a replica that lost its primary tries it
+    // again within a second, so a primary restarted in place has its synchronous standbys back
+    // as soon.
     let mut settings: String = config
         .parameters
         .iter()
@@ -820,7 +823,7 @@ fn write_config(config: &Config, state: &State) -> Result<()> {
         "listen_addresses = '*'\nport = {port}\nunix_socket_directories = '{socket}'\n\
          wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nwal_log_hints = on\n\
          wal_receiver_status_interval = 1s\nwal_keep_size = '512MB'\n\
-         wal_receiver_timeout = 1s\nwal_sender_timeout = 2s\n\
+         wal_receiver_timeout = 1s\nwal_sender_timeout = 2s\nwal_retrieve_retry_interval = 1s\n\
          ssl = on\nssl_cert_file = '{tls}/tls.crt'\nssl_key_file = '{tls}/tls.key'\n",
         port = config.port,
         socket = config.socket_dir().display(),
