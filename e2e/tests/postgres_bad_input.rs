@@ -64,19 +64,8 @@ async fn invalid_database_clusters_are_refused_with_clear_messages() {
             "spec": spec,
         }))
         .unwrap();
-        let error = clusters
-            .create(&PostParams::default(), &object)
-            .await
-            .expect_err(&format!("{spec} must be refused"));
-        let message = match error {
-            kube::Error::Api(status) => status.message,
-            other => other.to_string(),
-        };
-        println!("{spec}: {message}");
-        assert!(
-            message.contains(expected),
-            "{spec}: expected {expected:?} in {message}"
-        );
+        let created = clusters.create(&PostParams::default(), &object).await;
+        assert_refused(created, &spec, expected);
     }
     assert!(
         clusters
@@ -129,19 +118,10 @@ async fn changes_a_rolling_update_cannot_make_are_refused() {
         "storage.size can grow but not shrink",
     ));
     for (spec, expected) in attempts {
-        let error = clusters
+        let patched = clusters
             .patch("limits", &PatchParams::default(), &patch(spec.clone()))
-            .await
-            .expect_err(&format!("{spec} must be refused"));
-        let message = match error {
-            kube::Error::Api(status) => status.message,
-            other => other.to_string(),
-        };
-        println!("{spec}: {message}");
-        assert!(
-            message.contains(expected),
-            "{spec}: expected {expected:?} in {message}"
-        );
+            .await;
+        assert_refused(patched, &spec, expected);
     }
     let stored = clusters.get("limits").await.unwrap().spec;
     assert_eq!(stored.parameters["max_connections"], "200");
@@ -152,6 +132,39 @@ async fn changes_a_rolling_update_cannot_make_are_refused() {
         .await
         .expect("raising the standby limits is a rolling change");
     assert_eq!(accepted.spec.parameters["max_connections"], "300");
+}
+
+/// The API server refused `spec` with a message holding `expected`.
+fn assert_refused(
+    result: Result<DatabaseCluster, kube::Error>,
+    spec: &serde_json::Value,
+    expected: &str,
+) {
+    let message = match result.expect_err(&format!("{spec} must be refused")) {
+        kube::Error::Api(status) => status.message,
+        other => other.to_string(),
+    };
+    println!("{spec}: {message}");
+    assert!(
+        message.contains(expected),
+        "{spec}: expected {expected:?} in {message}"
+    );
+}
+
+/// Waits until `name` is Degraded for `reason`, and returns the Condition's message.
+async fn degraded_for(
+    clusters: &Api<DatabaseCluster>,
+    name: &str,
+    reason: &str,
+    within: Duration,
+) -> String {
+    let (_, message) = eventually(within, &format!("{name} Degraded for {reason}"), || async {
+        condition(&clusters.get(name).await.ok()?, "Degraded").filter(|c| c.0 == reason)
+    })
+    .await
+    .unwrap();
+    println!("{name}: Degraded {reason}: {message}");
+    message
 }
 
 fn condition(cluster: &DatabaseCluster, type_: &str) -> Option<(String, String)> {
@@ -202,17 +215,13 @@ async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and
             .unwrap();
     }
 
-    let (reason, message) = eventually(
+    let message = degraded_for(
+        &clusters,
+        "no-class",
+        "StorageClassNotFound",
         Duration::from_secs(60),
-        "no-class Degraded for its StorageClass",
-        || async {
-            condition(&clusters.get("no-class").await.ok()?, "Degraded")
-                .filter(|c| c.0 == "StorageClassNotFound")
-        },
     )
-    .await
-    .unwrap();
-    println!("no-class: Degraded {reason}: {message}");
+    .await;
     assert!(
         message.contains(&format!("StorageClass {class} does not exist")),
         "{message}"
@@ -231,17 +240,13 @@ async fn a_missing_storage_class_and_an_image_that_cannot_run_are_conditions_and
         "no pod without its volume"
     );
 
-    let (reason, message) = eventually(
+    let message = degraded_for(
+        &clusters,
+        "bad-image",
+        "InstanceNotRunning",
         Duration::from_secs(90),
-        "bad-image Degraded for its image",
-        || async {
-            condition(&clusters.get("bad-image").await.ok()?, "Degraded")
-                .filter(|c| c.0 == "InstanceNotRunning")
-        },
     )
-    .await
-    .unwrap();
-    println!("bad-image: Degraded {reason}: {message}");
+    .await;
     assert!(message.contains("bad-image-1: container"), "{message}");
     assert!(
         message.contains("ErrImagePull") || message.contains("ImagePullBackOff"),
@@ -388,16 +393,7 @@ async fn a_full_volume_is_a_condition_and_growing_the_storage_fixes_it() {
     let refused = refused.expect("160 MiB cannot hold 400 MB of rows");
     println!("the database refused a write: {refused:?}");
 
-    let (reason, message) = eventually(
-        Duration::from_secs(30),
-        "Degraded for a full volume",
-        || async {
-            condition(&clusters.get("full").await.ok()?, "Degraded").filter(|c| c.0 == "VolumeFull")
-        },
-    )
-    .await
-    .unwrap();
-    println!("full: Degraded {reason}: {message}");
+    let message = degraded_for(clusters, "full", "VolumeFull", Duration::from_secs(30)).await;
     assert!(
         message.contains("full-1: its volume of 160 MiB is full"),
         "{message}"
@@ -422,17 +418,13 @@ async fn a_full_volume_is_a_condition_and_growing_the_storage_fixes_it() {
         .patch("full", &PatchParams::default(), &grow)
         .await
         .unwrap();
-    let (reason, message) = eventually(
+    let message = degraded_for(
+        clusters,
+        "full",
+        "VolumeNotExpandable",
         Duration::from_secs(30),
-        "Degraded for a class without expansion",
-        || async {
-            condition(&clusters.get("full").await.ok()?, "Degraded")
-                .filter(|c| c.0 == "VolumeNotExpandable")
-        },
     )
-    .await
-    .unwrap();
-    println!("grow without expansion: Degraded {reason}: {message}");
+    .await;
     // This release watches one namespace and cannot read StorageClasses: the API server's
     // refusal of the claim's patch is what it reports.
     let refused_growth = |m: &str| {
