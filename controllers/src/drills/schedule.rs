@@ -281,36 +281,33 @@ mod tests {
     #[test]
     fn after_downtime_only_the_latest_tick_runs_and_the_rest_are_counted() {
         let every_minute = Schedule::parse("* * * * *", None).unwrap();
-        let plan = plan(
+        let plan = plan_at(
             &every_minute,
-            utc("2026-12-01T10:00:30Z"),
-            utc("2026-12-01T10:05:10Z"),
-            None,
-            &[],
+            "2026-12-01T10:00:30Z",
+            "2026-12-01T10:05:10Z",
         );
         assert_eq!(plan.decision, start("2026-12-01T10:05:00Z", 4));
         assert_eq!(plan.next, Some(utc("2026-12-01T10:06:00Z")));
 
         let hourly = Schedule::parse("0 * * * *", None).unwrap();
-        let month = plan_of(&hourly, "2026-11-01T00:00:00Z", "2026-11-30T12:34:00Z");
+        let month = plan_at(&hourly, "2026-11-01T00:00:00Z", "2026-11-30T12:34:00Z").decision;
         // Ticks after Nov 1 00:00 up to Nov 30 12:00: 29 days and 12 hours of them, less the one
         // that runs.
         assert_eq!(month, start("2026-11-30T12:00:00Z", 29 * 24 + 12 - 1));
     }
 
-    fn plan_of(schedule: &Schedule, since: &str, now: &str) -> Decision {
-        plan(schedule, utc(since), utc(now), None, &[]).decision
+    /// The plan with no deadline and no blocked window.
+    fn plan_at(schedule: &Schedule, since: &str, now: &str) -> Plan {
+        plan(schedule, utc(since), utc(now), None, &[])
     }
 
     #[test]
     fn a_handled_tick_is_not_run_again() {
         let every_minute = Schedule::parse("* * * * *", None).unwrap();
-        let plan = plan(
+        let plan = plan_at(
             &every_minute,
-            utc("2026-12-01T10:05:00Z"),
-            utc("2026-12-01T10:05:59Z"),
-            None,
-            &[],
+            "2026-12-01T10:05:00Z",
+            "2026-12-01T10:05:59Z",
         );
         assert_eq!(plan.decision, Decision::Nothing);
         assert_eq!(plan.next, Some(utc("2026-12-01T10:06:00Z")));
@@ -320,7 +317,7 @@ mod tests {
     fn a_seconds_field_ticks_within_the_minute() {
         let every_ten = Schedule::parse("*/10 * * * * *", None).unwrap();
         assert_eq!(
-            plan_of(&every_ten, "2026-12-01T10:00:00Z", "2026-12-01T10:00:25Z"),
+            plan_at(&every_ten, "2026-12-01T10:00:00Z", "2026-12-01T10:00:25Z").decision,
             start("2026-12-01T10:00:20Z", 1)
         );
         assert_eq!(
@@ -375,16 +372,14 @@ mod tests {
         let half_past_two = Schedule::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
         let before = "2026-03-29T00:00:00Z";
         assert_eq!(
-            plan_of(&half_past_two, before, "2026-03-29T01:30:00Z"),
+            plan_at(&half_past_two, before, "2026-03-29T01:30:00Z").decision,
             start("2026-03-29T01:00:00Z", 0),
             "03:00 CEST, the first valid time after the gap"
         );
-        let after = plan(
+        let after = plan_at(
             &half_past_two,
-            utc("2026-03-29T01:00:00Z"),
-            utc("2026-03-29T20:00:00Z"),
-            None,
-            &[],
+            "2026-03-29T01:00:00Z",
+            "2026-03-29T20:00:00Z",
         );
         assert_eq!(after.decision, Decision::Nothing);
         assert_eq!(after.next, Some(utc("2026-03-30T00:30:00Z")), "02:30 CEST");
@@ -395,19 +390,18 @@ mod tests {
         // Berlin repeats 02:00-03:00 local on 2026-10-25: 02:30 is 00:30 UTC, then 01:30 UTC.
         let half_past_two = Schedule::parse("30 2 * * *", Some("Europe/Berlin")).unwrap();
         assert_eq!(
-            plan_of(
+            plan_at(
                 &half_past_two,
                 "2026-10-24T23:00:00Z",
                 "2026-10-25T00:45:00Z"
-            ),
+            )
+            .decision,
             start("2026-10-25T00:30:00Z", 0)
         );
-        let repeated = plan(
+        let repeated = plan_at(
             &half_past_two,
-            utc("2026-10-25T00:30:00Z"),
-            utc("2026-10-25T01:45:00Z"),
-            None,
-            &[],
+            "2026-10-25T00:30:00Z",
+            "2026-10-25T01:45:00Z",
         );
         assert_eq!(repeated.decision, Decision::Nothing);
         assert_eq!(

@@ -326,7 +326,8 @@ async fn provision_once(
     config: &AgentConfig,
     root: &std::path::Path,
 ) -> Result<()> {
-    for claim in claims.list(&ListParams::default()).await? {
+    let listed_claims = claims.list(&ListParams::default()).await?.items;
+    for claim in &listed_claims {
         let annotations = claim.metadata.annotations.clone().unwrap_or_default();
         let ours = annotations.get("volume.kubernetes.io/selected-node") == Some(&config.node)
             && annotations
@@ -353,7 +354,7 @@ async fn provision_once(
         let class_name = spec.storage_class_name.clone().unwrap_or_default();
         let class = storage_class(volumes, &class_name).await;
         if is_enforced(class.as_ref()) {
-            mount_sized(&dir, &size)?;
+            mount_sized(&dir, &size, false)?;
         }
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
         let reclaim = class
@@ -381,12 +382,13 @@ async fn provision_once(
             .await?;
         info!(volume = %name, claim = ?claim.metadata.name, "provisioned");
     }
-    for claim in claims.list(&ListParams::default()).await? {
-        if let Err(e) = expand(claims, volumes, root, &claim).await {
+    let listed_volumes = volumes.list(&ListParams::default()).await?.items;
+    for claim in &listed_claims {
+        if let Err(e) = expand(claims, volumes, &listed_volumes, root, claim).await {
             warn!(claim = ?claim.metadata.name, error = %format!("{e:#}"), "expanding failed");
         }
     }
-    for volume in volumes.list(&ListParams::default()).await? {
+    for volume in listed_volumes {
         let ours = volume
             .metadata
             .annotations
@@ -425,6 +427,7 @@ async fn provision_once(
 async fn expand(
     claims: &Api<PersistentVolumeClaim>,
     volumes: &Api<PersistentVolume>,
+    listed_volumes: &[PersistentVolume],
     root: &std::path::Path,
     claim: &PersistentVolumeClaim,
 ) -> Result<()> {
@@ -443,7 +446,10 @@ async fn expand(
         return Ok(());
     };
     let requested = quantity(spec.resources.as_ref().and_then(|r| r.requests.as_ref()));
-    let Some(volume) = volumes.get_opt(&volume_name).await? else {
+    let Some(volume) = listed_volumes
+        .iter()
+        .find(|v| v.metadata.name.as_deref() == Some(volume_name.as_str()))
+    else {
         return Ok(());
     };
     let volume_spec = volume.spec.clone().unwrap_or_default();
@@ -472,7 +478,7 @@ async fn expand(
     if grow {
         let class = storage_class(volumes, &spec.storage_class_name.unwrap_or_default()).await;
         if is_enforced(class.as_ref()) {
-            resize_sized(&dir, &requested)?;
+            mount_sized(&dir, &requested, true)?;
         }
         let patch = json!({"spec": {"capacity": {"storage": requested}}});
         volumes
@@ -512,38 +518,28 @@ fn is_enforced(class: Option<&k8s_openapi::api::storage::v1::StorageClass>) -> b
         .is_some_and(|v| v == "enforced")
 }
 
-/// Grows a sized volume's filesystem in place (tmpfs takes a new size while mounted).
-fn resize_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
+/// Gives `dir` a tmpfs of `quantity` bytes, or (`resize`) grows the one mounted there in
+/// place: tmpfs takes a new size while mounted.
+fn mount_sized(dir: &std::path::Path, quantity: &str, resize: bool) -> Result<()> {
     let bytes = bulwark_controllers::postgres::cluster::quantity_bytes(quantity)
         .with_context(|| format!("storage request {quantity:?}"))?;
-    let status = std::process::Command::new("mount")
-        .args(["-o", &format!("remount,size={bytes}")])
-        .arg(dir)
-        .status()?;
-    anyhow::ensure!(
-        status.success(),
-        "growing the tmpfs at {} to {quantity}",
-        dir.display()
-    );
-    Ok(())
-}
-
-fn mount_sized(dir: &std::path::Path, quantity: &str) -> Result<()> {
-    let bytes = bulwark_controllers::postgres::cluster::quantity_bytes(quantity)
-        .with_context(|| format!("storage request {quantity:?}"))?;
-    let status = std::process::Command::new("mount")
-        .args([
+    let mut mount = std::process::Command::new("mount");
+    if resize {
+        mount.args(["-o", &format!("remount,size={bytes}")]);
+    } else {
+        mount.args([
             "-t",
             "tmpfs",
             "-o",
             &format!("size={bytes}"),
             "bulwark-volume",
-        ])
-        .arg(dir)
-        .status()?;
+        ]);
+    }
+    let status = mount.arg(dir).status()?;
     anyhow::ensure!(
         status.success(),
-        "mounting a {quantity} tmpfs at {}",
+        "{} a {quantity} tmpfs at {}",
+        if resize { "growing to" } else { "mounting" },
         dir.display()
     );
     Ok(())
