@@ -7,6 +7,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 pub mod dns;
+pub mod drills;
 pub mod postgres;
 pub mod slo;
 
@@ -24,6 +25,8 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         dns::DnsPlan::crd(),
         slo::ServiceLevelObjective::crd(),
         postgres::DatabaseCluster::crd(),
+        drills::DrillRun::crd(),
+        drills::DrillSchedule::crd(),
     ]
 }
 

@@ -1,4 +1,5 @@
-//! Scheduled DR drills. So far the scheduling decision alone ([`schedule`]); the DrillSchedule
-//! and DrillRun controllers that act on it are not built yet.
+//! Scheduled DR drills: the scheduling decision ([`schedule`]), the run's state machine
+//! ([`run`]), and the controllers that carry them out.
 
+pub mod run;
 pub mod schedule;
