@@ -1,6 +1,7 @@
 //! Prometheus metrics shared by every controller, labelled by controller name.
 
 use crate::dns::metrics::DnsMetrics;
+use crate::drills::metrics::DrillMetrics;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ pub struct Metrics {
     pub is_leader: IntGauge,
     pub leader_token: IntGauge,
     pub dns: DnsMetrics,
+    pub drills: DrillMetrics,
 }
 
 impl Metrics {
@@ -65,8 +67,10 @@ impl Metrics {
                 .expect("metric names are unique");
         }
         let dns = DnsMetrics::register(&registry);
+        let drills = DrillMetrics::register(&registry);
         Self {
             dns,
+            drills,
             registry,
             reconciles,
             reconcile_errors,

@@ -28,14 +28,14 @@ where
 
 /// Server-side applies `status` to the object's status subresource under `manager`, so each
 /// controller owns only its own fields. `resource_version` turns the write into a
-/// compare-and-set (a conflict comes back as HTTP 409).
+/// compare-and-set (a conflict comes back as HTTP 409). Returns the object as written.
 pub async fn apply_status<K>(
     client: &kube::Client,
     object: &K,
     manager: &str,
     status: serde_json::Value,
     resource_version: Option<&str>,
-) -> Result<(), kube::Error>
+) -> Result<K, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -61,7 +61,47 @@ where
             &kube::api::Patch::Apply(patch),
         )
         .await
-        .map(drop)
+}
+
+/// Adds or removes `finalizer` with a compare-and-set on the resourceVersion (a lost race comes
+/// back as HTTP 409). Returns the object as written.
+pub async fn set_finalizer<K>(
+    client: &kube::Client,
+    object: &K,
+    finalizer: &str,
+    present: bool,
+) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut finalizers: Vec<String> = object
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(finalizer.into());
+    }
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": object.meta().resource_version,
+    }});
+    Api::<K>::namespaced(
+        client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    )
+    .patch(
+        object.meta().name.as_deref().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(patch),
+    )
+    .await
 }
 
 /// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens

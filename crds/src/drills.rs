@@ -143,7 +143,7 @@ fn default_guard_window() -> String {
 }
 
 /// What makes a drill Succeeded rather than Failed.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SuccessCriteria {
     /// The longest outage the write probe may see (`1s` to `3600s`); none when unset.
@@ -154,15 +154,6 @@ pub struct SuccessCriteria {
     /// How many acknowledged writes may be missing afterwards (the RPO, in writes).
     #[serde(default)]
     pub max_lost_writes: u32,
-}
-
-impl Default for SuccessCriteria {
-    fn default() -> Self {
-        SuccessCriteria {
-            max_rto: None,
-            max_lost_writes: 0,
-        }
-    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -335,6 +326,11 @@ pub struct DrillScheduleStatus {
     /// The nominal time of the last tick a run was created for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_schedule_time: Option<Time>,
+    /// The nominal time of the last tick handled: a run created, or none because a run was
+    /// active (Forbid), the tick was in a blocked window or past its starting deadline. Each
+    /// tick is handled once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_time: Option<Time>,
     /// When the last Succeeded run of this schedule completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<Time>,

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use bulwark_chaos::node_agent::{Partition, Side};
 use bulwark_controllers::postgres::client::Endpoint;
 use bulwark_crds::postgres::DatabaseCluster;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use std::time::Duration;
@@ -162,30 +162,12 @@ impl Database {
         .unwrap();
     }
 
-    /// How the application connects: through the `-rw` Service, with the credentials and the
-    /// CA of the `-app` Secret, checking the certificate's name is the Service's (the host runs
-    /// no cluster DNS, so the name is given and the address is the Service's cluster IP).
+    /// How the application connects: through the `-rw` Service (see
+    /// [`bulwark_controllers::postgres::client::application`]).
     pub async fn application(&self, client: &kube::Client, ns: &str) -> Endpoint {
-        let secret = Api::<Secret>::namespaced(client.clone(), ns)
-            .get(&format!("{}-app", self.name))
+        bulwark_controllers::postgres::client::application(client, ns, &self.name)
             .await
-            .unwrap();
-        let field =
-            |key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
-        let service = Api::<Service>::namespaced(client.clone(), ns)
-            .get(&format!("{}-rw", self.name))
-            .await
-            .unwrap();
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(format!("{}-rw.{ns}.svc", self.name))
-            .hostaddr(service.spec.unwrap().cluster_ip.unwrap().parse().unwrap())
-            .port(5432)
-            .user(field("username"))
-            .password(field("password"))
-            .dbname(field("dbname"))
-            .connect_timeout(Duration::from_secs(1));
-        Endpoint::new(config, field("ca.crt").as_bytes()).unwrap()
+            .unwrap()
     }
 }
 

@@ -8,6 +8,7 @@ mod telemetry;
 use anyhow::Context as _;
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
+use bulwark_controllers::drills::{self, run_controller::DrillSettings};
 use bulwark_controllers::postgres::{self, cluster::PostgresSettings};
 use bulwark_controllers::runtime::parse_duration;
 use bulwark_controllers::slo::{self, controller::SloSettings};
@@ -566,6 +567,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 instance_manager_image: args.instance_manager_image,
                 run_as: args.postgres_run_as,
             },
+            shutdown.clone(),
+        ),
+    );
+    let drill_settings = DrillSettings {
+        scope: scope.clone(),
+    };
+    tasks.spawn(
+        "drill-run-controller",
+        drills::run_controller::run(
+            client.clone(),
+            metrics.clone(),
+            recorder.clone(),
+            readiness.clone(),
+            leadership.clone(),
+            drill_settings.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn(
+        "drill-schedule-controller",
+        drills::schedule_controller::run(
+            client.clone(),
+            metrics.clone(),
+            recorder.clone(),
+            readiness.clone(),
+            leadership.clone(),
+            drill_settings,
             shutdown.clone(),
         ),
     );

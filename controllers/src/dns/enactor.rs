@@ -33,6 +33,7 @@ use super::runtime::{
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::runtime::set_finalizer;
 
 const CONTROLLER: &str = "dns-enactor";
 /// Keeps a deleted DnsEndpoint until its records and fence are gone from the DNS server.
@@ -123,29 +124,7 @@ async fn set_records_finalizer(
     endpoint: &DnsEndpoint,
     present: bool,
 ) -> Result<Action, Error> {
-    let mut finalizers: Vec<String> = endpoint
-        .finalizers()
-        .iter()
-        .filter(|f| *f != RECORDS_FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        finalizers.push(RECORDS_FINALIZER.into());
-    }
-    let patch = serde_json::json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": endpoint.resource_version(),
-    }});
-    let api: Api<DnsEndpoint> =
-        Api::namespaced(client.clone(), &endpoint.namespace().unwrap_or_default());
-    match api
-        .patch(
-            &endpoint.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
+    match set_finalizer(client, endpoint, RECORDS_FINALIZER, present).await {
         // The update brings the endpoint back with the finalizer in place.
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {

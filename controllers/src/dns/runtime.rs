@@ -275,7 +275,9 @@ pub async fn apply_endpoint_status(
 ) -> Result<(), kube::Error> {
     let mut status = fields;
     status["conditions"] = serde_json::to_value(conditions).expect("conditions serialize");
-    apply_status(client, endpoint, manager, status, resource_version).await
+    apply_status(client, endpoint, manager, status, resource_version)
+        .await
+        .map(drop)
 }
 
 /// The endpoint's current conditions, for [`conditions::condition`].

@@ -111,6 +111,7 @@ async fn reconcile(zone: Arc<DnsZone>, context: Arc<Context>) -> Result<Action, 
             });
             apply_status(&context.client, zone.as_ref(), FIELD_MANAGER, status, None)
                 .await
+                .map(drop)
                 .map_err(Error::from)
         } else {
             Ok(())

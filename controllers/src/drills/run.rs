@@ -110,6 +110,9 @@ pub enum Lock {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Guards {
     Clear,
+    /// At the gate only: the target cannot take a drill now (missing, not healthy, no replica
+    /// for a switchover, no write acknowledged through it), named.
+    TargetUnfit(String),
     /// A limit crossed, named with its value.
     Crossed(String),
     /// An SLO missing or without live status: nothing can vouch for the budget.
@@ -158,6 +161,7 @@ pub enum Reason {
     Deleted,
     GuardCrossed,
     GuardUnreadable,
+    TargetUnfit,
     OperatorRestarted,
     NotRecovered,
 }
@@ -168,6 +172,7 @@ impl fmt::Display for Reason {
             Reason::Deleted => "Deleted",
             Reason::GuardCrossed => "GuardCrossed",
             Reason::GuardUnreadable => "GuardUnreadable",
+            Reason::TargetUnfit => "TargetUnfit",
             Reason::OperatorRestarted => "OperatorRestarted",
             Reason::NotRecovered => "NotRecovered",
         })
@@ -219,6 +224,7 @@ fn guard_verdict(guards: &Guards, outcome: Outcome) -> Option<Verdict> {
         Guards::Clear => return None,
         Guards::Crossed(why) => (Reason::GuardCrossed, why),
         Guards::Unreadable(why) => (Reason::GuardUnreadable, why),
+        Guards::TargetUnfit(why) => (Reason::TargetUnfit, why),
     };
     Some(Verdict {
         outcome,

@@ -2,7 +2,9 @@
 //! cluster's CA (the operator's). `GET /status`; `POST /commands` with a JSON command
 //! (`{"command": "promote", "epoch": 4}`, `fence`, `follow` with `primary`): 200 with the new
 //! state, 409 with the refusal (a stale epoch names both epochs), 500 when accepted but not
-//! carried out.
+//! carried out. `GET /faults` and `POST /faults` (`{"fault": "freeze", "seconds": 30}`,
+//! `thaw`, `crash`) are a DR drill's: while frozen, status and commands wait for the thaw, as a
+//! hung machine's would, and only the fault API answers.
 
 use std::sync::Arc;
 
@@ -10,6 +12,8 @@ use axum::Json;
 use axum::extract::State as Shared;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+
+use bulwark_chaos::instance::InstanceFault;
 
 use super::instance::Command;
 use super::manager::{CommandError, Manager};
@@ -25,6 +29,7 @@ pub async fn serve(
     let router = axum::Router::new()
         .route("/status", axum::routing::get(status))
         .route("/commands", axum::routing::post(command))
+        .route("/faults", axum::routing::get(faults).post(inject))
         .with_state(manager);
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -33,10 +38,30 @@ pub async fn serve(
 }
 
 async fn status(Shared(manager): Shared<Arc<Manager>>) -> Response {
+    manager.until_thawed().await;
     Json(manager.status().await).into_response()
 }
 
+async fn faults(Shared(manager): Shared<Arc<Manager>>) -> Response {
+    Json(manager.faults()).into_response()
+}
+
+async fn inject(
+    Shared(manager): Shared<Arc<Manager>>,
+    Json(fault): Json<InstanceFault>,
+) -> Response {
+    match manager.inject(fault).await {
+        Ok(faults) => Json(faults).into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": format!("{error:#}")})),
+        )
+            .into_response(),
+    }
+}
+
 async fn command(Shared(manager): Shared<Arc<Manager>>, Json(command): Json<Command>) -> Response {
+    manager.until_thawed().await;
     match manager.command(command).await {
         Ok(state) => Json(state).into_response(),
         Err(error @ CommandError::Refused(_)) => (

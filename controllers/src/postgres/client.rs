@@ -78,6 +78,45 @@ impl Endpoint {
     }
 }
 
+/// How an application connects to a DatabaseCluster: through its `-rw` Service, with the
+/// credentials and CA of its `-app` Secret, checking the certificate's name is the Service's.
+/// The Service's cluster IP is dialled directly, so no cluster DNS is needed (the local test
+/// bed's host has none).
+pub async fn application(
+    client: &kube::Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Endpoint> {
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    let secret = kube::Api::<Secret>::namespaced(client.clone(), namespace)
+        .get(&format!("{cluster}-app"))
+        .await?;
+    let field = |key: &str| -> Result<String> {
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .with_context(|| format!("Secret {cluster}-app has no {key}"))?;
+        Ok(String::from_utf8(bytes.0.clone())?)
+    };
+    let address = kube::Api::<Service>::namespaced(client.clone(), namespace)
+        .get(&format!("{cluster}-rw"))
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .with_context(|| format!("Service {cluster}-rw has no cluster IP"))?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(format!("{cluster}-rw.{namespace}.svc"))
+        .hostaddr(address.parse()?)
+        .port(5432)
+        .user(field("username")?)
+        .password(field("password")?)
+        .dbname(field("dbname")?)
+        .connect_timeout(std::time::Duration::from_secs(1));
+    Endpoint::new(config, field("ca.crt")?.as_bytes())
+}
+
 fn trusting(roots: rustls::RootCertStore) -> MakeRustlsConnect {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)

@@ -228,6 +228,39 @@ async fn reconcile(cluster: Arc<DatabaseCluster>, context: Arc<Context>) -> Resu
     result
 }
 
+/// An HTTPS client presenting the operator's certificate, trusting only the cluster's CA, and
+/// reaching each instance by its pod name (the name its certificate carries).
+pub async fn instance_client(
+    secrets: &Api<Secret>,
+    cluster: &str,
+    pods: &[Pod],
+) -> anyhow::Result<reqwest::Client> {
+    let secret = secrets.get(&format!("{cluster}-operator-tls")).await?;
+    let field = |key: &str| -> anyhow::Result<Vec<u8>> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone())
+            .ok_or_else(|| anyhow::anyhow!("Secret {} has no {key}", secret.name_any()))
+    };
+    crate::runtime::ensure_crypto_provider();
+    let identity = reqwest::Identity::from_pem(&[field("tls.crt")?, field("tls.key")?].concat())?;
+    let ca = reqwest::Certificate::from_pem(&field("ca.crt")?)?;
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .identity(identity)
+        .connect_timeout(Duration::from_secs(1));
+    for pod in pods {
+        if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+            && let Ok(ip) = ip.parse::<std::net::IpAddr>()
+        {
+            builder = builder.resolve(&pod.name_any(), std::net::SocketAddr::new(ip, API_PORT));
+        }
+    }
+    Ok(builder.build()?)
+}
+
 /// A Kubernetes binary quantity (`16Mi`, `1G`, `1024`) in bytes.
 pub fn quantity_bytes(text: &str) -> Option<u64> {
     let split = text
@@ -636,38 +669,8 @@ impl<'a> Reconciler<'a> {
         Ok(observed)
     }
 
-    /// An HTTPS client presenting the operator's certificate, trusting only the cluster's CA,
-    /// and reaching each instance by its pod name (the name its certificate carries).
     async fn instance_client(&self, pods: &[Pod]) -> Result<reqwest::Client, Error> {
-        let secret = self
-            .api::<Secret>()
-            .get(&format!("{}-operator-tls", self.name))
-            .await?;
-        let field = |key: &str| -> Result<Vec<u8>, Error> {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|b| b.0.clone())
-                .ok_or_else(|| anyhow::anyhow!("Secret {} has no {key}", secret.name_any()).into())
-        };
-        crate::runtime::ensure_crypto_provider();
-        let identity =
-            reqwest::Identity::from_pem(&[field("tls.crt")?, field("tls.key")?].concat())
-                .map_err(anyhow::Error::from)?;
-        let ca = reqwest::Certificate::from_pem(&field("ca.crt")?).map_err(anyhow::Error::from)?;
-        let mut builder = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .identity(identity)
-            .connect_timeout(Duration::from_secs(1));
-        for pod in pods {
-            if let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
-                && let Ok(ip) = ip.parse::<std::net::IpAddr>()
-            {
-                builder = builder.resolve(&pod.name_any(), std::net::SocketAddr::new(ip, API_PORT));
-            }
-        }
-        Ok(builder.build().map_err(anyhow::Error::from)?)
+        Ok(instance_client(&self.api::<Secret>(), &self.name, pods).await?)
     }
 
     /// Creates what is missing: a PVC and a pod for each of `spec.instances`, and removes the

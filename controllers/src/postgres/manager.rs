@@ -15,6 +15,8 @@ use tokio::process::{Child, Command as Process};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use bulwark_chaos::instance::{self as faults, FaultsInPlace, InstanceFault};
+
 use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide};
 use super::isolation::{Contacts, Replies};
 use crate::tls::TlsFiles;
@@ -121,6 +123,11 @@ pub struct Status {
 pub struct Manager {
     config: Config,
     inner: Mutex<Inner>,
+    /// A drill's freeze: the PostgreSQL processes stopped, and the API's status and commands
+    /// held until it thaws. The processes are kept apart from `inner`, whose holder may be
+    /// waiting on the frozen PostgreSQL.
+    frozen: std::sync::Mutex<Option<Vec<i32>>>,
+    thawed: tokio::sync::watch::Sender<bool>,
 }
 
 struct Inner {
@@ -169,6 +176,8 @@ impl Manager {
                 fence_reason: None,
                 epoch_confirmed,
             }),
+            frozen: std::sync::Mutex::new(None),
+            thawed: tokio::sync::watch::Sender::new(true),
         });
         Ok(manager)
     }
@@ -304,6 +313,73 @@ impl Manager {
             }
         }
         Ok(next)
+    }
+
+    /// Carries out a drill's fault (see [`InstanceFault`]).
+    pub async fn inject(self: &Arc<Self>, fault: InstanceFault) -> Result<FaultsInPlace> {
+        match fault {
+            InstanceFault::Crash => {
+                warn!("drill: crashing (SIGKILL of PostgreSQL, then the manager exits)");
+                if let Some(pid) = self.postmaster().await {
+                    faults::kill_tree(pid)?;
+                }
+                // No cleanup, as in a crash. A container's PID 1 ignores its own SIGKILL, so exit.
+                // SAFETY: _exit(2) ends the process at once.
+                unsafe { libc::_exit(137) }
+            }
+            InstanceFault::Freeze { seconds } => {
+                let pid = self
+                    .postmaster()
+                    .await
+                    .context("PostgreSQL is not running: nothing to freeze")?;
+                let mut frozen = self.frozen.lock().unwrap();
+                if frozen.is_none() {
+                    warn!(seconds, "drill: freezing PostgreSQL and this manager's API");
+                    *frozen = Some(faults::stop_tree(pid)?);
+                    self.thawed.send_replace(false);
+                    let manager = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(seconds)).await;
+                        if manager.thaw() {
+                            warn!(seconds, "drill: the freeze reached its deadline; thawed");
+                        }
+                    });
+                }
+            }
+            InstanceFault::Thaw => {
+                if self.thaw() {
+                    info!("drill: thawed");
+                }
+            }
+        }
+        Ok(self.faults())
+    }
+
+    /// Continues what a freeze stopped; whether anything was frozen.
+    fn thaw(&self) -> bool {
+        let Some(pids) = self.frozen.lock().unwrap().take() else {
+            return false;
+        };
+        faults::resume(&pids);
+        self.thawed.send_replace(true);
+        true
+    }
+
+    pub fn faults(&self) -> FaultsInPlace {
+        FaultsInPlace {
+            frozen: self.frozen.lock().unwrap().is_some(),
+        }
+    }
+
+    /// Returns once no freeze holds the API.
+    pub async fn until_thawed(&self) {
+        let mut thawed = self.thawed.subscribe();
+        let _ = thawed.wait_for(|thawed| *thawed).await;
+    }
+
+    async fn postmaster(&self) -> Option<i32> {
+        let inner = self.inner.lock().await;
+        inner.postgres.as_ref()?.id().map(|pid| pid as i32)
     }
 
     pub async fn status(&self) -> Status {

@@ -1,0 +1,56 @@
+//! DR drill report metrics: what a readiness dashboard and the "no successful drill lately"
+//! alert read.
+
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct DrillMetrics {
+    pub runs: IntCounterVec,
+    /// Per target (`namespace`, `kind`, `target`), from its most recently completed run.
+    pub last_rto_seconds: GaugeVec,
+    pub last_lost_writes: GaugeVec,
+    /// When the target's last Succeeded run completed (seconds since the epoch).
+    pub last_success_timestamp: GaugeVec,
+}
+
+pub const TARGET_LABELS: [&str; 3] = ["namespace", "kind", "target"];
+
+impl DrillMetrics {
+    pub fn register(registry: &Registry) -> Self {
+        let gauge =
+            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &TARGET_LABELS).unwrap();
+        let metrics = DrillMetrics {
+            runs: IntCounterVec::new(
+                Opts::new(
+                    "drill_runs_total",
+                    "DrillRuns completed by this replica, by result and scenario",
+                ),
+                &["result", "scenario"],
+            )
+            .unwrap(),
+            last_rto_seconds: gauge(
+                "drill_last_rto_seconds",
+                "Longest outage the write probe saw in the target's last completed drill",
+            ),
+            last_lost_writes: gauge(
+                "drill_last_lost_writes",
+                "Acknowledged writes missing after the target's last completed drill (RPO)",
+            ),
+            last_success_timestamp: gauge(
+                "drill_last_success_timestamp_seconds",
+                "When the target's last Succeeded drill completed",
+            ),
+        };
+        for collector in [
+            Box::new(metrics.runs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.last_rto_seconds.clone()),
+            Box::new(metrics.last_lost_writes.clone()),
+            Box::new(metrics.last_success_timestamp.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        metrics
+    }
+}

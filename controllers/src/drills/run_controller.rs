@@ -1,0 +1,1099 @@
+//! The DrillRun controller (leader only): observes the world, asks [`run::step`] for the one
+//! next thing to do, does it, and asks again. Each phase is written to status (a
+//! resourceVersion compare-and-set) before its side effect; what only this process knows (that
+//! it recorded `Injecting` itself, the fault's moment, the write probe) lives in memory and dies
+//! with it, which is what makes a successor roll back instead of injecting again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulwark_chaos::instance::{FaultsInPlace, InstanceFault};
+use bulwark_crds::drills::{
+    DrillRun, DrillRunStatus, Fault, GuardReading, TimelineEntry, WriteCounts,
+};
+use bulwark_crds::postgres::DatabaseCluster;
+use bulwark_crds::slo::ServiceLevelObjective;
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::guards;
+use super::run::{
+    self, Criteria, Driving, Guards, Lock, Measured, Observation, Outcome, Phase, Reason, Recorded,
+    Step, Verdict, Waiting,
+};
+use crate::conditions;
+use crate::leadership::{Leadership, became_leader, still_leading};
+use crate::metrics::Metrics;
+use crate::postgres::client;
+use crate::postgres::cluster::{API_PORT, CLUSTER_LABEL, instance_client};
+use crate::postgres::probe::{self, WriteProbe};
+use crate::readiness::Readiness;
+use crate::runtime::{
+    Backoff, apply_status, cached, drain, is_not_found, parse_duration, publish, set_finalizer,
+};
+use crate::scope::Scope;
+
+const CONTROLLER: &str = "drill-run";
+const FIELD_MANAGER: &str = "bulwark-drills";
+/// Held while a run may have a fault in place: deleting the run rolls it back first.
+pub const FINALIZER: &str = "bulwark.dev/drill-rollback";
+/// The write probe's pace, and how long one write may take before it counts as indeterminate.
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// At the gate the probe must have a write acknowledged within this, or the target is unfit.
+const FIRST_WRITE_LIMIT: Duration = Duration::from_secs(15);
+/// After the rollback, how long the target has to become healthy before the run fails.
+const RECOVERY_LIMIT: chrono::Duration = chrono::Duration::seconds(300);
+/// A frozen instance thaws itself this long after its drill's duration, should the rollback
+/// never come (the operator gone for good).
+const FREEZE_MARGIN_SECONDS: u64 = 30;
+/// Steps taken in one reconcile before handing back to the queue.
+const STEPS_PER_PASS: usize = 16;
+
+pub const ROLLED_BACK: &str = "RolledBack";
+pub const SUCCEEDED: &str = "Succeeded";
+
+#[derive(Clone, Debug)]
+pub struct DrillSettings {
+    pub scope: Scope,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// What this process alone knows of a run it drives.
+struct Driven {
+    driving: Driving,
+    probe: Option<WriteProbe>,
+    injected: Option<Instant>,
+}
+
+struct Context {
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    leadership: watch::Receiver<Leadership>,
+    settings: DrillSettings,
+    backoff: Backoff,
+    /// By run uid.
+    driven: Mutex<HashMap<String, Driven>>,
+    /// The completion time of the newest completed run reported per target, so the report
+    /// gauges (rebuilt from status when a replica starts leading) move only forward.
+    reported: Mutex<HashMap<(String, String), Timestamp>>,
+}
+
+pub async fn run(
+    client: kube::Client,
+    metrics: Metrics,
+    recorder: Recorder,
+    readiness: Readiness,
+    leadership: watch::Receiver<Leadership>,
+    settings: DrillSettings,
+    shutdown: CancellationToken,
+) {
+    let (runs, run_events) = cached::<DrillRun>(
+        &client,
+        settings.scope.namespace(),
+        watcher::Config::default(),
+        readiness.gate(format!("{CONTROLLER}/DrillRun")),
+    );
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        recorder,
+        leadership: leadership.clone(),
+        settings,
+        backoff: Backoff::default(),
+        driven: Mutex::default(),
+        reported: Mutex::default(),
+    });
+    let results = Controller::for_stream(
+        kube::runtime::WatchStreamExt::applied_objects(run_events),
+        runs,
+    )
+    .reconcile_all_on(became_leader(leadership))
+    .graceful_shutdown_on(async move { shutdown.cancelled().await })
+    .run(reconcile, error_policy, context);
+    drain(CONTROLLER, results).await;
+}
+
+fn key(run: &DrillRun) -> String {
+    format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())
+}
+
+fn error_policy(run: Arc<DrillRun>, error: &Error, context: Arc<Context>) -> Action {
+    warn!(run = %key(&run), %error, "DrillRun reconciliation failed");
+    context.backoff.failed(&key(&run))
+}
+
+async fn reconcile(run: Arc<DrillRun>, context: Arc<Context>) -> Result<Action, Error> {
+    let Some(token) = context.leadership.borrow().token() else {
+        return Ok(Action::await_change());
+    };
+    if let Some(action) = context
+        .settings
+        .scope
+        .not_managed(run.namespace().as_deref())
+    {
+        return Ok(action);
+    }
+    let timer = context.metrics.reconcile(CONTROLLER);
+    let driver = Driver {
+        context: &context,
+        token,
+        namespace: run.namespace().unwrap_or_default(),
+    };
+    let result = driver.drive((*run).clone()).await;
+    timer.done(result.as_ref().err().map(|_| "api"));
+    if result.is_ok() {
+        context.backoff.succeeded(&key(&run));
+    }
+    result
+}
+
+struct Driver<'a> {
+    context: &'a Context,
+    token: u64,
+    namespace: String,
+}
+
+/// What one pass observed besides the decision's inputs.
+struct Seen {
+    observation: Observation,
+    readings: Vec<GuardReading>,
+    cluster: Option<DatabaseCluster>,
+}
+
+impl Driver<'_> {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.context.client.clone(), &self.namespace)
+    }
+
+    fn leading(&self) -> bool {
+        still_leading(&self.context.leadership, self.token)
+    }
+
+    async fn drive(&self, mut run: DrillRun) -> Result<Action, Error> {
+        for _ in 0..STEPS_PER_PASS {
+            if !self.leading() {
+                return Ok(Action::await_change());
+            }
+            let recorded = recorded(&run)?;
+            if run.metadata.deletion_timestamp.is_none()
+                && recorded.phase != Phase::Completed
+                && !run.finalizers().iter().any(|f| f == FINALIZER)
+            {
+                run = set_finalizer(&self.context.client, &run, FINALIZER, true).await?;
+                continue;
+            }
+            let seen = self.observe(&run, recorded).await?;
+            let step = run::step(&seen.observation);
+            if !self.leading() {
+                return Ok(Action::await_change());
+            }
+            match step {
+                Step::Wait(waiting) => return Ok(Action::requeue(self.wait(&run, &waiting))),
+                Step::Done => {
+                    self.report(&run);
+                    if run.finalizers().iter().any(|f| f == FINALIZER) {
+                        set_finalizer(&self.context.client, &run, FINALIZER, false).await?;
+                    }
+                    return Ok(Action::await_change());
+                }
+                Step::AcquireLock => self.acquire_lock(&run).await?,
+                Step::ReleaseLock => self.release_lock(&run).await?,
+                Step::Record(phase, verdict) => {
+                    run = self.record(&run, &seen, phase, verdict).await?;
+                }
+                Step::Inject => self.inject(&run, &seen).await?,
+                Step::RollBack => {
+                    if let Err(error) = self.roll_back(&run, &seen).await {
+                        self.rollback_failed(&run, &error).await?;
+                        return Err(error);
+                    }
+                }
+                Step::RecordRolledBack => run = self.record_rolled_back(&run).await?,
+                Step::Complete => run = self.complete(&run).await?,
+            }
+        }
+        Ok(Action::requeue(Duration::ZERO))
+    }
+
+    fn uid(run: &DrillRun) -> String {
+        run.uid().unwrap_or_default()
+    }
+
+    async fn observe(&self, run: &DrillRun, recorded: Recorded) -> Result<Seen, Error> {
+        let uid = Self::uid(run);
+        let (driving, held_long_enough, probe_recovered) = {
+            let driven = self.context.driven.lock().unwrap();
+            match driven.get(&uid) {
+                None => (Driving::No, false, true),
+                Some(d) => (
+                    d.driving,
+                    d.injected
+                        .is_some_and(|at| at.elapsed() >= scenario_duration(run)),
+                    d.probe.as_ref().is_none_or(|p| {
+                        p.report()
+                            .writes
+                            .last()
+                            .is_some_and(|w| w.outcome == probe::Outcome::Acknowledged)
+                    }),
+                ),
+            }
+        };
+        let cluster = self
+            .api::<DatabaseCluster>()
+            .get_opt(&run.spec.target.name)
+            .await?;
+        let phase = recorded.phase;
+        let (guards, readings) = match phase {
+            Phase::Gating => match self.unfit(run, cluster.as_ref()).await {
+                Some(why) => (Guards::TargetUnfit(why), vec![]),
+                None => self.guards(run).await?,
+            },
+            Phase::Injecting | Phase::Observing => self.guards(run).await?,
+            _ => (Guards::Clear, vec![]),
+        };
+        let lock = match phase {
+            Phase::Pending | Phase::Completed => self.lock(run).await?,
+            _ => Lock::Mine,
+        };
+        let fault_absent = if phase == Phase::RollingBack && !recorded.rolled_back {
+            self.fault_absent(run, cluster.as_ref()).await?
+        } else {
+            false
+        };
+        let target_recovered = cluster.as_ref().is_some_and(|c| {
+            let status = c.status.clone().unwrap_or_default();
+            status.phase.as_deref() == Some("Healthy") && status.ready_instances >= c.spec.instances
+        }) && probe_recovered;
+        let recovery_overdue = phase_recorded_at(run, Phase::RollingBack)
+            .is_some_and(|at| Utc::now() - at > RECOVERY_LIMIT);
+        Ok(Seen {
+            observation: Observation {
+                recorded,
+                deleting: run.metadata.deletion_timestamp.is_some(),
+                lock,
+                guards,
+                driving,
+                fault_held_long_enough: held_long_enough,
+                fault_absent,
+                target_recovered,
+                recovery_overdue,
+            },
+            readings,
+            cluster,
+        })
+    }
+
+    /// Why the target cannot take this drill now; `None` when it can. Also starts the write
+    /// probe and waits for its first acknowledged write, so a drill never measures a target
+    /// that was down before the fault.
+    async fn unfit(&self, run: &DrillRun, cluster: Option<&DatabaseCluster>) -> Option<String> {
+        let name = &run.spec.target.name;
+        let Some(cluster) = cluster else {
+            return Some(format!("DatabaseCluster {name} does not exist"));
+        };
+        let status = cluster.status.clone().unwrap_or_default();
+        let phase = status.phase.as_deref().unwrap_or("Creating");
+        if phase != "Healthy" {
+            return Some(format!(
+                "DatabaseCluster {name} is {phase}, not Healthy: a drill starts only on a healthy target"
+            ));
+        }
+        if let Err(why) = victim(run.spec.scenario.fault, cluster) {
+            return Some(why);
+        }
+        let uid = Self::uid(run);
+        let running = self
+            .context
+            .driven
+            .lock()
+            .unwrap()
+            .get(&uid)
+            .is_some_and(|d| d.probe.is_some());
+        if !running {
+            let endpoint =
+                match client::application(&self.context.client, &self.namespace, name).await {
+                    Ok(endpoint) => endpoint,
+                    Err(error) => {
+                        return Some(format!(
+                            "cannot reach DatabaseCluster {name} as an application: {error:#}"
+                        ));
+                    }
+                };
+            // Numbered from the current microsecond, so probes sharing the table never collide.
+            let first = Utc::now().timestamp_micros();
+            let probe = WriteProbe::start_at(endpoint, first, PROBE_INTERVAL, PROBE_TIMEOUT);
+            self.context.driven.lock().unwrap().insert(
+                uid.clone(),
+                Driven {
+                    driving: Driving::No,
+                    probe: Some(probe),
+                    injected: None,
+                },
+            );
+        }
+        let deadline = Instant::now() + FIRST_WRITE_LIMIT;
+        loop {
+            let acknowledged = self
+                .context
+                .driven
+                .lock()
+                .unwrap()
+                .get(&uid)
+                .and_then(|d| d.probe.as_ref())
+                .is_some_and(|p| p.report().count(probe::Outcome::Acknowledged) > 0);
+            if acknowledged {
+                return None;
+            }
+            if Instant::now() >= deadline {
+                return Some(format!(
+                    "the write probe had no write acknowledged through Service {name}-rw in {}s",
+                    FIRST_WRITE_LIMIT.as_secs()
+                ));
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    async fn guards(&self, run: &DrillRun) -> Result<(Guards, Vec<GuardReading>), Error> {
+        let slos = self.api::<ServiceLevelObjective>();
+        let mut statuses = HashMap::new();
+        for guard in &run.spec.guards {
+            if !statuses.contains_key(&guard.slo) {
+                let slo = slos.get_opt(&guard.slo).await?;
+                statuses.insert(guard.slo.clone(), slo.map(|s| s.status));
+            }
+        }
+        Ok(guards::evaluate(
+            &run.spec.guards,
+            |name| statuses.get(name).cloned().flatten(),
+            Utc::now(),
+        ))
+    }
+
+    fn lease_name(run: &DrillRun) -> String {
+        format!("drill-lock-databasecluster-{}", run.spec.target.name)
+    }
+
+    async fn lock(&self, run: &DrillRun) -> Result<Lock, Error> {
+        let lease = self.api::<Lease>().get_opt(&Self::lease_name(run)).await?;
+        Ok(match lease {
+            None => Lock::Free,
+            Some(lease) => {
+                let mine = lease
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == run.metadata.uid.as_ref());
+                let holder = lease
+                    .spec
+                    .and_then(|s| s.holder_identity)
+                    .unwrap_or_default();
+                if mine { Lock::Mine } else { Lock::Held(holder) }
+            }
+        })
+    }
+
+    /// Creates the target's Lease; the API server refuses it while another run holds it, which
+    /// is what keeps one run per target across schedules, hand-made runs and replicas.
+    async fn acquire_lock(&self, run: &DrillRun) -> Result<(), Error> {
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": {
+                "name": Self::lease_name(run),
+                "ownerReferences": [{
+                    "apiVersion": "bulwark.dev/v1alpha1",
+                    "kind": "DrillRun",
+                    "name": run.name_any(),
+                    "uid": Self::uid(run),
+                }],
+            },
+            "spec": {"holderIdentity": run.name_any()},
+        }))
+        .expect("a Lease");
+        match self
+            .api::<Lease>()
+            .create(&PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn release_lock(&self, run: &DrillRun) -> Result<(), Error> {
+        let lease = self.api::<Lease>().get_opt(&Self::lease_name(run)).await?;
+        let Some(uid) = lease.and_then(|l| l.metadata.uid) else {
+            return Ok(());
+        };
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self
+            .api::<Lease>()
+            .delete(&Self::lease_name(run), &params)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn wait(&self, run: &DrillRun, waiting: &Waiting) -> Duration {
+        match waiting {
+            Waiting::Target(_) => Duration::from_secs(2),
+            Waiting::Recovery => Duration::from_secs(1),
+            Waiting::FaultHeld => {
+                let left = self
+                    .context
+                    .driven
+                    .lock()
+                    .unwrap()
+                    .get(&Self::uid(run))
+                    .and_then(|d| d.injected)
+                    .map_or(Duration::ZERO, |at| {
+                        scenario_duration(run).saturating_sub(at.elapsed())
+                    });
+                left.min(guard_interval(run))
+                    .max(Duration::from_millis(100))
+            }
+        }
+    }
+
+    /// Writes `phase` (and the verdict, when one is decided) before anything it leads to.
+    async fn record(
+        &self,
+        run: &DrillRun,
+        seen: &Seen,
+        phase: Phase,
+        verdict: Option<Verdict>,
+    ) -> Result<DrillRun, Error> {
+        let mut status = run.status.clone().unwrap_or_default();
+        let uid = Self::uid(run);
+        let mut message = match phase {
+            Phase::Gating => format!("holds DatabaseCluster {}", run.spec.target.name),
+            Phase::Injecting => {
+                let victim = seen
+                    .cluster
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("the target vanished"))
+                    .and_then(|c| {
+                        victim(run.spec.scenario.fault, c).map_err(|why| anyhow::anyhow!(why))
+                    })?;
+                status.victim = Some(victim.clone());
+                format!("{} of {victim}", run.spec.scenario.fault.name())
+            }
+            Phase::Observing => {
+                let injected = self
+                    .context
+                    .driven
+                    .lock()
+                    .unwrap()
+                    .get(&uid)
+                    .and_then(|d| d.injected);
+                status.injected_at = injected.map(micro_time_of);
+                format!(
+                    "{} injected; held for {}",
+                    run.spec.scenario.fault.name(),
+                    run.spec.scenario.duration
+                )
+            }
+            Phase::RollingBack => "rolling the fault back".to_string(),
+            Phase::Completed | Phase::Pending => String::new(),
+        };
+        let mut event = EventType::Normal;
+        if let Some(verdict) = &verdict {
+            status.result = Some(verdict.outcome.name().to_string());
+            status.message = Some(verdict.message.clone());
+            if matches!(
+                verdict.reason,
+                Reason::GuardCrossed | Reason::GuardUnreadable
+            ) {
+                status.guard_readings = seen.readings.clone();
+            }
+            if verdict.outcome != Outcome::Succeeded {
+                event = EventType::Warning;
+            }
+            message = format!(
+                "{} ({}): {}",
+                verdict.outcome.name(),
+                verdict.reason,
+                verdict.message
+            );
+        }
+        if phase == Phase::Completed {
+            status.completed_at = Some(Time(Timestamp::now()));
+            // Nothing is left to measure: this run never injected, or did not recover.
+            self.forget(&uid);
+            let outcome = verdict.as_ref().map(|v| v.outcome);
+            set_result_condition(&mut status, run, outcome, &message);
+            if status.rolled_back_at.is_none() {
+                set_condition(
+                    &mut status,
+                    run,
+                    ROLLED_BACK,
+                    true,
+                    "NothingInjected",
+                    "the fault was never injected".into(),
+                );
+            }
+        }
+        if phase == Phase::Injecting {
+            set_condition(
+                &mut status,
+                run,
+                ROLLED_BACK,
+                false,
+                "FaultInjecting",
+                format!("{message}: in place until rolled back"),
+            );
+        }
+        let written = self.write_status(run, status, phase, &message).await?;
+        if phase == Phase::Injecting
+            && let Some(driven) = self.context.driven.lock().unwrap().get_mut(&uid)
+        {
+            driven.driving = Driving::Recorded;
+        }
+        if phase == Phase::Completed {
+            self.count(&written);
+        }
+        let reason = verdict.map_or(phase.name().to_string(), |v| v.reason.to_string());
+        publish(&self.context.recorder, run, event, &reason, message).await;
+        Ok(written)
+    }
+
+    /// Appends the timeline entry for `phase` and writes the status with a compare-and-set on
+    /// the run's resourceVersion, so two writers never both move the machine.
+    async fn write_status(
+        &self,
+        run: &DrillRun,
+        mut status: DrillRunStatus,
+        phase: Phase,
+        message: &str,
+    ) -> Result<DrillRun, Error> {
+        status.phase = Some(phase.name().to_string());
+        status.timeline.push(TimelineEntry {
+            time: MicroTime(Timestamp::now()),
+            phase: phase.name().to_string(),
+            message: message.to_string(),
+        });
+        info!(run = %key(run), phase = phase.name(), message, "drill step");
+        let value = serde_json::to_value(&status).expect("status serializes");
+        Ok(apply_status(
+            &self.context.client,
+            run,
+            FIELD_MANAGER,
+            value,
+            run.resource_version().as_deref(),
+        )
+        .await?)
+    }
+
+    async fn inject(&self, run: &DrillRun, seen: &Seen) -> Result<(), Error> {
+        let victim = run
+            .status
+            .as_ref()
+            .and_then(|s| s.victim.clone())
+            .ok_or_else(|| anyhow::anyhow!("Injecting was recorded without a victim"))?;
+        match run.spec.scenario.fault {
+            Fault::PrimaryCrash => {
+                match self
+                    .send_fault(&run.spec.target.name, &victim, InstanceFault::Crash)
+                    .await?
+                {
+                    // The manager exits without answering: a request that got through did it.
+                    Ok(_) => {}
+                    Err(error) if !error.is_connect() => {}
+                    Err(error) => {
+                        return Err(anyhow::anyhow!(
+                            "could not reach {victim}'s manager to crash it: {error}"
+                        )
+                        .into());
+                    }
+                }
+            }
+            Fault::PrimaryFrozen => {
+                let seconds = scenario_duration(run).as_secs() + FREEZE_MARGIN_SECONDS;
+                self.send_fault(
+                    &run.spec.target.name,
+                    &victim,
+                    InstanceFault::Freeze { seconds },
+                )
+                .await?
+                .map_err(|e| anyhow::anyhow!("could not freeze {victim}: {e}"))?
+                .error_for_status()
+                .map_err(|e| anyhow::anyhow!("{victim}'s manager refused the freeze: {e}"))?;
+            }
+            Fault::Switchover => {
+                let cluster = seen
+                    .cluster
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("the target vanished"))?;
+                self.api::<DatabaseCluster>()
+                    .patch(
+                        &cluster.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"switchoverTo": victim}})),
+                    )
+                    .await?;
+            }
+        }
+        if let Some(driven) = self.context.driven.lock().unwrap().get_mut(&Self::uid(run)) {
+            driven.driving = Driving::Injected;
+            driven.injected = Some(Instant::now());
+        }
+        let message = format!("{} of {victim} injected", run.spec.scenario.fault.name());
+        publish(
+            &self.context.recorder,
+            run,
+            EventType::Warning,
+            "FaultInjected",
+            message,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn instance_client(&self, cluster: &str) -> anyhow::Result<reqwest::Client> {
+        let pods = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={cluster}")))
+            .await?;
+        instance_client(&self.api::<Secret>(), cluster, &pods.items).await
+    }
+
+    /// Posts `fault` to the victim's instance manager: the outer error is the client's (the
+    /// cluster's Secret or pods unreadable), the inner the request's.
+    async fn send_fault(
+        &self,
+        cluster: &str,
+        victim: &str,
+        fault: InstanceFault,
+    ) -> anyhow::Result<Result<reqwest::Response, reqwest::Error>> {
+        let client = self.instance_client(cluster).await?;
+        Ok(client
+            .post(format!("https://{victim}:{API_PORT}/faults"))
+            .timeout(Duration::from_secs(5))
+            .json(&fault)
+            .send()
+            .await)
+    }
+
+    /// Whether nothing of the fault is left in place.
+    async fn fault_absent(
+        &self,
+        run: &DrillRun,
+        cluster: Option<&DatabaseCluster>,
+    ) -> Result<bool, Error> {
+        let victim = run.status.as_ref().and_then(|s| s.victim.clone());
+        let Some(victim) = victim else {
+            return Ok(true);
+        };
+        Ok(match run.spec.scenario.fault {
+            // A crash is over once it happened; the restart policy brings the instance back.
+            Fault::PrimaryCrash => true,
+            Fault::Switchover => cluster
+                .and_then(|c| c.spec.switchover_to.as_deref())
+                .is_none_or(|to| to != victim),
+            Fault::PrimaryFrozen => {
+                // A pod that is gone took its frozen processes with it.
+                if self.api::<Pod>().get_opt(&victim).await?.is_none() {
+                    return Ok(true);
+                }
+                let client = self.instance_client(&run.spec.target.name).await?;
+                let url = format!("https://{victim}:{API_PORT}/faults");
+                match client.get(url).timeout(Duration::from_secs(5)).send().await {
+                    Ok(response) => match response.json::<FaultsInPlace>().await {
+                        Ok(faults) => !faults.frozen,
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                }
+            }
+        })
+    }
+
+    async fn roll_back(&self, run: &DrillRun, seen: &Seen) -> Result<(), Error> {
+        let Some(victim) = run.status.as_ref().and_then(|s| s.victim.clone()) else {
+            return Ok(());
+        };
+        match run.spec.scenario.fault {
+            Fault::PrimaryCrash => {}
+            Fault::PrimaryFrozen => {
+                self.send_fault(&run.spec.target.name, &victim, InstanceFault::Thaw)
+                    .await?
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            Fault::Switchover => {
+                // Only the request this drill made is taken back; one a person made since stays.
+                if let Some(cluster) = &seen.cluster
+                    && cluster.spec.switchover_to.as_deref() == Some(victim.as_str())
+                {
+                    let patch = json!({
+                        "metadata": {"resourceVersion": cluster.resource_version()},
+                        "spec": {"switchoverTo": null},
+                    });
+                    self.api::<DatabaseCluster>()
+                        .patch(
+                            &cluster.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(patch),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Says exactly what is left in place, and leaves the retry to the backoff.
+    async fn rollback_failed(&self, run: &DrillRun, error: &Error) -> Result<(), Error> {
+        let victim = run
+            .status
+            .as_ref()
+            .and_then(|s| s.victim.clone())
+            .unwrap_or_default();
+        let left = match run.spec.scenario.fault {
+            Fault::PrimaryFrozen => format!(
+                "{victim}'s PostgreSQL may still be frozen (it thaws itself {FREEZE_MARGIN_SECONDS}s after the drill's duration)"
+            ),
+            Fault::Switchover => format!(
+                "DatabaseCluster {} keeps spec.switchoverTo {victim}",
+                run.spec.target.name
+            ),
+            Fault::PrimaryCrash => "nothing".into(),
+        };
+        let message = format!("rollback failed, retrying: {left}: {error}");
+        let mut status = run.status.clone().unwrap_or_default();
+        let existing = status.conditions.clone();
+        set_condition(
+            &mut status,
+            run,
+            ROLLED_BACK,
+            false,
+            "RollbackFailed",
+            message.clone(),
+        );
+        if conditions::differs(
+            &existing,
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ROLLED_BACK)
+                .expect("set"),
+        ) {
+            let value = serde_json::to_value(&status).expect("status serializes");
+            apply_status(
+                &self.context.client,
+                run,
+                FIELD_MANAGER,
+                value,
+                run.resource_version().as_deref(),
+            )
+            .await?;
+            publish(
+                &self.context.recorder,
+                run,
+                EventType::Warning,
+                "RollbackFailed",
+                message,
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn record_rolled_back(&self, run: &DrillRun) -> Result<DrillRun, Error> {
+        let mut status = run.status.clone().unwrap_or_default();
+        status.rolled_back_at = Some(MicroTime(Timestamp::now()));
+        let message = format!(
+            "{} rolled back; waiting for the target to recover",
+            run.spec.scenario.fault.name()
+        );
+        set_condition(
+            &mut status,
+            run,
+            ROLLED_BACK,
+            true,
+            "RolledBack",
+            message.clone(),
+        );
+        let written = self
+            .write_status(run, status, Phase::RollingBack, &message)
+            .await?;
+        publish(
+            &self.context.recorder,
+            run,
+            EventType::Normal,
+            "RolledBack",
+            message,
+        )
+        .await;
+        Ok(written)
+    }
+
+    /// Stops the probe, reads every row back, judges (unless an abort already decided) and
+    /// records `Completed`.
+    async fn complete(&self, run: &DrillRun) -> Result<DrillRun, Error> {
+        let uid = Self::uid(run);
+        let measured = self.context.driven.lock().unwrap().get(&uid).and_then(|d| {
+            let probe = d.probe.as_ref()?;
+            Some((probe.report(), d.injected))
+        });
+        let mut status = run.status.clone().unwrap_or_default();
+        let decided = status.result.as_deref().and_then(Outcome::from_name);
+        let mut message = status.message.clone().unwrap_or_default();
+        if let Some((report, injected)) = measured {
+            let endpoint =
+                client::application(&self.context.client, &self.namespace, &run.spec.target.name)
+                    .await?;
+            let session = endpoint.connect().await.map_err(anyhow::Error::from)?;
+            let found = probe::sequences_found(&session)
+                .await
+                .map_err(anyhow::Error::from)?;
+            let verification = report.verify(&found);
+            let rto = injected
+                .and_then(|at| report.outage_after(at))
+                .map(|d| d.as_secs_f64());
+            status.rto_seconds = rto.map(|s| (s * 1000.0).round() / 1000.0);
+            status.lost_writes = Some(verification.lost.len() as u64);
+            status.writes = Some(WriteCounts {
+                acknowledged: report.count(probe::Outcome::Acknowledged) as u64,
+                failed: report.count(probe::Outcome::Failed) as u64,
+                indeterminate: report.count(probe::Outcome::Indeterminate) as u64,
+            });
+            if decided.is_none() {
+                let criteria = Criteria {
+                    max_rto_seconds: run
+                        .spec
+                        .success
+                        .max_rto
+                        .as_deref()
+                        .and_then(|d| parse_duration(d).ok())
+                        .map(|d| d.as_secs_f64()),
+                    max_lost_writes: run.spec.success.max_lost_writes.into(),
+                };
+                let measured = Measured {
+                    rto_seconds: rto,
+                    lost_writes: verification.lost.len() as u64,
+                };
+                let (outcome, judged) = run::judge(&measured, &criteria);
+                status.result = Some(outcome.name().to_string());
+                status.message = Some(judged.clone());
+                message = judged;
+            }
+        }
+        let outcome = status.result.as_deref().and_then(Outcome::from_name);
+        if outcome.is_none() {
+            // Only a run whose probe died with an earlier operator gets here undecided.
+            status.result = Some(Outcome::Aborted.name().into());
+        }
+        status.completed_at = Some(Time(Timestamp::now()));
+        set_result_condition(&mut status, run, outcome, &message);
+        let result = status.result.clone().unwrap_or_default();
+        let event = if result == Outcome::Succeeded.name() {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let written = self
+            .write_status(
+                run,
+                status,
+                Phase::Completed,
+                &format!("{result}: {message}"),
+            )
+            .await?;
+        self.forget(&uid);
+        self.count(&written);
+        publish(&self.context.recorder, run, event, &result, message).await;
+        Ok(written)
+    }
+
+    /// Drops what this process knew of a run, stopping its probe.
+    fn forget(&self, uid: &str) {
+        if let Some(driven) = self.context.driven.lock().unwrap().remove(uid)
+            && let Some(probe) = driven.probe
+        {
+            tokio::spawn(probe.stop());
+        }
+    }
+
+    /// Counts a run this process completed, and moves the report gauges.
+    fn count(&self, run: &DrillRun) {
+        let status = run.status.clone().unwrap_or_default();
+        self.context
+            .metrics
+            .drills
+            .runs
+            .with_label_values(&[
+                status.result.as_deref().unwrap_or_default(),
+                run.spec.scenario.fault.name(),
+            ])
+            .inc();
+        self.report(run);
+    }
+
+    /// Sets the per-target report gauges from a completed run, unless a newer one was reported.
+    fn report(&self, run: &DrillRun) {
+        let Some(status) = &run.status else { return };
+        let Some(completed) = status.completed_at.as_ref().map(|t| t.0) else {
+            return;
+        };
+        let target = (self.namespace.clone(), run.spec.target.name.clone());
+        {
+            let mut reported = self.context.reported.lock().unwrap();
+            if reported
+                .get(&target)
+                .is_some_and(|newest| *newest > completed)
+            {
+                return;
+            }
+            reported.insert(target, completed);
+        }
+        let metrics = &self.context.metrics.drills;
+        let labels = [
+            self.namespace.as_str(),
+            "DatabaseCluster",
+            run.spec.target.name.as_str(),
+        ];
+        if let Some(rto) = status.rto_seconds {
+            metrics.last_rto_seconds.with_label_values(&labels).set(rto);
+        }
+        if let Some(lost) = status.lost_writes {
+            metrics
+                .last_lost_writes
+                .with_label_values(&labels)
+                .set(lost as f64);
+        }
+        if status.result.as_deref() == Some(Outcome::Succeeded.name()) {
+            metrics
+                .last_success_timestamp
+                .with_label_values(&labels)
+                .set(completed.as_millisecond() as f64 / 1000.0);
+        }
+    }
+}
+
+fn recorded(run: &DrillRun) -> Result<Recorded, Error> {
+    let status = run.status.clone().unwrap_or_default();
+    let phase = Phase::from_name(status.phase.as_deref())
+        .ok_or_else(|| anyhow::anyhow!("status.phase {:?} is not a drill phase", status.phase))?;
+    Ok(Recorded {
+        phase,
+        outcome: status.result.as_deref().and_then(Outcome::from_name),
+        rolled_back: status.rolled_back_at.is_some(),
+    })
+}
+
+/// The instance the fault is aimed at: the primary, or for a switchover the ready replica
+/// furthest along.
+fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
+    let name = cluster.name_any();
+    let status = cluster.status.clone().unwrap_or_default();
+    match fault {
+        Fault::PrimaryCrash | Fault::PrimaryFrozen => status
+            .primary
+            .ok_or_else(|| format!("DatabaseCluster {name} has no primary")),
+        Fault::Switchover => status
+            .instances
+            .iter()
+            .filter(|i| i.role == "replica" && i.ready)
+            .min_by_key(|i| i.lag_bytes.unwrap_or(u64::MAX))
+            .map(|i| i.name.clone())
+            .ok_or_else(|| {
+                format!("DatabaseCluster {name} has no ready replica to switch over to")
+            }),
+    }
+}
+
+fn scenario_duration(run: &DrillRun) -> Duration {
+    parse_duration(&run.spec.scenario.duration).unwrap_or(Duration::from_secs(1))
+}
+
+fn guard_interval(run: &DrillRun) -> Duration {
+    parse_duration(&run.spec.guard_interval).unwrap_or(Duration::from_secs(5))
+}
+
+/// When `phase` was first recorded, from the timeline.
+fn phase_recorded_at(run: &DrillRun, phase: Phase) -> Option<chrono::DateTime<Utc>> {
+    let entry = run
+        .status
+        .as_ref()?
+        .timeline
+        .iter()
+        .find(|e| e.phase == phase.name())?;
+    Some(super::utc(entry.time.0))
+}
+
+/// The wall-clock time of an `Instant` in the past.
+fn micro_time_of(at: Instant) -> MicroTime {
+    let ago = k8s_openapi::jiff::SignedDuration::try_from(at.elapsed()).unwrap_or_default();
+    MicroTime(Timestamp::now() - ago)
+}
+
+fn set_condition(
+    status: &mut DrillRunStatus,
+    run: &DrillRun,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) {
+    let wanted = conditions::condition(
+        &status.conditions,
+        type_,
+        ok,
+        reason,
+        message,
+        run.metadata.generation,
+    );
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.push(wanted);
+}
+
+fn set_result_condition(
+    status: &mut DrillRunStatus,
+    run: &DrillRun,
+    outcome: Option<Outcome>,
+    message: &str,
+) {
+    let outcome = outcome.unwrap_or(Outcome::Aborted);
+    set_condition(
+        status,
+        run,
+        SUCCEEDED,
+        outcome == Outcome::Succeeded,
+        outcome.name(),
+        message.to_string(),
+    );
+}
