@@ -290,6 +290,22 @@ pub fn reference_firing(slo: &CompiledSlo, phases: &[Phase], minute: u32) -> Vec
         .collect()
 }
 
+/// Runs `promtool` (Debian's `prometheus` package) in `dir`: whether it succeeded, and what it
+/// printed.
+pub fn promtool(args: &[&str], dir: &std::path::Path) -> (bool, String) {
+    let output = std::process::Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool runs (Debian package prometheus)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
 /// `promtool` series notation for a counter that grows by `per_minute[i]` during phase i.
 fn counter_values(phases: &[Phase], per_minute: impl Fn(&Phase) -> f64) -> String {
     let mut value = 0.0;

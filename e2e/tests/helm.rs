@@ -9,13 +9,14 @@ use bulwark_e2e::bind::Bind;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::chart::{CHART, helm, output_text as text};
 use bulwark_e2e::dns::{apply_endpoint, create_zone, plans};
+use bulwark_e2e::slo::promtool;
 use bulwark_e2e::{cluster, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 fn rendered(extra: &[&str]) -> Vec<Value> {
@@ -191,6 +192,66 @@ fn a_single_namespace_install_gets_roles_there_and_the_lease_rule_names_its_leas
         binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "shop"
     );
+}
+
+/// The drill alerts as Prometheus evaluates them (`promtool test rules`): a target's failed
+/// drill fires until a later one succeeds, and a target without a successful drill for
+/// `overdueAfterHours` fires; both off unless enabled.
+#[test]
+fn drill_alerts_fire_for_a_failed_drill_and_an_overdue_target() {
+    assert!(
+        rendered(&[]).iter().all(|m| m["kind"] != "PrometheusRule"),
+        "the PrometheusRule needs the Prometheus Operator: off by default"
+    );
+    let manifests = rendered(&[
+        "--set",
+        "drills.alerts.enabled=true",
+        "--set",
+        "drills.alerts.overdueAfterHours=2",
+    ]);
+    let rule = manifests
+        .iter()
+        .find(|m| m["kind"] == "PrometheusRule")
+        .expect("a PrometheusRule");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.json"),
+        json!({"groups": rule["spec"]["groups"]}).to_string(),
+    )
+    .unwrap();
+    let target = r#"namespace="shop",kind="DatabaseCluster",target="db""#;
+    let labels = json!({"namespace": "shop", "kind": "DatabaseCluster", "target": "db", "severity": "warning"});
+    let failed = json!([{"exp_labels": labels, "exp_annotations": {
+        "summary": "The last DR drill of DatabaseCluster shop/db failed its success criteria",
+        "description": "kubectl get drillruns -n shop shows the run, its RTO, lost writes and why.",
+    }}]);
+    let overdue = json!([{"exp_labels": labels, "exp_annotations": {
+        "summary": "DatabaseCluster shop/db has had no successful DR drill for 2h",
+        "description": "Its failover is unproven: check its DrillSchedule (suspended, blocked windows, runs skipped by guards or failing).",
+    }}]);
+    let check = |minute: u32, alert: &str, expected: &Value| json!({"eval_time": format!("{minute}m"), "alertname": alert, "exp_alerts": expected});
+    let suite = json!({
+        "rule_files": ["rules.json"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": format!("bulwark_drill_last_failed{{{target},pod=\"a\"}}"), "values": "0 0 1 1 0 0"},
+                // The last success at time 0.
+                {"series": format!("bulwark_drill_last_success_timestamp_seconds{{{target},pod=\"a\"}}"), "values": "0x130"},
+            ],
+            "alert_rule_test": [
+                check(1, "BulwarkDrillFailed", &json!([])),
+                check(3, "BulwarkDrillFailed", &failed),
+                check(5, "BulwarkDrillFailed", &json!([])),
+                check(119, "BulwarkDrillOverdue", &json!([])),
+                check(121, "BulwarkDrillOverdue", &overdue),
+            ],
+        }],
+    });
+    std::fs::write(dir.path().join("test.json"), suite.to_string()).unwrap();
+    let (ok, text) = promtool(&["test", "rules", "test.json"], dir.path());
+    assert!(ok, "promtool test rules:\n{text}\n{suite:#}");
 }
 
 #[test]

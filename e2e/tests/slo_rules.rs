@@ -8,7 +8,7 @@ use bulwark_crds::slo::{
     Alerting, Indicator, LatencyIndicator, RatioIndicator, ServiceLevelObjectiveSpec,
 };
 use bulwark_e2e::slo::{
-    ERRORS_SELECTOR, Phase, Scenario, TOTAL_SELECTOR, promtool_suite, reference_firing,
+    ERRORS_SELECTOR, Phase, Scenario, TOTAL_SELECTOR, promtool, promtool_suite, reference_firing,
 };
 
 fn ratio_spec(objective: f64, period_days: u32) -> ServiceLevelObjectiveSpec {
@@ -27,20 +27,6 @@ fn ratio_spec(objective: f64, period_days: u32) -> ServiceLevelObjectiveSpec {
         },
         alerting: Alerting::default(),
     }
-}
-
-fn promtool(args: &[&str], dir: &std::path::Path) -> (bool, String) {
-    let output = Command::new("promtool")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("promtool runs (Debian package prometheus)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 /// `promtool check rules` over a rules file holding `groups`.

@@ -1,5 +1,5 @@
-//! DR drill report metrics: what a readiness dashboard and the "no successful drill lately"
-//! alert read.
+//! DR drill report metrics: what a readiness dashboard and the chart's drill alerts (a failed
+//! drill, no successful drill lately) read. The per-target gauges are the leader's alone.
 
 use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
 
@@ -9,6 +9,8 @@ pub struct DrillMetrics {
     /// Per target (`namespace`, `kind`, `target`), from its most recently completed run.
     pub last_rto_seconds: GaugeVec,
     pub last_lost_writes: GaugeVec,
+    /// 1 when the target's last judged drill (Succeeded or Failed) failed its criteria.
+    pub last_failed: GaugeVec,
     /// When the target's last Succeeded run completed (seconds since the epoch).
     pub last_success_timestamp: GaugeVec,
 }
@@ -36,6 +38,10 @@ impl DrillMetrics {
                 "drill_last_lost_writes",
                 "Acknowledged writes missing after the target's last completed drill (RPO)",
             ),
+            last_failed: gauge(
+                "drill_last_failed",
+                "1 when the target's last judged drill failed its success criteria, else 0",
+            ),
             last_success_timestamp: gauge(
                 "drill_last_success_timestamp_seconds",
                 "When the target's last Succeeded drill completed",
@@ -45,6 +51,7 @@ impl DrillMetrics {
             Box::new(metrics.runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.last_rto_seconds.clone()),
             Box::new(metrics.last_lost_writes.clone()),
+            Box::new(metrics.last_failed.clone()),
             Box::new(metrics.last_success_timestamp.clone()),
         ] {
             registry
@@ -52,5 +59,14 @@ impl DrillMetrics {
                 .expect("metric names are unique");
         }
         metrics
+    }
+
+    /// Drops the per-target report: only the leader speaks for targets, so alerts taking the
+    /// max over replicas never read a former leader's stale word.
+    pub fn forget_targets(&self) {
+        self.last_rto_seconds.reset();
+        self.last_lost_writes.reset();
+        self.last_failed.reset();
+        self.last_success_timestamp.reset();
     }
 }

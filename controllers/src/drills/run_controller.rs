@@ -129,10 +129,29 @@ pub async fn run(
         kube::runtime::WatchStreamExt::applied_objects(run_events),
         runs,
     )
-    .reconcile_all_on(became_leader(leadership))
+    .reconcile_all_on(became_leader(leadership.clone()))
     .graceful_shutdown_on(async move { shutdown.cancelled().await })
-    .run(reconcile, error_policy, context);
-    drain(CONTROLLER, results).await;
+    .run(reconcile, error_policy, context.clone());
+    tokio::select! {
+        _ = drain(CONTROLLER, results) => {}
+        _ = forget_report_when_following(leadership, context) => {}
+    }
+}
+
+/// A replica that stops leading drops its per-target report; the next leader rebuilds it from
+/// the runs' status as it reconciles them.
+async fn forget_report_when_following(
+    mut leadership: watch::Receiver<Leadership>,
+    context: Arc<Context>,
+) {
+    while leadership.changed().await.is_ok() {
+        if leadership.borrow_and_update().token().is_none() {
+            context.metrics.drills.forget_targets();
+            context.reported.lock().unwrap().clear();
+        }
+    }
+    // The elector is gone: shutdown ends the controller.
+    std::future::pending::<()>().await
 }
 
 fn key(run: &DrillRun) -> String {
@@ -988,6 +1007,11 @@ impl Driver<'_> {
         ];
         if let Some(rto) = status.rto_seconds {
             metrics.last_rto_seconds.with_label_values(&labels).set(rto);
+        }
+        match status.result.as_deref().and_then(Outcome::from_name) {
+            Some(Outcome::Succeeded) => metrics.last_failed.with_label_values(&labels).set(0.0),
+            Some(Outcome::Failed) => metrics.last_failed.with_label_values(&labels).set(1.0),
+            _ => {}
         }
         if let Some(lost) = status.lost_writes {
             metrics

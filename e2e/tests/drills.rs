@@ -1,0 +1,516 @@
+//! DR drills end to end, with real faults on a three-instance synchronous DatabaseCluster run by
+//! the chart's operator: a run whose guard names a missing SLO is Skipped with nothing injected;
+//! a hand-made PrimaryFrozen run holds the target while a DrillSchedule with a seconds field
+//! starts its first run on time, which waits for the target (one active run per target); both
+//! end Succeeded with their RTO measured and no acknowledged write lost, the fault rolled back
+//! and the lock released; ticks during a run start nothing (Forbid); the history limit holds;
+//! and the report metrics move. Then, on another cluster, the operator is SIGKILLed as each
+//! phase is recorded. Local control plane only (real instance pods).
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bulwark_crds::drills::{DrillRun, DrillSchedule};
+use bulwark_e2e::eventually;
+use bulwark_e2e::postgres::{
+    Database, DatabaseTest, container_of, events, three_synchronous_instances,
+};
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+
+const DELAY: Duration = Duration::from_secs(2);
+const SCHEDULE_LABEL: &str = "bulwark.dev/drill-schedule";
+
+fn drill_run(name: &str, spec: Value) -> DrillRun {
+    serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillRun",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("a valid DrillRun")
+}
+
+/// Waits for `name` to complete; its status.
+async fn completed(runs: &Api<DrillRun>, name: &str, within: Duration) -> Value {
+    eventually(within, &format!("DrillRun {name} Completed"), || async {
+        let status = serde_json::to_value(runs.get(name).await.ok()?.status).ok()?;
+        (status["phase"] == "Completed").then_some(status)
+    })
+    .await
+    .unwrap()
+}
+
+fn phases(status: &Value) -> Vec<String> {
+    status["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// A drill that ran to its end: every phase in order, rolled back, judged on measurements.
+fn assert_succeeded(name: &str, status: &Value) {
+    assert_eq!(status["result"], "Succeeded", "{name}: {status:#}");
+    assert_eq!(
+        phases(status),
+        [
+            "Gating",
+            "Injecting",
+            "Observing",
+            "RollingBack",
+            "RollingBack",
+            "Completed"
+        ],
+        "{name}: the second RollingBack entry is the fault seen gone"
+    );
+    assert_eq!(status["lostWrites"], 0, "{name}: {status:#}");
+    assert!(
+        status["writes"]["acknowledged"].as_u64().unwrap() > 0,
+        "{name}: {status:#}"
+    );
+    let rto = status["rtoSeconds"]
+        .as_f64()
+        .expect("an outage was measured");
+    assert!(rto > 0.0 && rto < 60.0, "{name}: RTO {rto}");
+    assert_eq!(condition(status, "RolledBack")["status"], "True", "{name}");
+    assert_eq!(condition(status, "Succeeded")["status"], "True", "{name}");
+    for field in ["injectedAt", "rolledBackAt", "completedAt", "victim"] {
+        assert!(status[field].is_string(), "{name}: no {field}: {status:#}");
+    }
+}
+
+#[tokio::test]
+async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
+    let Some(DatabaseTest {
+        client,
+        ns,
+        clusters,
+        release,
+    }) = DatabaseTest::start("drills", 1).await
+    else {
+        return;
+    };
+    clusters
+        .create(
+            &PostParams::default(),
+            &three_synchronous_instances("db", DELAY),
+        )
+        .await
+        .unwrap();
+    let db = Database::new(clusters.clone(), "db");
+    let healthy = db.healthy(Duration::from_secs(180)).await.unwrap();
+    let runs: Api<DrillRun> = Api::namespaced(client.clone(), &ns);
+    let schedules: Api<DrillSchedule> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let lock = "drill-lock-databasecluster-db";
+
+    // A guard nothing can vouch for: Skipped at the gate, nothing injected.
+    let crash = json!({"fault": "PrimaryCrash", "duration": "8s"});
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "unguarded",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": crash,
+                "guards": [{"slo": "checkout", "maxBurnRate": 14.4}],
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let skipped = completed(&runs, "unguarded", Duration::from_secs(60)).await;
+    assert_eq!(skipped["result"], "Skipped", "{skipped:#}");
+    assert!(
+        skipped["message"]
+            .as_str()
+            .unwrap()
+            .contains("ServiceLevelObjective checkout does not exist"),
+        "{skipped:#}"
+    );
+    assert_eq!(phases(&skipped), ["Gating", "Completed"]);
+    assert_eq!(
+        condition(&skipped, "RolledBack")["reason"],
+        "NothingInjected"
+    );
+    assert!(skipped["injectedAt"].is_null() && skipped["victim"].is_null());
+    assert!(
+        events(&client, &ns, "unguarded", "FaultInjected", "Warning")
+            .await
+            .is_empty()
+    );
+    let after_skip = db.status().await;
+    assert_eq!(
+        after_skip["epoch"], healthy["epoch"],
+        "no failover happened"
+    );
+    eventually(Duration::from_secs(10), "the lock released", || async {
+        leases.get_opt(lock).await.unwrap().is_none().then_some(())
+    })
+    .await
+    .unwrap();
+
+    // A hand-made freeze holds the target; a schedule's first run waits for it.
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "frozen",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": {"fault": "PrimaryFrozen", "duration": "15s"},
+                "success": {"maxRto": "60s"},
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "frozen is Observing", || async {
+        let run = runs.get("frozen").await.ok()?;
+        (run.status?.phase.as_deref() == Some("Observing")).then_some(())
+    })
+    .await
+    .unwrap();
+    let schedule: DrillSchedule = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillSchedule",
+        "metadata": {"name": "often"},
+        "spec": {
+            "schedule": "*/10 * * * * *",
+            "successfulRunsHistoryLimit": 1,
+            "runTemplate": {
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": crash,
+                "success": {"maxRto": "60s", "maxLostWrites": 0},
+            },
+        },
+    }))
+    .unwrap();
+    schedules
+        .create(&PostParams::default(), &schedule)
+        .await
+        .unwrap();
+
+    // Until both runs end: never two past Pending at once on one target, and the schedule's
+    // first run is created on its tick.
+    let scheduled_first = Mutex::new(None);
+    let seen_active = Mutex::new(BTreeSet::new());
+    eventually(
+        Duration::from_secs(300),
+        "frozen and the first scheduled run Completed",
+        || async {
+            let all = runs.list(&ListParams::default()).await.ok()?.items;
+            let past_pending: Vec<String> = all
+                .iter()
+                .filter(|r| {
+                    let phase = r.status.as_ref().and_then(|s| s.phase.clone());
+                    !matches!(phase.as_deref(), None | Some("Pending") | Some("Completed"))
+                })
+                .map(|r| r.metadata.name.clone().unwrap())
+                .collect();
+            assert!(
+                past_pending.len() <= 1,
+                "two runs hold db: {past_pending:?}"
+            );
+            seen_active.lock().unwrap().extend(past_pending);
+            let mut scheduled: Vec<&DrillRun> = all
+                .iter()
+                .filter(|r| {
+                    r.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key(SCHEDULE_LABEL))
+                })
+                .collect();
+            scheduled.sort_by_key(|r| r.metadata.name.clone());
+            if let Some(first) = scheduled.first() {
+                scheduled_first
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| (*first).clone());
+            }
+            let done = |r: &DrillRun| {
+                r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Completed")
+            };
+            let frozen_done = all
+                .iter()
+                .any(|r| r.metadata.name.as_deref() == Some("frozen") && done(r));
+            (frozen_done && scheduled.first().is_some_and(|r| done(r))).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // The schedule must not start another while we read the results.
+    schedules
+        .patch(
+            "often",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+
+    let frozen = completed(&runs, "frozen", Duration::from_secs(1)).await;
+    assert_succeeded("frozen", &frozen);
+    assert_eq!(
+        frozen["victim"], healthy["primary"],
+        "the primary was frozen"
+    );
+    let first = scheduled_first
+        .into_inner()
+        .unwrap()
+        .expect("the schedule created a run");
+    let seen_active = seen_active.into_inner().unwrap();
+    let first_name = first.metadata.name.clone().unwrap();
+    let tick: i64 = first_name.strip_prefix("often-").unwrap().parse().unwrap();
+    let created = first.metadata.creation_timestamp.unwrap().0.as_second();
+    assert!(
+        (0..=3).contains(&(created - tick)),
+        "{first_name} created {}s after its tick",
+        created - tick
+    );
+    assert_eq!(tick % 10, 0, "a tick of */10 seconds");
+    assert!(seen_active.contains("frozen") && seen_active.contains(&first_name));
+    let crashed = completed(&runs, &first_name, Duration::from_secs(1)).await;
+    assert_succeeded(&first_name, &crashed);
+    assert_ne!(
+        crashed["victim"], frozen["victim"],
+        "the frozen primary was failed over, so the crash hit its successor"
+    );
+    // It waited for the target: it held it only once the frozen run had let go.
+    let at = |text: &Value| text.as_str().unwrap().parse::<Timestamp>().unwrap();
+    assert!(at(&crashed["timeline"][0]["time"]) >= at(&frozen["completedAt"]));
+    // Each fault went in once.
+    for run in ["frozen", first_name.as_str()] {
+        assert_eq!(
+            events(&client, &ns, run, "FaultInjected", "Warning")
+                .await
+                .len(),
+            1,
+            "{run}"
+        );
+    }
+    // Ticks while the scheduled run was active started nothing.
+    let forbidden = events(&client, &ns, "often", "Forbidden", "Normal").await;
+    assert!(!forbidden.is_empty(), "a tick came while {first_name} ran");
+    assert!(forbidden[0].contains(&first_name), "{forbidden:?}");
+
+    // Nothing left behind: the lock released, the cluster healthy with its old primary back as
+    // a replica.
+    eventually(Duration::from_secs(10), "the lock released", || async {
+        leases.get_opt(lock).await.unwrap().is_none().then_some(())
+    })
+    .await
+    .unwrap();
+    db.healthy(Duration::from_secs(60)).await.unwrap();
+
+    // The history limit holds once the schedule's runs settle.
+    eventually(
+        Duration::from_secs(120),
+        "one Succeeded run kept",
+        || async {
+            let scheduled = runs
+                .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}=often")))
+                .await
+                .ok()?
+                .items;
+            let all_done = scheduled
+                .iter()
+                .all(|r| r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Completed"));
+            (all_done && scheduled.len() <= 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let status = serde_json::to_value(schedules.get("often").await.unwrap().status).unwrap();
+    assert!(status["lastSuccessfulTime"].is_string(), "{status:#}");
+    assert!(status["lastScheduleTime"].is_string(), "{status:#}");
+
+    let metrics = release.metrics(&client).await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        value(r#"bulwark_drill_runs_total{result="Succeeded",scenario="PrimaryCrash"}"#) >= 1.0
+    );
+    assert_eq!(
+        value(r#"bulwark_drill_runs_total{result="Succeeded",scenario="PrimaryFrozen"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"bulwark_drill_runs_total{result="Skipped",scenario="PrimaryCrash"}"#),
+        1.0
+    );
+    let target = format!(r#"{{kind="DatabaseCluster",namespace="{ns}",target="db"}}"#);
+    assert_eq!(
+        value(&format!("bulwark_drill_last_lost_writes{target}")),
+        0.0
+    );
+    assert!(value(&format!("bulwark_drill_last_rto_seconds{target}")) > 0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        now - value(&format!(
+            "bulwark_drill_last_success_timestamp_seconds{target}"
+        )) < 300.0
+    );
+    println!(
+        "drills: frozen RTO {}s, crash RTO {}s, writes {} / {}",
+        frozen["rtoSeconds"], crashed["rtoSeconds"], frozen["writes"], crashed["writes"]
+    );
+}
+
+/// The operator SIGKILLed as each phase is recorded, in turn: the restarted operator resumes
+/// from the persisted phase; a run whose fault may be in place is rolled back (Aborted,
+/// `OperatorRestarted`) and never injected again, one killed before that goes on; either way the
+/// fault is gone, the lock released and the cluster healthy.
+#[tokio::test]
+async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
+    let Some(DatabaseTest {
+        client,
+        ns,
+        clusters,
+        release,
+    }) = DatabaseTest::start("drills-killed", 1).await
+    else {
+        return;
+    };
+    clusters
+        .create(
+            &PostParams::default(),
+            &three_synchronous_instances("db", DELAY),
+        )
+        .await
+        .unwrap();
+    let db = Database::new(clusters.clone(), "db");
+    let runs: Api<DrillRun> = Api::namespaced(client.clone(), &ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for phase in ["Gating", "Injecting", "Observing", "RollingBack"] {
+        let before = db.healthy(Duration::from_secs(180)).await.unwrap();
+        let name = format!("killed-in-{}", phase.to_lowercase());
+        let updates = watcher(
+            runs.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        )
+        .applied_objects();
+        let mut updates = std::pin::pin!(updates);
+        runs.create(
+            &PostParams::default(),
+            &drill_run(
+                &name,
+                json!({
+                    "target": {"kind": "DatabaseCluster", "name": "db"},
+                    "scenario": {"fault": "PrimaryFrozen", "duration": "5s"},
+                    "success": {"maxRto": "60s"},
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+        let operator = release.pods(&client).await.unwrap().remove(0);
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(Ok(run)) = updates.next().await {
+                let status = run.status.unwrap_or_default();
+                assert_ne!(
+                    status.phase.as_deref(),
+                    Some("Completed"),
+                    "{name} ended before {phase}"
+                );
+                if status.phase.as_deref() == Some(phase) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name} reached {phase}"));
+        bulwark_chaos::node_agent::crash(&[container_of(&operator)]).unwrap();
+        let at_kill = runs.get(&name).await.unwrap().status.unwrap();
+
+        let status = completed(&runs, &name, Duration::from_secs(300)).await;
+        let injections = events(&client, &ns, &name, "FaultInjected", "Warning").await;
+        println!(
+            "killed at {phase} (status then {:?}): {} after {} injection(s): {}",
+            at_kill.phase,
+            status["result"],
+            injections.len(),
+            status["message"]
+        );
+        assert!(
+            injections.len() <= 1,
+            "{name} injected twice: {injections:?}"
+        );
+        match phase {
+            // Nothing was in place: the next operator gated and drove the run itself.
+            "Gating" if at_kill.phase.as_deref() == Some("Gating") => {
+                assert_succeeded(&name, &status);
+                assert_eq!(injections.len(), 1);
+            }
+            // The fault may have been in place: rolled back without a second injection.
+            _ => {
+                assert_eq!(status["result"], "Aborted", "{name}: {status:#}");
+                assert!(
+                    status["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("the operator that recorded"),
+                    "{name}: {status:#}"
+                );
+                assert!(status["rolledBackAt"].is_string(), "{name}: {status:#}");
+                assert_eq!(condition(&status, "RolledBack")["status"], "True");
+            }
+        }
+        eventually(Duration::from_secs(10), "the lock released", || async {
+            leases
+                .get_opt("drill-lock-databasecluster-db")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await
+        .unwrap();
+        // The frozen primary thawed: every instance ready in one epoch, at most one failover.
+        let after = db.healthy(Duration::from_secs(120)).await.unwrap();
+        assert!(after["epoch"].as_u64() <= before["epoch"].as_u64().map(|e| e + 1));
+        // The operator pod's restart is what took over.
+        eventually(
+            Duration::from_secs(60),
+            "the operator ready again",
+            || async {
+                let pod = pods.get(&operator.metadata.name.clone()?).await.ok()?;
+                pod.status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
