@@ -34,17 +34,16 @@ pub fn install_operator(
     kubeconfig: &std::path::Path,
     namespace: &str,
     replicas: usize,
+    values: &[&str],
 ) -> anyhow::Result<crate::chart::Release> {
     let (uid, gid) = postgres_user();
-    crate::chart::Release::install_operator(
-        kubeconfig,
-        namespace,
-        replicas,
-        &[
-            &format!("postgres.runAsUser={uid}"),
-            &format!("postgres.runAsGroup={gid}"),
-        ],
-    )
+    let user = format!("postgres.runAsUser={uid}");
+    let group = format!("postgres.runAsGroup={gid}");
+    let values: Vec<&str> = [user.as_str(), group.as_str()]
+        .into_iter()
+        .chain(values.iter().copied())
+        .collect();
+    crate::chart::Release::install_operator(kubeconfig, namespace, replicas, &values)
 }
 
 /// `GET <api>/status` of an instance manager, or `None` while it does not answer.
@@ -276,6 +275,15 @@ impl DatabaseTest {
     /// `None` off the local control plane: instance pods run this machine's PostgreSQL on its
     /// node agents, so the test says it is skipped.
     pub async fn start(prefix: &str, operator_replicas: usize) -> Option<Self> {
+        Self::start_with(prefix, operator_replicas, &[]).await
+    }
+
+    /// As [`DatabaseTest::start`], with extra chart `values` (`key=value`).
+    pub async fn start_with(
+        prefix: &str,
+        operator_replicas: usize,
+        values: &[&str],
+    ) -> Option<Self> {
         let cluster = crate::cluster();
         if cluster.local_api_server_port().is_none() {
             eprintln!(
@@ -285,7 +293,8 @@ impl DatabaseTest {
         }
         let client = cluster.client().await;
         let ns = cluster.namespace(prefix).await;
-        let release = install_operator(&cluster.kubeconfig, &ns, operator_replicas).unwrap();
+        let release =
+            install_operator(&cluster.kubeconfig, &ns, operator_replicas, values).unwrap();
         Some(DatabaseTest {
             clusters: Api::namespaced(client.clone(), &ns),
             client,

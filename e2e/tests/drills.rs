@@ -1,5 +1,7 @@
 //! DR drills end to end, with real faults on a three-instance synchronous DatabaseCluster run by
 //! the chart's operator: a run whose guard names a missing SLO is Skipped with nothing injected;
+//! an SLO (real Prometheus, synthetic exporter) that starts burning mid-drill aborts the run
+//! within two guard intervals and rolls it back, and the next run is Skipped at the gate;
 //! a hand-made PrimaryFrozen run holds the target while a DrillSchedule with a seconds field
 //! starts its first run on time, which waits for the target (one active run per target); both
 //! end Succeeded with their RTO measured and no acknowledged write lost, the fault rolled back
@@ -11,16 +13,23 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bulwark_controllers::slo::{prometheus_rule_name, prometheus_rule_resource};
 use bulwark_crds::drills::{DrillRun, DrillSchedule};
+use bulwark_crds::slo::ServiceLevelObjective;
 use bulwark_e2e::eventually;
 use bulwark_e2e::postgres::{
     Database, DatabaseTest, container_of, events, three_synchronous_instances,
 };
+use bulwark_e2e::process::free_port;
+use bulwark_e2e::slo::{
+    ERRORS_SELECTOR, Exporter, Prometheus, TOTAL_SELECTOR, install_prometheus_rule_crd,
+};
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
@@ -97,12 +106,18 @@ fn assert_succeeded(name: &str, status: &Value) {
 
 #[tokio::test]
 async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
+    // The guards' SLO: a real Prometheus scraping a synthetic exporter whose error ratio the
+    // test sets, read by the operator's SLO controller every second.
+    let exporter = Exporter::start("api", 200.0).unwrap();
+    let prometheus_port = free_port().unwrap();
+    let prometheus_host = bulwark_e2e::host_address_for_pods().unwrap_or([127, 0, 0, 1].into());
+    let prometheus_url = format!("slo.prometheusURL=http://{prometheus_host}:{prometheus_port}");
     let Some(DatabaseTest {
         client,
         ns,
         clusters,
         release,
-    }) = DatabaseTest::start("drills", 1).await
+    }) = DatabaseTest::start_with("drills", 1, &[&prometheus_url, "slo.statusInterval=1s"]).await
     else {
         return;
     };
@@ -114,6 +129,62 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
         .await
         .unwrap();
     let db = Database::new(clusters.clone(), "db");
+    install_prometheus_rule_crd(&client).await.unwrap();
+    let slos: Api<ServiceLevelObjective> = Api::namespaced(client.clone(), &ns);
+    let slo: ServiceLevelObjective = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "ServiceLevelObjective",
+        "metadata": {"name": "checkout"},
+        "spec": {
+            "service": "checkout", "objective": 99.9, "period": "30d",
+            "indicator": {"ratio": {"errors": ERRORS_SELECTOR, "total": TOTAL_SELECTOR}},
+        },
+    }))
+    .unwrap();
+    slos.create(&PostParams::default(), &slo).await.unwrap();
+    // It also scrapes the operator, for the drill dashboard's queries.
+    let operator = release.pods(&client).await.unwrap().remove(0);
+    let operator_metrics = format!("{}:8080", operator.status.unwrap().pod_ip.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = Prometheus::start(
+        dir.path(),
+        prometheus_port,
+        &[exporter.address.clone(), operator_metrics],
+        "1s",
+    )
+    .await
+    .unwrap();
+    let rules: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &prometheus_rule_resource());
+    let rule = eventually(
+        Duration::from_secs(60),
+        "checkout's PrometheusRule",
+        || async { rules.get(&prometheus_rule_name("checkout")).await.ok() },
+    )
+    .await
+    .unwrap();
+    prometheus
+        .load_rules(&rule.data["spec"]["groups"])
+        .await
+        .unwrap();
+    let burn_5m = || async {
+        let status = slos.get("checkout").await.ok()?.status?;
+        status
+            .burn_rates
+            .iter()
+            .find(|b| b.window == "5m")
+            .map(|b| b.burn_rate)
+    };
+    let live = eventually(
+        Duration::from_secs(60),
+        "checkout's live 5m burn rate",
+        || async { burn_5m().await.filter(|b| *b < 1.0) },
+    )
+    .await;
+    if let Err(error) = live {
+        let status = slos.get("checkout").await.unwrap().status;
+        panic!("{error}: {status:#?}");
+    }
+
     let healthy = db.healthy(Duration::from_secs(180)).await.unwrap();
     let runs: Api<DrillRun> = Api::namespaced(client.clone(), &ns);
     let schedules: Api<DrillSchedule> = Api::namespaced(client.clone(), &ns);
@@ -129,7 +200,7 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
             json!({
                 "target": {"kind": "DatabaseCluster", "name": "db"},
                 "scenario": crash,
-                "guards": [{"slo": "checkout", "maxBurnRate": 14.4}],
+                "guards": [{"slo": "inventory", "maxBurnRate": 14.4}],
             }),
         ),
     )
@@ -141,7 +212,7 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
         skipped["message"]
             .as_str()
             .unwrap()
-            .contains("ServiceLevelObjective checkout does not exist"),
+            .contains("ServiceLevelObjective inventory does not exist"),
         "{skipped:#}"
     );
     assert_eq!(phases(&skipped), ["Gating", "Completed"]);
@@ -165,6 +236,98 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     })
     .await
     .unwrap();
+
+    // The SLO starts burning mid-drill: aborted and rolled back within two guard intervals.
+    let guard = json!([{"slo": "checkout", "window": "5m", "maxBurnRate": 2.0}]);
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "burning",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": {"fault": "PrimaryFrozen", "duration": "120s"},
+                "guards": guard,
+                "guardInterval": "2s",
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "burning is Observing", || async {
+        let run = runs.get("burning").await.ok()?;
+        (run.status?.phase.as_deref() == Some("Observing")).then_some(())
+    })
+    .await
+    .unwrap();
+    exporter.set_error_ratio(0.05);
+    let crossed = eventually(
+        Duration::from_secs(60),
+        "checkout burning above 2x",
+        || async { burn_5m().await.filter(|b| *b > 2.0) },
+    )
+    .await
+    .unwrap();
+    let crossed_at = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "burning aborted", || async {
+        let status = runs.get("burning").await.ok()?.status?;
+        (status.phase.as_deref() != Some("Observing")).then_some(())
+    })
+    .await
+    .unwrap();
+    let abort_after = crossed_at.elapsed();
+    let aborted = completed(&runs, "burning", Duration::from_secs(180)).await;
+    assert_eq!(aborted["result"], "Aborted", "{aborted:#}");
+    let message = aborted["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("guard: checkout burns its budget at")
+            && message.contains("over 5m, above maxBurnRate 2"),
+        "{aborted:#}"
+    );
+    assert!(aborted["guardReadings"][0]["burnRate"].as_f64().unwrap() > 2.0);
+    assert!(
+        abort_after <= Duration::from_secs(4),
+        "aborted {abort_after:?} after the SLO status showed {crossed:.1}x: two guard intervals are 4s"
+    );
+    assert_eq!(condition(&aborted, "RolledBack")["status"], "True");
+    let timeline = aborted["timeline"].as_array().unwrap();
+    let abort_recorded = timeline
+        .iter()
+        .find(|e| e["phase"] == "RollingBack")
+        .unwrap();
+    let at = |text: &Value| text.as_str().unwrap().parse::<Timestamp>().unwrap();
+    let rollback_took = at(&aborted["rolledBackAt"]).duration_since(at(&abort_recorded["time"]));
+    println!(
+        "guard crossing ({crossed:.1}x) seen in SLO status → run aborted: {:.2}s; abort recorded → fault rolled back: {:.3}s",
+        abort_after.as_secs_f64(),
+        rollback_took.as_secs_f64()
+    );
+
+    // Still burning: the next run is Skipped at the gate, naming the SLO and its value.
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "while-burning",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": crash,
+                "guards": guard,
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let skipped_burning = completed(&runs, "while-burning", Duration::from_secs(60)).await;
+    assert_eq!(skipped_burning["result"], "Skipped", "{skipped_burning:#}");
+    assert!(
+        skipped_burning["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("guard: checkout burns its budget at"),
+        "{skipped_burning:#}"
+    );
+    assert!(skipped_burning["victim"].is_null());
+    exporter.set_error_ratio(0.0);
+    db.healthy(Duration::from_secs(120)).await.unwrap();
 
     // A hand-made freeze holds the target; a schedule's first run waits for it.
     runs.create(
@@ -292,7 +455,6 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
         "the frozen primary was failed over, so the crash hit its successor"
     );
     // It waited for the target: it held it only once the frozen run had let go.
-    let at = |text: &Value| text.as_str().unwrap().parse::<Timestamp>().unwrap();
     assert!(at(&crashed["timeline"][0]["time"]) >= at(&frozen["completedAt"]));
     // Each fault went in once.
     for run in ["frozen", first_name.as_str()] {
@@ -378,6 +540,33 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
             "bulwark_drill_last_success_timestamp_seconds{target}"
         )) < 300.0
     );
+    assert_eq!(
+        value(&format!("bulwark_drill_last_max_rto_seconds{target}")),
+        60.0
+    );
+
+    // Every query of the chart's drill dashboard answers from the operator's metrics.
+    let board: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../charts/bulwark/dashboards/drills.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let queries = bulwark_controllers::slo::dashboard::queries(&board);
+    assert!(queries.len() >= 6, "{queries:?}");
+    for query in &queries {
+        eventually(Duration::from_secs(30), query, || async {
+            prometheus
+                .query(query)
+                .await
+                .ok()
+                .filter(|answer| !answer.is_empty())
+        })
+        .await
+        .unwrap();
+    }
     println!(
         "drills: frozen RTO {}s, crash RTO {}s, writes {} / {}",
         frozen["rtoSeconds"], crashed["rtoSeconds"], frozen["writes"], crashed["writes"]
@@ -477,7 +666,7 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
                     status["message"]
                         .as_str()
                         .unwrap()
-                        .contains("the operator that recorded"),
+                        .contains("the operator that"),
                     "{name}: {status:#}"
                 );
                 assert!(status["rolledBackAt"].is_string(), "{name}: {status:#}");
@@ -513,4 +702,141 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
         .await
         .unwrap();
     }
+
+    // Missed ticks: a schedule every 5 s (its runs Skipped at once by a guard on an SLO that
+    // does not exist) while the operator is scaled to zero for 20 s: on its return exactly one
+    // run starts for the ticks missed, an Event counts the rest, and the history limit holds.
+    let schedules: Api<DrillSchedule> = Api::namespaced(client.clone(), &ns);
+    let schedule: DrillSchedule = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillSchedule",
+        "metadata": {"name": "every-5s"},
+        "spec": {
+            "schedule": "*/5 * * * * *",
+            "failedRunsHistoryLimit": 1,
+            "runTemplate": {
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": {"fault": "PrimaryCrash", "duration": "5s"},
+                "guards": [{"slo": "absent", "maxBurnRate": 1}],
+            },
+        },
+    }))
+    .unwrap();
+    schedules
+        .create(&PostParams::default(), &schedule)
+        .await
+        .unwrap();
+    let started = || async {
+        let mut ticks: Vec<i64> = events(&client, &ns, "every-5s", "Started", "Normal")
+            .await
+            .iter()
+            .filter_map(|m| {
+                m.split_whitespace()
+                    .nth(1)?
+                    .strip_prefix("every-5s-")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ticks.sort();
+        ticks.dedup();
+        ticks
+    };
+    eventually(Duration::from_secs(60), "two runs of every-5s", || async {
+        (started().await.len() >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = deployments
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    let scale = |replicas: i32| {
+        let deployments = deployments.clone();
+        let deployment = deployment.clone();
+        async move {
+            deployments
+                .patch(
+                    &deployment,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    scale(0).await;
+    eventually(Duration::from_secs(60), "the operator gone", || async {
+        release.pods(&client).await.ok()?.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    let down_at = unix_now();
+    let before_down = started().await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let up_at = unix_now();
+    scale(1).await;
+    // The first tick handled after the return is the latest missed one, or a new one.
+    let after = eventually(
+        Duration::from_secs(90),
+        "a run after the downtime",
+        || async {
+            let ticks = started().await;
+            (ticks.len() > before_down.len()).then_some(ticks)
+        },
+    )
+    .await
+    .unwrap();
+    // No tick of the downtime ran but the latest, handled once the operator was back.
+    let last_before = *before_down.last().unwrap();
+    let first_after = *after.iter().find(|t| **t > last_before).unwrap();
+    assert!(
+        first_after - last_before >= 20 && first_after >= up_at - 5,
+        "the ticks of the downtime {down_at}..{up_at} ran: {after:?}"
+    );
+    let missed = events(&client, &ns, "every-5s", "MissedTicks", "Warning").await;
+    let counted: u64 = missed
+        .iter()
+        .filter_map(|m| m.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(counted >= 3, "20 s down at one tick per 5 s: {missed:?}");
+    println!(
+        "operator down {}s: one run for the latest missed tick, {missed:?}",
+        up_at - down_at
+    );
+    schedules
+        .patch(
+            "every-5s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "the history limit", || async {
+        let kept = runs
+            .list(&ListParams::default().labels("bulwark.dev/drill-schedule=every-5s"))
+            .await
+            .ok()?
+            .items;
+        let all_done = kept
+            .iter()
+            .all(|r| r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Completed"));
+        (all_done && kept.len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }

@@ -255,6 +255,28 @@ fn drill_alerts_fire_for_a_failed_drill_and_an_overdue_target() {
 }
 
 #[test]
+fn the_drill_dashboard_is_a_grafana_configmap_unless_disabled() {
+    let manifests = rendered(&[]);
+    let dashboard = manifests
+        .iter()
+        .find(|m| m["kind"] == "ConfigMap" && m["metadata"]["name"] == "bulwark-drills-dashboard")
+        .expect("the drill dashboard ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let board: Value =
+        serde_json::from_str(dashboard["data"]["bulwark-drills.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{CHART}/dashboards/drills.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(board, file);
+    assert!(
+        rendered(&["--set", "drills.dashboard.enabled=false"])
+            .iter()
+            .all(|m| m["metadata"]["name"] != "bulwark-drills-dashboard")
+    );
+}
+
+#[test]
 fn pods_are_hardened() {
     let manifests = rendered(&[]);
     let deployment = manifests

@@ -8,6 +8,8 @@ pub struct DrillMetrics {
     pub runs: IntCounterVec,
     /// Per target (`namespace`, `kind`, `target`), from its most recently completed run.
     pub last_rto_seconds: GaugeVec,
+    /// That run's `success.maxRto`, to draw the RTO against.
+    pub last_max_rto_seconds: GaugeVec,
     pub last_lost_writes: GaugeVec,
     /// 1 when the target's last judged drill (Succeeded or Failed) failed its criteria.
     pub last_failed: GaugeVec,
@@ -34,6 +36,10 @@ impl DrillMetrics {
                 "drill_last_rto_seconds",
                 "Longest outage the write probe saw in the target's last completed drill",
             ),
+            last_max_rto_seconds: gauge(
+                "drill_last_max_rto_seconds",
+                "The success.maxRto of the target's last completed drill",
+            ),
             last_lost_writes: gauge(
                 "drill_last_lost_writes",
                 "Acknowledged writes missing after the target's last completed drill (RPO)",
@@ -50,6 +56,7 @@ impl DrillMetrics {
         for collector in [
             Box::new(metrics.runs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.last_rto_seconds.clone()),
+            Box::new(metrics.last_max_rto_seconds.clone()),
             Box::new(metrics.last_lost_writes.clone()),
             Box::new(metrics.last_failed.clone()),
             Box::new(metrics.last_success_timestamp.clone()),
@@ -65,6 +72,7 @@ impl DrillMetrics {
     /// max over replicas never read a former leader's stale word.
     pub fn forget_targets(&self) {
         self.last_rto_seconds.reset();
+        self.last_max_rto_seconds.reset();
         self.last_lost_writes.reset();
         self.last_failed.reset();
         self.last_success_timestamp.reset();

@@ -912,13 +912,7 @@ impl Driver<'_> {
             });
             if decided.is_none() {
                 let criteria = Criteria {
-                    max_rto_seconds: run
-                        .spec
-                        .success
-                        .max_rto
-                        .as_deref()
-                        .and_then(|d| parse_duration(d).ok())
-                        .map(|d| d.as_secs_f64()),
+                    max_rto_seconds: max_rto(run),
                     max_lost_writes: run.spec.success.max_lost_writes.into(),
                 };
                 let measured = Measured {
@@ -933,8 +927,14 @@ impl Driver<'_> {
         }
         let outcome = status.result.as_deref().and_then(Outcome::from_name);
         if outcome.is_none() {
-            // Only a run whose probe died with an earlier operator gets here undecided.
+            // Undecided without a probe: the operator that held the fault and rolled it back
+            // died, taking the measurements along.
+            message = format!(
+                "the operator that drove this run is gone ({}): its fault was rolled back; its measurements are lost",
+                Reason::OperatorRestarted
+            );
             status.result = Some(Outcome::Aborted.name().into());
+            status.message = Some(message.clone());
         }
         status.completed_at = Some(Time(Timestamp::now()));
         set_result_condition(&mut status, run, outcome, &message);
@@ -1008,6 +1008,12 @@ impl Driver<'_> {
         if let Some(rto) = status.rto_seconds {
             metrics.last_rto_seconds.with_label_values(&labels).set(rto);
         }
+        if let Some(limit) = max_rto(run) {
+            metrics
+                .last_max_rto_seconds
+                .with_label_values(&labels)
+                .set(limit);
+        }
         match status.result.as_deref().and_then(Outcome::from_name) {
             Some(Outcome::Succeeded) => metrics.last_failed.with_label_values(&labels).set(0.0),
             Some(Outcome::Failed) => metrics.last_failed.with_label_values(&labels).set(1.0),
@@ -1058,6 +1064,11 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
                 format!("DatabaseCluster {name} has no ready replica to switch over to")
             }),
     }
+}
+
+fn max_rto(run: &DrillRun) -> Option<f64> {
+    let limit = run.spec.success.max_rto.as_deref()?;
+    parse_duration(limit).ok().map(|d| d.as_secs_f64())
 }
 
 fn scenario_duration(run: &DrillRun) -> Duration {

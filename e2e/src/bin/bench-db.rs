@@ -262,7 +262,7 @@ async fn bench_bulwark() -> Result<(Vec<Row>, usize, Vec<Option<Duration>>)> {
     install_crds(&client).await?;
     let ns = test_cluster.namespace("bench-db").await;
     progress("Bulwark: installing the chart's operator");
-    let _release = install_operator(&test_cluster.kubeconfig, &ns, 1)?;
+    let _release = install_operator(&test_cluster.kubeconfig, &ns, 1, &[])?;
     let clusters: Api<DatabaseCluster> = Api::namespaced(client.clone(), &ns);
     clusters
         .create(
