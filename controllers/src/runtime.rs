@@ -13,7 +13,10 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
+use crate::leadership::Leadership;
+use crate::metrics::Metrics;
 use crate::readiness::Gate;
+use crate::scope::Scope;
 
 /// An API over the watched namespace, or over all namespaces when `namespace` is `None`.
 pub fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -154,6 +157,46 @@ pub async fn drain<T, R, Q>(
             futures::future::ready(())
         })
         .await
+}
+
+/// `namespace/name`: how logs, backoff and queues name an object.
+pub fn object_key<K: Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// What every singleton controller's reconcile does around its own `work`: only the leader
+/// acts (handed its fencing token), only in namespaces this replica manages; the pass is timed
+/// in the reconcile metrics, and a success resets the object's backoff.
+pub async fn as_leader<K, E, Fut>(
+    object: &K,
+    controller: &'static str,
+    leadership: &tokio::sync::watch::Receiver<Leadership>,
+    scope: &Scope,
+    metrics: &Metrics,
+    backoff: &Backoff,
+    work: impl FnOnce(u64) -> Fut,
+) -> Result<Action, E>
+where
+    K: Resource,
+    Fut: std::future::Future<Output = Result<Action, E>>,
+{
+    let Some(token) = leadership.borrow().token() else {
+        return Ok(Action::await_change());
+    };
+    if let Some(action) = scope.not_managed(object.meta().namespace.as_deref()) {
+        return Ok(action);
+    }
+    let timer = metrics.reconcile(controller);
+    let result = work(token).await;
+    timer.done(result.as_ref().err().map(|_| "api"));
+    if result.is_ok() {
+        backoff.succeeded(&object_key(object));
+    }
+    result
 }
 
 /// Exponential backoff per object: 0.5 s doubling to 60 s, reset by a success.

@@ -278,6 +278,18 @@ impl DatabaseTest {
         Self::start_with(prefix, operator_replicas, &[]).await
     }
 
+    /// Creates `cluster` in the test's namespace.
+    pub async fn create(&self, cluster: &DatabaseCluster) -> Database {
+        self.clusters
+            .create(&kube::api::PostParams::default(), cluster)
+            .await
+            .unwrap();
+        Database::new(
+            self.clusters.clone(),
+            cluster.metadata.name.as_deref().unwrap_or_default(),
+        )
+    }
+
     /// As [`DatabaseTest::start`], with extra chart `values` (`key=value`).
     pub async fn start_with(
         prefix: &str,

@@ -17,9 +17,7 @@ use bulwark_controllers::slo::{prometheus_rule_name, prometheus_rule_resource};
 use bulwark_crds::drills::{DrillRun, DrillSchedule};
 use bulwark_crds::slo::ServiceLevelObjective;
 use bulwark_e2e::eventually;
-use bulwark_e2e::postgres::{
-    Database, DatabaseTest, container_of, events, three_synchronous_instances,
-};
+use bulwark_e2e::postgres::{DatabaseTest, container_of, events, three_synchronous_instances};
 use bulwark_e2e::process::free_port;
 use bulwark_e2e::slo::{
     ERRORS_SELECTOR, Exporter, Prometheus, TOTAL_SELECTOR, install_prometheus_rule_crd,
@@ -110,25 +108,22 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     // test sets, read by the operator's SLO controller every second.
     let exporter = Exporter::start("api", 200.0).unwrap();
     let prometheus_port = free_port().unwrap();
+    // The pods' gateway is known once the control plane runs.
+    let _ = bulwark_e2e::cluster();
     let prometheus_host = bulwark_e2e::host_address_for_pods().unwrap_or([127, 0, 0, 1].into());
     let prometheus_url = format!("slo.prometheusURL=http://{prometheus_host}:{prometheus_port}");
-    let Some(DatabaseTest {
-        client,
-        ns,
-        clusters,
-        release,
-    }) = DatabaseTest::start_with("drills", 1, &[&prometheus_url, "slo.statusInterval=1s"]).await
+    let Some(test) =
+        DatabaseTest::start_with("drills", 1, &[&prometheus_url, "slo.statusInterval=1s"]).await
     else {
         return;
     };
-    clusters
-        .create(
-            &PostParams::default(),
-            &three_synchronous_instances("db", DELAY),
-        )
-        .await
-        .unwrap();
-    let db = Database::new(clusters.clone(), "db");
+    let db = test.create(&three_synchronous_instances("db", DELAY)).await;
+    let DatabaseTest {
+        client,
+        ns,
+        release,
+        ..
+    } = test;
     install_prometheus_rule_crd(&client).await.unwrap();
     let slos: Api<ServiceLevelObjective> = Api::namespaced(client.clone(), &ns);
     let slo: ServiceLevelObjective = serde_json::from_value(json!({
@@ -327,7 +322,7 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     );
     assert!(skipped_burning["victim"].is_null());
     exporter.set_error_ratio(0.0);
-    db.healthy(Duration::from_secs(120)).await.unwrap();
+    let before_frozen = db.healthy(Duration::from_secs(120)).await.unwrap();
 
     // A hand-made freeze holds the target; a schedule's first run waits for it.
     runs.create(
@@ -430,7 +425,7 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     let frozen = completed(&runs, "frozen", Duration::from_secs(1)).await;
     assert_succeeded("frozen", &frozen);
     assert_eq!(
-        frozen["victim"], healthy["primary"],
+        frozen["victim"], before_frozen["primary"],
         "the primary was frozen"
     );
     let first = scheduled_first
@@ -576,26 +571,20 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
 /// The operator SIGKILLed as each phase is recorded, in turn: the restarted operator resumes
 /// from the persisted phase; a run whose fault may be in place is rolled back (Aborted,
 /// `OperatorRestarted`) and never injected again, one killed before that goes on; either way the
-/// fault is gone, the lock released and the cluster healthy.
+/// fault is gone, the lock released and the cluster healthy. Then a schedule's ticks missed
+/// while the operator was scaled to zero run once, and Replace ends the old run first.
 #[tokio::test]
 async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
-    let Some(DatabaseTest {
-        client,
-        ns,
-        clusters,
-        release,
-    }) = DatabaseTest::start("drills-killed", 1).await
-    else {
+    let Some(test) = DatabaseTest::start("drills-killed", 1).await else {
         return;
     };
-    clusters
-        .create(
-            &PostParams::default(),
-            &three_synchronous_instances("db", DELAY),
-        )
-        .await
-        .unwrap();
-    let db = Database::new(clusters.clone(), "db");
+    let db = test.create(&three_synchronous_instances("db", DELAY)).await;
+    let DatabaseTest {
+        client,
+        ns,
+        release,
+        ..
+    } = test;
     let runs: Api<DrillRun> = Api::namespaced(client.clone(), &ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -725,24 +714,18 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
         .create(&PostParams::default(), &schedule)
         .await
         .unwrap();
+    // Events of one reason aggregate into one, so the runs started are read from the ticks
+    // lastScheduleTime passes through.
+    let ticks = Mutex::new(BTreeSet::new());
     let started = || async {
-        let mut ticks: Vec<i64> = events(&client, &ns, "every-5s", "Started", "Normal")
-            .await
-            .iter()
-            .filter_map(|m| {
-                m.split_whitespace()
-                    .nth(1)?
-                    .strip_prefix("every-5s-")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
-        ticks.sort();
-        ticks.dedup();
-        ticks
+        let status = schedules.get("every-5s").await.ok()?.status?;
+        let tick = status.last_schedule_time?.0.as_second();
+        let mut ticks = ticks.lock().unwrap();
+        ticks.insert(tick);
+        Some(ticks.iter().copied().collect::<Vec<i64>>())
     };
     eventually(Duration::from_secs(60), "two runs of every-5s", || async {
-        (started().await.len() >= 2).then_some(())
+        started().await.filter(|t| t.len() >= 2)
     })
     .await
     .unwrap();
@@ -777,7 +760,7 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     .await
     .unwrap();
     let down_at = unix_now();
-    let before_down = started().await;
+    let before_down = started().await.unwrap();
     tokio::time::sleep(Duration::from_secs(20)).await;
     let up_at = unix_now();
     scale(1).await;
@@ -785,10 +768,7 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     let after = eventually(
         Duration::from_secs(90),
         "a run after the downtime",
-        || async {
-            let ticks = started().await;
-            (ticks.len() > before_down.len()).then_some(ticks)
-        },
+        || async { started().await.filter(|t| t.len() > before_down.len()) },
     )
     .await
     .unwrap();
@@ -831,6 +811,109 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     })
     .await
     .unwrap();
+
+    // Replace: the tick after a run began deletes it, which rolls its fault back, and starts
+    // the next, which waits for the target meanwhile.
+    db.healthy(Duration::from_secs(120)).await.unwrap();
+    let schedule: DrillSchedule = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillSchedule",
+        "metadata": {"name": "replacing"},
+        "spec": {
+            "schedule": "*/20 * * * * *",
+            "concurrencyPolicy": "Replace",
+            "runTemplate": {
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": {"fault": "PrimaryFrozen", "duration": "120s"},
+            },
+        },
+    }))
+    .unwrap();
+    schedules
+        .create(&PostParams::default(), &schedule)
+        .await
+        .unwrap();
+    let of_schedule = ListParams::default().labels("bulwark.dev/drill-schedule=replacing");
+    let first = eventually(
+        Duration::from_secs(60),
+        "the first run Observing",
+        || async {
+            runs.list(&of_schedule)
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|r| r.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Observing"))
+        },
+    )
+    .await
+    .unwrap();
+    let first_name = first.metadata.name.unwrap();
+    let second_name = eventually(Duration::from_secs(40), "the next tick's run", || async {
+        let all = runs.list(&of_schedule).await.ok()?.items;
+        let past_pending = all
+            .iter()
+            .filter(|r| {
+                let phase = r.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, None | Some("Pending") | Some("Completed"))
+            })
+            .count();
+        assert!(past_pending <= 1, "two runs hold db");
+        all.into_iter()
+            .map(|r| r.metadata.name.unwrap())
+            .find(|n| *n != first_name)
+    })
+    .await
+    .unwrap();
+    schedules
+        .patch(
+            "replacing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(180),
+        "the replaced run rolled back and gone",
+        || async {
+            runs.get_opt(&first_name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let replaced = events(&client, &ns, "replacing", "Replaced", "Normal").await;
+    assert!(
+        replaced.iter().any(|m| m.contains(&first_name)),
+        "{replaced:?}"
+    );
+    let deleted = events(&client, &ns, &first_name, "Deleted", "Warning").await;
+    assert!(
+        !deleted.is_empty(),
+        "{first_name} aborted because it was deleted"
+    );
+    assert_eq!(
+        events(&client, &ns, &first_name, "RolledBack", "Normal")
+            .await
+            .len(),
+        1
+    );
+    runs.delete(&second_name, &Default::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(180), "the second run gone", || async {
+        runs.get_opt(&second_name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    db.healthy(Duration::from_secs(120)).await.unwrap();
 }
 
 /// Seconds since the epoch.

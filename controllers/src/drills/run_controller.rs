@@ -42,7 +42,8 @@ use crate::postgres::cluster::{API_PORT, CLUSTER_LABEL, instance_client};
 use crate::postgres::probe::{self, WriteProbe};
 use crate::readiness::Readiness;
 use crate::runtime::{
-    Backoff, apply_status, cached, drain, is_not_found, parse_duration, publish, set_finalizer,
+    Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, parse_duration,
+    publish, set_finalizer,
 };
 use crate::scope::Scope;
 
@@ -154,38 +155,42 @@ async fn forget_report_when_following(
     std::future::pending::<()>().await
 }
 
-fn key(run: &DrillRun) -> String {
-    format!("{}/{}", run.namespace().unwrap_or_default(), run.name_any())
-}
-
 fn error_policy(run: Arc<DrillRun>, error: &Error, context: Arc<Context>) -> Action {
-    warn!(run = %key(&run), %error, "DrillRun reconciliation failed");
-    context.backoff.failed(&key(&run))
+    warn!(run = %object_key(&*run), %error, "DrillRun reconciliation failed");
+    context.backoff.failed(&object_key(&*run))
 }
 
 async fn reconcile(run: Arc<DrillRun>, context: Arc<Context>) -> Result<Action, Error> {
-    let Some(token) = context.leadership.borrow().token() else {
-        return Ok(Action::await_change());
-    };
-    if let Some(action) = context
-        .settings
-        .scope
-        .not_managed(run.namespace().as_deref())
-    {
-        return Ok(action);
+    let (run, context) = (&*run, &*context);
+    as_leader(
+        run,
+        CONTROLLER,
+        &context.leadership,
+        &context.settings.scope,
+        &context.metrics,
+        &context.backoff,
+        |token| async move {
+            let driver = Driver {
+                context,
+                token,
+                namespace: run.namespace().unwrap_or_default(),
+            };
+            driver.drive(run.clone()).await
+        },
+    )
+    .await
+    .or_else(retry_on_conflict)
+}
+
+/// A compare-and-set lost to a newer version of the object, most often this controller's own
+/// write that the cache had not shown yet when the pass began: nothing failed; look again.
+pub(super) fn retry_on_conflict(error: Error) -> Result<Action, Error> {
+    match error {
+        Error::Kube(kube::Error::Api(status)) if status.is_conflict() => {
+            Ok(Action::requeue(Duration::from_millis(100)))
+        }
+        error => Err(error),
     }
-    let timer = context.metrics.reconcile(CONTROLLER);
-    let driver = Driver {
-        context: &context,
-        token,
-        namespace: run.namespace().unwrap_or_default(),
-    };
-    let result = driver.drive((*run).clone()).await;
-    timer.done(result.as_ref().err().map(|_| "api"));
-    if result.is_ok() {
-        context.backoff.succeeded(&key(&run));
-    }
-    result
 }
 
 struct Driver<'a> {
@@ -624,7 +629,7 @@ impl Driver<'_> {
             phase: phase.name().to_string(),
             message: message.to_string(),
         });
-        info!(run = %key(run), phase = phase.name(), message, "drill step");
+        info!(run = %object_key(run), phase = phase.name(), message, "drill step");
         let value = serde_json::to_value(&status).expect("status serializes");
         Ok(apply_status(
             &self.context.client,

@@ -19,13 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::run::Outcome;
-use super::run_controller::{DrillSettings, Error};
+use super::run_controller::{DrillSettings, Error, retry_on_conflict};
 use super::schedule::{self, Decision, Due, Schedule, Window};
 use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, publish};
+use crate::runtime::{
+    Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, publish,
+};
 
 const CONTROLLER: &str = "drill-schedule";
 const FIELD_MANAGER: &str = "bulwark-drill-schedules";
@@ -81,37 +83,23 @@ pub async fn run(
     drain(CONTROLLER, results).await;
 }
 
-fn key(schedule: &DrillSchedule) -> String {
-    format!(
-        "{}/{}",
-        schedule.namespace().unwrap_or_default(),
-        schedule.name_any()
-    )
-}
-
 fn error_policy(schedule: Arc<DrillSchedule>, error: &Error, context: Arc<Context>) -> Action {
-    warn!(schedule = %key(&schedule), %error, "DrillSchedule reconciliation failed");
-    context.backoff.failed(&key(&schedule))
+    warn!(schedule = %object_key(&*schedule), %error, "DrillSchedule reconciliation failed");
+    context.backoff.failed(&object_key(&*schedule))
 }
 
 async fn reconcile(schedule: Arc<DrillSchedule>, context: Arc<Context>) -> Result<Action, Error> {
-    let Some(token) = context.leadership.borrow().token() else {
-        return Ok(Action::await_change());
-    };
-    if let Some(action) = context
-        .settings
-        .scope
-        .not_managed(schedule.namespace().as_deref())
-    {
-        return Ok(action);
-    }
-    let timer = context.metrics.reconcile(CONTROLLER);
-    let result = reconcile_as_leader(&schedule, &context, token).await;
-    timer.done(result.as_ref().err().map(|_| "api"));
-    if result.is_ok() {
-        context.backoff.succeeded(&key(&schedule));
-    }
-    result
+    as_leader(
+        &*schedule,
+        CONTROLLER,
+        &context.leadership,
+        &context.settings.scope,
+        &context.metrics,
+        &context.backoff,
+        |token| reconcile_as_leader(&schedule, &context, token),
+    )
+    .await
+    .or_else(retry_on_conflict)
 }
 
 /// The schedule and its blocked windows, parsed; an error names what is wrong.
@@ -286,14 +274,7 @@ async fn reconcile_as_leader(
                         }
                         // Its finalizer rolls its fault back before it goes; the new run waits
                         // for the target meanwhile.
-                        match runs_api
-                            .delete(&old.name_any(), &DeleteParams::default())
-                            .await
-                        {
-                            Ok(_) => {}
-                            Err(error) if is_not_found(&error) => {}
-                            Err(error) => return Err(error.into()),
-                        }
+                        delete_run(&runs_api, old).await?;
                         events.push((
                             EventType::Normal,
                             "Replaced",
@@ -375,6 +356,15 @@ async fn create_run(
     }
 }
 
+/// Deletes a run (its finalizer rolls its fault back first); one already gone is no error.
+async fn delete_run(runs: &Api<DrillRun>, run: &DrillRun) -> Result<(), Error> {
+    match runs.delete(&run.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(error) if is_not_found(&error) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
 fn completed(run: &DrillRun) -> bool {
     run.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Completed")
 }
@@ -411,15 +401,8 @@ async fn prune_history(
             if !still_leading(&context.leadership, token) {
                 return Ok(());
             }
-            info!(schedule = %key(drill_schedule), run = %old.name_any(), "history limit: deleting a completed run");
-            match runs_api
-                .delete(&old.name_any(), &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
-                Err(error) if is_not_found(&error) => {}
-                Err(error) => return Err(error.into()),
-            }
+            info!(schedule = %object_key(drill_schedule), run = %old.name_any(), "history limit: deleting a completed run");
+            delete_run(runs_api, old).await?;
         }
     }
     Ok(())
@@ -472,7 +455,7 @@ async fn write(
         .await?;
     }
     for (kind, reason, note) in events {
-        info!(schedule = %key(drill_schedule), reason, %note, "drill schedule");
+        info!(schedule = %object_key(drill_schedule), reason, %note, "drill schedule");
         publish(&context.recorder, drill_schedule, kind, reason, note).await;
     }
     Ok(())

@@ -40,7 +40,10 @@ use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, parse_duration, publish};
+use crate::runtime::{
+    Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, parse_duration,
+    publish,
+};
 use crate::scope::Scope;
 
 const CONTROLLER: &str = "postgres";
@@ -193,39 +196,27 @@ pub async fn run(
     drain(CONTROLLER, results).await;
 }
 
-fn key(cluster: &DatabaseCluster) -> String {
-    format!(
-        "{}/{}",
-        cluster.namespace().unwrap_or_default(),
-        cluster.name_any()
-    )
-}
-
 fn error_policy(cluster: Arc<DatabaseCluster>, error: &Error, context: Arc<Context>) -> Action {
-    warn!(cluster = %key(&cluster), %error, "DatabaseCluster reconciliation failed");
-    context.backoff.failed(&key(&cluster))
+    warn!(cluster = %object_key(&*cluster), %error, "DatabaseCluster reconciliation failed");
+    context.backoff.failed(&object_key(&*cluster))
 }
 
 async fn reconcile(cluster: Arc<DatabaseCluster>, context: Arc<Context>) -> Result<Action, Error> {
-    let Some(token) = context.leadership.borrow().token() else {
-        return Ok(Action::await_change());
-    };
-    if let Some(action) = context
-        .settings
-        .scope
-        .not_managed(cluster.namespace().as_deref())
-    {
-        return Ok(action);
-    }
-    let timer = context.metrics.reconcile(CONTROLLER);
-    let result = Reconciler::new(&cluster, &context, token)
-        .run((*cluster).clone())
-        .await;
-    timer.done(result.as_ref().err().map(|_| "api"));
-    if result.is_ok() {
-        context.backoff.succeeded(&key(&cluster));
-    }
-    result
+    let (cluster, context) = (&*cluster, &*context);
+    as_leader(
+        cluster,
+        CONTROLLER,
+        &context.leadership,
+        &context.settings.scope,
+        &context.metrics,
+        &context.backoff,
+        |token| async move {
+            Reconciler::new(cluster, context, token)
+                .run((*cluster).clone())
+                .await
+        },
+    )
+    .await
 }
 
 /// An HTTPS client presenting the operator's certificate, trusting only the cluster's CA, and

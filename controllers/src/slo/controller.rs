@@ -23,7 +23,9 @@ use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::{Backoff, apply_status, cached, drain, is_not_found, publish};
+use crate::runtime::{
+    Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, publish,
+};
 use crate::scope::Scope;
 
 const CONTROLLER: &str = "slo";
@@ -115,36 +117,25 @@ pub async fn run(
     drain(CONTROLLER, results).await;
 }
 
-fn key(slo: &ServiceLevelObjective) -> String {
-    format!("{}/{}", slo.namespace().unwrap_or_default(), slo.name_any())
-}
-
 fn error_policy(slo: Arc<ServiceLevelObjective>, error: &Error, context: Arc<Context>) -> Action {
-    warn!(slo = %key(&slo), %error, "SLO reconciliation failed");
-    context.backoff.failed(&key(&slo))
+    warn!(slo = %object_key(&*slo), %error, "SLO reconciliation failed");
+    context.backoff.failed(&object_key(&*slo))
 }
 
 async fn reconcile(
     slo: Arc<ServiceLevelObjective>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
-    let Some(token) = context.leadership.borrow().token() else {
-        return Ok(Action::await_change());
-    };
-    if let Some(action) = context
-        .settings
-        .scope
-        .not_managed(slo.namespace().as_deref())
-    {
-        return Ok(action);
-    }
-    let timer = context.metrics.reconcile(CONTROLLER);
-    let result = reconcile_as_leader(&slo, &context, token).await;
-    timer.done(result.as_ref().err().map(|_| "api"));
-    if result.is_ok() {
-        context.backoff.succeeded(&key(&slo));
-    }
-    result
+    as_leader(
+        &*slo,
+        CONTROLLER,
+        &context.leadership,
+        &context.settings.scope,
+        &context.metrics,
+        &context.backoff,
+        |token| reconcile_as_leader(&slo, &context, token),
+    )
+    .await
 }
 
 /// The status being built, and the Events its condition changes call for.
@@ -346,7 +337,7 @@ async fn write_status(
         apply_status(&context.client, slo, FIELD_MANAGER, status, None).await?;
     }
     for (kind, reason, note) in update.events {
-        info!(slo = %key(slo), %reason, %note, "SLO condition changed");
+        info!(slo = %object_key(slo), %reason, %note, "SLO condition changed");
         publish(&context.recorder, slo, kind, &reason, note).await;
     }
     Ok(())
