@@ -56,6 +56,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// At the gate the probe must have a write acknowledged within this, or the target is unfit.
 const FIRST_WRITE_LIMIT: Duration = Duration::from_secs(15);
+/// How long a run waits at the gate for its target to become Healthy before it is Skipped.
+const GATE_PATIENCE: chrono::Duration = chrono::Duration::seconds(60);
 /// After the rollback, how long the target has to become healthy before the run fails.
 const RECOVERY_LIMIT: chrono::Duration = chrono::Duration::seconds(300);
 /// A frozen instance thaws itself this long after its drill's duration, should the rollback
@@ -231,6 +233,9 @@ impl Driver<'_> {
                 run = set_finalizer(&self.context.client, &run, FINALIZER, true).await?;
                 continue;
             }
+            if recorded.phase == Phase::Gating && self.target_settling(&run).await? {
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
             let seen = self.observe(&run, recorded).await?;
             let step = run::step(&seen.observation);
             if !self.leading() {
@@ -330,6 +335,23 @@ impl Driver<'_> {
             readings,
             cluster,
         })
+    }
+
+    /// Whether to wait at the gate: the target exists but is not Healthy, and the run has
+    /// gated for less than [`GATE_PATIENCE`] (a cluster settling after the previous drill).
+    async fn target_settling(&self, run: &DrillRun) -> Result<bool, Error> {
+        let cluster = self
+            .api::<DatabaseCluster>()
+            .get_opt(&run.spec.target.name)
+            .await?;
+        let healthy = cluster
+            .and_then(|c| c.status?.phase)
+            .map(|phase| phase == "Healthy");
+        let gating_since = phase_recorded_at(run, Phase::Gating);
+        Ok(
+            healthy == Some(false)
+                && gating_since.is_some_and(|at| Utc::now() - at < GATE_PATIENCE),
+        )
     }
 
     /// Why the target cannot take this drill now; `None` when it can. Also starts the write
