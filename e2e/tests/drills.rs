@@ -53,6 +53,29 @@ async fn completed(runs: &Api<DrillRun>, name: &str, within: Duration) -> Value 
     .unwrap()
 }
 
+/// Stops a schedule from starting more runs.
+async fn suspend(schedules: &Api<DrillSchedule>, name: &str) {
+    schedules
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The runs that have left Pending and not yet Completed: the ones that may hold a target.
+fn past_pending(runs: &[DrillRun]) -> Vec<String> {
+    runs.iter()
+        .filter(|r| {
+            let phase = r.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, None | Some("Pending") | Some("Completed"))
+        })
+        .map(|r| r.metadata.name.clone().unwrap())
+        .collect()
+}
+
 fn phases(status: &Value) -> Vec<String> {
     status["timeline"]
         .as_array()
@@ -372,19 +395,9 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
         "frozen and the first scheduled run Completed",
         || async {
             let all = runs.list(&ListParams::default()).await.ok()?.items;
-            let past_pending: Vec<String> = all
-                .iter()
-                .filter(|r| {
-                    let phase = r.status.as_ref().and_then(|s| s.phase.clone());
-                    !matches!(phase.as_deref(), None | Some("Pending") | Some("Completed"))
-                })
-                .map(|r| r.metadata.name.clone().unwrap())
-                .collect();
-            assert!(
-                past_pending.len() <= 1,
-                "two runs hold db: {past_pending:?}"
-            );
-            seen_active.lock().unwrap().extend(past_pending);
+            let holding = past_pending(&all);
+            assert!(holding.len() <= 1, "two runs hold db: {holding:?}");
+            seen_active.lock().unwrap().extend(holding);
             let mut scheduled: Vec<&DrillRun> = all
                 .iter()
                 .filter(|r| {
@@ -413,14 +426,7 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     .await
     .unwrap();
     // The schedule must not start another while we read the results.
-    schedules
-        .patch(
-            "often",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"suspend": true}})),
-        )
-        .await
-        .unwrap();
+    suspend(&schedules, "often").await;
 
     let frozen = completed(&runs, "frozen", Duration::from_secs(1)).await;
     assert_succeeded("frozen", &frozen);
@@ -518,6 +524,10 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     );
     assert_eq!(
         value(r#"bulwark_drill_runs_total{result="Skipped",scenario="PrimaryCrash"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"bulwark_drill_runs_total{result="Aborted",scenario="PrimaryFrozen"}"#),
         1.0
     );
     let target = format!(r#"{{kind="DatabaseCluster",namespace="{ns}",target="db"}}"#);
@@ -790,14 +800,7 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
         "operator down {}s: one run for the latest missed tick, {missed:?}",
         up_at - down_at
     );
-    schedules
-        .patch(
-            "every-5s",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"suspend": true}})),
-        )
-        .await
-        .unwrap();
+    suspend(&schedules, "every-5s").await;
     eventually(Duration::from_secs(60), "the history limit", || async {
         let kept = runs
             .list(&ListParams::default().labels("bulwark.dev/drill-schedule=every-5s"))
@@ -850,28 +853,15 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     let first_name = first.metadata.name.unwrap();
     let second_name = eventually(Duration::from_secs(40), "the next tick's run", || async {
         let all = runs.list(&of_schedule).await.ok()?.items;
-        let past_pending = all
-            .iter()
-            .filter(|r| {
-                let phase = r.status.as_ref().and_then(|s| s.phase.as_deref());
-                !matches!(phase, None | Some("Pending") | Some("Completed"))
-            })
-            .count();
-        assert!(past_pending <= 1, "two runs hold db");
+        let holding = past_pending(&all);
+        assert!(holding.len() <= 1, "two runs hold db: {holding:?}");
         all.into_iter()
             .map(|r| r.metadata.name.unwrap())
             .find(|n| *n != first_name)
     })
     .await
     .unwrap();
-    schedules
-        .patch(
-            "replacing",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"suspend": true}})),
-        )
-        .await
-        .unwrap();
+    suspend(&schedules, "replacing").await;
     eventually(
         Duration::from_secs(180),
         "the replaced run rolled back and gone",
