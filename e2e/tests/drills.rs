@@ -598,6 +598,83 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     let runs: Api<DrillRun> = Api::namespaced(client.clone(), &ns);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let schedules: Api<DrillSchedule> = Api::namespaced(client.clone(), &ns);
+
+    // Bad input: what admission can see is refused there, the rest is a Condition naming it.
+    let template = json!({
+        "target": {"kind": "DatabaseCluster", "name": "db"},
+        "scenario": {"fault": "PrimaryCrash", "duration": "5s"},
+    });
+    let bad_schedule = |name: &str, schedule: &str, zone: &str| -> DrillSchedule {
+        serde_json::from_value(json!({
+            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillSchedule",
+            "metadata": {"name": name},
+            "spec": {"schedule": schedule, "timeZone": zone, "runTemplate": template},
+        }))
+        .unwrap()
+    };
+    let refused = schedules
+        .create(
+            &PostParams::default(),
+            &bad_schedule("four-fields", "* * * *", "UTC"),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("schedule needs 5 fields"), "{refused}");
+    for (name, schedule, zone, expected) in [
+        (
+            "minute-61",
+            "61 * * * *",
+            "UTC",
+            "field 1 (minute, 0-59) \"61\"",
+        ),
+        (
+            "on-mars",
+            "0 9 * * *",
+            "Mars/Olympus_Mons",
+            "is not an IANA time zone name",
+        ),
+    ] {
+        schedules
+            .create(&PostParams::default(), &bad_schedule(name, schedule, zone))
+            .await
+            .unwrap();
+        let message = eventually(Duration::from_secs(30), name, || async {
+            let status = schedules.get(name).await.ok()?.status?;
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+            (ready.reason == "InvalidSchedule").then(|| ready.message.clone())
+        })
+        .await
+        .unwrap();
+        assert!(message.contains(expected), "{name}: {message}");
+        let runs_of = ListParams::default().labels(&format!("bulwark.dev/drill-schedule={name}"));
+        assert!(runs.list(&runs_of).await.unwrap().items.is_empty());
+    }
+    let run = drill_run(
+        "immutable",
+        json!({
+            "target": {"kind": "DatabaseCluster", "name": "missing"},
+            "scenario": {"fault": "PrimaryCrash", "duration": "5s"},
+        }),
+    );
+    runs.create(&PostParams::default(), &run).await.unwrap();
+    let changed = runs
+        .patch(
+            "immutable",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"scenario": {"duration": "50s"}}})),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        changed.contains("a DrillRun cannot change once created"),
+        "{changed}"
+    );
+    let missing = completed(&runs, "immutable", Duration::from_secs(30)).await;
+    assert_eq!(missing["result"], "Skipped");
+    assert_eq!(missing["message"], "DatabaseCluster missing does not exist");
     for phase in ["Gating", "Injecting", "Observing", "RollingBack"] {
         let before = db.healthy(Duration::from_secs(180)).await.unwrap();
         let name = format!("killed-in-{}", phase.to_lowercase());
@@ -705,7 +782,6 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     // Missed ticks: a schedule every 5 s (its runs Skipped at once by a guard on an SLO that
     // does not exist) while the operator is scaled to zero for 20 s: on its return exactly one
     // run starts for the ticks missed, an Event counts the rest, and the history limit holds.
-    let schedules: Api<DrillSchedule> = Api::namespaced(client.clone(), &ns);
     let schedule: DrillSchedule = serde_json::from_value(json!({
         "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillSchedule",
         "metadata": {"name": "every-5s"},

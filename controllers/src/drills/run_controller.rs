@@ -137,20 +137,28 @@ pub async fn run(
     .run(reconcile, error_policy, context.clone());
     tokio::select! {
         _ = drain(CONTROLLER, results) => {}
-        _ = forget_report_when_following(leadership, context) => {}
+        _ = forget_when_following(leadership, context) => {}
     }
 }
 
-/// A replica that stops leading drops its per-target report; the next leader rebuilds it from
-/// the runs' status as it reconciles them.
-async fn forget_report_when_following(
-    mut leadership: watch::Receiver<Leadership>,
-    context: Arc<Context>,
-) {
+/// A replica that stops leading drops its per-target report (the next leader rebuilds it from
+/// the runs' status as it reconciles them) and what it knew of the runs it drove, stopping their
+/// probes: should it lead again, it finds them recorded by "another" operator and rolls back.
+async fn forget_when_following(mut leadership: watch::Receiver<Leadership>, context: Arc<Context>) {
     while leadership.changed().await.is_ok() {
         if leadership.borrow_and_update().token().is_none() {
             context.metrics.drills.forget_targets();
             context.reported.lock().unwrap().clear();
+            let driven: Vec<Driven> = context
+                .driven
+                .lock()
+                .unwrap()
+                .drain()
+                .map(|(_, driven)| driven)
+                .collect();
+            for probe in driven.into_iter().filter_map(|d| d.probe) {
+                probe.stop().await;
+            }
         }
     }
     // The elector is gone: shutdown ends the controller.

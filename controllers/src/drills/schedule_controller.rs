@@ -303,7 +303,7 @@ async fn reconcile_as_leader(
             }
         }
     }
-    status.next_run_time = plan.next.map(time);
+    status.next_run_time = plan.next.filter(|_| !drill_schedule.spec.suspend).map(time);
     status.active = active.iter().map(|r| r.name_any()).chain(created).collect();
     status.active_count = status.active.len() as u32;
     if let Some(success) = runs
@@ -431,8 +431,10 @@ fn set_ready(
     status.conditions.push(wanted);
 }
 
-/// Writes status with a compare-and-set on the schedule's resourceVersion, so a tick is handled
-/// once even if two passes race; then the Events.
+/// Publishes the Events first: they tell of what this pass already did (a run created, one
+/// deleted), which stays done even if the status write below loses its race. Then writes status
+/// with a compare-and-set on the schedule's resourceVersion, so a tick is handled once even if
+/// two passes race.
 async fn write(
     drill_schedule: &DrillSchedule,
     context: &Context,
@@ -440,10 +442,12 @@ async fn write(
     status: DrillScheduleStatus,
     events: Vec<(EventType, &str, String)>,
 ) -> Result<(), Error> {
-    if !still_leading(&context.leadership, token) {
-        return Ok(());
+    for (kind, reason, note) in events {
+        info!(schedule = %object_key(drill_schedule), reason, %note, "drill schedule");
+        publish(&context.recorder, drill_schedule, kind, reason, note).await;
     }
-    if drill_schedule.status.as_ref() != Some(&status) {
+    if still_leading(&context.leadership, token) && drill_schedule.status.as_ref() != Some(&status)
+    {
         let value = serde_json::to_value(&status).expect("status serializes");
         apply_status(
             &context.client,
@@ -453,10 +457,6 @@ async fn write(
             drill_schedule.resource_version().as_deref(),
         )
         .await?;
-    }
-    for (kind, reason, note) in events {
-        info!(schedule = %object_key(drill_schedule), reason, %note, "drill schedule");
-        publish(&context.recorder, drill_schedule, kind, reason, note).await;
     }
     Ok(())
 }
