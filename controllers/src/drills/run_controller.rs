@@ -241,10 +241,10 @@ impl Driver<'_> {
                 run = set_finalizer(&self.context.client, &run, FINALIZER, true).await?;
                 continue;
             }
-            if recorded.phase == Phase::Gating && self.target_settling(&run).await? {
+            let seen = self.observe(&run, recorded).await?;
+            if recorded.phase == Phase::Gating && target_settling(&run, seen.cluster.as_ref()) {
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
-            let seen = self.observe(&run, recorded).await?;
             let step = run::step(&seen.observation);
             if !self.leading() {
                 return Ok(Action::await_change());
@@ -343,23 +343,6 @@ impl Driver<'_> {
             readings,
             cluster,
         })
-    }
-
-    /// Whether to wait at the gate: the target exists but is not Healthy, and the run has
-    /// gated for less than [`GATE_PATIENCE`] (a cluster settling after the previous drill).
-    async fn target_settling(&self, run: &DrillRun) -> Result<bool, Error> {
-        let cluster = self
-            .api::<DatabaseCluster>()
-            .get_opt(&run.spec.target.name)
-            .await?;
-        let healthy = cluster
-            .and_then(|c| c.status?.phase)
-            .map(|phase| phase == "Healthy");
-        let gating_since = phase_recorded_at(run, Phase::Gating);
-        Ok(
-            healthy == Some(false)
-                && gating_since.is_some_and(|at| Utc::now() - at < GATE_PATIENCE),
-        )
     }
 
     /// Why the target cannot take this drill now; `None` when it can. Also starts the write
@@ -1104,6 +1087,16 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
 fn max_rto(run: &DrillRun) -> Option<f64> {
     let limit = run.spec.success.max_rto.as_deref()?;
     parse_duration(limit).ok().map(|d| d.as_secs_f64())
+}
+
+/// Whether to wait at the gate rather than skip: the target exists but is not Healthy, and the
+/// run has gated for less than [`GATE_PATIENCE`] (a cluster settling after the previous drill).
+fn target_settling(run: &DrillRun, cluster: Option<&DatabaseCluster>) -> bool {
+    let healthy = cluster
+        .and_then(|c| c.status.as_ref()?.phase.as_deref())
+        .map(|phase| phase == "Healthy");
+    healthy == Some(false)
+        && phase_recorded_at(run, Phase::Gating).is_some_and(|at| Utc::now() - at < GATE_PATIENCE)
 }
 
 fn scenario_duration(run: &DrillRun) -> Duration {
