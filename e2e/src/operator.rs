@@ -18,8 +18,9 @@ pub fn bulwark_binary() -> Result<PathBuf> {
 /// A binary of this workspace, rebuilt once per test process with cargo (a no-op when fresh) so
 /// a test never runs a stale one. Test and harness binaries live in target/<profile>[/deps];
 /// binaries in target/<profile>. This package's own binaries are built by cargo before its tests
-/// and harness binaries run, so they are used as they are (building them with other features
-/// than the test build's would only rebuild dependencies back and forth).
+/// and harness binaries run, so they are used as they are. Others are built with the feature
+/// set of `cargo test --workspace` (every package, tests included): with any other set, cargo
+/// would rebuild the shared dependencies here and again at the next test build.
 pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -42,7 +43,19 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
         let release = profile_dir.is_some_and(|d| d.ends_with("release"));
         let mut cargo =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--quiet", "-p", package, "--bin", bin]);
+        cargo.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
+        // Variables cargo set for this test process describe its package, not the build; build
+        // scripts that watch them (ring's: CARGO_MANIFEST_DIR) would rerun and rebuild everything
+        // above them, here and again at the next `cargo test`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
+                cargo.env_remove(&*name);
+            }
+        }
         if release {
             cargo.arg("--release");
         }
