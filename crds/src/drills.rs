@@ -34,6 +34,11 @@ use crate::postgres::{DNS_LABEL_PATTERN, DURATION_PATTERN};
     printcolumn(name = "RTO", type_ = "number", json_path = ".status.rtoSeconds"),
     printcolumn(name = "Lost", type_ = "integer", json_path = ".status.lostWrites"),
     printcolumn(
+        name = "DNS RTO",
+        type_ = "number",
+        json_path = ".status.dnsProbe.rtoSeconds"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -57,6 +62,19 @@ pub struct DrillRunSpec {
     pub guard_interval: String,
     #[serde(default)]
     pub success: SuccessCriteria,
+    /// Also measure what a client that follows a DNS name sees: writes through this
+    /// `DnsEndpoint`'s name (it should follow the target's `-rw` Service), resolved at its
+    /// zone's authoritative server before every connect, so the outage includes the DNS re-plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_probe: Option<DnsProbe>,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsProbe {
+    /// The `DnsEndpoint`'s name, in the run's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub endpoint: String,
 }
 
 fn default_guard_interval() -> String {
@@ -103,6 +121,9 @@ pub enum Fault {
     PrimaryFrozen,
     /// A planned switchover to the most caught-up replica.
     Switchover,
+    /// Every instance in the primary's zone (its node's `topology.kubernetes.io/zone`) frozen
+    /// at once, as when a zone's machines stop answering.
+    ZoneOutage,
 }
 
 impl Fault {
@@ -111,6 +132,7 @@ impl Fault {
             Fault::PrimaryCrash => "PrimaryCrash",
             Fault::PrimaryFrozen => "PrimaryFrozen",
             Fault::Switchover => "Switchover",
+            Fault::ZoneOutage => "ZoneOutage",
         }
     }
 }
@@ -170,16 +192,24 @@ pub struct DrillRunStatus {
     /// Why the result is what it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// The instance the fault was aimed at, written before it was injected.
+    /// What the fault was aimed at (an instance, or `zone <name>`), written before it was
+    /// injected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub victim: Option<String>,
+    /// The instances the fault acts on, written before it was injected: what a rollback undoes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faulted_instances: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_at: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_at: Option<MicroTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
-    /// The longest outage the write probe saw, in seconds.
+    /// From the fault's injection to the first write through the `-rw` Service that was not
+    /// acknowledged: how soon a client felt it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection_seconds: Option<f64>,
+    /// The longest outage the write probe saw through the `-rw` Service, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rto_seconds: Option<f64>,
     /// Acknowledged writes missing afterwards (the RPO, in writes).
@@ -187,6 +217,9 @@ pub struct DrillRunStatus {
     pub lost_writes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writes: Option<WriteCounts>,
+    /// What the DNS probe (`spec.dnsProbe`) saw: the client-visible outage through DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_probe: Option<DnsProbeResult>,
     /// The guards' values when the run was skipped or aborted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guard_readings: Vec<GuardReading>,
@@ -206,6 +239,17 @@ pub struct WriteCounts {
     pub failed: u64,
     /// Sent, but the session broke before an answer.
     pub indeterminate: u64,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsProbeResult {
+    /// The name resolved before every connect.
+    pub fqdn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_seconds: Option<f64>,
+    pub lost_writes: u64,
+    pub writes: WriteCounts,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

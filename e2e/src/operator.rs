@@ -49,9 +49,15 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf> {
         // above them, here and again at the next `cargo test`.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_"]
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
+            if [
+                "CARGO_MANIFEST_",
+                "CARGO_PKG_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
             {
                 cargo.env_remove(&*name);
             }

@@ -7,15 +7,20 @@
 //! end Succeeded with their RTO measured and no acknowledged write lost, the fault rolled back
 //! and the lock released; ticks during a run start nothing (Forbid); the history limit holds;
 //! and the report metrics move. Then, on another cluster, the operator is SIGKILLed as each
-//! phase is recorded. Local control plane only (real instance pods).
+//! phase is recorded; on a third, a zone outage is measured through a DNS name as a client of
+//! that name sees it. Local control plane only (real instance pods).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::slo::{prometheus_rule_name, prometheus_rule_resource};
+use bulwark_crds::dns::{DnsEndpoint, RecordType};
 use bulwark_crds::drills::{DrillRun, DrillSchedule};
 use bulwark_crds::slo::ServiceLevelObjective;
+use bulwark_e2e::bind::Bind;
+use bulwark_e2e::dns::create_zone;
 use bulwark_e2e::eventually;
 use bulwark_e2e::postgres::{DatabaseTest, container_of, events, three_synchronous_instances};
 use bulwark_e2e::process::free_port;
@@ -33,6 +38,7 @@ use serde_json::{Value, json};
 
 const DELAY: Duration = Duration::from_secs(2);
 const SCHEDULE_LABEL: &str = "bulwark.dev/drill-schedule";
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 fn drill_run(name: &str, spec: Value) -> DrillRun {
     serde_json::from_value(json!({
@@ -988,4 +994,119 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// A client that finds the database by a DNS name: a DnsEndpoint follows the cluster's `-rw`
+/// Service on a real BIND9. A zone outage (every instance in the primary's zone frozen) fails
+/// the cluster over, the planner re-plans the name, and the drill's DNS-resolving write probe
+/// measures the outage a client of the name sees, beside the one through the Service; no
+/// acknowledged write is lost on either path.
+#[tokio::test]
+async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
+    let Some(test) = DatabaseTest::start("drills-zone", 1).await else {
+        return;
+    };
+    let db = test.create(&three_synchronous_instances("db", DELAY)).await;
+    let DatabaseTest { client, ns, .. } = test;
+    let runs: Api<DrillRun> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let bind = Bind::start("drill.test").unwrap();
+    create_zone(&client, &ns, "drill", &bind).await.unwrap();
+    let endpoint: DnsEndpoint = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+        "metadata": {"name": "db"},
+        "spec": {
+            "zoneRef": "drill", "fqdn": "db.drill.test", "ttl": 5,
+            "targets": [{"serviceRef": {"name": "db-rw"}}],
+        },
+    }))
+    .unwrap();
+    Api::<DnsEndpoint>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &endpoint)
+        .await
+        .unwrap();
+    let provider = bind.provider();
+    let answers_with_primary = |primary: String| {
+        let (provider, pods) = (&provider, &pods);
+        async move {
+            let address = pods.get(&primary).await.ok()?.status?.pod_ip?;
+            let rrsets = provider.served_records("db.drill.test").await.ok()?;
+            let a = rrsets
+                .into_iter()
+                .find(|r| r.record_type == RecordType::A)?;
+            (a.values == [address.clone()]).then_some(address)
+        }
+    };
+    let before = db.healthy(Duration::from_secs(180)).await.unwrap();
+    let primary = before["primary"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(60),
+        "db.drill.test answers with the primary's address",
+        || answers_with_primary(primary.clone()),
+    )
+    .await
+    .unwrap();
+    let instances = pods
+        .list(&ListParams::default().labels("bulwark.dev/cluster=db"))
+        .await
+        .unwrap()
+        .items;
+    let zone_of = |name: &str| {
+        instances
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .and_then(|p| p.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned())
+            .expect("PodTopologyLabels copied the node's zone onto the pod")
+    };
+    let zone = zone_of(&primary);
+    let in_zone: Vec<String> = instances
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .filter(|name| zone_of(name) == zone)
+        .collect();
+
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "zone-outage",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": {"fault": "ZoneOutage", "duration": "10s"},
+                "dnsProbe": {"endpoint": "db"},
+                "success": {"maxRto": "60s"},
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let status = completed(&runs, "zone-outage", Duration::from_secs(300)).await;
+    assert_succeeded("zone-outage", &status);
+    assert_eq!(status["victim"], format!("zone {zone}"), "{status:#}");
+    assert_eq!(status["faultedInstances"], json!(in_zone), "{status:#}");
+    let dns = &status["dnsProbe"];
+    assert_eq!(dns["fqdn"], "db.drill.test", "{status:#}");
+    assert_eq!(dns["lostWrites"], 0, "{status:#}");
+    let dns_rto = dns["rtoSeconds"]
+        .as_f64()
+        .expect("the DNS probe saw the outage end");
+    let detection = status["detectionSeconds"].as_f64().unwrap();
+    assert!((0.0..10.0).contains(&detection), "{status:#}");
+
+    // Rolled back: the zone's instances thawed and back as replicas of the new primary, which
+    // the name now answers with.
+    let after = db.healthy(Duration::from_secs(180)).await.unwrap();
+    let new_primary = after["primary"].as_str().unwrap().to_string();
+    assert!(!in_zone.contains(&new_primary), "{after:#}");
+    eventually(
+        Duration::from_secs(60),
+        "db.drill.test answers with the new primary's address",
+        || answers_with_primary(new_primary.clone()),
+    )
+    .await
+    .unwrap();
+    println!(
+        "zone outage of zone {zone} {in_zone:?}: fault injected → first failed write {detection}s; \
+         RTO through the Service {}s, through DNS {dns_rto}s; writes {} (Service) / {} (DNS)",
+        status["rtoSeconds"], status["writes"], dns["writes"]
+    );
 }

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::instance::{FaultsInPlace, InstanceFault};
+use bulwark_crds::dns::{DnsEndpoint, DnsZone, RecordType};
 use bulwark_crds::drills::{
-    DrillRun, DrillRunStatus, Fault, GuardReading, TimelineEntry, WriteCounts,
+    DnsProbeResult, DrillRun, DrillRunStatus, Fault, GuardReading, TimelineEntry, WriteCounts,
 };
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_crds::slo::ServiceLevelObjective;
@@ -35,11 +36,13 @@ use super::run::{
     Step, Verdict, Waiting,
 };
 use crate::conditions;
+use crate::dns::provider::DnsProvider;
+use crate::dns::runtime::provider_for;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::postgres::client;
 use crate::postgres::cluster::{API_PORT, CLUSTER_LABEL, instance_client};
-use crate::postgres::probe::{self, WriteProbe};
+use crate::postgres::probe::{self, Resolve, WriteProbe};
 use crate::readiness::Readiness;
 use crate::runtime::{
     Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, parse_duration,
@@ -82,11 +85,35 @@ pub enum Error {
     Other(#[from] anyhow::Error),
 }
 
+/// The zone label a zone outage reads (on the instances' pods).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// What this process alone knows of a run it drives.
 struct Driven {
     driving: Driving,
     probe: Option<WriteProbe>,
+    /// The probe through `spec.dnsProbe`'s name, and that name.
+    dns_probe: Option<(String, WriteProbe)>,
     injected: Option<Instant>,
+}
+
+impl Driven {
+    fn probes(&self) -> impl Iterator<Item = &WriteProbe> {
+        self.probe
+            .iter()
+            .chain(self.dns_probe.iter().map(|(_, p)| p))
+    }
+
+    fn into_probes(self) -> impl Iterator<Item = WriteProbe> {
+        self.probe.into_iter().chain(self.dns_probe.map(|(_, p)| p))
+    }
+}
+
+/// What a fault is aimed at (shown to people) and the instances it acts on (what a rollback
+/// undoes).
+struct Aim {
+    victim: String,
+    instances: Vec<String>,
 }
 
 struct Context {
@@ -156,7 +183,7 @@ async fn forget_when_following(mut leadership: watch::Receiver<Leadership>, cont
                 .drain()
                 .map(|(_, driven)| driven)
                 .collect();
-            for probe in driven.into_iter().filter_map(|d| d.probe) {
+            for probe in driven.into_iter().flat_map(Driven::into_probes) {
                 probe.stop().await;
             }
         }
@@ -291,7 +318,7 @@ impl Driver<'_> {
                     d.driving,
                     d.injected
                         .is_some_and(|at| at.elapsed() >= scenario_duration(run)),
-                    d.probe.as_ref().is_none_or(|p| {
+                    d.probes().all(|p| {
                         p.report()
                             .writes
                             .last()
@@ -346,8 +373,8 @@ impl Driver<'_> {
     }
 
     /// Why the target cannot take this drill now; `None` when it can. Also starts the write
-    /// probe and waits for its first acknowledged write, so a drill never measures a target
-    /// that was down before the fault.
+    /// probes and waits for each one's first acknowledged write, so a drill never measures a
+    /// target that was down before the fault.
     async fn unfit(&self, run: &DrillRun, cluster: Option<&DatabaseCluster>) -> Option<String> {
         let name = &run.spec.target.name;
         let Some(cluster) = cluster else {
@@ -360,17 +387,11 @@ impl Driver<'_> {
                 "DatabaseCluster {name} is {phase}, not Healthy: a drill starts only on a healthy target"
             ));
         }
-        if let Err(why) = victim(run.spec.scenario.fault, cluster) {
+        if let Err(why) = self.aim(run.spec.scenario.fault, cluster).await {
             return Some(why);
         }
         let uid = Self::uid(run);
-        let running = self
-            .context
-            .driven
-            .lock()
-            .unwrap()
-            .get(&uid)
-            .is_some_and(|d| d.probe.is_some());
+        let running = self.context.driven.lock().unwrap().contains_key(&uid);
         if !running {
             let endpoint =
                 match client::application(&self.context.client, &self.namespace, name).await {
@@ -381,39 +402,152 @@ impl Driver<'_> {
                         ));
                     }
                 };
-            // Numbered from the current microsecond, so probes sharing the table never collide.
+            let dns_route = match &run.spec.dns_probe {
+                None => None,
+                Some(dns) => match self.resolver(&dns.endpoint).await {
+                    Ok(route) => Some(route),
+                    Err(why) => return Some(why),
+                },
+            };
+            // Numbered from the current microsecond, so probes sharing the table never collide;
+            // the DNS probe counts up from its negation, a range no Service probe reaches.
             let first = Utc::now().timestamp_micros();
+            let dns_probe = dns_route.map(|(fqdn, resolve)| {
+                let probe = WriteProbe::start_resolving(
+                    endpoint.clone(),
+                    resolve,
+                    -first,
+                    PROBE_INTERVAL,
+                    PROBE_TIMEOUT,
+                );
+                (fqdn, probe)
+            });
             let probe = WriteProbe::start_at(endpoint, first, PROBE_INTERVAL, PROBE_TIMEOUT);
             self.context.driven.lock().unwrap().insert(
                 uid.clone(),
                 Driven {
                     driving: Driving::No,
                     probe: Some(probe),
+                    dns_probe,
                     injected: None,
                 },
             );
         }
         let deadline = Instant::now() + FIRST_WRITE_LIMIT;
         loop {
-            let acknowledged = self
-                .context
-                .driven
-                .lock()
-                .unwrap()
-                .get(&uid)
-                .and_then(|d| d.probe.as_ref())
-                .is_some_and(|p| p.report().count(probe::Outcome::Acknowledged) > 0);
-            if acknowledged {
-                return None;
-            }
+            let silent = self.context.driven.lock().unwrap().get(&uid).and_then(|d| {
+                let unacknowledged =
+                    |p: &WriteProbe| p.report().count(probe::Outcome::Acknowledged) == 0;
+                if d.probe.as_ref().is_some_and(unacknowledged) {
+                    return Some(format!("Service {name}-rw"));
+                }
+                d.dns_probe
+                    .as_ref()
+                    .filter(|(_, p)| unacknowledged(p))
+                    .map(|(fqdn, _)| format!("the DNS name {fqdn}"))
+            });
+            // None: every probe has had a write acknowledged, the target is fit.
+            let path = silent?;
             if Instant::now() >= deadline {
                 return Some(format!(
-                    "the write probe had no write acknowledged through Service {name}-rw in {}s",
+                    "the write probe had no write acknowledged through {path} in {}s",
                     FIRST_WRITE_LIMIT.as_secs()
                 ));
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
+    }
+
+    /// The DnsEndpoint's name and a resolver asking its zone's authoritative server for the
+    /// name's address, as a client that just lost its session would.
+    async fn resolver(&self, endpoint: &str) -> Result<(String, Resolve), String> {
+        let unreadable = |what: String, error: kube::Error| format!("cannot read {what}: {error}");
+        let endpoint = self
+            .api::<DnsEndpoint>()
+            .get_opt(endpoint)
+            .await
+            .map_err(|e| unreadable(format!("DnsEndpoint {endpoint}"), e))?
+            .ok_or_else(|| format!("DnsEndpoint {endpoint} (spec.dnsProbe) does not exist"))?;
+        let zone_name = &endpoint.spec.zone_ref;
+        let zone = self
+            .api::<DnsZone>()
+            .get_opt(zone_name)
+            .await
+            .map_err(|e| unreadable(format!("DnsZone {zone_name}"), e))?
+            .ok_or_else(|| {
+                format!(
+                    "DnsZone {zone_name} of DnsEndpoint {} does not exist",
+                    endpoint.name_any()
+                )
+            })?;
+        let provider = provider_for(&self.context.client, &zone, &endpoint, PROBE_TIMEOUT)
+            .await
+            .map_err(|e| format!("DnsEndpoint {}: {e}", endpoint.name_any()))?;
+        let fqdn = endpoint.spec.fqdn.clone();
+        let resolve: Resolve = Arc::new({
+            let fqdn = fqdn.clone();
+            move || {
+                let provider = provider.clone();
+                let fqdn = fqdn.clone();
+                Box::pin(async move {
+                    let rrsets = provider.served_records(&fqdn).await.ok()?;
+                    let a = rrsets.iter().find(|r| r.record_type == RecordType::A)?;
+                    a.values.first()?.parse().ok()
+                })
+            }
+        });
+        Ok((fqdn, resolve))
+    }
+
+    /// What `fault` hits on `cluster` now: the primary, the replica a switchover promotes, or
+    /// every instance in the primary's zone.
+    async fn aim(&self, fault: Fault, cluster: &DatabaseCluster) -> Result<Aim, String> {
+        let victim = victim(fault, cluster)?;
+        if fault != Fault::ZoneOutage {
+            return Ok(Aim {
+                instances: vec![victim.clone()],
+                victim,
+            });
+        }
+        let pods = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&format!("{CLUSTER_LABEL}={}", cluster.name_any())))
+            .await
+            .map_err(|e| format!("cannot list the instances' pods: {e}"))?;
+        // The API server's PodTopologyLabels admission (on by default since Kubernetes 1.35)
+        // copies the node's zone label onto each pod it binds: no Node access needed.
+        let mut zone_of_pod = vec![];
+        for pod in &pods.items {
+            let zone = pod.labels().get(ZONE_LABEL).cloned().ok_or_else(|| {
+                format!(
+                    "pod {} has no {ZONE_LABEL} label (the API server's PodTopologyLabels admission, on by default since Kubernetes 1.35, copies it from the node)",
+                    pod.name_any()
+                )
+            })?;
+            zone_of_pod.push((pod.name_any(), zone));
+        }
+        let zone = zone_of_pod
+            .iter()
+            .find(|(pod, _)| *pod == victim)
+            .map(|(_, zone)| zone.clone())
+            .ok_or_else(|| format!("the primary {victim} has no pod"))?;
+        let everyone = zone_of_pod.len();
+        let mut instances: Vec<String> = zone_of_pod
+            .into_iter()
+            .filter(|(_, z)| *z == zone)
+            .map(|(pod, _)| pod)
+            .collect();
+        if instances.len() == everyone {
+            return Err(format!(
+                "every instance of DatabaseCluster {} is in zone {zone}: its outage would leave none to fail over to",
+                cluster.name_any()
+            ));
+        }
+        instances.sort();
+        Ok(Aim {
+            victim: format!("zone {zone}"),
+            instances,
+        })
     }
 
     async fn guards(&self, run: &DrillRun) -> Result<(Guards, Vec<GuardReading>), Error> {
@@ -538,15 +672,23 @@ impl Driver<'_> {
         let mut message = match phase {
             Phase::Gating => format!("holds DatabaseCluster {}", run.spec.target.name),
             Phase::Injecting => {
-                let victim = seen
+                let cluster = seen
                     .cluster
                     .as_ref()
-                    .ok_or_else(|| anyhow::anyhow!("the target vanished"))
-                    .and_then(|c| {
-                        victim(run.spec.scenario.fault, c).map_err(|why| anyhow::anyhow!(why))
-                    })?;
-                status.victim = Some(victim.clone());
-                format!("{} of {victim}", run.spec.scenario.fault.name())
+                    .ok_or_else(|| anyhow::anyhow!("the target vanished"))?;
+                let aim = self
+                    .aim(run.spec.scenario.fault, cluster)
+                    .await
+                    .map_err(|why| anyhow::anyhow!(why))?;
+                let message = format!(
+                    "{} of {} ({})",
+                    run.spec.scenario.fault.name(),
+                    aim.victim,
+                    aim.instances.join(", ")
+                );
+                status.victim = Some(aim.victim);
+                status.faulted_instances = aim.instances;
+                message
             }
             Phase::Observing => {
                 let injected = self
@@ -655,39 +797,47 @@ impl Driver<'_> {
     }
 
     async fn inject(&self, run: &DrillRun, seen: &Seen) -> Result<(), Error> {
-        let victim = run
-            .status
-            .as_ref()
-            .and_then(|s| s.victim.clone())
+        let status = run.status.clone().unwrap_or_default();
+        let victim = status
+            .victim
             .ok_or_else(|| anyhow::anyhow!("Injecting was recorded without a victim"))?;
+        let instances = status.faulted_instances;
         match run.spec.scenario.fault {
             Fault::PrimaryCrash => {
-                match self
-                    .send_fault(&run.spec.target.name, &victim, InstanceFault::Crash)
-                    .await?
-                {
-                    // The manager exits without answering: a request that got through did it.
-                    Ok(_) => {}
-                    Err(error) if !error.is_connect() => {}
-                    Err(error) => {
-                        return Err(anyhow::anyhow!(
-                            "could not reach {victim}'s manager to crash it: {error}"
-                        )
-                        .into());
+                for instance in &instances {
+                    match self
+                        .send_fault(&run.spec.target.name, instance, InstanceFault::Crash)
+                        .await?
+                    {
+                        // The manager exits without answering: a request that got through did it.
+                        Ok(_) => {}
+                        Err(error) if !error.is_connect() => {}
+                        Err(error) => {
+                            return Err(anyhow::anyhow!(
+                                "could not reach {instance}'s manager to crash it: {error}"
+                            )
+                            .into());
+                        }
                     }
                 }
             }
-            Fault::PrimaryFrozen => {
+            Fault::PrimaryFrozen | Fault::ZoneOutage => {
                 let seconds = scenario_duration(run).as_secs() + FREEZE_MARGIN_SECONDS;
-                self.send_fault(
-                    &run.spec.target.name,
-                    &victim,
-                    InstanceFault::Freeze { seconds },
-                )
-                .await?
-                .map_err(|e| anyhow::anyhow!("could not freeze {victim}: {e}"))?
-                .error_for_status()
-                .map_err(|e| anyhow::anyhow!("{victim}'s manager refused the freeze: {e}"))?;
+                // All at once: a zone's machines stop together, not one after another.
+                let freezes = instances.iter().map(|instance| async move {
+                    self.send_fault(
+                        &run.spec.target.name,
+                        instance,
+                        InstanceFault::Freeze { seconds },
+                    )
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("could not freeze {instance}: {e}"))?
+                    .error_for_status()
+                    .map_err(|e| anyhow::anyhow!("{instance}'s manager refused the freeze: {e}"))
+                });
+                for result in futures::future::join_all(freezes).await {
+                    result?;
+                }
             }
             Fault::Switchover => {
                 let cluster = seen
@@ -750,8 +900,8 @@ impl Driver<'_> {
         run: &DrillRun,
         cluster: Option<&DatabaseCluster>,
     ) -> Result<bool, Error> {
-        let victim = run.status.as_ref().and_then(|s| s.victim.clone());
-        let Some(victim) = victim else {
+        let status = run.status.clone().unwrap_or_default();
+        let Some(victim) = status.victim else {
             return Ok(true);
         };
         Ok(match run.spec.scenario.fault {
@@ -760,35 +910,55 @@ impl Driver<'_> {
             Fault::Switchover => cluster
                 .and_then(|c| c.spec.switchover_to.as_deref())
                 .is_none_or(|to| to != victim),
-            Fault::PrimaryFrozen => {
-                // A pod that is gone took its frozen processes with it.
-                if self.api::<Pod>().get_opt(&victim).await?.is_none() {
-                    return Ok(true);
-                }
-                let client = self.instance_client(&run.spec.target.name).await?;
-                let url = format!("https://{victim}:{API_PORT}/faults");
-                match client.get(url).timeout(Duration::from_secs(5)).send().await {
-                    Ok(response) => match response.json::<FaultsInPlace>().await {
-                        Ok(faults) => !faults.frozen,
-                        Err(_) => false,
-                    },
-                    Err(_) => false,
-                }
-            }
+            Fault::PrimaryFrozen | Fault::ZoneOutage => self
+                .still_frozen(run, &status.faulted_instances)
+                .await?
+                .is_empty(),
         })
     }
 
+    /// Those of `instances` that may still be frozen: their pod exists and its manager does not
+    /// say it is thawed (a pod that is gone took its frozen processes with it).
+    async fn still_frozen(
+        &self,
+        run: &DrillRun,
+        instances: &[String],
+    ) -> Result<Vec<String>, Error> {
+        let mut frozen = vec![];
+        for instance in instances {
+            if self.api::<Pod>().get_opt(instance).await?.is_none() {
+                continue;
+            }
+            let client = self.instance_client(&run.spec.target.name).await?;
+            let url = format!("https://{instance}:{API_PORT}/faults");
+            let thawed = match client.get(url).timeout(Duration::from_secs(5)).send().await {
+                Ok(response) => response
+                    .json::<FaultsInPlace>()
+                    .await
+                    .is_ok_and(|faults| !faults.frozen),
+                Err(_) => false,
+            };
+            if !thawed {
+                frozen.push(instance.clone());
+            }
+        }
+        Ok(frozen)
+    }
+
     async fn roll_back(&self, run: &DrillRun, seen: &Seen) -> Result<(), Error> {
-        let Some(victim) = run.status.as_ref().and_then(|s| s.victim.clone()) else {
+        let status = run.status.clone().unwrap_or_default();
+        let Some(victim) = status.victim else {
             return Ok(());
         };
         match run.spec.scenario.fault {
             Fault::PrimaryCrash => {}
-            Fault::PrimaryFrozen => {
-                self.send_fault(&run.spec.target.name, &victim, InstanceFault::Thaw)
-                    .await?
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Fault::PrimaryFrozen | Fault::ZoneOutage => {
+                for instance in self.still_frozen(run, &status.faulted_instances).await? {
+                    self.send_fault(&run.spec.target.name, &instance, InstanceFault::Thaw)
+                        .await?
+                        .and_then(|r| r.error_for_status())
+                        .map_err(|e| anyhow::anyhow!("thawing {instance}: {e}"))?;
+                }
             }
             Fault::Switchover => {
                 // Only the request this drill made is taken back; one a person made since stays.
@@ -814,14 +984,12 @@ impl Driver<'_> {
 
     /// Says exactly what is left in place, and leaves the retry to the backoff.
     async fn rollback_failed(&self, run: &DrillRun, error: &Error) -> Result<(), Error> {
-        let victim = run
-            .status
-            .as_ref()
-            .and_then(|s| s.victim.clone())
-            .unwrap_or_default();
+        let status = run.status.clone().unwrap_or_default();
+        let victim = status.victim.unwrap_or_default();
         let left = match run.spec.scenario.fault {
-            Fault::PrimaryFrozen => format!(
-                "{victim}'s PostgreSQL may still be frozen (it thaws itself {FREEZE_MARGIN_SECONDS}s after the drill's duration)"
+            Fault::PrimaryFrozen | Fault::ZoneOutage => format!(
+                "PostgreSQL of {} may still be frozen (each thaws itself {FREEZE_MARGIN_SECONDS}s after the drill's duration)",
+                status.faulted_instances.join(", ")
             ),
             Fault::Switchover => format!(
                 "DatabaseCluster {} keeps spec.switchoverTo {victim}",
@@ -904,12 +1072,16 @@ impl Driver<'_> {
         let uid = Self::uid(run);
         let measured = self.context.driven.lock().unwrap().get(&uid).and_then(|d| {
             let probe = d.probe.as_ref()?;
-            Some((probe.report(), d.injected))
+            let dns = d
+                .dns_probe
+                .as_ref()
+                .map(|(fqdn, probe)| (fqdn.clone(), probe.report()));
+            Some((probe.report(), dns, d.injected))
         });
         let mut status = run.status.clone().unwrap_or_default();
         let decided = status.result.as_deref().and_then(Outcome::from_name);
         let mut message = status.message.clone().unwrap_or_default();
-        if let Some((report, injected)) = measured {
+        if let Some((report, dns, injected)) = measured {
             let endpoint =
                 client::application(&self.context.client, &self.namespace, &run.spec.target.name)
                     .await?;
@@ -917,25 +1089,35 @@ impl Driver<'_> {
             let found = probe::sequences_found(&session)
                 .await
                 .map_err(anyhow::Error::from)?;
-            let verification = report.verify(&found);
-            let rto = injected
-                .and_then(|at| report.outage_after(at))
-                .map(|d| d.as_secs_f64());
-            status.rto_seconds = rto.map(|s| (s * 1000.0).round() / 1000.0);
-            status.lost_writes = Some(verification.lost.len() as u64);
-            status.writes = Some(WriteCounts {
-                acknowledged: report.count(probe::Outcome::Acknowledged) as u64,
-                failed: report.count(probe::Outcome::Failed) as u64,
-                indeterminate: report.count(probe::Outcome::Indeterminate) as u64,
+            let outage = |report: &probe::Report| {
+                injected
+                    .and_then(|at| report.outage_after(at))
+                    .map(|d| milliseconds(d.as_secs_f64()))
+            };
+            let lost = report.verify(&found).lost.len() as u64;
+            let rto = outage(&report);
+            status.detection_seconds = injected
+                .and_then(|at| report.first_miss_after(at))
+                .map(|d| milliseconds(d.as_secs_f64()));
+            status.rto_seconds = rto;
+            status.lost_writes = Some(lost);
+            status.writes = Some(write_counts(&report));
+            status.dns_probe = dns.map(|(fqdn, report)| DnsProbeResult {
+                fqdn,
+                rto_seconds: outage(&report),
+                lost_writes: report.verify(&found).lost.len() as u64,
+                writes: write_counts(&report),
             });
             if decided.is_none() {
                 let criteria = Criteria {
                     max_rto_seconds: max_rto(run),
                     max_lost_writes: run.spec.success.max_lost_writes.into(),
                 };
+                let dns = status.dns_probe.as_ref();
                 let measured = Measured {
                     rto_seconds: rto,
-                    lost_writes: verification.lost.len() as u64,
+                    dns_rto_seconds: dns.and_then(|d| d.rto_seconds),
+                    lost_writes: lost + dns.map_or(0, |d| d.lost_writes),
                 };
                 let (outcome, judged) = run::judge(&measured, &criteria);
                 status.result = Some(outcome.name().to_string());
@@ -976,12 +1158,12 @@ impl Driver<'_> {
         Ok(written)
     }
 
-    /// Drops what this process knew of a run, stopping its probe.
+    /// Drops what this process knew of a run, stopping its probes.
     fn forget(&self, uid: &str) {
-        if let Some(driven) = self.context.driven.lock().unwrap().remove(uid)
-            && let Some(probe) = driven.probe
-        {
-            tokio::spawn(probe.stop());
+        if let Some(driven) = self.context.driven.lock().unwrap().remove(uid) {
+            for probe in driven.into_probes() {
+                tokio::spawn(probe.stop());
+            }
         }
     }
 
@@ -1063,13 +1245,13 @@ fn recorded(run: &DrillRun) -> Result<Recorded, Error> {
     })
 }
 
-/// The instance the fault is aimed at: the primary, or for a switchover the ready replica
-/// furthest along.
+/// The instance the fault is aimed at: the primary (for a zone outage, the one whose zone goes),
+/// or for a switchover the ready replica furthest along.
 fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
     let name = cluster.name_any();
     let status = cluster.status.clone().unwrap_or_default();
     match fault {
-        Fault::PrimaryCrash | Fault::PrimaryFrozen => status
+        Fault::PrimaryCrash | Fault::PrimaryFrozen | Fault::ZoneOutage => status
             .primary
             .ok_or_else(|| format!("DatabaseCluster {name} has no primary")),
         Fault::Switchover => status
@@ -1082,6 +1264,19 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
                 format!("DatabaseCluster {name} has no ready replica to switch over to")
             }),
     }
+}
+
+fn write_counts(report: &probe::Report) -> WriteCounts {
+    WriteCounts {
+        acknowledged: report.count(probe::Outcome::Acknowledged) as u64,
+        failed: report.count(probe::Outcome::Failed) as u64,
+        indeterminate: report.count(probe::Outcome::Indeterminate) as u64,
+    }
+}
+
+/// Seconds kept to the millisecond, as status shows them.
+fn milliseconds(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
 }
 
 fn max_rto(run: &DrillRun) -> Option<f64> {

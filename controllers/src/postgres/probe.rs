@@ -5,9 +5,11 @@
 //! Afterwards every acknowledged row must be found; the unavailability window (RTO as a client
 //! sees it) is the longest stretch without an acknowledgement that contains failures.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::client::Endpoint;
@@ -74,6 +76,14 @@ impl Report {
             .collect()
     }
 
+    /// From `moment` to the first write after it that was not acknowledged.
+    pub fn first_miss_after(&self, moment: Instant) -> Option<Duration> {
+        self.writes
+            .iter()
+            .find(|w| w.at >= moment && w.outcome != Outcome::Acknowledged)
+            .map(|w| w.at.duration_since(moment))
+    }
+
     /// The longest time between two acknowledgements (or from the last one to the end of the
     /// report) that holds at least one write that was not acknowledged.
     pub fn unavailability(&self) -> Option<Duration> {
@@ -137,6 +147,28 @@ impl WriteProbe {
     /// As [`WriteProbe::start`], numbering from `first`: probes sharing a table each take their
     /// own range.
     pub fn start_at(endpoint: Endpoint, first: i64, interval: Duration, timeout: Duration) -> Self {
+        Self::spawn(endpoint, None, first, interval, timeout)
+    }
+
+    /// As [`WriteProbe::start_at`], but each new session goes to the address `resolve` gives at
+    /// that moment (the endpoint's certificate name is kept): a client that follows a DNS name.
+    pub fn start_resolving(
+        endpoint: Endpoint,
+        resolve: Resolve,
+        first: i64,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self::spawn(endpoint, Some(resolve), first, interval, timeout)
+    }
+
+    fn spawn(
+        endpoint: Endpoint,
+        resolve: Option<Resolve>,
+        first: i64,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Self {
         let report = Arc::new(Mutex::new(Report::default()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -149,7 +181,7 @@ impl WriteProbe {
                         break;
                     }
                     if session.is_none() {
-                        session = tokio::time::timeout(timeout, open(&endpoint))
+                        session = tokio::time::timeout(timeout, open(&endpoint, resolve.as_ref()))
                             .await
                             .ok()
                             .flatten();
@@ -199,9 +231,15 @@ impl WriteProbe {
     }
 }
 
+/// The address for a probe's next session; `None` when there is none to try.
+pub type Resolve = Arc<dyn Fn() -> BoxFuture<'static, Option<IpAddr>> + Send + Sync>;
+
 /// A session with the probe's table in place.
-async fn open(endpoint: &Endpoint) -> Option<tokio_postgres::Client> {
-    let client = endpoint.connect().await.ok()?;
+async fn open(endpoint: &Endpoint, resolve: Option<&Resolve>) -> Option<tokio_postgres::Client> {
+    let client = match resolve {
+        None => endpoint.connect().await.ok()?,
+        Some(resolve) => endpoint.at(resolve().await?).connect().await.ok()?,
+    };
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (sequence bigint PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT now())"
@@ -250,6 +288,16 @@ mod tests {
             Some(Duration::from_millis(500))
         );
         assert_eq!(report.outage_after(at(1200)), None);
+        // How soon a client felt each fault: the first write after it that was not acknowledged.
+        assert_eq!(
+            report.first_miss_after(at(150)),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            report.first_miss_after(at(950)),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(report.first_miss_after(at(1100)), None);
     }
 
     fn report(outcomes: &[(u64, Outcome)]) -> (Instant, Report) {
