@@ -192,6 +192,10 @@ pub struct DrillRunStatus {
     /// Why the result is what it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// For a run stopped before it was judged, why, in one word: `GuardCrossed`,
+    /// `GuardUnreadable`, `TargetUnfit`, `Deleted`, `OperatorRestarted` or `NotRecovered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// What the fault was aimed at (an instance, or `zone <name>`), written before it was
     /// injected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,6 +265,9 @@ pub struct GuardReading {
     pub burn_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_remaining: Option<f64>,
+    /// This guard is the one that skipped or aborted the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopped_the_run: bool,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

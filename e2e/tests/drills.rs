@@ -521,19 +521,24 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
             .parse()
             .unwrap()
     };
-    assert!(
-        value(r#"bulwark_drill_runs_total{result="Succeeded",scenario="PrimaryCrash"}"#) >= 1.0
-    );
+    // Runs stopped unjudged carry why, and the SLO whose guard stopped them.
+    let runs_total = |guard: &str, reason: &str, result: &str, scenario: &str| {
+        value(&format!(
+            r#"bulwark_drill_runs_total{{guard="{guard}",reason="{reason}",result="{result}",scenario="{scenario}"}}"#
+        ))
+    };
+    assert!(runs_total("", "", "Succeeded", "PrimaryCrash") >= 1.0);
+    assert_eq!(runs_total("", "", "Succeeded", "PrimaryFrozen"), 1.0);
     assert_eq!(
-        value(r#"bulwark_drill_runs_total{result="Succeeded",scenario="PrimaryFrozen"}"#),
+        runs_total("inventory", "GuardUnreadable", "Skipped", "PrimaryCrash"),
         1.0
     );
     assert_eq!(
-        value(r#"bulwark_drill_runs_total{result="Skipped",scenario="PrimaryCrash"}"#),
-        2.0
+        runs_total("checkout", "GuardCrossed", "Skipped", "PrimaryCrash"),
+        1.0
     );
     assert_eq!(
-        value(r#"bulwark_drill_runs_total{result="Aborted",scenario="PrimaryFrozen"}"#),
+        runs_total("checkout", "GuardCrossed", "Aborted", "PrimaryFrozen"),
         1.0
     );
     let target = format!(r#"{{kind="DatabaseCluster",namespace="{ns}",target="db"}}"#);

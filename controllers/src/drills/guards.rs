@@ -21,13 +21,14 @@ pub fn evaluate(
     let mut readings = vec![];
     let mut verdict = Guards::Clear;
     for guard in guards {
-        let (reading, problem) = read(guard, status_of(&guard.slo), now);
-        readings.push(reading);
+        let (mut reading, problem) = read(guard, status_of(&guard.slo), now);
         if verdict == Guards::Clear
             && let Some(problem) = problem
         {
             verdict = problem;
+            reading.stopped_the_run = true;
         }
+        readings.push(reading);
     }
     (verdict, readings)
 }
@@ -42,6 +43,7 @@ fn read(
         window: guard.window.clone(),
         burn_rate: None,
         budget_remaining: None,
+        stopped_the_run: false,
     };
     let slo = &guard.slo;
     let Some(status) = status else {
@@ -177,6 +179,28 @@ mod tests {
             panic!("25% left is below 50%");
         };
         assert!(why.contains("25.0% of its error budget left"), "{why}");
+        // Of several guards, the reading of the one that stopped the run says so.
+        let payments = Guard {
+            slo: "payments".into(),
+            ..guard(Some(2.0), None)
+        };
+        let (verdict, readings) = evaluate(
+            &[guard(Some(14.4), None), payments],
+            |slo| {
+                Some(Some(status(
+                    if slo == "payments" { 3.0 } else { 1.0 },
+                    0.9,
+                    10,
+                )))
+            },
+            Utc::now(),
+        );
+        assert!(matches!(verdict, Guards::Crossed(why) if why.starts_with("guard: payments")));
+        let stopped: Vec<(&str, bool)> = readings
+            .iter()
+            .map(|r| (r.slo.as_str(), r.stopped_the_run))
+            .collect();
+        assert_eq!(stopped, [("checkout", false), ("payments", true)]);
     }
 
     #[test]

@@ -27,9 +27,10 @@ impl DrillMetrics {
             runs: IntCounterVec::new(
                 Opts::new(
                     "drill_runs_total",
-                    "DrillRuns completed by this replica, by result and scenario",
+                    "DrillRuns completed by this replica, by result, scenario, why a run stopped \
+                     unjudged (reason), and the SLO whose guard stopped it (guard)",
                 ),
-                &["result", "scenario"],
+                &["result", "scenario", "reason", "guard"],
             )
             .unwrap(),
             last_rto_seconds: gauge(

@@ -712,6 +712,7 @@ impl Driver<'_> {
         if let Some(verdict) = &verdict {
             status.result = Some(verdict.outcome.name().to_string());
             status.message = Some(verdict.message.clone());
+            status.reason = Some(verdict.reason.to_string());
             if matches!(
                 verdict.reason,
                 Reason::GuardCrossed | Reason::GuardUnreadable
@@ -1135,6 +1136,7 @@ impl Driver<'_> {
             );
             status.result = Some(Outcome::Aborted.name().into());
             status.message = Some(message.clone());
+            status.reason = Some(Reason::OperatorRestarted.to_string());
         }
         status.completed_at = Some(Time(Timestamp::now()));
         set_result_condition(&mut status, run, outcome, &message);
@@ -1170,6 +1172,11 @@ impl Driver<'_> {
     /// Counts a run this process completed, and moves the report gauges.
     fn count(&self, run: &DrillRun) {
         let status = run.status.clone().unwrap_or_default();
+        let guard = status
+            .guard_readings
+            .iter()
+            .find(|r| r.stopped_the_run)
+            .map_or("", |r| r.slo.as_str());
         self.context
             .metrics
             .drills
@@ -1177,6 +1184,8 @@ impl Driver<'_> {
             .with_label_values(&[
                 status.result.as_deref().unwrap_or_default(),
                 run.spec.scenario.fault.name(),
+                status.reason.as_deref().unwrap_or_default(),
+                guard,
             ])
             .inc();
         self.report(run);
