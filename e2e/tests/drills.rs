@@ -773,17 +773,31 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
         // The frozen primary thawed: every instance ready in one epoch, at most one failover.
         let after = db.healthy(Duration::from_secs(120)).await.unwrap();
         assert!(after["epoch"].as_u64() <= before["epoch"].as_u64().map(|e| e + 1));
-        // The operator pod's restart is what took over.
+        // A fresh operator pod for the next kill: the killed one's next restart would wait out
+        // a crash-loop back-off (10 s, then 20 s, 40 s) that measures nothing here.
+        pods.delete(
+            operator.metadata.name.as_deref().unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
         eventually(
             Duration::from_secs(60),
-            "the operator ready again",
+            "one fresh operator pod, Ready",
             || async {
-                let pod = pods.get(&operator.metadata.name.clone()?).await.ok()?;
-                pod.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-                    .then_some(())
+                let operators = release.pods(&client).await.ok()?;
+                let [fresh] = operators.as_slice() else {
+                    return None;
+                };
+                (fresh.metadata.uid != operator.metadata.uid
+                    && fresh
+                        .status
+                        .as_ref()?
+                        .conditions
+                        .as_ref()?
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True"))
+                .then_some(())
             },
         )
         .await
@@ -1113,5 +1127,39 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
         "zone outage of zone {zone} {in_zone:?}: fault injected → first failed write {detection}s; \
          RTO through the Service {}s, through DNS {dns_rto}s; writes {} (Service) / {} (DNS)",
         status["rtoSeconds"], status["writes"], dns["writes"]
+    );
+
+    // A switchover drill: the most caught-up replica is promoted through spec.switchoverTo,
+    // which the rollback takes back once the drill is over.
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "switchover",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "db"},
+                "scenario": {"fault": "Switchover", "duration": "15s"},
+                "dnsProbe": {"endpoint": "db"},
+                "success": {"maxRto": "30s"},
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let switched = completed(&runs, "switchover", Duration::from_secs(300)).await;
+    assert_eq!(switched["result"], "Succeeded", "{switched:#}");
+    assert_eq!(switched["lostWrites"], 0, "{switched:#}");
+    assert_eq!(switched["dnsProbe"]["lostWrites"], 0, "{switched:#}");
+    let target = switched["victim"].as_str().unwrap().to_string();
+    assert_ne!(
+        target, new_primary,
+        "a replica was the target: {switched:#}"
+    );
+    let after = db.healthy(Duration::from_secs(180)).await.unwrap();
+    assert_eq!(after["primary"], target.as_str(), "{after:#}");
+    let spec = serde_json::to_value(&db.api.get("db").await.unwrap().spec).unwrap();
+    assert!(spec["switchoverTo"].is_null(), "taken back: {spec:#}");
+    println!(
+        "switchover to {target}: RTO through the Service {}s, through DNS {}s",
+        switched["rtoSeconds"], switched["dnsProbe"]["rtoSeconds"]
     );
 }
