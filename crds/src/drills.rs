@@ -46,6 +46,8 @@ use crate::postgres::{DNS_LABEL_PATTERN, DURATION_PATTERN};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a DrillRun cannot change once created: delete it (which rolls its fault back) and create another"))]
+#[x_kube(validation = Rule::new("(self.target.kind == 'DnsEndpoint') == (self.scenario.fault in ['SlowDnsEnactor'])").message("scenario.fault does not apply to target.kind: a DnsEndpoint takes SlowDnsEnactor; a DatabaseCluster takes PrimaryCrash, PrimaryFrozen, Switchover or ZoneOutage"))]
+#[x_kube(validation = Rule::new("!has(self.dnsProbe) || self.target.kind == 'DatabaseCluster'").message("dnsProbe measures a DatabaseCluster's writes through a DNS name; a DnsEndpoint target is probed through its own name already"))]
 pub struct DrillRunSpec {
     pub target: DrillTarget,
     pub scenario: Scenario,
@@ -98,7 +100,23 @@ pub struct DrillTarget {
 )]
 pub enum TargetKind {
     DatabaseCluster,
+    /// Probed by asking its zone's authoritative server for its name.
+    DnsEndpoint,
 }
+
+impl TargetKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::DatabaseCluster => "DatabaseCluster",
+            TargetKind::DnsEndpoint => "DnsEndpoint",
+        }
+    }
+}
+
+/// On a DnsEndpoint, how long every enactor stalls between reading the name's fence and writing
+/// a plan (`5s`): the slow enactor of the October 2025 outage, set and removed by a
+/// `SlowDnsEnactor` drill.
+pub const SLOW_ENACTOR_ANNOTATION: &str = "bulwark.dev/drill-slow-enactor";
 
 /// The fault and how long it stays in place.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -124,6 +142,9 @@ pub enum Fault {
     /// Every instance in the primary's zone (its node's `topology.kubernetes.io/zone`) frozen
     /// at once, as when a zone's machines stop answering.
     ZoneOutage,
+    /// Every enactor of a DnsEndpoint stalls for the drill's duration before each write, so
+    /// newer plans are minted while an older one is about to be written.
+    SlowDnsEnactor,
 }
 
 impl Fault {
@@ -133,6 +154,7 @@ impl Fault {
             Fault::PrimaryFrozen => "PrimaryFrozen",
             Fault::Switchover => "Switchover",
             Fault::ZoneOutage => "ZoneOutage",
+            Fault::SlowDnsEnactor => "SlowDnsEnactor",
         }
     }
 }

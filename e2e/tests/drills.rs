@@ -20,7 +20,7 @@ use bulwark_crds::dns::{DnsEndpoint, RecordType};
 use bulwark_crds::drills::{DrillRun, DrillSchedule};
 use bulwark_crds::slo::ServiceLevelObjective;
 use bulwark_e2e::bind::Bind;
-use bulwark_e2e::dns::create_zone;
+use bulwark_e2e::dns::{apply_endpoint, create_zone};
 use bulwark_e2e::eventually;
 use bulwark_e2e::postgres::{DatabaseTest, container_of, events, three_synchronous_instances};
 use bulwark_e2e::process::free_port;
@@ -32,6 +32,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -57,6 +58,15 @@ async fn completed(runs: &Api<DrillRun>, name: &str, within: Duration) -> Value 
     })
     .await
     .unwrap()
+}
+
+/// Creates the run `name` against the cluster `db` and waits for it to complete; its status.
+async fn run_on_db(runs: &Api<DrillRun>, name: &str, mut spec: Value, within: Duration) -> Value {
+    spec["target"] = json!({"kind": "DatabaseCluster", "name": "db"});
+    runs.create(&PostParams::default(), &drill_run(name, spec))
+        .await
+        .unwrap();
+    completed(runs, name, within).await
 }
 
 /// Stops a schedule from starting more runs.
@@ -217,20 +227,16 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
 
     // A guard nothing can vouch for: Skipped at the gate, nothing injected.
     let crash = json!({"fault": "PrimaryCrash", "duration": "8s"});
-    runs.create(
-        &PostParams::default(),
-        &drill_run(
-            "unguarded",
-            json!({
-                "target": {"kind": "DatabaseCluster", "name": "db"},
-                "scenario": crash,
-                "guards": [{"slo": "inventory", "maxBurnRate": 14.4}],
-            }),
-        ),
+    let skipped = run_on_db(
+        &runs,
+        "unguarded",
+        json!({
+            "scenario": crash,
+            "guards": [{"slo": "inventory", "maxBurnRate": 14.4}],
+        }),
+        Duration::from_secs(60),
     )
-    .await
-    .unwrap();
-    let skipped = completed(&runs, "unguarded", Duration::from_secs(60)).await;
+    .await;
     assert_eq!(skipped["result"], "Skipped", "{skipped:#}");
     assert!(
         skipped["message"]
@@ -327,20 +333,16 @@ async fn drills_are_gated_measured_rolled_back_and_one_at_a_time_per_target() {
     );
 
     // Still burning: the next run is Skipped at the gate, naming the SLO and its value.
-    runs.create(
-        &PostParams::default(),
-        &drill_run(
-            "while-burning",
-            json!({
-                "target": {"kind": "DatabaseCluster", "name": "db"},
-                "scenario": crash,
-                "guards": guard,
-            }),
-        ),
+    let skipped_burning = run_on_db(
+        &runs,
+        "while-burning",
+        json!({
+            "scenario": crash,
+            "guards": guard,
+        }),
+        Duration::from_secs(60),
     )
-    .await
-    .unwrap();
-    let skipped_burning = completed(&runs, "while-burning", Duration::from_secs(60)).await;
+    .await;
     assert_eq!(skipped_burning["result"], "Skipped", "{skipped_burning:#}");
     assert!(
         skipped_burning["message"]
@@ -1084,21 +1086,17 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
         .filter(|name| zone_of(name) == zone)
         .collect();
 
-    runs.create(
-        &PostParams::default(),
-        &drill_run(
-            "zone-outage",
-            json!({
-                "target": {"kind": "DatabaseCluster", "name": "db"},
-                "scenario": {"fault": "ZoneOutage", "duration": "10s"},
-                "dnsProbe": {"endpoint": "db"},
-                "success": {"maxRto": "60s"},
-            }),
-        ),
+    let status = run_on_db(
+        &runs,
+        "zone-outage",
+        json!({
+            "scenario": {"fault": "ZoneOutage", "duration": "10s"},
+            "dnsProbe": {"endpoint": "db"},
+            "success": {"maxRto": "60s"},
+        }),
+        Duration::from_secs(300),
     )
-    .await
-    .unwrap();
-    let status = completed(&runs, "zone-outage", Duration::from_secs(300)).await;
+    .await;
     assert_succeeded("zone-outage", &status);
     assert_eq!(status["victim"], format!("zone {zone}"), "{status:#}");
     assert_eq!(status["faultedInstances"], json!(in_zone), "{status:#}");
@@ -1131,21 +1129,17 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
 
     // A switchover drill: the most caught-up replica is promoted through spec.switchoverTo,
     // which the rollback takes back once the drill is over.
-    runs.create(
-        &PostParams::default(),
-        &drill_run(
-            "switchover",
-            json!({
-                "target": {"kind": "DatabaseCluster", "name": "db"},
-                "scenario": {"fault": "Switchover", "duration": "15s"},
-                "dnsProbe": {"endpoint": "db"},
-                "success": {"maxRto": "30s"},
-            }),
-        ),
+    let switched = run_on_db(
+        &runs,
+        "switchover",
+        json!({
+            "scenario": {"fault": "Switchover", "duration": "15s"},
+            "dnsProbe": {"endpoint": "db"},
+            "success": {"maxRto": "30s"},
+        }),
+        Duration::from_secs(300),
     )
-    .await
-    .unwrap();
-    let switched = completed(&runs, "switchover", Duration::from_secs(300)).await;
+    .await;
     assert_eq!(switched["result"], "Succeeded", "{switched:#}");
     assert_eq!(switched["lostWrites"], 0, "{switched:#}");
     assert_eq!(switched["dnsProbe"]["lostWrites"], 0, "{switched:#}");
@@ -1161,5 +1155,111 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
     println!(
         "switchover to {target}: RTO through the Service {}s, through DNS {}s",
         switched["rtoSeconds"], switched["dnsProbe"]["rtoSeconds"]
+    );
+
+    // A DnsEndpoint target takes DNS scenarios only, refused at admission otherwise.
+    let web = |fault: &str| {
+        drill_run(
+            &format!("web-{}", fault.to_lowercase()),
+            json!({
+                "target": {"kind": "DnsEndpoint", "name": "web"},
+                "scenario": {"fault": fault, "duration": "10s"},
+                "success": {"maxRto": "5s"},
+            }),
+        )
+    };
+    let refused = runs
+        .create(&PostParams::default(), &web("PrimaryCrash"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("scenario.fault does not apply to target.kind"),
+        "{refused}"
+    );
+
+    // A slow enactor: every enactor stalls 10 s before each write while the name's address
+    // changes. The old answer stays served through the stall (never an empty name), the new
+    // one goes live after it, and the rollback takes the annotation away.
+    apply_endpoint(
+        &client,
+        &ns,
+        "web",
+        "drill",
+        "web.drill.test",
+        &["10.9.0.1".into()],
+    )
+    .await
+    .unwrap();
+    let served = || async {
+        let rrsets = provider.served_records("web.drill.test").await.ok()?;
+        Some(
+            rrsets
+                .into_iter()
+                .find(|r| r.record_type == RecordType::A)?
+                .values,
+        )
+    };
+    eventually(Duration::from_secs(30), "web.drill.test live", || async {
+        (served().await? == ["10.9.0.1"]).then_some(())
+    })
+    .await
+    .unwrap();
+    runs.create(&PostParams::default(), &web("SlowDnsEnactor"))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the slow enactor in place",
+        || async {
+            let status = runs.get("web-slowdnsenactor").await.ok()?.status?;
+            (status.phase.as_deref() == Some("Observing")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let changed = std::time::Instant::now();
+    apply_endpoint(
+        &client,
+        &ns,
+        "web",
+        "drill",
+        "web.drill.test",
+        &["10.9.0.2".into()],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        served().await.unwrap(),
+        ["10.9.0.1"],
+        "the enactors stall before writing the new plan"
+    );
+    eventually(Duration::from_secs(60), "the new address live", || async {
+        (served().await? == ["10.9.0.2"]).then_some(())
+    })
+    .await
+    .unwrap();
+    let live_after = changed.elapsed();
+    let slow = completed(&runs, "web-slowdnsenactor", Duration::from_secs(60)).await;
+    assert_eq!(slow["result"], "Succeeded", "{slow:#}");
+    assert_eq!(slow["victim"], "web.drill.test", "{slow:#}");
+    assert!(
+        slow["rtoSeconds"].is_null(),
+        "the name always had an answer: {slow:#}"
+    );
+    let endpoint = Api::<DnsEndpoint>::namespaced(client.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert!(
+        !endpoint
+            .annotations()
+            .contains_key("bulwark.dev/drill-slow-enactor"),
+        "rolled back"
+    );
+    println!(
+        "slow enactor (10 s stall): the changed address went live {:.1}s after the change; the name never went unanswered",
+        live_after.as_secs_f64()
     );
 }

@@ -210,50 +210,59 @@ fn variant(period: u32, only: Option<Tier>) -> CompiledSlo {
 #[test]
 fn promtool_unit_tests_prove_detection_and_reset() {
     let dir = tempfile::tempdir().unwrap();
-    for period in [7, 30, 90] {
-        let page_only = variant(period, Some(Tier::Page));
-        let suites = [
-            (
-                page_only.clone(),
-                vec![detection_and_reset(period, Tier::Page), outage(&page_only)],
-            ),
-            (
-                variant(period, Some(Tier::Ticket)),
-                vec![detection_and_reset(period, Tier::Ticket)],
-            ),
-            (variant(period, None), vec![steady_one_x(period)]),
-        ];
-        for (slo, proofs) in suites {
-            for proof in &proofs {
-                for &(minute, tier, firing) in &proof.expect {
-                    let reference = reference_firing(&slo, &proof.scenario.phases, minute);
-                    assert_eq!(
-                        reference.contains(&tier),
-                        firing,
-                        "{}: the reference disagrees at minute {minute}",
-                        proof.scenario.name
-                    );
-                }
+    // One thread per period: the suites are independent and CPU-bound (promtool and the
+    // reference model evaluate days of samples), and this test was the slowest of its binary.
+    std::thread::scope(|scope| {
+        for period in [7, 30, 90] {
+            let dir = dir.path();
+            scope.spawn(move || prove_period(period, dir));
+        }
+    });
+}
+
+fn prove_period(period: u32, dir: &std::path::Path) {
+    let page_only = variant(period, Some(Tier::Page));
+    let suites = [
+        (
+            page_only.clone(),
+            vec![detection_and_reset(period, Tier::Page), outage(&page_only)],
+        ),
+        (
+            variant(period, Some(Tier::Ticket)),
+            vec![detection_and_reset(period, Tier::Ticket)],
+        ),
+        (variant(period, None), vec![steady_one_x(period)]),
+    ];
+    for (slo, proofs) in suites {
+        for proof in &proofs {
+            for &(minute, tier, firing) in &proof.expect {
+                let reference = reference_firing(&slo, &proof.scenario.phases, minute);
+                assert_eq!(
+                    reference.contains(&tier),
+                    firing,
+                    "{}: the reference disagrees at minute {minute}",
+                    proof.scenario.name
+                );
             }
-            let group = slo.rule_group();
-            let rules = format!("{}.rules.json", slo.name);
-            let suite = format!("{}.test.json", slo.name);
-            std::fs::write(
-                dir.path().join(&rules),
-                serde_json::json!({ "groups": [group] }).to_string(),
-            )
-            .unwrap();
-            let scenarios: Vec<Scenario> = proofs.into_iter().map(|p| p.scenario).collect();
-            std::fs::write(
-                dir.path().join(&suite),
-                promtool_suite(&slo, &group, &rules, &scenarios).to_string(),
-            )
-            .unwrap();
-            let (ok, output) = promtool(&["test", "rules", &suite], dir.path());
-            assert!(ok, "promtool test rules failed for {}:\n{output}", slo.name);
-            for scenario in &scenarios {
-                println!("promtool test rules passed: {}", scenario.name);
-            }
+        }
+        let group = slo.rule_group();
+        let rules = format!("{}.rules.json", slo.name);
+        let suite = format!("{}.test.json", slo.name);
+        std::fs::write(
+            dir.join(&rules),
+            serde_json::json!({ "groups": [group] }).to_string(),
+        )
+        .unwrap();
+        let scenarios: Vec<Scenario> = proofs.into_iter().map(|p| p.scenario).collect();
+        std::fs::write(
+            dir.join(&suite),
+            promtool_suite(&slo, &group, &rules, &scenarios).to_string(),
+        )
+        .unwrap();
+        let (ok, output) = promtool(&["test", "rules", &suite], dir);
+        assert!(ok, "promtool test rules failed for {}:\n{output}", slo.name);
+        for scenario in &scenarios {
+            println!("promtool test rules passed: {}", scenario.name);
         }
     }
 }

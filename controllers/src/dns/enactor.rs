@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase};
+use bulwark_crds::drills::SLOW_ENACTOR_ANNOTATION;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -33,7 +35,7 @@ use super::runtime::{
 };
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::runtime::set_finalizer;
+use crate::runtime::{parse_duration, set_finalizer};
 
 const CONTROLLER: &str = "dns-enactor";
 /// Keeps a deleted DnsEndpoint until its records and fence are gone from the DNS server.
@@ -272,6 +274,15 @@ async fn report_failure(endpoint: &DnsEndpoint, context: &Context, error: &Error
     }
 }
 
+/// The slow enactor a `SlowDnsEnactor` drill set on this endpoint, else the configured one.
+fn slow_enactor(configured: SlowEnactor, endpoint: &DnsEndpoint) -> SlowEnactor {
+    endpoint
+        .annotations()
+        .get(SLOW_ENACTOR_ANNOTATION)
+        .and_then(|delay| parse_duration(delay).ok())
+        .map_or(configured, SlowEnactor::new)
+}
+
 fn phase(plan: &DnsPlan) -> PlanPhase {
     plan.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
@@ -418,8 +429,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
                         generation, "answer differs from the live plan; repairing"
                     );
                 } else {
-                    settings
-                        .slow_enactor
+                    slow_enactor(settings.slow_enactor, endpoint)
                         .stall_before_write(fqdn, generation)
                         .await;
                 }

@@ -3,6 +3,7 @@
 //! `desired` and `fencing` are pure decisions; `rfc2136` talks to the DNS server; the
 //! controllers (planner, enactor, cleanup) connect them to the Kubernetes API.
 
+pub mod answer_probe;
 pub mod desired;
 pub mod enactor;
 pub mod fencing;

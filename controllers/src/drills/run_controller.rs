@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use bulwark_chaos::instance::{FaultsInPlace, InstanceFault};
 use bulwark_crds::dns::{DnsEndpoint, DnsZone, RecordType};
 use bulwark_crds::drills::{
-    DnsProbeResult, DrillRun, DrillRunStatus, Fault, GuardReading, TimelineEntry, WriteCounts,
+    DnsProbeResult, DrillRun, DrillRunStatus, DrillTarget, Fault, GuardReading,
+    SLOW_ENACTOR_ANNOTATION, TargetKind, TimelineEntry, WriteCounts,
 };
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_crds::slo::ServiceLevelObjective;
@@ -36,7 +37,9 @@ use super::run::{
     Step, Verdict, Waiting,
 };
 use crate::conditions;
+use crate::dns::answer_probe;
 use crate::dns::provider::DnsProvider;
+use crate::dns::rfc2136::Rfc2136;
 use crate::dns::runtime::provider_for;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
@@ -127,7 +130,7 @@ struct Context {
     driven: Mutex<HashMap<String, Driven>>,
     /// The completion time of the newest completed run reported per target, so the report
     /// gauges (rebuilt from status when a replica starts leading) move only forward.
-    reported: Mutex<HashMap<(String, String), Timestamp>>,
+    reported: Mutex<HashMap<(String, DrillTarget), Timestamp>>,
 }
 
 pub async fn run(
@@ -240,7 +243,9 @@ struct Driver<'a> {
 struct Seen {
     observation: Observation,
     readings: Vec<GuardReading>,
+    /// The target as read this pass: a DatabaseCluster or a DnsEndpoint, by the run's kind.
     cluster: Option<DatabaseCluster>,
+    endpoint: Option<DnsEndpoint>,
 }
 
 impl Driver<'_> {
@@ -327,13 +332,16 @@ impl Driver<'_> {
                 ),
             }
         };
-        let cluster = self
-            .api::<DatabaseCluster>()
-            .get_opt(&run.spec.target.name)
-            .await?;
+        let name = &run.spec.target.name;
+        let (cluster, endpoint) = match run.spec.target.kind {
+            TargetKind::DatabaseCluster => {
+                (self.api::<DatabaseCluster>().get_opt(name).await?, None)
+            }
+            TargetKind::DnsEndpoint => (None, self.api::<DnsEndpoint>().get_opt(name).await?),
+        };
         let phase = recorded.phase;
         let (guards, readings) = match phase {
-            Phase::Gating => match self.unfit(run, cluster.as_ref()).await {
+            Phase::Gating => match self.unfit(run, cluster.as_ref(), endpoint.as_ref()).await {
                 Some(why) => (Guards::TargetUnfit(why), vec![]),
                 None => self.guards(run).await?,
             },
@@ -345,14 +353,19 @@ impl Driver<'_> {
             _ => Lock::Mine,
         };
         let fault_absent = if phase == Phase::RollingBack && !recorded.rolled_back {
-            self.fault_absent(run, cluster.as_ref()).await?
+            self.fault_absent(run, cluster.as_ref(), endpoint.as_ref())
+                .await?
         } else {
             false
         };
-        let target_recovered = cluster.as_ref().is_some_and(|c| {
-            let status = c.status.clone().unwrap_or_default();
-            status.phase.as_deref() == Some("Healthy") && status.ready_instances >= c.spec.instances
-        }) && probe_recovered;
+        let target_recovered = match run.spec.target.kind {
+            TargetKind::DatabaseCluster => cluster.as_ref().is_some_and(|c| {
+                let status = c.status.clone().unwrap_or_default();
+                status.phase.as_deref() == Some("Healthy")
+                    && status.ready_instances >= c.spec.instances
+            }),
+            TargetKind::DnsEndpoint => endpoint.is_some(),
+        } && probe_recovered;
         let recovery_overdue = phase_recorded_at(run, Phase::RollingBack)
             .is_some_and(|at| Utc::now() - at > RECOVERY_LIMIT);
         Ok(Seen {
@@ -369,69 +382,51 @@ impl Driver<'_> {
             },
             readings,
             cluster,
+            endpoint,
         })
     }
 
-    /// Why the target cannot take this drill now; `None` when it can. Also starts the write
-    /// probes and waits for each one's first acknowledged write, so a drill never measures a
-    /// target that was down before the fault.
-    async fn unfit(&self, run: &DrillRun, cluster: Option<&DatabaseCluster>) -> Option<String> {
+    /// Why the target cannot take this drill now; `None` when it can. Also starts the probes
+    /// and waits for each one's first success, so a drill never measures a target that was
+    /// down before the fault.
+    async fn unfit(
+        &self,
+        run: &DrillRun,
+        cluster: Option<&DatabaseCluster>,
+        endpoint: Option<&DnsEndpoint>,
+    ) -> Option<String> {
         let name = &run.spec.target.name;
-        let Some(cluster) = cluster else {
-            return Some(format!("DatabaseCluster {name} does not exist"));
-        };
-        let status = cluster.status.clone().unwrap_or_default();
-        let phase = status.phase.as_deref().unwrap_or("Creating");
-        if phase != "Healthy" {
-            return Some(format!(
-                "DatabaseCluster {name} is {phase}, not Healthy: a drill starts only on a healthy target"
-            ));
+        if run.spec.target.kind == TargetKind::DatabaseCluster {
+            let Some(cluster) = cluster else {
+                return Some(format!("DatabaseCluster {name} does not exist"));
+            };
+            let status = cluster.status.clone().unwrap_or_default();
+            let phase = status.phase.as_deref().unwrap_or("Creating");
+            if phase != "Healthy" {
+                return Some(format!(
+                    "DatabaseCluster {name} is {phase}, not Healthy: a drill starts only on a healthy target"
+                ));
+            }
         }
-        if let Err(why) = self.aim(run.spec.scenario.fault, cluster).await {
+        if let Err(why) = self.aim(run, cluster, endpoint).await {
             return Some(why);
         }
         let uid = Self::uid(run);
         let running = self.context.driven.lock().unwrap().contains_key(&uid);
         if !running {
-            let endpoint =
-                match client::application(&self.context.client, &self.namespace, name).await {
-                    Ok(endpoint) => endpoint,
-                    Err(error) => {
-                        return Some(format!(
-                            "cannot reach DatabaseCluster {name} as an application: {error:#}"
-                        ));
-                    }
-                };
-            let dns_route = match &run.spec.dns_probe {
-                None => None,
-                Some(dns) => match self.resolver(&dns.endpoint).await {
-                    Ok(route) => Some(route),
-                    Err(why) => return Some(why),
-                },
+            let driven = match run.spec.target.kind {
+                TargetKind::DatabaseCluster => self.start_write_probes(run).await,
+                TargetKind::DnsEndpoint => self.start_answer_probe(name).await,
             };
-            // Numbered from the current microsecond, so probes sharing the table never collide;
-            // the DNS probe counts up from its negation, a range no Service probe reaches.
-            let first = Utc::now().timestamp_micros();
-            let dns_probe = dns_route.map(|(fqdn, resolve)| {
-                let probe = WriteProbe::start_resolving(
-                    endpoint.clone(),
-                    resolve,
-                    -first,
-                    PROBE_INTERVAL,
-                    PROBE_TIMEOUT,
-                );
-                (fqdn, probe)
-            });
-            let probe = WriteProbe::start_at(endpoint, first, PROBE_INTERVAL, PROBE_TIMEOUT);
-            self.context.driven.lock().unwrap().insert(
-                uid.clone(),
-                Driven {
-                    driving: Driving::No,
-                    probe: Some(probe),
-                    dns_probe,
-                    injected: None,
-                },
-            );
+            match driven {
+                Ok(driven) => self
+                    .context
+                    .driven
+                    .lock()
+                    .unwrap()
+                    .insert(uid.clone(), driven),
+                Err(why) => return Some(why),
+            };
         }
         let deadline = Instant::now() + FIRST_WRITE_LIMIT;
         loop {
@@ -439,18 +434,25 @@ impl Driver<'_> {
                 let unacknowledged =
                     |p: &WriteProbe| p.report().count(probe::Outcome::Acknowledged) == 0;
                 if d.probe.as_ref().is_some_and(unacknowledged) {
-                    return Some(format!("Service {name}-rw"));
+                    return Some(match run.spec.target.kind {
+                        TargetKind::DatabaseCluster => {
+                            format!("no write acknowledged through Service {name}-rw")
+                        }
+                        TargetKind::DnsEndpoint => format!(
+                            "no address for DnsEndpoint {name}'s name from its zone's server"
+                        ),
+                    });
                 }
                 d.dns_probe
                     .as_ref()
                     .filter(|(_, p)| unacknowledged(p))
-                    .map(|(fqdn, _)| format!("the DNS name {fqdn}"))
+                    .map(|(fqdn, _)| format!("no write acknowledged through the DNS name {fqdn}"))
             });
-            // None: every probe has had a write acknowledged, the target is fit.
-            let path = silent?;
+            // None: every probe has succeeded once, the target is fit.
+            let missing = silent?;
             if Instant::now() >= deadline {
                 return Some(format!(
-                    "the write probe had no write acknowledged through {path} in {}s",
+                    "the probe had {missing} in {}s",
                     FIRST_WRITE_LIMIT.as_secs()
                 ));
             }
@@ -458,31 +460,87 @@ impl Driver<'_> {
         }
     }
 
-    /// The DnsEndpoint's name and a resolver asking its zone's authoritative server for the
-    /// name's address, as a client that just lost its session would.
-    async fn resolver(&self, endpoint: &str) -> Result<(String, Resolve), String> {
+    /// The write probe through the cluster's `-rw` Service, and the one through
+    /// `spec.dnsProbe`'s name when it is set.
+    async fn start_write_probes(&self, run: &DrillRun) -> Result<Driven, String> {
+        let name = &run.spec.target.name;
+        let endpoint = client::application(&self.context.client, &self.namespace, name)
+            .await
+            .map_err(|error| {
+                format!("cannot reach DatabaseCluster {name} as an application: {error:#}")
+            })?;
+        let dns_route = match &run.spec.dns_probe {
+            None => None,
+            Some(dns) => Some(self.resolver(&dns.endpoint).await?),
+        };
+        // Numbered from the current microsecond, so probes sharing the table never collide; the
+        // DNS probe counts up from its negation, a range no Service probe reaches.
+        let first = Utc::now().timestamp_micros();
+        let dns_probe = dns_route.map(|(fqdn, resolve)| {
+            let probe = WriteProbe::start_resolving(
+                endpoint.clone(),
+                resolve,
+                -first,
+                PROBE_INTERVAL,
+                PROBE_TIMEOUT,
+            );
+            (fqdn, probe)
+        });
+        Ok(Driven {
+            driving: Driving::No,
+            probe: Some(WriteProbe::start_at(
+                endpoint,
+                first,
+                PROBE_INTERVAL,
+                PROBE_TIMEOUT,
+            )),
+            dns_probe,
+            injected: None,
+        })
+    }
+
+    /// The answer probe of a DnsEndpoint target: its name, asked of its zone's server.
+    async fn start_answer_probe(&self, endpoint: &str) -> Result<Driven, String> {
+        let (endpoint, provider) = self.zone_provider(endpoint).await?;
+        Ok(Driven {
+            driving: Driving::No,
+            probe: Some(answer_probe::start(
+                provider,
+                endpoint.spec.fqdn,
+                PROBE_INTERVAL,
+                PROBE_TIMEOUT,
+            )),
+            dns_probe: None,
+            injected: None,
+        })
+    }
+
+    /// The DnsEndpoint `name` and a client for its zone's authoritative server.
+    async fn zone_provider(&self, name: &str) -> Result<(DnsEndpoint, Rfc2136), String> {
         let unreadable = |what: String, error: kube::Error| format!("cannot read {what}: {error}");
         let endpoint = self
             .api::<DnsEndpoint>()
-            .get_opt(endpoint)
+            .get_opt(name)
             .await
-            .map_err(|e| unreadable(format!("DnsEndpoint {endpoint}"), e))?
-            .ok_or_else(|| format!("DnsEndpoint {endpoint} (spec.dnsProbe) does not exist"))?;
+            .map_err(|e| unreadable(format!("DnsEndpoint {name}"), e))?
+            .ok_or_else(|| format!("DnsEndpoint {name} does not exist"))?;
         let zone_name = &endpoint.spec.zone_ref;
         let zone = self
             .api::<DnsZone>()
             .get_opt(zone_name)
             .await
             .map_err(|e| unreadable(format!("DnsZone {zone_name}"), e))?
-            .ok_or_else(|| {
-                format!(
-                    "DnsZone {zone_name} of DnsEndpoint {} does not exist",
-                    endpoint.name_any()
-                )
-            })?;
+            .ok_or_else(|| format!("DnsZone {zone_name} of DnsEndpoint {name} does not exist"))?;
         let provider = provider_for(&self.context.client, &zone, &endpoint, PROBE_TIMEOUT)
             .await
-            .map_err(|e| format!("DnsEndpoint {}: {e}", endpoint.name_any()))?;
+            .map_err(|e| format!("DnsEndpoint {name}: {e}"))?;
+        Ok((endpoint, provider))
+    }
+
+    /// The DnsEndpoint's name and a resolver asking its zone's authoritative server for the
+    /// name's address, as a client that just lost its session would.
+    async fn resolver(&self, endpoint: &str) -> Result<(String, Resolve), String> {
+        let (endpoint, provider) = self.zone_provider(endpoint).await?;
         let fqdn = endpoint.spec.fqdn.clone();
         let resolve: Resolve = Arc::new({
             let fqdn = fqdn.clone();
@@ -499,9 +557,23 @@ impl Driver<'_> {
         Ok((fqdn, resolve))
     }
 
-    /// What `fault` hits on `cluster` now: the primary, the replica a switchover promotes, or
-    /// every instance in the primary's zone.
-    async fn aim(&self, fault: Fault, cluster: &DatabaseCluster) -> Result<Aim, String> {
+    /// What the run's fault hits now: a cluster's primary, the replica a switchover promotes,
+    /// every instance in the primary's zone, or a DnsEndpoint's name.
+    async fn aim(
+        &self,
+        run: &DrillRun,
+        cluster: Option<&DatabaseCluster>,
+        endpoint: Option<&DnsEndpoint>,
+    ) -> Result<Aim, String> {
+        let (fault, name) = (run.spec.scenario.fault, &run.spec.target.name);
+        if fault == Fault::SlowDnsEnactor {
+            let endpoint = endpoint.ok_or_else(|| format!("DnsEndpoint {name} does not exist"))?;
+            return Ok(Aim {
+                victim: endpoint.spec.fqdn.clone(),
+                instances: vec![],
+            });
+        }
+        let cluster = cluster.ok_or_else(|| format!("DatabaseCluster {name} does not exist"))?;
         let victim = victim(fault, cluster)?;
         if fault != Fault::ZoneOutage {
             return Ok(Aim {
@@ -567,7 +639,11 @@ impl Driver<'_> {
     }
 
     fn lease_name(run: &DrillRun) -> String {
-        format!("drill-lock-databasecluster-{}", run.spec.target.name)
+        format!(
+            "drill-lock-{}-{}",
+            run.spec.target.kind.name().to_lowercase(),
+            run.spec.target.name
+        )
     }
 
     async fn lock(&self, run: &DrillRun) -> Result<Lock, Error> {
@@ -594,12 +670,7 @@ impl Driver<'_> {
         let lease: Lease = serde_json::from_value(json!({
             "metadata": {
                 "name": Self::lease_name(run),
-                "ownerReferences": [{
-                    "apiVersion": "bulwark.dev/v1alpha1",
-                    "kind": "DrillRun",
-                    "name": run.name_any(),
-                    "uid": Self::uid(run),
-                }],
+                "ownerReferences": [owned_by(run)],
             },
             "spec": {"holderIdentity": run.name_any()},
         }))
@@ -670,14 +741,14 @@ impl Driver<'_> {
         let mut status = run.status.clone().unwrap_or_default();
         let uid = Self::uid(run);
         let mut message = match phase {
-            Phase::Gating => format!("holds DatabaseCluster {}", run.spec.target.name),
+            Phase::Gating => format!(
+                "holds {} {}",
+                run.spec.target.kind.name(),
+                run.spec.target.name
+            ),
             Phase::Injecting => {
-                let cluster = seen
-                    .cluster
-                    .as_ref()
-                    .ok_or_else(|| anyhow::anyhow!("the target vanished"))?;
                 let aim = self
-                    .aim(run.spec.scenario.fault, cluster)
+                    .aim(run, seen.cluster.as_ref(), seen.endpoint.as_ref())
                     .await
                     .map_err(|why| anyhow::anyhow!(why))?;
                 let message = format!(
@@ -853,6 +924,11 @@ impl Driver<'_> {
                     )
                     .await?;
             }
+            Fault::SlowDnsEnactor => {
+                // Every enactor replica reads it from the endpoint it reconciles.
+                self.set_slow_enactor(run, Some(&run.spec.scenario.duration))
+                    .await?;
+            }
         }
         if let Some(driven) = self.context.driven.lock().unwrap().get_mut(&Self::uid(run)) {
             driven.driving = Driving::Injected;
@@ -867,6 +943,19 @@ impl Driver<'_> {
             message,
         )
         .await;
+        Ok(())
+    }
+
+    /// Sets (or with `None` removes) the slow-enactor annotation on the target DnsEndpoint.
+    async fn set_slow_enactor(&self, run: &DrillRun, delay: Option<&str>) -> Result<(), Error> {
+        let patch = json!({"metadata": {"annotations": {SLOW_ENACTOR_ANNOTATION: delay}}});
+        self.api::<DnsEndpoint>()
+            .patch(
+                &run.spec.target.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
         Ok(())
     }
 
@@ -900,6 +989,7 @@ impl Driver<'_> {
         &self,
         run: &DrillRun,
         cluster: Option<&DatabaseCluster>,
+        endpoint: Option<&DnsEndpoint>,
     ) -> Result<bool, Error> {
         let status = run.status.clone().unwrap_or_default();
         let Some(victim) = status.victim else {
@@ -915,6 +1005,9 @@ impl Driver<'_> {
                 .still_frozen(run, &status.faulted_instances)
                 .await?
                 .is_empty(),
+            Fault::SlowDnsEnactor => {
+                endpoint.is_none_or(|e| !e.annotations().contains_key(SLOW_ENACTOR_ANNOTATION))
+            }
         })
     }
 
@@ -979,6 +1072,11 @@ impl Driver<'_> {
                         .await?;
                 }
             }
+            Fault::SlowDnsEnactor => {
+                if seen.endpoint.is_some() {
+                    self.set_slow_enactor(run, None).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -997,6 +1095,10 @@ impl Driver<'_> {
                 run.spec.target.name
             ),
             Fault::PrimaryCrash => "nothing".into(),
+            Fault::SlowDnsEnactor => format!(
+                "DnsEndpoint {} keeps annotation {SLOW_ENACTOR_ANNOTATION} (its enactors stall before every write)",
+                run.spec.target.name
+            ),
         };
         let message = format!("rollback failed, retrying: {left}: {error}");
         let mut status = run.status.clone().unwrap_or_default();
@@ -1083,30 +1185,44 @@ impl Driver<'_> {
         let decided = status.result.as_deref().and_then(Outcome::from_name);
         let mut message = status.message.clone().unwrap_or_default();
         if let Some((report, dns, injected)) = measured {
-            let endpoint =
-                client::application(&self.context.client, &self.namespace, &run.spec.target.name)
-                    .await?;
-            let session = endpoint.connect().await.map_err(anyhow::Error::from)?;
-            let found = probe::sequences_found(&session)
-                .await
-                .map_err(anyhow::Error::from)?;
+            // A database's rows are read back; a DNS name's answers leave nothing to read.
+            let found = match run.spec.target.kind {
+                TargetKind::DatabaseCluster => {
+                    let name = &run.spec.target.name;
+                    let endpoint =
+                        client::application(&self.context.client, &self.namespace, name).await?;
+                    let session = endpoint.connect().await.map_err(anyhow::Error::from)?;
+                    let found = probe::sequences_found(&session)
+                        .await
+                        .map_err(anyhow::Error::from)?;
+                    Some(found)
+                }
+                TargetKind::DnsEndpoint => None,
+            };
             let outage = |report: &probe::Report| {
                 injected
                     .and_then(|at| report.outage_after(at))
                     .map(|d| milliseconds(d.as_secs_f64()))
             };
-            let lost = report.verify(&found).lost.len() as u64;
+            let lost_in = |report: &probe::Report| {
+                found
+                    .as_ref()
+                    .map_or(0, |found| report.verify(found).lost.len() as u64)
+            };
+            let lost = lost_in(&report);
             let rto = outage(&report);
             status.detection_seconds = injected
                 .and_then(|at| report.first_miss_after(at))
                 .map(|d| milliseconds(d.as_secs_f64()));
             status.rto_seconds = rto;
-            status.lost_writes = Some(lost);
-            status.writes = Some(write_counts(&report));
+            if found.is_some() {
+                status.lost_writes = Some(lost);
+                status.writes = Some(write_counts(&report));
+            }
             status.dns_probe = dns.map(|(fqdn, report)| DnsProbeResult {
                 fqdn,
                 rto_seconds: outage(&report),
-                lost_writes: report.verify(&found).lost.len() as u64,
+                lost_writes: lost_in(&report),
                 writes: write_counts(&report),
             });
             if decided.is_none() {
@@ -1197,7 +1313,7 @@ impl Driver<'_> {
         let Some(completed) = status.completed_at.as_ref().map(|t| t.0) else {
             return;
         };
-        let target = (self.namespace.clone(), run.spec.target.name.clone());
+        let target = (self.namespace.clone(), run.spec.target.clone());
         {
             let mut reported = self.context.reported.lock().unwrap();
             if reported
@@ -1211,7 +1327,7 @@ impl Driver<'_> {
         let metrics = &self.context.metrics.drills;
         let labels = [
             self.namespace.as_str(),
-            "DatabaseCluster",
+            run.spec.target.kind.name(),
             run.spec.target.name.as_str(),
         ];
         if let Some(rto) = status.rto_seconds {
@@ -1272,7 +1388,20 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
             .ok_or_else(|| {
                 format!("DatabaseCluster {name} has no ready replica to switch over to")
             }),
+        Fault::SlowDnsEnactor => Err(format!(
+            "SlowDnsEnactor does not apply to DatabaseCluster {name}"
+        )),
     }
+}
+
+/// An owner reference to `run`, for what it creates (its lock).
+fn owned_by(run: &DrillRun) -> serde_json::Value {
+    json!({
+        "apiVersion": "bulwark.dev/v1alpha1",
+        "kind": "DrillRun",
+        "name": run.name_any(),
+        "uid": run.uid().unwrap_or_default(),
+    })
 }
 
 fn write_counts(report: &probe::Report) -> WriteCounts {

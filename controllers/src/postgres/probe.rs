@@ -130,28 +130,32 @@ impl Report {
     }
 }
 
-/// A running probe; [`WriteProbe::stop`] ends it and returns its report.
-pub struct WriteProbe {
+/// A running probe: a task making one attempt every interval and recording its outcome, until
+/// [`Probe::stop`] ends it and returns the report. The write probe is one; the DNS answer probe
+/// (`dns::answer_probe`) another, so drills measure both on one timeline.
+pub struct Probe {
     report: Arc<Mutex<Report>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl WriteProbe {
+pub type WriteProbe = Probe;
+
+impl Probe {
     /// Writes every `interval` through sessions opened to `endpoint`, each write bounded by
     /// `timeout`, numbering them from 0.
     pub fn start(endpoint: Endpoint, interval: Duration, timeout: Duration) -> Self {
         Self::start_at(endpoint, 0, interval, timeout)
     }
 
-    /// As [`WriteProbe::start`], numbering from `first`: probes sharing a table each take their
-    /// own range.
+    /// As [`Probe::start`], numbering from `first`: probes sharing a table each take their own
+    /// range.
     pub fn start_at(endpoint: Endpoint, first: i64, interval: Duration, timeout: Duration) -> Self {
-        Self::spawn(endpoint, None, first, interval, timeout)
+        Self::writes(endpoint, None, first, interval, timeout)
     }
 
-    /// As [`WriteProbe::start_at`], but each new session goes to the address `resolve` gives at
-    /// that moment (the endpoint's certificate name is kept): a client that follows a DNS name.
+    /// As [`Probe::start_at`], but each new session goes to the address `resolve` gives at that
+    /// moment (the endpoint's certificate name is kept): a client that follows a DNS name.
     pub fn start_resolving(
         endpoint: Endpoint,
         resolve: Resolve,
@@ -159,51 +163,60 @@ impl WriteProbe {
         interval: Duration,
         timeout: Duration,
     ) -> Self {
-        Self::spawn(endpoint, Some(resolve), first, interval, timeout)
+        Self::writes(endpoint, Some(resolve), first, interval, timeout)
     }
 
-    fn spawn(
+    fn writes(
         endpoint: Endpoint,
         resolve: Option<Resolve>,
         first: i64,
         interval: Duration,
         timeout: Duration,
     ) -> Self {
+        // The session outlives one attempt; a failed or broken one is dropped and reopened.
+        let session: Arc<Mutex<Option<tokio_postgres::Client>>> = Arc::default();
+        Self::spawn(first, interval, move |sequence| {
+            let (session, endpoint, resolve) = (session.clone(), endpoint.clone(), resolve.clone());
+            async move {
+                let mut current = session.lock().unwrap().take();
+                if current.is_none() {
+                    current = tokio::time::timeout(timeout, open(&endpoint, resolve.as_ref()))
+                        .await
+                        .ok()
+                        .flatten();
+                }
+                let Some(client) = current else {
+                    return Outcome::Failed;
+                };
+                let insert = format!("INSERT INTO {TABLE} (sequence) VALUES ($1)");
+                match tokio::time::timeout(timeout, client.execute(&insert, &[&sequence])).await {
+                    Ok(Ok(_)) => {
+                        *session.lock().unwrap() = Some(client);
+                        Outcome::Acknowledged
+                    }
+                    _ => Outcome::Indeterminate,
+                }
+            }
+        })
+    }
+
+    /// Runs `attempt` for sequences `first`, `first + 1`, ... every `interval` until stopped.
+    pub fn spawn<F, A>(first: i64, interval: Duration, mut attempt: F) -> Self
+    where
+        F: FnMut(i64) -> A + Send + 'static,
+        A: std::future::Future<Output = Outcome> + Send,
+    {
         let report = Arc::new(Mutex::new(Report::default()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let report = report.clone();
             let stop = stop.clone();
             async move {
-                let mut session: Option<tokio_postgres::Client> = None;
                 for sequence in first.. {
                     if stop.is_cancelled() {
                         break;
                     }
-                    if session.is_none() {
-                        session = tokio::time::timeout(timeout, open(&endpoint, resolve.as_ref()))
-                            .await
-                            .ok()
-                            .flatten();
-                    }
-                    let outcome = match &session {
-                        None => Outcome::Failed,
-                        Some(client) => {
-                            let insert = format!("INSERT INTO {TABLE} (sequence) VALUES ($1)");
-                            match tokio::time::timeout(
-                                timeout,
-                                client.execute(&insert, &[&sequence]),
-                            )
-                            .await
-                            {
-                                Ok(Ok(_)) => Outcome::Acknowledged,
-                                _ => Outcome::Indeterminate,
-                            }
-                        }
-                    };
-                    if outcome != Outcome::Acknowledged {
-                        session = None;
-                    }
+                    let outcome = attempt(sequence).await;
                     report.lock().unwrap().writes.push(Write {
                         sequence,
                         at: Instant::now(),
@@ -216,7 +229,7 @@ impl WriteProbe {
                 }
             }
         });
-        WriteProbe { report, stop, task }
+        Probe { report, stop, task }
     }
 
     /// What the probe has seen so far.
