@@ -1047,15 +1047,24 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
         .await
         .unwrap();
     let provider = bind.provider();
+    // The A records BIND9 serves for `fqdn`.
+    let a_records = |fqdn: &'static str| {
+        let provider = &provider;
+        async move {
+            let rrsets = provider.served_records(fqdn).await.ok()?;
+            Some(
+                rrsets
+                    .into_iter()
+                    .find(|r| r.record_type == RecordType::A)?
+                    .values,
+            )
+        }
+    };
     let answers_with_primary = |primary: String| {
-        let (provider, pods) = (&provider, &pods);
+        let pods = &pods;
         async move {
             let address = pods.get(&primary).await.ok()?.status?.pod_ip?;
-            let rrsets = provider.served_records("db.drill.test").await.ok()?;
-            let a = rrsets
-                .into_iter()
-                .find(|r| r.record_type == RecordType::A)?;
-            (a.values == [address.clone()]).then_some(address)
+            (a_records("db.drill.test").await? == [address.clone()]).then_some(address)
         }
     };
     let before = db.healthy(Duration::from_secs(180)).await.unwrap();
@@ -1177,6 +1186,22 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
         refused.contains("scenario.fault does not apply to target.kind"),
         "{refused}"
     );
+    // A schedule's run template is the same type, so the same rule refuses it.
+    let schedule: DrillSchedule = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DrillSchedule",
+        "metadata": {"name": "web-crash"},
+        "spec": {"schedule": "0 10 * * 2", "runTemplate": web("PrimaryCrash").spec},
+    }))
+    .unwrap();
+    let refused = Api::<DrillSchedule>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &schedule)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("scenario.fault does not apply to target.kind"),
+        "{refused}"
+    );
 
     // A slow enactor: every enactor stalls 10 s before each write while the name's address
     // changes. The old answer stays served through the stall (never an empty name), the new
@@ -1191,15 +1216,7 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
     )
     .await
     .unwrap();
-    let served = || async {
-        let rrsets = provider.served_records("web.drill.test").await.ok()?;
-        Some(
-            rrsets
-                .into_iter()
-                .find(|r| r.record_type == RecordType::A)?
-                .values,
-        )
-    };
+    let served = || a_records("web.drill.test");
     eventually(Duration::from_secs(30), "web.drill.test live", || async {
         (served().await? == ["10.9.0.1"]).then_some(())
     })
