@@ -1,7 +1,7 @@
 //! Faults an instance manager carries out on its own PostgreSQL when a DR drill asks: they act
 //! from inside the pod, so they work the same wherever the instance runs (kind or the local
 //! node agents). A freeze thaws itself at its deadline, so a drill whose operator died still
-//! leaves nothing frozen for longer than it asked.
+//! leaves nothing frozen for longer than it asked; a partition heals itself the same way.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,14 @@ pub enum InstanceFault {
     Freeze { seconds: u64 },
     /// Undo a freeze; harmless when nothing is frozen.
     Thaw,
+    /// The manager's half of a partition, for `seconds` or until `heal`: a NetworkPolicy
+    /// isolating the pod stops new connections, but network plugins let established ones
+    /// through, so the manager cuts those itself once the policy holds (PostgreSQL's client and
+    /// replication sessions terminated, status and commands unanswered as across a cut link),
+    /// and reaches the API server only over new connections, which the policy drops.
+    Partition { seconds: u64 },
+    /// Undo a partition's manager half; harmless when none is in place.
+    Heal,
 }
 
 /// `GET /faults`: what is in place.
@@ -27,6 +35,14 @@ pub enum InstanceFault {
 #[serde(rename_all = "camelCase")]
 pub struct FaultsInPlace {
     pub frozen: bool,
+    #[serde(default)]
+    pub partitioned: bool,
+}
+
+impl FaultsInPlace {
+    pub fn any(&self) -> bool {
+        self.frozen || self.partitioned
+    }
 }
 
 /// SIGKILL to `root` and every process under it.
@@ -63,6 +79,9 @@ mod tests {
         let freeze: InstanceFault =
             serde_json::from_str(r#"{"fault": "freeze", "seconds": 30}"#).unwrap();
         assert_eq!(freeze, InstanceFault::Freeze { seconds: 30 });
+        let partition: InstanceFault =
+            serde_json::from_str(r#"{"fault": "partition", "seconds": 30}"#).unwrap();
+        assert_eq!(partition, InstanceFault::Partition { seconds: 30 });
         assert_eq!(
             serde_json::to_string(&InstanceFault::Crash).unwrap(),
             r#"{"fault":"crash"}"#

@@ -46,7 +46,7 @@ use crate::postgres::{DNS_LABEL_PATTERN, DURATION_PATTERN};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a DrillRun cannot change once created: delete it (which rolls its fault back) and create another"))]
-#[x_kube(validation = Rule::new("(self.target.kind == 'DnsEndpoint') == (self.scenario.fault in ['SlowDnsEnactor'])").message("scenario.fault does not apply to target.kind: a DnsEndpoint takes SlowDnsEnactor; a DatabaseCluster takes PrimaryCrash, PrimaryFrozen, Switchover or ZoneOutage"))]
+#[x_kube(validation = Rule::new("(self.target.kind == 'DnsEndpoint') == (self.scenario.fault in ['SlowDnsEnactor'])").message("scenario.fault does not apply to target.kind: a DnsEndpoint takes SlowDnsEnactor; a DatabaseCluster takes PrimaryCrash, PrimaryFrozen, PrimaryPartitioned, Switchover or ZoneOutage"))]
 #[x_kube(validation = Rule::new("!has(self.dnsProbe) || self.target.kind == 'DatabaseCluster'").message("dnsProbe measures a DatabaseCluster's writes through a DNS name; a DnsEndpoint target is probed through its own name already"))]
 pub struct DrillRunSpec {
     pub target: DrillTarget,
@@ -137,6 +137,11 @@ pub enum Fault {
     /// The primary's PostgreSQL and instance manager stop answering (SIGSTOP), sockets open,
     /// until rolled back.
     PrimaryFrozen,
+    /// The primary cut off from everything but its node: a NetworkPolicy isolating its pod
+    /// (both directions) stops new connections, and its instance manager cuts the established
+    /// ones the network plugin lets through. PostgreSQL keeps running: the primary should fence
+    /// itself while a replica is promoted. Needs a network plugin that enforces NetworkPolicy.
+    PrimaryPartitioned,
     /// A planned switchover to the most caught-up replica.
     Switchover,
     /// Every instance in the primary's zone (its node's `topology.kubernetes.io/zone`) frozen
@@ -152,6 +157,7 @@ impl Fault {
         match self {
             Fault::PrimaryCrash => "PrimaryCrash",
             Fault::PrimaryFrozen => "PrimaryFrozen",
+            Fault::PrimaryPartitioned => "PrimaryPartitioned",
             Fault::Switchover => "Switchover",
             Fault::ZoneOutage => "ZoneOutage",
             Fault::SlowDnsEnactor => "SlowDnsEnactor",

@@ -7,8 +7,9 @@
 //! end Succeeded with their RTO measured and no acknowledged write lost, the fault rolled back
 //! and the lock released; ticks during a run start nothing (Forbid); the history limit holds;
 //! and the report metrics move. Then, on another cluster, the operator is SIGKILLed as each
-//! phase is recorded; on a third, a zone outage is measured through a DNS name as a client of
-//! that name sees it. Local control plane only (real instance pods).
+//! phase is recorded; on a third, a zone outage, a switchover and a partition of the primary are
+//! measured through a DNS name as a client of that name sees it. Local control plane only (real
+//! instance pods).
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -31,9 +32,10 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
@@ -806,6 +808,64 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
         .unwrap();
     }
 
+    // The operator pod leading now started after every run above completed: its report gauges
+    // were rebuilt from their status, each from the newest run that has its value.
+    let mut done: Vec<Value> = runs
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|r| r.spec.target.name == "db")
+        .map(|r| serde_json::to_value(r.status).unwrap())
+        .collect();
+    done.sort_by_key(|s| s["completedAt"].as_str().unwrap().to_string());
+    let newest = |field: &str| done.iter().rev().find_map(|s| s[field].as_f64());
+    let newest_success = done
+        .iter()
+        .rev()
+        .find(|s| s["result"] == "Succeeded")
+        .map(|s| {
+            let at: Timestamp = s["completedAt"].as_str().unwrap().parse().unwrap();
+            at.as_millisecond() as f64 / 1000.0
+        });
+    let expected = [
+        ("bulwark_drill_last_rto_seconds", newest("rtoSeconds")),
+        ("bulwark_drill_last_lost_writes", newest("lostWrites")),
+        (
+            "bulwark_drill_last_success_timestamp_seconds",
+            newest_success,
+        ),
+    ];
+    assert!(
+        expected[0].1.is_some(),
+        "some run measured an RTO: {done:#?}"
+    );
+    let target = format!(r#"{{kind="DatabaseCluster",namespace="{ns}",target="db"}}"#);
+    eventually(
+        Duration::from_secs(30),
+        "the new leader's report gauges rebuilt from the runs' status",
+        || async {
+            let metrics = release.metrics(&client).await.ok()?;
+            let gauge = |name: &str| -> Option<f64> {
+                let prefix = format!("{name}{target} ");
+                metrics
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            };
+            expected
+                .iter()
+                .all(|(name, value)| match (gauge(name), value) {
+                    (Some(shown), Some(value)) => (shown - value).abs() < 0.001,
+                    (shown, value) => shown.is_none() && value.is_none(),
+                })
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    println!("report gauges rebuilt by the new leader: {expected:?}");
+
     // Missed ticks: a schedule every 5 s (its runs Skipped at once by a guard on an SLO that
     // does not exist) while the operator is scaled to zero for 20 s: on its return exactly one
     // run starts for the ticks missed, an Event counts the rest, and the history limit holds.
@@ -1164,6 +1224,58 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
     println!(
         "switchover to {target}: RTO through the Service {}s, through DNS {}s",
         switched["rtoSeconds"], switched["dnsProbe"]["rtoSeconds"]
+    );
+
+    // A partition: the primary's pod cut off by a NetworkPolicy (new connections) and by its
+    // manager (established ones). PostgreSQL keeps running there, so the primary fences
+    // itself as isolated while a replica is promoted; healed, it rejoins as a replica.
+    let partitioned = run_on_db(
+        &runs,
+        "partition",
+        json!({
+            "scenario": {"fault": "PrimaryPartitioned", "duration": "15s"},
+            "dnsProbe": {"endpoint": "db"},
+            "success": {"maxRto": "60s"},
+        }),
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_succeeded("partition", &partitioned);
+    assert_eq!(partitioned["victim"], target.as_str(), "{partitioned:#}");
+    assert_eq!(partitioned["dnsProbe"]["lostWrites"], 0, "{partitioned:#}");
+    let after = db.healthy(Duration::from_secs(180)).await.unwrap();
+    assert_ne!(after["primary"], target.as_str(), "{after:#}");
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let left = policies.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        left.is_empty(),
+        "the partition's NetworkPolicy is gone: {left:?}"
+    );
+    let log = pods
+        .logs(
+            &target,
+            &LogParams {
+                container: Some("postgres".into()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .unwrap();
+    // The newest of each: the same pod fenced itself on an epoch in the zone outage.
+    let line = |text: &str| {
+        log.lines()
+            .rev()
+            .find(|l| l.contains(text))
+            .map(str::to_string)
+    };
+    let cut = line("the partition holds").expect("the manager cut the established flows");
+    let fenced = line("fencing myself").expect("the partitioned primary fenced itself");
+    assert!(fenced.contains("isolated"), "{fenced}");
+    println!(
+        "partition of {target}: fault injected → first failed write {}s; RTO through the Service {}s, through DNS {}s; manager: {cut}; {fenced}",
+        partitioned["detectionSeconds"],
+        partitioned["rtoSeconds"],
+        partitioned["dnsProbe"]["rtoSeconds"]
     );
 
     // A DnsEndpoint target takes DNS scenarios only, refused at admission otherwise.

@@ -546,6 +546,96 @@ async fn promote_fence_and_rejoin_under_epochs_on_real_postgresql() {
     .unwrap_or_else(|e| panic!("{e}\n{}", b.log()));
 }
 
+/// A drill's faults at the instance: a partition cuts established sessions (outside a pod there
+/// is no NetworkPolicy to wait for) and a freeze stops PostgreSQL; both hold status and
+/// commands, and both lift themselves at their deadline, so a drill whose operator died leaves
+/// nothing in place for longer than it asked.
+#[tokio::test]
+async fn drill_faults_hold_the_api_and_lift_themselves_at_their_deadline() {
+    let Pair {
+        a,
+        b,
+        operator,
+        _dir,
+        ..
+    } = primary_and_replica().await;
+    let fault = |body: Value| {
+        let (operator, url) = (&operator, format!("{}/faults", a.api));
+        async move {
+            let response = operator.post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let answers_status = || async {
+        operator
+            .get(format!("{}/status", a.api))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+            .is_ok()
+    };
+    for (body, in_place) in [
+        (json!({"fault": "partition", "seconds": 3}), "partitioned"),
+        (json!({"fault": "freeze", "seconds": 3}), "frozen"),
+    ] {
+        let session = a.sql().await.unwrap();
+        session.simple_query("SELECT 1").await.unwrap();
+        let started = std::time::Instant::now();
+        let faults = fault(body).await;
+        assert_eq!(faults[in_place], true, "{faults}");
+        assert!(
+            !answers_status().await,
+            "{in_place}: status must not answer"
+        );
+        if in_place == "partitioned" {
+            // The session is cut, and b's replication with it; PostgreSQL itself runs on.
+            eventually(Duration::from_secs(5), "the session cut", || async {
+                session
+                    .simple_query("SELECT 1")
+                    .await
+                    .is_err()
+                    .then_some(())
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+            assert!(
+                a.sql().await.is_ok(),
+                "a new session is PostgreSQL's to take"
+            );
+        }
+        eventually(Duration::from_secs(10), "the fault lifted", || async {
+            answers_status().await.then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", a.log()));
+        let lifted = started.elapsed();
+        assert!(
+            lifted >= Duration::from_secs(3),
+            "{in_place} lifted early: {lifted:?}"
+        );
+        let faults = fault(json!({"fault": "heal"})).await;
+        assert_eq!(faults, json!({"frozen": false, "partitioned": false}));
+        println!("{in_place} for 3s: lifted itself after {lifted:?}");
+    }
+    wait_status(&operator, &b, "b streaming again", |s| {
+        s["walReceiver"] == "streaming"
+    })
+    .await;
+    assert_eq!(
+        a.log_mentions("the partition reached its deadline"),
+        1,
+        "{}",
+        a.log()
+    );
+    assert_eq!(
+        a.log_mentions("the freeze reached its deadline"),
+        1,
+        "{}",
+        a.log()
+    );
+}
+
 /// An LSN (`X/Y`, hexadecimal halves) as a number.
 fn lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').unwrap();

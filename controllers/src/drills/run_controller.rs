@@ -19,6 +19,7 @@ use bulwark_crds::slo::ServiceLevelObjective;
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -44,7 +45,9 @@ use crate::dns::runtime::provider_for;
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::postgres::client;
-use crate::postgres::cluster::{API_PORT, CLUSTER_LABEL, instance_client};
+use crate::postgres::cluster::{
+    API_PORT, CLUSTER_LABEL, INSTANCE_LABEL, POSTGRES_PORT, instance_client,
+};
 use crate::postgres::probe::{self, Resolve, WriteProbe};
 use crate::readiness::Readiness;
 use crate::runtime::{
@@ -69,6 +72,8 @@ const RECOVERY_LIMIT: chrono::Duration = chrono::Duration::seconds(300);
 /// A frozen instance thaws itself this long after its drill's duration, should the rollback
 /// never come (the operator gone for good).
 const FREEZE_MARGIN_SECONDS: u64 = 30;
+/// How long a partition's NetworkPolicy may take to hold before the drill gives up on it.
+const POLICY_HOLD_LIMIT: Duration = Duration::from_secs(10);
 /// Steps taken in one reconcile before handing back to the queue.
 const STEPS_PER_PASS: usize = 16;
 
@@ -128,9 +133,9 @@ struct Context {
     backoff: Backoff,
     /// By run uid.
     driven: Mutex<HashMap<String, Driven>>,
-    /// The completion time of the newest completed run reported per target, so the report
-    /// gauges (rebuilt from status when a replica starts leading) move only forward.
-    reported: Mutex<HashMap<(String, DrillTarget), Timestamp>>,
+    /// Per target, which run each report gauge shows (see [`Reported`]); rebuilt from status
+    /// when a replica starts leading.
+    reported: Mutex<HashMap<(String, DrillTarget), Reported>>,
 }
 
 pub async fn run(
@@ -911,6 +916,19 @@ impl Driver<'_> {
                     result?;
                 }
             }
+            Fault::PrimaryPartitioned => {
+                let seconds = scenario_duration(run).as_secs() + FREEZE_MARGIN_SECONDS;
+                // The manager first: once the policy holds, nothing new reaches it.
+                self.send_fault(
+                    &run.spec.target.name,
+                    &victim,
+                    InstanceFault::Partition { seconds },
+                )
+                .await?
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| anyhow::anyhow!("{victim}'s manager refused the partition: {e}"))?;
+                self.isolate(run, &victim).await?;
+            }
             Fault::Switchover => {
                 let cluster = seen
                     .cluster
@@ -959,6 +977,92 @@ impl Driver<'_> {
         Ok(())
     }
 
+    /// Creates the NetworkPolicy that cuts `victim`'s pod off both ways (owned by the run, so it
+    /// goes with it), then waits until it holds: a new connection from here to the pod fails.
+    async fn isolate(&self, run: &DrillRun, victim: &str) -> Result<(), Error> {
+        let pod = self.api::<Pod>().get(victim).await?;
+        if pod.labels().get(INSTANCE_LABEL).map(String::as_str) != Some(victim) {
+            return Err(anyhow::anyhow!(
+                "pod {victim} has no {INSTANCE_LABEL} label for a NetworkPolicy to select (made by an older operator: delete it to have it made again)"
+            )
+            .into());
+        }
+        let address = pod
+            .status
+            .and_then(|s| s.pod_ip)
+            .ok_or_else(|| anyhow::anyhow!("pod {victim} has no address"))?;
+        let name = isolation_policy_name(victim);
+        let policy: NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "bulwark"},
+                "ownerReferences": [owned_by(run)],
+            },
+            "spec": {
+                "podSelector": {"matchLabels": {
+                    CLUSTER_LABEL: run.spec.target.name,
+                    INSTANCE_LABEL: victim,
+                }},
+                "policyTypes": ["Ingress", "Egress"],
+            },
+        }))
+        .expect("the isolation policy is a valid NetworkPolicy");
+        match self
+            .api::<NetworkPolicy>()
+            .create(&PostParams::default(), &policy)
+            .await
+        {
+            Ok(_) => {}
+            // Made by this run before a restart (isolation_policy checks the owner).
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                if self.isolation_policy(run, victim).await?.is_none() {
+                    return Err(anyhow::anyhow!(
+                        "NetworkPolicy {name} exists and is not this drill's: not touching it"
+                    )
+                    .into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let started = Instant::now();
+        let target = (address.as_str(), POSTGRES_PORT as u16);
+        loop {
+            let connect = tokio::net::TcpStream::connect(target);
+            if !matches!(
+                tokio::time::timeout(Duration::from_millis(500), connect).await,
+                Ok(Ok(_))
+            ) {
+                info!(run = %run.name_any(), pod = victim, after = ?started.elapsed(), "partition holds");
+                return Ok(());
+            }
+            if started.elapsed() >= POLICY_HOLD_LIMIT {
+                return Err(anyhow::anyhow!(
+                    "NetworkPolicy {name} does not hold: {:.0}s after it was made, pod {victim} still accepts new connections from the operator (the network plugin must enforce NetworkPolicy, and the operator run in the cluster)",
+                    POLICY_HOLD_LIMIT.as_secs_f64()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The run's isolation NetworkPolicy for `victim`, if it exists and this run owns it.
+    async fn isolation_policy(
+        &self,
+        run: &DrillRun,
+        victim: &str,
+    ) -> Result<Option<NetworkPolicy>, Error> {
+        let policy = self
+            .api::<NetworkPolicy>()
+            .get_opt(&isolation_policy_name(victim))
+            .await?;
+        Ok(policy.filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == run.uid().as_ref())
+        }))
+    }
+
     async fn instance_client(&self, cluster: &str) -> anyhow::Result<reqwest::Client> {
         let pods = self
             .api::<Pod>()
@@ -1002,41 +1106,48 @@ impl Driver<'_> {
                 .and_then(|c| c.spec.switchover_to.as_deref())
                 .is_none_or(|to| to != victim),
             Fault::PrimaryFrozen | Fault::ZoneOutage => self
-                .still_frozen(run, &status.faulted_instances)
+                .still_faulted(run, &status.faulted_instances)
                 .await?
                 .is_empty(),
+            Fault::PrimaryPartitioned => {
+                self.isolation_policy(run, &victim).await?.is_none()
+                    && self
+                        .still_faulted(run, &status.faulted_instances)
+                        .await?
+                        .is_empty()
+            }
             Fault::SlowDnsEnactor => {
                 endpoint.is_none_or(|e| !e.annotations().contains_key(SLOW_ENACTOR_ANNOTATION))
             }
         })
     }
 
-    /// Those of `instances` that may still be frozen: their pod exists and its manager does not
-    /// say it is thawed (a pod that is gone took its frozen processes with it).
-    async fn still_frozen(
+    /// Those of `instances` that may still be frozen or partitioned: their pod exists and its
+    /// manager does not say it is free of faults (a pod that is gone took them along).
+    async fn still_faulted(
         &self,
         run: &DrillRun,
         instances: &[String],
     ) -> Result<Vec<String>, Error> {
-        let mut frozen = vec![];
+        let mut faulted = vec![];
         for instance in instances {
             if self.api::<Pod>().get_opt(instance).await?.is_none() {
                 continue;
             }
             let client = self.instance_client(&run.spec.target.name).await?;
             let url = format!("https://{instance}:{API_PORT}/faults");
-            let thawed = match client.get(url).timeout(Duration::from_secs(5)).send().await {
+            let free = match client.get(url).timeout(Duration::from_secs(5)).send().await {
                 Ok(response) => response
                     .json::<FaultsInPlace>()
                     .await
-                    .is_ok_and(|faults| !faults.frozen),
+                    .is_ok_and(|faults| !faults.any()),
                 Err(_) => false,
             };
-            if !thawed {
-                frozen.push(instance.clone());
+            if !free {
+                faulted.push(instance.clone());
             }
         }
-        Ok(frozen)
+        Ok(faulted)
     }
 
     async fn roll_back(&self, run: &DrillRun, seen: &Seen) -> Result<(), Error> {
@@ -1047,11 +1158,32 @@ impl Driver<'_> {
         match run.spec.scenario.fault {
             Fault::PrimaryCrash => {}
             Fault::PrimaryFrozen | Fault::ZoneOutage => {
-                for instance in self.still_frozen(run, &status.faulted_instances).await? {
+                for instance in self.still_faulted(run, &status.faulted_instances).await? {
                     self.send_fault(&run.spec.target.name, &instance, InstanceFault::Thaw)
                         .await?
                         .and_then(|r| r.error_for_status())
                         .map_err(|e| anyhow::anyhow!("thawing {instance}: {e}"))?;
+                }
+            }
+            Fault::PrimaryPartitioned => {
+                // The policy first: until it is gone, no new connection reaches the manager.
+                if let Some(policy) = self.isolation_policy(run, &victim).await? {
+                    let uid = policy.uid();
+                    self.api::<NetworkPolicy>()
+                        .delete(
+                            &policy.name_any(),
+                            &DeleteParams::default().preconditions(Preconditions {
+                                uid,
+                                resource_version: None,
+                            }),
+                        )
+                        .await?;
+                }
+                for instance in self.still_faulted(run, &status.faulted_instances).await? {
+                    self.send_fault(&run.spec.target.name, &instance, InstanceFault::Heal)
+                        .await?
+                        .and_then(|r| r.error_for_status())
+                        .map_err(|e| anyhow::anyhow!("healing {instance}'s partition: {e}"))?;
                 }
             }
             Fault::Switchover => {
@@ -1089,6 +1221,10 @@ impl Driver<'_> {
             Fault::PrimaryFrozen | Fault::ZoneOutage => format!(
                 "PostgreSQL of {} may still be frozen (each thaws itself {FREEZE_MARGIN_SECONDS}s after the drill's duration)",
                 status.faulted_instances.join(", ")
+            ),
+            Fault::PrimaryPartitioned => format!(
+                "NetworkPolicy {} may still isolate pod {victim}, and its manager may still cut it off (it heals itself {FREEZE_MARGIN_SECONDS}s after the drill's duration)",
+                isolation_policy_name(&victim)
             ),
             Fault::Switchover => format!(
                 "DatabaseCluster {} keeps spec.switchoverTo {victim}",
@@ -1307,55 +1443,83 @@ impl Driver<'_> {
         self.report(run);
     }
 
-    /// Sets the per-target report gauges from a completed run, unless a newer one was reported.
+    /// Sets each per-target report gauge from a completed run that has its value, unless a
+    /// newer run set it already.
     fn report(&self, run: &DrillRun) {
         let Some(status) = &run.status else { return };
         let Some(completed) = status.completed_at.as_ref().map(|t| t.0) else {
             return;
         };
-        let target = (self.namespace.clone(), run.spec.target.clone());
-        {
-            let mut reported = self.context.reported.lock().unwrap();
-            if reported
-                .get(&target)
-                .is_some_and(|newest| *newest > completed)
-            {
-                return;
-            }
-            reported.insert(target, completed);
-        }
         let metrics = &self.context.metrics.drills;
         let labels = [
             self.namespace.as_str(),
             run.spec.target.kind.name(),
             run.spec.target.name.as_str(),
         ];
-        if let Some(rto) = status.rto_seconds {
+        let mut reported = self.context.reported.lock().unwrap();
+        let shown = reported
+            .entry((self.namespace.clone(), run.spec.target.clone()))
+            .or_default();
+        if let Some(rto) = status.rto_seconds
+            && shown.rto.take_if_newer(completed)
+        {
             metrics.last_rto_seconds.with_label_values(&labels).set(rto);
+            if let Some(limit) = max_rto(run) {
+                metrics
+                    .last_max_rto_seconds
+                    .with_label_values(&labels)
+                    .set(limit);
+            }
         }
-        if let Some(limit) = max_rto(run) {
-            metrics
-                .last_max_rto_seconds
-                .with_label_values(&labels)
-                .set(limit);
-        }
-        match status.result.as_deref().and_then(Outcome::from_name) {
-            Some(Outcome::Succeeded) => metrics.last_failed.with_label_values(&labels).set(0.0),
-            Some(Outcome::Failed) => metrics.last_failed.with_label_values(&labels).set(1.0),
-            _ => {}
-        }
-        if let Some(lost) = status.lost_writes {
+        if let Some(lost) = status.lost_writes
+            && shown.lost_writes.take_if_newer(completed)
+        {
             metrics
                 .last_lost_writes
                 .with_label_values(&labels)
                 .set(lost as f64);
         }
-        if status.result.as_deref() == Some(Outcome::Succeeded.name()) {
+        let judged = match status.result.as_deref().and_then(Outcome::from_name) {
+            Some(Outcome::Succeeded) => Some(0.0),
+            Some(Outcome::Failed) => Some(1.0),
+            _ => None,
+        };
+        if let Some(failed) = judged
+            && shown.judged.take_if_newer(completed)
+        {
+            metrics.last_failed.with_label_values(&labels).set(failed);
+        }
+        if judged == Some(0.0) && shown.succeeded.take_if_newer(completed) {
             metrics
                 .last_success_timestamp
                 .with_label_values(&labels)
                 .set(completed.as_millisecond() as f64 / 1000.0);
         }
+    }
+}
+
+/// For one target, the completion time of the run each report gauge shows: gauges move only
+/// forward whatever order runs are seen in (a new leader sees them all at once), and a run
+/// without a value (Skipped, Aborted) leaves the last one that had it.
+#[derive(Default)]
+struct Reported {
+    rto: Newest,
+    lost_writes: Newest,
+    judged: Newest,
+    succeeded: Newest,
+}
+
+#[derive(Default)]
+struct Newest(Option<Timestamp>);
+
+impl Newest {
+    /// Records `completed` and says so unless something newer is recorded.
+    fn take_if_newer(&mut self, completed: Timestamp) -> bool {
+        if self.0.is_some_and(|newest| newest > completed) {
+            return false;
+        }
+        self.0 = Some(completed);
+        true
     }
 }
 
@@ -1376,7 +1540,10 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
     let name = cluster.name_any();
     let status = cluster.status.clone().unwrap_or_default();
     match fault {
-        Fault::PrimaryCrash | Fault::PrimaryFrozen | Fault::ZoneOutage => status
+        Fault::PrimaryCrash
+        | Fault::PrimaryFrozen
+        | Fault::PrimaryPartitioned
+        | Fault::ZoneOutage => status
             .primary
             .ok_or_else(|| format!("DatabaseCluster {name} has no primary")),
         Fault::Switchover => status
@@ -1394,7 +1561,11 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
     }
 }
 
-/// An owner reference to `run`, for what it creates (its lock).
+fn isolation_policy_name(victim: &str) -> String {
+    format!("bulwark-drill-partition-{victim}")
+}
+
+/// An owner reference to `run`, for what it creates (its lock, a partition's NetworkPolicy).
 fn owned_by(run: &DrillRun) -> serde_json::Value {
     json!({
         "apiVersion": "bulwark.dev/v1alpha1",

@@ -3,8 +3,9 @@
 //! (`{"command": "promote", "epoch": 4}`, `fence`, `follow` with `primary`): 200 with the new
 //! state, 409 with the refusal (a stale epoch names both epochs), 500 when accepted but not
 //! carried out. `GET /faults` and `POST /faults` (`{"fault": "freeze", "seconds": 30}`,
-//! `thaw`, `crash`) are a DR drill's: while frozen, status and commands wait for the thaw, as a
-//! hung machine's would, and only the fault API answers.
+//! `thaw`, `partition` with `seconds`, `heal`, `crash`) are a DR drill's: while frozen or
+//! partitioned, status and commands wait for the thaw or heal, as a hung or cut-off machine's
+//! would, and only the fault API answers.
 
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ pub async fn serve(
 }
 
 async fn status(Shared(manager): Shared<Arc<Manager>>) -> Response {
-    manager.until_thawed().await;
+    manager.until_answering().await;
     Json(manager.status().await).into_response()
 }
 
@@ -61,7 +62,7 @@ async fn inject(
 }
 
 async fn command(Shared(manager): Shared<Arc<Manager>>, Json(command): Json<Command>) -> Response {
-    manager.until_thawed().await;
+    manager.until_answering().await;
     match manager.command(command).await {
         Ok(state) => Json(state).into_response(),
         Err(error @ CommandError::Refused(_)) => (

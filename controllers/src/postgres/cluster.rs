@@ -52,6 +52,8 @@ pub const CLUSTER_LABEL: &str = "bulwark.dev/cluster";
 /// `primary` on the primary of the current epoch (the `-rw` Service's selector), `replica` on
 /// streaming replicas (`-ro`); absent otherwise.
 pub const ROLE_LABEL: &str = "bulwark.dev/role";
+/// Each instance's pod carries its own name, for a drill's NetworkPolicy to select.
+pub const INSTANCE_LABEL: &str = "bulwark.dev/instance";
 /// On each instance pod: the hash of the template it was made from ([`Reconciler::template`]).
 const TEMPLATE_ANNOTATION: &str = "bulwark.dev/template";
 pub const POSTGRES_PORT: i32 = 5432;
@@ -937,7 +939,7 @@ impl<'a> Reconciler<'a> {
         let secret = |volume: &str, secret: String| json!({"name": volume, "secret": {"secretName": secret}});
         let mount = |volume: &str| json!({"name": volume, "mountPath": format!("/etc/bulwark/{volume}"), "readOnly": true});
         let mut labels = self.labels();
-        labels["bulwark.dev/instance"] = name.into();
+        labels[INSTANCE_LABEL] = name.into();
         let mut container = json!({
             "name": "postgres",
             "image": image,

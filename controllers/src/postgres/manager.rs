@@ -21,6 +21,10 @@ use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide
 use super::isolation::{Contacts, Replies};
 use crate::tls::TlsFiles;
 
+/// How long a partition's manager half waits for its NetworkPolicy to hold before it cuts
+/// established flows regardless.
+const POLICY_HOLD_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a running replica may take to stream from a new primary after a reload before it
 /// is restarted instead.
 const RETARGET_TIMEOUT: Duration = Duration::from_secs(2);
@@ -127,7 +131,10 @@ pub struct Manager {
     /// held until it thaws. The processes are kept apart from `inner`, whose holder may be
     /// waiting on the frozen PostgreSQL.
     frozen: std::sync::Mutex<Option<Vec<i32>>>,
-    thawed: tokio::sync::watch::Sender<bool>,
+    /// A drill's partition, from when it started (see [`InstanceFault::Partition`]).
+    partitioned: std::sync::Mutex<Option<Instant>>,
+    /// False while a freeze or a partition holds status and commands.
+    answering: tokio::sync::watch::Sender<bool>,
 }
 
 struct Inner {
@@ -177,7 +184,8 @@ impl Manager {
                 epoch_confirmed,
             }),
             frozen: std::sync::Mutex::new(None),
-            thawed: tokio::sync::watch::Sender::new(true),
+            partitioned: std::sync::Mutex::new(None),
+            answering: tokio::sync::watch::Sender::new(true),
         });
         Ok(manager)
     }
@@ -336,7 +344,8 @@ impl Manager {
                 if frozen.is_none() {
                     warn!(seconds, "drill: freezing PostgreSQL and this manager's API");
                     *frozen = Some(faults::stop_tree(pid)?);
-                    self.thawed.send_replace(false);
+                    drop(frozen);
+                    self.update_answering();
                     let manager = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(seconds)).await;
@@ -351,6 +360,33 @@ impl Manager {
                     info!("drill: thawed");
                 }
             }
+            InstanceFault::Partition { seconds } => {
+                let started = Instant::now();
+                let mut partitioned = self.partitioned.lock().unwrap();
+                if partitioned.is_none() {
+                    warn!(
+                        seconds,
+                        "drill: partitioned; cutting established flows once the NetworkPolicy holds"
+                    );
+                    *partitioned = Some(started);
+                    drop(partitioned);
+                    self.update_answering();
+                    let manager = self.clone();
+                    tokio::spawn(async move { manager.cut_established_flows(started).await });
+                    let manager = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(seconds)).await;
+                        if manager.heal(Some(started)) {
+                            warn!(seconds, "drill: the partition reached its deadline; healed");
+                        }
+                    });
+                }
+            }
+            InstanceFault::Heal => {
+                if self.heal(None) {
+                    info!("drill: partition healed");
+                }
+            }
         }
         Ok(self.faults())
     }
@@ -361,20 +397,86 @@ impl Manager {
             return false;
         };
         faults::resume(&pids);
-        self.thawed.send_replace(true);
+        self.update_answering();
         true
+    }
+
+    /// Ends the partition (only the one that started at `started`, when given: a deadline
+    /// does not end a later partition); whether one was in place.
+    fn heal(&self, started: Option<Instant>) -> bool {
+        let mut partitioned = self.partitioned.lock().unwrap();
+        if partitioned.is_none() || started.is_some_and(|s| *partitioned != Some(s)) {
+            return false;
+        }
+        *partitioned = None;
+        drop(partitioned);
+        self.update_answering();
+        true
+    }
+
+    fn partitioned_since(&self, started: Instant) -> bool {
+        *self.partitioned.lock().unwrap() == Some(started)
+    }
+
+    fn update_answering(&self) {
+        let faults = self.faults();
+        self.answering.send_replace(!faults.any());
     }
 
     pub fn faults(&self) -> FaultsInPlace {
         FaultsInPlace {
             frozen: self.frozen.lock().unwrap().is_some(),
+            partitioned: self.partitioned.lock().unwrap().is_some(),
         }
     }
 
-    /// Returns once no freeze holds the API.
-    pub async fn until_thawed(&self) {
-        let mut thawed = self.thawed.subscribe();
-        let _ = thawed.wait_for(|thawed| *thawed).await;
+    /// Returns once no freeze or partition holds the API.
+    pub async fn until_answering(&self) {
+        let mut answering = self.answering.subscribe();
+        let _ = answering.wait_for(|answering| *answering).await;
+    }
+
+    /// A partition's manager half: once a new connection to the API server fails (the
+    /// NetworkPolicy holds; cutting earlier would let clients reconnect before it does, and
+    /// keep those connections through it), terminates PostgreSQL's client and replication
+    /// sessions, which the network plugin lets through as established flows.
+    async fn cut_established_flows(&self, started: Instant) {
+        let deadline = started + POLICY_HOLD_WAIT;
+        while self.partitioned_since(started) && api_server_connects().await {
+            if Instant::now() >= deadline {
+                warn!(
+                    waited = ?POLICY_HOLD_WAIT,
+                    "drill: the API server still accepts new connections from this pod: the partition's NetworkPolicy does not hold (yet); cutting sessions anyway"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !self.partitioned_since(started) {
+            return;
+        }
+        let cut = async {
+            let row = self
+                .session()
+                .await?
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND backend_type IN ('client backend', 'walsender')",
+                    &[],
+                )
+                .await?;
+            anyhow::Ok(row.get::<_, i64>(0))
+        };
+        match cut.await {
+            Ok(sessions) => warn!(
+                sessions,
+                "drill: the partition holds; PostgreSQL's sessions cut"
+            ),
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "drill: cutting PostgreSQL's sessions failed"
+            ),
+        }
     }
 
     async fn postmaster(&self) -> Option<i32> {
@@ -544,9 +646,20 @@ impl Manager {
                 contacts = Contacts::fresh(Instant::now());
                 continue;
             }
+            // A partition's pooled connection would pass as established: only new ones count.
+            let client = match self.faults().partitioned {
+                true => kube::Client::try_default().await.ok(),
+                false => Some(api_server.clone()),
+            };
             let sent = Instant::now();
+            let contact = async {
+                match &client {
+                    Some(client) => self.contact_api_server(client).await,
+                    None => Err(anyhow::anyhow!("no API server client")),
+                }
+            };
             let (api, replies) = tokio::join!(
-                tokio::time::timeout(check_timeout, self.contact_api_server(&api_server)),
+                tokio::time::timeout(check_timeout, contact),
                 tokio::time::timeout(check_timeout, self.standby_replies()),
             );
             if matches!(api, Ok(Ok(()))) {
@@ -638,6 +751,24 @@ impl Manager {
             stop_postgres(child, libc::SIGQUIT).await;
         }
     }
+}
+
+/// Whether a new TCP connection to the API server (the in-cluster address; outside a pod there
+/// is none to cut) is accepted.
+async fn api_server_connects() -> bool {
+    let Ok(config) = kube::Config::incluster() else {
+        return false;
+    };
+    let Some(host) = config.cluster_url.host() else {
+        return false;
+    };
+    let port = config.cluster_url.port_u16().unwrap_or(443);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let connect = tokio::net::TcpStream::connect((host, port));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 #[derive(Debug, thiserror::Error)]

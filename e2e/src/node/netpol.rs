@@ -4,8 +4,9 @@
 //! kernels do not support (see the README); this enforcer compiles policies to rules instead.
 //!
 //! Semantics follow networking.k8s.io/v1: a pod selected by a policy with an Ingress (Egress)
-//! type is isolated in that direction, and only traffic some selecting policy allows passes;
-//! replies of allowed connections pass; traffic from the host (probes) is never filtered.
+//! type is isolated in that direction, and only traffic some selecting policy allows passes
+//! (egress to the host too, where the API server listens); replies of allowed connections
+//! pass; traffic from the host (probes) is never filtered.
 
 use anyhow::Result;
 use futures::StreamExt;
@@ -176,6 +177,8 @@ pub fn ruleset(
 ) -> String {
     let mut chains = String::new();
     let mut dispatch = String::new();
+    // Pod -> host traffic (the API server listens on the host) is input, not forward.
+    let mut to_host = String::new();
     for (index, pod) in pods.iter().enumerate() {
         let selecting: Vec<&NetworkPolicy> = policies
             .iter()
@@ -209,6 +212,9 @@ pub fn ruleset(
                 ("saddr", "daddr")
             };
             let _ = writeln!(dispatch, "    ip {own} {} jump {chain}", pod.ip);
+            if !ingress {
+                let _ = writeln!(to_host, "    ip {own} {} jump {chain}", pod.ip);
+            }
             let _ = writeln!(chains, "  chain {chain} {{");
             for policy in isolating {
                 let spec = policy.spec.as_ref().unwrap();
@@ -269,7 +275,7 @@ pub fn ruleset(
         }
     }
     format!(
-        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{chains}  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n{dispatch}  }}\n}}\n"
+        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{chains}  chain forward {{\n    type filter hook forward priority filter; policy accept;\n    ct state established,related accept\n{dispatch}  }}\n  chain input {{\n    type filter hook input priority filter; policy accept;\n    ct state established,related accept\n{to_host}  }}\n}}\n"
     )
 }
 
@@ -409,6 +415,13 @@ mod tests {
         );
         assert!(deny.contains("chain ingress-0 {\n    drop\n  }"), "{deny}");
         assert!(deny.contains("chain egress-0 {\n    drop\n  }"), "{deny}");
+        // Egress isolation covers the host (the API server) as well as other pods.
+        let input = &deny[deny.find("chain input").expect("an input chain")..];
+        assert!(
+            input.contains("ip saddr 10.244.1.2 jump egress-0"),
+            "{deny}"
+        );
+        assert!(!input.contains("jump ingress"), "{deny}");
         let allow = ruleset(
             &[policy("a", json!({"podSelector": {}, "ingress": [{}]}))],
             &pods,
