@@ -1,8 +1,8 @@
 //! Model check of the DrillRun state machine: the production decision (`drills::run::step`)
 //! drives two runs on one target over every interleaving (breadth first, so a counterexample is
 //! a shortest one) with the operator killed between any two steps (its memory lost), a guard
-//! crossing at any moment, either run deleted at any moment, and the fault's duration ending at
-//! any moment after injection.
+//! crossing at any moment, either run deleted at any moment, an injection failing with part of
+//! the fault in place, and the fault's duration ending at any moment after injection.
 //!
 //! What is abstracted: the API server is the runs' recorded status and the target's lock, taken
 //! by an atomic create-if-absent; the target is the set of faults in place (a fault held until
@@ -36,6 +36,8 @@ struct Run {
     done: bool,
     /// The driver's memory (lost in a crash).
     driving: Driving,
+    /// Its injection failed (also memory).
+    injection_failed: bool,
     /// The scenario's duration has passed since the injection.
     held_long_enough: bool,
     injections: u8,
@@ -61,6 +63,7 @@ fn initial() -> World {
         deleting: false,
         done: false,
         driving: Driving::No,
+        injection_failed: false,
         held_long_enough: false,
         injections: 0,
     };
@@ -99,6 +102,7 @@ fn observe(world: &World, r: usize, blindness: Blindness) -> Observation {
             Guards::Clear
         },
         driving,
+        injection_error: run.injection_failed.then(|| "the target refused it".into()),
         fault_held_long_enough: run.held_long_enough,
         fault_absent: !world.faults.contains(&r),
         target_recovered: world.faults.is_empty(),
@@ -160,6 +164,14 @@ fn successors(world: &World, blindness: Blindness) -> Vec<(World, String)> {
         if let Some(s) = operate(world, r, blindness) {
             out.push(s);
         }
+        // The injection fails instead, part of the fault in place (a zone half frozen).
+        if step(&observe(world, r, blindness)) == Step::Inject {
+            let mut next = world.clone();
+            next.runs[r].injections += 1;
+            next.runs[r].injection_failed = true;
+            next.faults.push(r);
+            out.push((next, format!("run-{r}: Inject fails partway")));
+        }
         let run = &world.runs[r];
         if !run.deleting && !run.done {
             let mut next = world.clone();
@@ -182,6 +194,7 @@ fn successors(world: &World, blindness: Blindness) -> Vec<(World, String)> {
         next.crashes += 1;
         for run in &mut next.runs {
             run.driving = Driving::No;
+            run.injection_failed = false;
         }
         out.push((next, "the operator is killed".into()));
     }

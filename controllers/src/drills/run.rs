@@ -138,6 +138,8 @@ pub struct Observation {
     pub lock: Lock,
     pub guards: Guards,
     pub driving: Driving,
+    /// This process's injection failed, with why: part of the fault may be in place.
+    pub injection_error: Option<String>,
     /// The scenario's duration has passed since the injection.
     pub fault_held_long_enough: bool,
     /// The world shows no fault in place (nothing frozen, no partition left).
@@ -163,6 +165,7 @@ pub enum Reason {
     GuardUnreadable,
     TargetUnfit,
     OperatorRestarted,
+    InjectionFailed,
     NotRecovered,
 }
 
@@ -174,6 +177,7 @@ impl fmt::Display for Reason {
             Reason::GuardUnreadable => "GuardUnreadable",
             Reason::TargetUnfit => "TargetUnfit",
             Reason::OperatorRestarted => "OperatorRestarted",
+            Reason::InjectionFailed => "InjectionFailed",
             Reason::NotRecovered => "NotRecovered",
         })
     }
@@ -263,6 +267,15 @@ pub fn step(o: &Observation) -> Step {
         Injecting | Observing if o.guards != Guards::Clear => {
             rolling_back(guard_verdict(&o.guards, Outcome::Aborted))
         }
+        // Retrying could leave part of a fault in place for good (a zone half frozen): the
+        // rollback undoes whatever got in.
+        Injecting if o.injection_error.is_some() => rolling_back(abort(
+            Reason::InjectionFailed,
+            format!(
+                "the fault could not be injected ({}): rolled back",
+                o.injection_error.as_deref().unwrap_or_default()
+            ),
+        )),
         Injecting => match o.driving {
             Driving::Recorded => Step::Inject,
             _ => Step::Record(Observing, None),
@@ -358,6 +371,7 @@ mod tests {
             lock: Lock::Mine,
             guards: Guards::Clear,
             driving: Driving::Recorded,
+            injection_error: None,
             fault_held_long_enough: false,
             fault_absent: false,
             target_recovered: false,
@@ -387,6 +401,19 @@ mod tests {
             ..observation(Phase::Injecting)
         };
         assert_eq!(step(&injected), Step::Record(Phase::Observing, None));
+        // A failed injection is never retried: rolled back, naming why.
+        let failed = Observation {
+            injection_error: Some("NetworkPolicy does not hold".into()),
+            ..observation(Phase::Injecting)
+        };
+        let Step::Record(Phase::RollingBack, Some(verdict)) = step(&failed) else {
+            panic!("{:?}", step(&failed));
+        };
+        assert_eq!(
+            (verdict.outcome, verdict.reason),
+            (Outcome::Aborted, Reason::InjectionFailed)
+        );
+        assert!(verdict.message.contains("NetworkPolicy does not hold"));
     }
 
     #[test]

@@ -103,6 +103,8 @@ struct Driven {
     /// The probe through `spec.dnsProbe`'s name, and that name.
     dns_probe: Option<(String, WriteProbe)>,
     injected: Option<Instant>,
+    /// Why the injection failed, when it did.
+    injection_error: Option<String>,
 }
 
 impl Driven {
@@ -300,7 +302,21 @@ impl Driver<'_> {
                 Step::Record(phase, verdict) => {
                     run = self.record(&run, &seen, phase, verdict).await?;
                 }
-                Step::Inject => self.inject(&run, &seen).await?,
+                Step::Inject => {
+                    if let Err(error) = self.inject(&run, &seen).await {
+                        let message = format!("{error}");
+                        warn!(run = %run.name_any(), error = %message, "injection failed; rolling back");
+                        if let Some(driven) = self
+                            .context
+                            .driven
+                            .lock()
+                            .unwrap()
+                            .get_mut(&Self::uid(&run))
+                        {
+                            driven.injection_error = Some(message);
+                        }
+                    }
+                }
                 Step::RollBack => {
                     if let Err(error) = self.roll_back(&run, &seen).await {
                         self.rollback_failed(&run, &error).await?;
@@ -320,12 +336,13 @@ impl Driver<'_> {
 
     async fn observe(&self, run: &DrillRun, recorded: Recorded) -> Result<Seen, Error> {
         let uid = Self::uid(run);
-        let (driving, held_long_enough, probe_recovered) = {
+        let (driving, injection_error, held_long_enough, probe_recovered) = {
             let driven = self.context.driven.lock().unwrap();
             match driven.get(&uid) {
-                None => (Driving::No, false, true),
+                None => (Driving::No, None, false, true),
                 Some(d) => (
                     d.driving,
+                    d.injection_error.clone(),
                     d.injected
                         .is_some_and(|at| at.elapsed() >= scenario_duration(run)),
                     d.probes().all(|p| {
@@ -380,6 +397,7 @@ impl Driver<'_> {
                 lock,
                 guards,
                 driving,
+                injection_error,
                 fault_held_long_enough: held_long_enough,
                 fault_absent,
                 target_recovered,
@@ -501,6 +519,7 @@ impl Driver<'_> {
             )),
             dns_probe,
             injected: None,
+            injection_error: None,
         })
     }
 
@@ -517,6 +536,7 @@ impl Driver<'_> {
             )),
             dns_probe: None,
             injected: None,
+            injection_error: None,
         })
     }
 
