@@ -19,6 +19,7 @@ use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::slo::{prometheus_rule_name, prometheus_rule_resource};
 use bulwark_crds::dns::{DnsEndpoint, RecordType};
 use bulwark_crds::drills::{DrillRun, DrillSchedule};
+use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_crds::slo::ServiceLevelObjective;
 use bulwark_e2e::bind::Bind;
 use bulwark_e2e::dns::{apply_endpoint, create_zone};
@@ -619,6 +620,14 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
         return;
     };
     let db = test.create(&three_synchronous_instances("db", DELAY)).await;
+    // One instance: its zone holds every instance, so a zone outage would leave nothing.
+    let single: DatabaseCluster = serde_json::from_value(json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DatabaseCluster",
+        "metadata": {"name": "single"},
+        "spec": {"instances": 1, "storage": {"size": "1Gi"}},
+    }))
+    .unwrap();
+    let single = test.create(&single).await;
     let DatabaseTest {
         client,
         ns,
@@ -705,6 +714,37 @@ async fn an_operator_killed_at_any_step_rolls_back_and_never_injects_twice() {
     let missing = completed(&runs, "immutable", Duration::from_secs(30)).await;
     assert_eq!(missing["result"], "Skipped");
     assert_eq!(missing["message"], "DatabaseCluster missing does not exist");
+    single.healthy(Duration::from_secs(180)).await.unwrap();
+    runs.create(
+        &PostParams::default(),
+        &drill_run(
+            "whole-zone",
+            json!({
+                "target": {"kind": "DatabaseCluster", "name": "single"},
+                "scenario": {"fault": "ZoneOutage", "duration": "5s"},
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    let whole_zone = completed(&runs, "whole-zone", Duration::from_secs(60)).await;
+    assert_eq!(whole_zone["result"], "Skipped", "{whole_zone:#}");
+    let message = whole_zone["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("every instance of DatabaseCluster single is in zone ")
+            && message.ends_with("its outage would leave none to fail over to"),
+        "{message}"
+    );
+    assert!(
+        events(&client, &ns, "whole-zone", "FaultInjected", "Warning")
+            .await
+            .is_empty()
+    );
+    single
+        .api
+        .delete("single", &Default::default())
+        .await
+        .unwrap();
     for phase in ["Gating", "Injecting", "Observing", "RollingBack"] {
         let before = db.healthy(Duration::from_secs(180)).await.unwrap();
         let name = format!("killed-in-{}", phase.to_lowercase());

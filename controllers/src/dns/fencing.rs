@@ -1,5 +1,6 @@
 //! The fencing protocol's decisions, shared by the production enactor and cleanup and by the
-//! model checker (`controllers/tests/dns_model_check.rs`), so the checker proves what ships.
+//! model checker (`controllers/model-check/tests/dns_model_check.rs`), so the checker proves what
+//! ships.
 //!
 //! The token is the plan generation. It lives at the DNS server in a TXT record next to the
 //! managed name (`_bulwark.<fqdn>` = `"gen=N owner=<endpoint UID>"`), and every enactment is one

@@ -1,7 +1,7 @@
 //! The DrillRun state machine, as a pure decision: from what is recorded in the run's status and
 //! what the driver observed this pass, the one next thing to do. The driver carries it out and
-//! decides again; the model check (`tests/drill_model_check.rs`) runs this same function with the
-//! operator killed between any two steps.
+//! decides again; the model check (`controllers/model-check/tests/drill_model_check.rs`) runs
+//! this same function with the operator killed between any two steps.
 //!
 //! Pending → Gating → Injecting → Observing → RollingBack → Completed. Every phase is recorded
 //! before its side effect, and the fault is injected only by the process that recorded

@@ -1,8 +1,8 @@
 //! The operator's failover and switchover decisions, pure: from what it sees of a cluster (its
 //! recorded epoch and progress, each member's reported state) to the one next step. The driver
 //! (`cluster.rs`) carries a step out and observes again; the model checker
-//! (`controllers/tests/postgres_model_check.rs`) runs this same function against simulated
-//! instances, crashes and partitions.
+//! (`controllers/model-check/tests/postgres_model_check.rs`) runs this same function against
+//! simulated instances, crashes and partitions.
 //!
 //! The order is what makes a failover safe:
 //! 1. `Begin`: the new epoch and target are written to the DatabaseCluster status (a
