@@ -72,6 +72,23 @@ async fn run_on_db(runs: &Api<DrillRun>, name: &str, mut spec: Value, within: Du
     completed(runs, name, within).await
 }
 
+/// Runs `fault` on `db` for `duration` with the write probe also going through the DNS name
+/// of DnsEndpoint `db`, and waits for it to complete; its status.
+async fn run_on_db_through_dns(
+    runs: &Api<DrillRun>,
+    name: &str,
+    fault: &str,
+    duration: &str,
+    max_rto: &str,
+) -> Value {
+    let spec = json!({
+        "scenario": {"fault": fault, "duration": duration},
+        "dnsProbe": {"endpoint": "db"},
+        "success": {"maxRto": max_rto},
+    });
+    run_on_db(runs, name, spec, Duration::from_secs(300)).await
+}
+
 /// Stops a schedule from starting more runs.
 async fn suspend(schedules: &Api<DrillSchedule>, name: &str) {
     schedules
@@ -1210,17 +1227,7 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
         .filter(|name| zone_of(name) == zone)
         .collect();
 
-    let status = run_on_db(
-        &runs,
-        "zone-outage",
-        json!({
-            "scenario": {"fault": "ZoneOutage", "duration": "10s"},
-            "dnsProbe": {"endpoint": "db"},
-            "success": {"maxRto": "60s"},
-        }),
-        Duration::from_secs(300),
-    )
-    .await;
+    let status = run_on_db_through_dns(&runs, "zone-outage", "ZoneOutage", "10s", "60s").await;
     assert_succeeded("zone-outage", &status);
     assert_eq!(status["victim"], format!("zone {zone}"), "{status:#}");
     assert_eq!(status["faultedInstances"], json!(in_zone), "{status:#}");
@@ -1253,17 +1260,7 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
 
     // A switchover drill: the most caught-up replica is promoted through spec.switchoverTo,
     // which the rollback takes back once the drill is over.
-    let switched = run_on_db(
-        &runs,
-        "switchover",
-        json!({
-            "scenario": {"fault": "Switchover", "duration": "15s"},
-            "dnsProbe": {"endpoint": "db"},
-            "success": {"maxRto": "30s"},
-        }),
-        Duration::from_secs(300),
-    )
-    .await;
+    let switched = run_on_db_through_dns(&runs, "switchover", "Switchover", "15s", "30s").await;
     assert_eq!(switched["result"], "Succeeded", "{switched:#}");
     assert_eq!(switched["lostWrites"], 0, "{switched:#}");
     assert_eq!(switched["dnsProbe"]["lostWrites"], 0, "{switched:#}");
@@ -1284,17 +1281,8 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
     // A partition: the primary's pod cut off by a NetworkPolicy (new connections) and by its
     // manager (established ones). PostgreSQL keeps running there, so the primary fences
     // itself as isolated while a replica is promoted; healed, it rejoins as a replica.
-    let partitioned = run_on_db(
-        &runs,
-        "partition",
-        json!({
-            "scenario": {"fault": "PrimaryPartitioned", "duration": "15s"},
-            "dnsProbe": {"endpoint": "db"},
-            "success": {"maxRto": "60s"},
-        }),
-        Duration::from_secs(300),
-    )
-    .await;
+    let partitioned =
+        run_on_db_through_dns(&runs, "partition", "PrimaryPartitioned", "15s", "60s").await;
     assert_succeeded("partition", &partitioned);
     assert_eq!(partitioned["victim"], target.as_str(), "{partitioned:#}");
     assert_eq!(partitioned["dnsProbe"]["lostWrites"], 0, "{partitioned:#}");
