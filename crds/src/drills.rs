@@ -46,7 +46,7 @@ use crate::postgres::{DNS_LABEL_PATTERN, DURATION_PATTERN};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a DrillRun cannot change once created: delete it (which rolls its fault back) and create another"))]
-#[x_kube(validation = Rule::new("(self.target.kind == 'DnsEndpoint') == (self.scenario.fault in ['SlowDnsEnactor'])").message("scenario.fault does not apply to target.kind: a DnsEndpoint takes SlowDnsEnactor; a DatabaseCluster takes PrimaryCrash, PrimaryFrozen, PrimaryPartitioned, Switchover or ZoneOutage"))]
+#[x_kube(validation = Rule::new("(self.target.kind == 'DnsEndpoint') == (self.scenario.fault in ['SlowDnsEnactor', 'DnsServerOutage'])").message("scenario.fault does not apply to target.kind: a DnsEndpoint takes SlowDnsEnactor or DnsServerOutage; a DatabaseCluster takes PrimaryCrash, PrimaryFrozen, PrimaryPartitioned, Switchover or ZoneOutage"))]
 #[x_kube(validation = Rule::new("!has(self.dnsProbe) || self.target.kind == 'DatabaseCluster'").message("dnsProbe measures a DatabaseCluster's writes through a DNS name; a DnsEndpoint target is probed through its own name already"))]
 pub struct DrillRunSpec {
     pub target: DrillTarget,
@@ -150,6 +150,11 @@ pub enum Fault {
     /// Every enactor of a DnsEndpoint stalls for the drill's duration before each write, so
     /// newer plans are minted while an older one is about to be written.
     SlowDnsEnactor,
+    /// The zone's authoritative server unreachable: a NetworkPolicy cuts off every pod of the
+    /// Service the DnsZone's server address names (`<service>.<namespace>.svc[.cluster.local]`
+    /// or the Service's cluster IP, in the zone's namespace), so clients and enactors alike
+    /// get no answer. Needs a network plugin that enforces NetworkPolicy.
+    DnsServerOutage,
 }
 
 impl Fault {
@@ -161,6 +166,7 @@ impl Fault {
             Fault::Switchover => "Switchover",
             Fault::ZoneOutage => "ZoneOutage",
             Fault::SlowDnsEnactor => "SlowDnsEnactor",
+            Fault::DnsServerOutage => "DnsServerOutage",
         }
     }
 }
@@ -224,11 +230,12 @@ pub struct DrillRunStatus {
     /// `GuardUnreadable`, `TargetUnfit`, `Deleted`, `OperatorRestarted` or `NotRecovered`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// What the fault was aimed at (an instance, or `zone <name>`), written before it was
-    /// injected.
+    /// What the fault was aimed at (an instance, `zone <name>`, a DNS name, or the Service of
+    /// a zone's server), written before it was injected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub victim: Option<String>,
-    /// The instances the fault acts on, written before it was injected: what a rollback undoes.
+    /// The instances (or DNS server pods) the fault acts on, written before it was injected:
+    /// what a rollback undoes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faulted_instances: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,6 +254,8 @@ pub struct DrillRunStatus {
     /// Acknowledged writes missing afterwards (the RPO, in writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost_writes: Option<u64>,
+    /// The probe's attempts by outcome. For a DnsEndpoint, its questions: answered with
+    /// addresses (acknowledged), answered empty (failed), unanswered (indeterminate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writes: Option<WriteCounts>,
     /// What the DNS probe (`spec.dnsProbe`) saw: the client-visible outage through DNS.

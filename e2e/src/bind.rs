@@ -1,7 +1,7 @@
 //! A real BIND9 (Debian's `named`) on a loopback port, authoritative for one zone that accepts
 //! RFC 2136 updates signed with one TSIG key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -10,6 +10,7 @@ use bulwark_controllers::dns::provider::{DnsProvider, ProviderError};
 use bulwark_controllers::dns::rfc2136::Rfc2136;
 use bulwark_crds::dns::TsigAlgorithm;
 
+use crate::node::images::BIND9_IMAGE;
 use crate::process::{Process, free_port};
 
 pub const KEY_NAME: &str = "bulwark-test-key";
@@ -146,58 +147,27 @@ impl Bind {
     }
 
     fn zone_file(&self, zone: &str) -> PathBuf {
-        self.dir.path().join(format!("{zone}.db"))
+        zone_file(self.dir.path(), zone)
     }
 
     fn journal(&self, zone: &str) -> PathBuf {
-        self.dir.path().join(format!("{zone}.db.jnl"))
+        journal(self.dir.path(), zone)
     }
 
     fn write_config(&self) -> Result<()> {
-        let dir = self.dir.path().display();
-        let mut config = format!(
-            r#"options {{
-    directory "{dir}";
-    pid-file "{dir}/named.pid";
-    session-keyfile "{dir}/session.key";
-    managed-keys-directory "{dir}";
-    listen-on port {port} {{ 127.0.0.1; {address}; }};
-    listen-on-v6 {{ none; }};
-    recursion no;
-    dnssec-validation no;
-    notify no;
-    // external-dns lists a zone's records by AXFR (the benchmark compares with it).
-    allow-transfer {{ key "{KEY_NAME}"; }};
-}};
-controls {{ }};
-key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
-"#,
-            port = self.port,
-            address = self.address,
-            secret = self.secret,
+        let config = named_conf(
+            self.dir.path(),
+            self.port,
+            &format!("127.0.0.1; {};", self.address),
+            &self.secret,
+            &self.zones,
         );
-        for zone in &self.zones {
-            config.push_str(&format!(
-                r#"zone "{zone}" {{
-    type primary;
-    file "{zone_file}";
-    journal "{journal}";
-    allow-update {{ key "{KEY_NAME}"; }};
-}};
-"#,
-                zone_file = self.zone_file(zone).display(),
-                journal = self.journal(zone).display(),
-            ));
-        }
         std::fs::write(self.dir.path().join("named.conf"), config)?;
         Ok(())
     }
 
     fn write_empty_zone(&self, zone: &str) -> Result<()> {
-        let records = format!(
-            "$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 60 60 600 60\n@ IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"
-        );
-        std::fs::write(self.zone_file(zone), records)?;
+        std::fs::write(self.zone_file(zone), empty_zone(zone))?;
         Ok(())
     }
 
@@ -241,5 +211,179 @@ key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
         }
         self.process = Some(process);
         Ok(())
+    }
+}
+
+fn zone_file(dir: &Path, zone: &str) -> PathBuf {
+    dir.join(format!("{zone}.db"))
+}
+
+fn journal(dir: &Path, zone: &str) -> PathBuf {
+    dir.join(format!("{zone}.db.jnl"))
+}
+
+/// `named.conf` for a primary of every zone in `zones`, its files in `dir`, listening on `port`
+/// at `listen_on` (a BIND address match list), updatable with one TSIG key.
+fn named_conf(dir: &Path, port: u16, listen_on: &str, secret: &str, zones: &[String]) -> String {
+    let directory = dir.display();
+    let mut config = format!(
+        r#"options {{
+    directory "{directory}";
+    pid-file "{directory}/named.pid";
+    session-keyfile "{directory}/session.key";
+    managed-keys-directory "{directory}";
+    listen-on port {port} {{ {listen_on} }};
+    listen-on-v6 {{ none; }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+    // external-dns lists a zone's records by AXFR (the benchmark compares with it).
+    allow-transfer {{ key "{KEY_NAME}"; }};
+}};
+controls {{ }};
+key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+"#
+    );
+    for zone in zones {
+        config.push_str(&format!(
+            r#"zone "{zone}" {{
+    type primary;
+    file "{zone_file}";
+    journal "{journal}";
+    allow-update {{ key "{KEY_NAME}"; }};
+}};
+"#,
+            zone_file = zone_file(dir, zone).display(),
+            journal = journal(dir, zone).display(),
+        ));
+    }
+    config
+}
+
+/// A zone with only its SOA and NS records: what a new zone holds before any update.
+fn empty_zone(zone: &str) -> String {
+    format!(
+        "$TTL 60\n@ IN SOA ns1.{zone}. hostmaster.{zone}. 1 60 60 600 60\n@ IN NS ns1.{zone}.\nns1 IN A 127.0.0.1\n"
+    )
+}
+
+/// BIND9 run as a pod behind a Service, as a cluster that hosts its own authoritative server
+/// has it: the server a DnsServerOutage drill can cut off. The pod runs this machine's `named`
+/// (the node agents map [`BIND9_IMAGE`] to it), its zone copied from a ConfigMap into an
+/// emptyDir so updates can be journaled.
+pub struct BindPod {
+    pub zone: String,
+    /// The Service's cluster IP and port: what the DnsZone names.
+    pub cluster_address: String,
+    /// The pod's own address and port, reached from this machine (never filtered by policy).
+    pub pod_address: String,
+    pub pod: String,
+    secret: String,
+}
+
+/// Where the pod finds its configuration, and keeps its zone and journal.
+const POD_CONFIG: &str = "/etc/bind-pod";
+const POD_DATA: &str = "/var/cache/bind-pod";
+
+impl BindPod {
+    /// Creates the ConfigMap, pod and Service `name` in `ns` serving `zone` with TSIG `secret`,
+    /// and waits until the zone answers through the Service.
+    pub async fn deploy(
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+        zone: &str,
+        secret: &str,
+    ) -> Result<Self> {
+        use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+        use kube::api::{Api, PostParams};
+        let zones = [zone.to_string()];
+        let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "data": {
+                "named.conf": named_conf(Path::new(POD_DATA), 53, "any;", secret, &zones),
+                (format!("{zone}.db")): empty_zone(zone),
+            },
+        }))?;
+        let labels = serde_json::json!({"app": name});
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "containers": [{
+                    "name": "named",
+                    "image": BIND9_IMAGE,
+                    "command": ["sh", "-c", format!(
+                        "cp {POD_CONFIG}/*.db {POD_DATA}/ && exec /usr/sbin/named -g -4 -c {POD_CONFIG}/named.conf"
+                    )],
+                    "volumeMounts": [
+                        {"name": "config", "mountPath": POD_CONFIG},
+                        {"name": "data", "mountPath": POD_DATA},
+                    ],
+                }],
+                "volumes": [
+                    {"name": "config", "configMap": {"name": name}},
+                    {"name": "data", "emptyDir": {}},
+                ],
+            },
+        }))?;
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"selector": labels, "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+            ]},
+        }))?;
+        let create = PostParams::default();
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .create(&create, &config_map)
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        pods.create(&create, &pod).await?;
+        let service = Api::<Service>::namespaced(client.clone(), ns)
+            .create(&create, &service)
+            .await?;
+        let cluster_ip = service
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("the Service got no cluster IP")?;
+        let pod_ip = crate::eventually(
+            Duration::from_secs(60),
+            "the BIND9 pod's address",
+            || async { pods.get(name).await.ok()?.status?.pod_ip },
+        )
+        .await?;
+        let bind = BindPod {
+            zone: zone.to_string(),
+            cluster_address: format!("{cluster_ip}:53"),
+            pod_address: format!("{pod_ip}:53"),
+            pod: name.to_string(),
+            secret: secret.to_string(),
+        };
+        let through_service = bind.provider_at(&bind.cluster_address);
+        let probe = format!("probe.{zone}");
+        crate::eventually(
+            Duration::from_secs(60),
+            "BIND9 in its pod to answer through its Service",
+            || async { through_service.read_fence(&probe).await.ok().map(|_| ()) },
+        )
+        .await?;
+        Ok(bind)
+    }
+
+    /// A provider talking to the pod directly, from this machine.
+    pub fn provider(&self) -> Rfc2136 {
+        self.provider_at(&self.pod_address)
+    }
+
+    fn provider_at(&self, server: &str) -> Rfc2136 {
+        Rfc2136::new(
+            server,
+            &self.zone,
+            KEY_NAME,
+            TsigAlgorithm::HmacSha256,
+            &self.secret,
+            Duration::from_secs(2),
+        )
+        .expect("valid provider settings")
     }
 }

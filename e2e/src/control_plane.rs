@@ -3,7 +3,7 @@
 //! run as real processes; and kwok nodes (status only, tainted, for scale tests).
 
 use crate::binaries::binary;
-use crate::node::images::{BULWARK_IMAGE, ImageTable, POSTGRES_IMAGE, TESTPOD_IMAGE};
+use crate::node::images::{BIND9_IMAGE, BULWARK_IMAGE, ImageTable, POSTGRES_IMAGE, TESTPOD_IMAGE};
 use crate::node::{agent::PROVISIONER, host::PodNetwork, network, services};
 use crate::operator::{bulwark_binary, workspace_binary};
 use crate::pki::{self, Pki};
@@ -266,7 +266,9 @@ impl ControlPlane {
             .with(
                 POSTGRES_IMAGE,
                 &PathBuf::from(crate::postgres::POSTGRES_BIN).join("postgres"),
-            );
+            )
+            // An authoritative server run in the cluster (the DnsServerOutage drill's target).
+            .with(BIND9_IMAGE, Path::new("/usr/sbin/named"));
         for (index, zone) in ZONES.iter().enumerate() {
             let node = node_name(zone);
             let node_kubeconfig = write_kubeconfig(

@@ -33,13 +33,33 @@ pub async fn create_zone_for(
     bind: &Bind,
     dns_zone: &str,
 ) -> Result<()> {
-    set_tsig_secret(client, ns, &bind.secret).await?;
+    create_zone_at(
+        client,
+        ns,
+        zone_name,
+        &bind.server(),
+        &bind.secret,
+        dns_zone,
+    )
+    .await
+}
+
+/// Creates the TSIG Secret (`secret`) and a DnsZone `zone_name` for `dns_zone` at `server`.
+pub async fn create_zone_at(
+    client: &kube::Client,
+    ns: &str,
+    zone_name: &str,
+    server: &str,
+    secret: &str,
+    dns_zone: &str,
+) -> Result<()> {
+    set_tsig_secret(client, ns, secret).await?;
     let zones: Api<DnsZone> = Api::namespaced(client.clone(), ns);
     let zone: DnsZone = serde_json::from_value(serde_json::json!({
         "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsZone",
         "metadata": {"name": zone_name},
         "spec": {"zone": dns_zone, "provider": {"rfc2136": {
-            "server": bind.server(), "tsigKeyName": KEY_NAME,
+            "server": server, "tsigKeyName": KEY_NAME,
             "tsigSecretRef": {"name": SECRET_NAME, "key": SECRET_KEY}}}}
     }))?;
     zones.create(&PostParams::default(), &zone).await?;

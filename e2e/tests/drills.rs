@@ -8,7 +8,8 @@
 //! and the lock released; ticks during a run start nothing (Forbid); the history limit holds;
 //! and the report metrics move. Then, on another cluster, the operator is SIGKILLed as each
 //! phase is recorded; on a third, a zone outage, a switchover and a partition of the primary are
-//! measured through a DNS name as a client of that name sees it. Local control plane only (real
+//! measured through a DNS name as a client of that name sees it, then a slow enactor and an
+//! outage of a zone's server (BIND9 in a pod) on DnsEndpoints. Local control plane only (real
 //! instance pods).
 
 use std::collections::BTreeSet;
@@ -21,8 +22,8 @@ use bulwark_crds::dns::{DnsEndpoint, RecordType};
 use bulwark_crds::drills::{DrillRun, DrillSchedule};
 use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_crds::slo::ServiceLevelObjective;
-use bulwark_e2e::bind::Bind;
-use bulwark_e2e::dns::{apply_endpoint, create_zone};
+use bulwark_e2e::bind::{Bind, BindPod};
+use bulwark_e2e::dns::{apply_endpoint, create_zone, create_zone_at};
 use bulwark_e2e::eventually;
 use bulwark_e2e::postgres::{DatabaseTest, container_of, events, three_synchronous_instances};
 use bulwark_e2e::process::free_port;
@@ -1433,5 +1434,93 @@ async fn a_zone_outage_is_measured_through_dns_as_a_client_sees_it() {
     println!(
         "slow enactor (10 s stall): the changed address went live {:.1}s after the change; the name never went unanswered",
         live_after.as_secs_f64()
+    );
+
+    // A DNS server outage needs a server Bulwark can cut off: `drill`'s is outside the cluster,
+    // so the run is Skipped at the gate, naming why, with nothing injected.
+    let outage = |name: &str, endpoint: &str| {
+        drill_run(
+            name,
+            json!({
+                "target": {"kind": "DnsEndpoint", "name": endpoint},
+                "scenario": {"fault": "DnsServerOutage", "duration": "10s"},
+                "success": {"maxRto": "30s"},
+            }),
+        )
+    };
+    runs.create(&PostParams::default(), &outage("web-outage", "web"))
+        .await
+        .unwrap();
+    let skipped = completed(&runs, "web-outage", Duration::from_secs(60)).await;
+    assert_eq!(skipped["result"], "Skipped", "{skipped:#}");
+    assert!(
+        skipped["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a Service in namespace"),
+        "{skipped:#}"
+    );
+    assert!(skipped["injectedAt"].is_null(), "{skipped:#}");
+
+    // With BIND9 in a pod behind a Service (the DnsZone names its cluster IP), the drill cuts
+    // that pod off for 10 s: the answer probe sees the name unanswered for the outage and
+    // answered again after it, and the rollback removes the NetworkPolicy.
+    let server = BindPod::deploy(&client, &ns, "ns-outage", "outage.test", &bind.secret)
+        .await
+        .unwrap();
+    create_zone_at(
+        &client,
+        &ns,
+        "outage",
+        &server.cluster_address,
+        &bind.secret,
+        "outage.test",
+    )
+    .await
+    .unwrap();
+    apply_endpoint(
+        &client,
+        &ns,
+        "api",
+        "outage",
+        "api.outage.test",
+        &["10.9.1.1".into()],
+    )
+    .await
+    .unwrap();
+    let in_pod = server.provider();
+    eventually(Duration::from_secs(60), "api.outage.test live", || async {
+        let rrsets = in_pod.served_records("api.outage.test").await.ok()?;
+        rrsets
+            .iter()
+            .any(|r| r.values == ["10.9.1.1"])
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    runs.create(&PostParams::default(), &outage("api-outage", "api"))
+        .await
+        .unwrap();
+    let cut = completed(&runs, "api-outage", Duration::from_secs(120)).await;
+    assert_eq!(cut["result"], "Succeeded", "{cut:#}");
+    assert_eq!(cut["victim"], "ns-outage", "{cut:#}");
+    assert_eq!(cut["faultedInstances"], json!(["ns-outage"]), "{cut:#}");
+    assert_eq!(condition(&cut, "RolledBack")["status"], "True", "{cut:#}");
+    let rto = cut["rtoSeconds"].as_f64().expect("the outage was seen");
+    assert!(
+        (9.0..30.0).contains(&rto),
+        "unanswered for the outage: {cut:#}"
+    );
+    let detection = cut["detectionSeconds"].as_f64().unwrap();
+    // A question sent as the cut went in is known unanswered after the 2 s question timeout.
+    assert!((0.0..3.0).contains(&detection), "{cut:#}");
+    let left = policies.list(&ListParams::default()).await.unwrap().items;
+    assert!(
+        left.is_empty(),
+        "the outage's NetworkPolicy is gone: {left:?}"
+    );
+    println!(
+        "DNS server outage (10 s) of {}: fault injected → first unanswered question {detection}s; the name unanswered for {rto}s; answers {}",
+        server.pod, cut["writes"]
     );
 }

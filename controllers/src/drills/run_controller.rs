@@ -4,11 +4,12 @@
 //! it recorded `Injecting` itself, the fault's moment, the write probe) lives in memory and dies
 //! with it, which is what makes a successor roll back instead of injecting again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::instance::{FaultsInPlace, InstanceFault};
+use bulwark_chaos::network_policy::{self, Direction};
 use bulwark_crds::dns::{DnsEndpoint, DnsZone, RecordType};
 use bulwark_crds::drills::{
     DnsProbeResult, DrillRun, DrillRunStatus, DrillTarget, Fault, GuardReading,
@@ -18,9 +19,8 @@ use bulwark_crds::postgres::DatabaseCluster;
 use bulwark_crds::slo::ServiceLevelObjective;
 use chrono::Utc;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
@@ -72,8 +72,10 @@ const RECOVERY_LIMIT: chrono::Duration = chrono::Duration::seconds(300);
 /// A frozen instance thaws itself this long after its drill's duration, should the rollback
 /// never come (the operator gone for good).
 const FREEZE_MARGIN_SECONDS: u64 = 30;
-/// How long a partition's NetworkPolicy may take to hold before the drill gives up on it.
+/// How long a fault's NetworkPolicy may take to hold before the drill gives up on it.
 const POLICY_HOLD_LIMIT: Duration = Duration::from_secs(10);
+/// How long the zone's server may take to answer the check that a DNS server outage holds.
+const DNS_HOLD_TIMEOUT: Duration = Duration::from_millis(500);
 /// Steps taken in one reconcile before handing back to the queue.
 const STEPS_PER_PASS: usize = 16;
 
@@ -124,6 +126,13 @@ impl Driven {
 struct Aim {
     victim: String,
     instances: Vec<String>,
+}
+
+/// The Service a DnsZone's server address names, its selector, and the pods it selects.
+struct ZoneServer {
+    service: String,
+    selector: BTreeMap<String, String>,
+    pods: Vec<String>,
 }
 
 struct Context {
@@ -525,7 +534,7 @@ impl Driver<'_> {
 
     /// The answer probe of a DnsEndpoint target: its name, asked of its zone's server.
     async fn start_answer_probe(&self, endpoint: &str) -> Result<Driven, String> {
-        let (endpoint, provider) = self.zone_provider(endpoint).await?;
+        let (endpoint, provider) = self.zone_provider(endpoint, PROBE_TIMEOUT).await?;
         Ok(Driven {
             driving: Driving::No,
             probe: Some(answer_probe::start(
@@ -541,7 +550,11 @@ impl Driver<'_> {
     }
 
     /// The DnsEndpoint `name` and a client for its zone's authoritative server.
-    async fn zone_provider(&self, name: &str) -> Result<(DnsEndpoint, Rfc2136), String> {
+    async fn zone_provider(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(DnsEndpoint, Rfc2136), String> {
         let unreadable = |what: String, error: kube::Error| format!("cannot read {what}: {error}");
         let endpoint = self
             .api::<DnsEndpoint>()
@@ -556,7 +569,7 @@ impl Driver<'_> {
             .await
             .map_err(|e| unreadable(format!("DnsZone {zone_name}"), e))?
             .ok_or_else(|| format!("DnsZone {zone_name} of DnsEndpoint {name} does not exist"))?;
-        let provider = provider_for(&self.context.client, &zone, &endpoint, PROBE_TIMEOUT)
+        let provider = provider_for(&self.context.client, &zone, &endpoint, timeout)
             .await
             .map_err(|e| format!("DnsEndpoint {name}: {e}"))?;
         Ok((endpoint, provider))
@@ -565,7 +578,7 @@ impl Driver<'_> {
     /// The DnsEndpoint's name and a resolver asking its zone's authoritative server for the
     /// name's address, as a client that just lost its session would.
     async fn resolver(&self, endpoint: &str) -> Result<(String, Resolve), String> {
-        let (endpoint, provider) = self.zone_provider(endpoint).await?;
+        let (endpoint, provider) = self.zone_provider(endpoint, PROBE_TIMEOUT).await?;
         let fqdn = endpoint.spec.fqdn.clone();
         let resolve: Resolve = Arc::new({
             let fqdn = fqdn.clone();
@@ -583,7 +596,8 @@ impl Driver<'_> {
     }
 
     /// What the run's fault hits now: a cluster's primary, the replica a switchover promotes,
-    /// every instance in the primary's zone, or a DnsEndpoint's name.
+    /// every instance in the primary's zone, a DnsEndpoint's name, or the pods of its zone's
+    /// server.
     async fn aim(
         &self,
         run: &DrillRun,
@@ -591,11 +605,18 @@ impl Driver<'_> {
         endpoint: Option<&DnsEndpoint>,
     ) -> Result<Aim, String> {
         let (fault, name) = (run.spec.scenario.fault, &run.spec.target.name);
-        if fault == Fault::SlowDnsEnactor {
+        if matches!(fault, Fault::SlowDnsEnactor | Fault::DnsServerOutage) {
             let endpoint = endpoint.ok_or_else(|| format!("DnsEndpoint {name} does not exist"))?;
+            if fault == Fault::SlowDnsEnactor {
+                return Ok(Aim {
+                    victim: endpoint.spec.fqdn.clone(),
+                    instances: vec![],
+                });
+            }
+            let server = self.zone_server(endpoint).await?;
             return Ok(Aim {
-                victim: endpoint.spec.fqdn.clone(),
-                instances: vec![],
+                victim: server.service,
+                instances: server.pods,
             });
         }
         let cluster = cluster.ok_or_else(|| format!("DatabaseCluster {name} does not exist"))?;
@@ -644,6 +665,77 @@ impl Driver<'_> {
         Ok(Aim {
             victim: format!("zone {zone}"),
             instances,
+        })
+    }
+
+    /// The Service that serves `endpoint`'s zone (its DnsZone's server address names it, in
+    /// the zone's namespace), what it selects, and the pods that are the server now.
+    async fn zone_server(&self, endpoint: &DnsEndpoint) -> Result<ZoneServer, String> {
+        let zone_name = &endpoint.spec.zone_ref;
+        let zone = self
+            .api::<DnsZone>()
+            .get_opt(zone_name)
+            .await
+            .map_err(|e| format!("cannot read DnsZone {zone_name}: {e}"))?
+            .ok_or_else(|| format!("DnsZone {zone_name} does not exist"))?;
+        let server = zone
+            .spec
+            .provider
+            .rfc2136
+            .map(|p| p.server)
+            .ok_or_else(|| format!("DnsZone {zone_name} has no RFC 2136 server"))?;
+        let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
+        let services = self.api::<Service>();
+        let unreadable = |e: kube::Error| format!("cannot read the Services: {e}");
+        let service = match service_named_by(host, &self.namespace) {
+            Some(name) => services.get_opt(name).await.map_err(unreadable)?,
+            None if host.parse::<std::net::IpAddr>().is_ok() => services
+                .list(&ListParams::default())
+                .await
+                .map_err(unreadable)?
+                .items
+                .into_iter()
+                .find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some(host)),
+            None => None,
+        };
+        let namespace = &self.namespace;
+        let service = service.ok_or_else(|| {
+            format!(
+                "DnsZone {zone_name}'s server {server} is not a Service in namespace {namespace}: a DnsServerOutage cuts off the pods of the Service that serves the zone, named as <service>.{namespace}.svc or by its cluster IP"
+            )
+        })?;
+        let name = service.name_any();
+        let selector = service
+            .spec
+            .and_then(|s| s.selector)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                format!("Service {name}, DnsZone {zone_name}'s server, selects no pods")
+            })?;
+        let query = selector
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut pods: Vec<String> = self
+            .api::<Pod>()
+            .list(&ListParams::default().labels(&query))
+            .await
+            .map_err(|e| format!("cannot list Service {name}'s pods: {e}"))?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        if pods.is_empty() {
+            return Err(format!(
+                "Service {name}, DnsZone {zone_name}'s server, has no pods: the server is down already"
+            ));
+        }
+        pods.sort();
+        Ok(ZoneServer {
+            service: name,
+            selector,
+            pods,
         })
     }
 
@@ -967,6 +1059,30 @@ impl Driver<'_> {
                 self.set_slow_enactor(run, Some(&run.spec.scenario.duration))
                     .await?;
             }
+            Fault::DnsServerOutage => {
+                let endpoint = seen
+                    .endpoint
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("the target vanished"))?;
+                let server = self
+                    .zone_server(endpoint)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let (endpoint, provider) = self
+                    .zone_provider(&run.spec.target.name, DNS_HOLD_TIMEOUT)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let fqdn = endpoint.spec.fqdn;
+                self.cut_off(
+                    run,
+                    &dns_outage_policy_name(&victim),
+                    &server.selector,
+                    Direction::Ingress,
+                    || async { provider.served_records(&fqdn).await.is_ok() },
+                    &format!("the zone's server still answers the operator for {fqdn}"),
+                )
+                .await?;
+            }
         }
         if let Some(driven) = self.context.driven.lock().unwrap().get_mut(&Self::uid(run)) {
             driven.driving = Driving::Injected;
@@ -997,8 +1113,7 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Creates the NetworkPolicy that cuts `victim`'s pod off both ways (owned by the run, so it
-    /// goes with it), then waits until it holds: a new connection from here to the pod fails.
+    /// Cuts `victim`'s pod off both ways, until a new connection from here to it fails.
     async fn isolate(&self, run: &DrillRun, victim: &str) -> Result<(), Error> {
         let pod = self.api::<Pod>().get(victim).await?;
         if pod.labels().get(INSTANCE_LABEL).map(String::as_str) != Some(victim) {
@@ -1011,76 +1126,49 @@ impl Driver<'_> {
             .status
             .and_then(|s| s.pod_ip)
             .ok_or_else(|| anyhow::anyhow!("pod {victim} has no address"))?;
-        let name = isolation_policy_name(victim);
-        let policy: NetworkPolicy = serde_json::from_value(json!({
-            "metadata": {
-                "name": name,
-                "labels": {"app.kubernetes.io/managed-by": "bulwark"},
-                "ownerReferences": [owned_by(run)],
-            },
-            "spec": {
-                "podSelector": {"matchLabels": {
-                    CLUSTER_LABEL: run.spec.target.name,
-                    INSTANCE_LABEL: victim,
-                }},
-                "policyTypes": ["Ingress", "Egress"],
-            },
-        }))
-        .expect("the isolation policy is a valid NetworkPolicy");
-        match self
-            .api::<NetworkPolicy>()
-            .create(&PostParams::default(), &policy)
-            .await
-        {
-            Ok(_) => {}
-            // Made by this run before a restart (isolation_policy checks the owner).
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                if self.isolation_policy(run, victim).await?.is_none() {
-                    return Err(anyhow::anyhow!(
-                        "NetworkPolicy {name} exists and is not this drill's: not touching it"
-                    )
-                    .into());
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let started = Instant::now();
-        let target = (address.as_str(), POSTGRES_PORT as u16);
-        loop {
-            let connect = tokio::net::TcpStream::connect(target);
-            if !matches!(
-                tokio::time::timeout(Duration::from_millis(500), connect).await,
-                Ok(Ok(_))
-            ) {
-                info!(run = %run.name_any(), pod = victim, after = ?started.elapsed(), "partition holds");
-                return Ok(());
-            }
-            if started.elapsed() >= POLICY_HOLD_LIMIT {
-                return Err(anyhow::anyhow!(
-                    "NetworkPolicy {name} does not hold: {:.0}s after it was made, pod {victim} still accepts new connections from the operator (the network plugin must enforce NetworkPolicy, and the operator run in the cluster)",
-                    POLICY_HOLD_LIMIT.as_secs_f64()
-                )
-                .into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let selector = BTreeMap::from([
+            (CLUSTER_LABEL.to_string(), run.spec.target.name.clone()),
+            (INSTANCE_LABEL.to_string(), victim.to_string()),
+        ]);
+        self.cut_off(
+            run,
+            &isolation_policy_name(victim),
+            &selector,
+            Direction::Both,
+            || network_policy::tcp_connects(&address, POSTGRES_PORT as u16),
+            &format!("pod {victim} still accepts new connections from the operator"),
+        )
+        .await
     }
 
-    /// The run's isolation NetworkPolicy for `victim`, if it exists and this run owns it.
-    async fn isolation_policy(
+    /// Creates the run's NetworkPolicy `name` cutting off the pods `selector` matches (owned by
+    /// the run, so it goes with it), then waits until `reachable` says it holds.
+    async fn cut_off<F, Fut>(
         &self,
         run: &DrillRun,
-        victim: &str,
-    ) -> Result<Option<NetworkPolicy>, Error> {
-        let policy = self
-            .api::<NetworkPolicy>()
-            .get_opt(&isolation_policy_name(victim))
-            .await?;
-        Ok(policy.filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == run.uid().as_ref())
-        }))
+        name: &str,
+        selector: &BTreeMap<String, String>,
+        direction: Direction,
+        reachable: F,
+        still: &str,
+    ) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let policy = network_policy::isolation(name, selector, direction, &owned_by(run));
+        network_policy::cut_off(&self.api(), &policy, &Self::uid(run)).await?;
+        match network_policy::until_unreachable(reachable, POLICY_HOLD_LIMIT).await {
+            Some(after) => {
+                info!(run = %run.name_any(), policy = name, ?after, "the cut holds");
+                Ok(())
+            }
+            None => Err(anyhow::anyhow!(
+                "NetworkPolicy {name} does not hold: {:.0}s after it was made, {still} (the network plugin must enforce NetworkPolicy, and the operator run in the cluster)",
+                POLICY_HOLD_LIMIT.as_secs_f64()
+            )
+            .into()),
+        }
     }
 
     async fn instance_client(&self, cluster: &str) -> anyhow::Result<reqwest::Client> {
@@ -1130,7 +1218,8 @@ impl Driver<'_> {
                 .await?
                 .is_empty(),
             Fault::PrimaryPartitioned => {
-                self.isolation_policy(run, &victim).await?.is_none()
+                self.own_policy_gone(run, &isolation_policy_name(&victim))
+                    .await?
                     && self
                         .still_faulted(run, &status.faulted_instances)
                         .await?
@@ -1139,7 +1228,19 @@ impl Driver<'_> {
             Fault::SlowDnsEnactor => {
                 endpoint.is_none_or(|e| !e.annotations().contains_key(SLOW_ENACTOR_ANNOTATION))
             }
+            Fault::DnsServerOutage => {
+                self.own_policy_gone(run, &dns_outage_policy_name(&victim))
+                    .await?
+            }
         })
+    }
+
+    /// Whether the run's NetworkPolicy `name` is gone (one of that name it does not own is not
+    /// its fault).
+    async fn own_policy_gone(&self, run: &DrillRun, name: &str) -> Result<bool, Error> {
+        Ok(network_policy::owned(&self.api(), name, &Self::uid(run))
+            .await?
+            .is_none())
     }
 
     /// Those of `instances` that may still be frozen or partitioned: their pod exists and its
@@ -1187,18 +1288,12 @@ impl Driver<'_> {
             }
             Fault::PrimaryPartitioned => {
                 // The policy first: until it is gone, no new connection reaches the manager.
-                if let Some(policy) = self.isolation_policy(run, &victim).await? {
-                    let uid = policy.uid();
-                    self.api::<NetworkPolicy>()
-                        .delete(
-                            &policy.name_any(),
-                            &DeleteParams::default().preconditions(Preconditions {
-                                uid,
-                                resource_version: None,
-                            }),
-                        )
-                        .await?;
-                }
+                network_policy::restore(
+                    &self.api(),
+                    &isolation_policy_name(&victim),
+                    &Self::uid(run),
+                )
+                .await?;
                 for instance in self.still_faulted(run, &status.faulted_instances).await? {
                     self.send_fault(&run.spec.target.name, &instance, InstanceFault::Heal)
                         .await?
@@ -1229,6 +1324,14 @@ impl Driver<'_> {
                     self.set_slow_enactor(run, None).await?;
                 }
             }
+            Fault::DnsServerOutage => {
+                network_policy::restore(
+                    &self.api(),
+                    &dns_outage_policy_name(&victim),
+                    &Self::uid(run),
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -1254,6 +1357,11 @@ impl Driver<'_> {
             Fault::SlowDnsEnactor => format!(
                 "DnsEndpoint {} keeps annotation {SLOW_ENACTOR_ANNOTATION} (its enactors stall before every write)",
                 run.spec.target.name
+            ),
+            Fault::DnsServerOutage => format!(
+                "NetworkPolicy {} may still cut off {} (the pods of Service {victim}, the zone's server)",
+                dns_outage_policy_name(&victim),
+                status.faulted_instances.join(", ")
             ),
         };
         let message = format!("rollback failed, retrying: {left}: {error}");
@@ -1371,9 +1479,9 @@ impl Driver<'_> {
                 .and_then(|at| report.first_miss_after(at))
                 .map(|d| milliseconds(d.as_secs_f64()));
             status.rto_seconds = rto;
+            status.writes = Some(write_counts(&report));
             if found.is_some() {
                 status.lost_writes = Some(lost);
-                status.writes = Some(write_counts(&report));
             }
             status.dns_probe = dns.map(|(fqdn, report)| DnsProbeResult {
                 fqdn,
@@ -1575,8 +1683,9 @@ fn victim(fault: Fault, cluster: &DatabaseCluster) -> Result<String, String> {
             .ok_or_else(|| {
                 format!("DatabaseCluster {name} has no ready replica to switch over to")
             }),
-        Fault::SlowDnsEnactor => Err(format!(
-            "SlowDnsEnactor does not apply to DatabaseCluster {name}"
+        Fault::SlowDnsEnactor | Fault::DnsServerOutage => Err(format!(
+            "{} does not apply to DatabaseCluster {name}",
+            fault.name()
         )),
     }
 }
@@ -1585,14 +1694,27 @@ fn isolation_policy_name(victim: &str) -> String {
     format!("bulwark-drill-partition-{victim}")
 }
 
-/// An owner reference to `run`, for what it creates (its lock, a partition's NetworkPolicy).
-fn owned_by(run: &DrillRun) -> serde_json::Value {
-    json!({
-        "apiVersion": "bulwark.dev/v1alpha1",
-        "kind": "DrillRun",
-        "name": run.name_any(),
-        "uid": run.uid().unwrap_or_default(),
-    })
+fn dns_outage_policy_name(service: &str) -> String {
+    format!("bulwark-drill-dns-outage-{service}")
+}
+
+/// The Service `host` names in `namespace` by its cluster DNS name
+/// (`<service>.<namespace>.svc`, with or without the cluster domain).
+fn service_named_by<'a>(host: &'a str, namespace: &str) -> Option<&'a str> {
+    let mut labels = host.trim_end_matches('.').split('.');
+    let (service, in_namespace, svc) = (labels.next()?, labels.next()?, labels.next()?);
+    (in_namespace == namespace && svc == "svc" && !service.is_empty()).then_some(service)
+}
+
+/// An owner reference to `run`, for what it creates (its lock, a fault's NetworkPolicy).
+fn owned_by(run: &DrillRun) -> OwnerReference {
+    OwnerReference {
+        api_version: "bulwark.dev/v1alpha1".into(),
+        kind: "DrillRun".into(),
+        name: run.name_any(),
+        uid: run.uid().unwrap_or_default(),
+        ..OwnerReference::default()
+    }
 }
 
 fn write_counts(report: &probe::Report) -> WriteCounts {
@@ -1683,4 +1805,29 @@ fn set_result_condition(
         outcome.name(),
         message.to_string(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_zone_server_is_a_service_by_its_cluster_dns_name_in_the_runs_namespace() {
+        for host in [
+            "bind.dns.svc",
+            "bind.dns.svc.cluster.local",
+            "bind.dns.svc.example.org.",
+        ] {
+            assert_eq!(service_named_by(host, "dns"), Some("bind"), "{host}");
+        }
+        for host in [
+            "bind.other.svc",
+            "ns1.example.com",
+            "bind",
+            "10.96.0.53",
+            ".dns.svc",
+        ] {
+            assert_eq!(service_named_by(host, "dns"), None, "{host}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use bulwark_chaos::instance::{self as faults, FaultsInPlace, InstanceFault};
+use bulwark_chaos::network_policy;
 
 use super::instance::{Action, Command, Refusal, Role, State, Synchronous, decide};
 use super::isolation::{Contacts, Replies};
@@ -764,11 +765,7 @@ async fn api_server_connects() -> bool {
     };
     let port = config.cluster_url.port_u16().unwrap_or(443);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), connect).await,
-        Ok(Ok(_))
-    )
+    network_policy::tcp_connects(host, port).await
 }
 
 #[derive(Debug, thiserror::Error)]

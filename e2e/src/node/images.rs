@@ -17,6 +17,8 @@ pub struct ImageTable {
 pub const BULWARK_IMAGE: &str = "ghcr.io/bulwark-dev/bulwark";
 /// PostgreSQL's official image, which DatabaseCluster instance pods run by default.
 pub const POSTGRES_IMAGE: &str = "docker.io/library/postgres";
+/// ISC's BIND9 image, which the test bed maps to this machine's `named`.
+pub const BIND9_IMAGE: &str = "docker.io/internetsystemsconsortium/bind9";
 /// A tiny HTTP server for tests (`bulwark-testpod`): health toggles, files, outbound fetches.
 pub const TESTPOD_IMAGE: &str = "bulwark.dev/testpod";
 
