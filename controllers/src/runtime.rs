@@ -109,6 +109,9 @@ where
 
 /// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
 /// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
+/// managedFields are dropped on arrival: nothing here reads them, and they are often the
+/// larger part of an object (every field twice, per manager), which the cache would hold for
+/// every object in the cluster.
 pub fn cached<K>(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -130,6 +133,7 @@ where
     let (store, writer) = reflector::store();
     let events = gate
         .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())
+        .modify(|object| object.meta_mut().managed_fields = None)
         .reflect(writer);
     (store, events)
 }

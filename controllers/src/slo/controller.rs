@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::status::Prometheus;
+use super::status::{LiveRounds, Prometheus};
 use super::{Outputs, SLO_LABEL, prometheus_rule_resource, render};
 use crate::conditions;
 use crate::leadership::{Leadership, became_leader, still_leading};
@@ -61,7 +61,7 @@ struct Context {
     metrics: Metrics,
     recorder: Recorder,
     leadership: watch::Receiver<Leadership>,
-    prometheus: Result<Option<Prometheus>, String>,
+    prometheus: Result<Option<LiveRounds>, String>,
     settings: SloSettings,
     backoff: Backoff,
 }
@@ -93,7 +93,8 @@ pub async fn run(
         .prometheus_url
         .as_deref()
         .map(|url| Prometheus::new(url, settings.query_timeout))
-        .transpose();
+        .transpose()
+        .map(|p| p.map(|p| LiveRounds::new(p, settings.status_interval)));
     let context = Arc::new(Context {
         client,
         metrics,

@@ -83,7 +83,7 @@ fn timeseries(
 }
 
 /// Burn rate over `minutes`: the error ratio in units of the error budget.
-pub fn burn_rate(slo: &CompiledSlo, minutes: u32) -> String {
+fn burn_rate(slo: &CompiledSlo, minutes: u32) -> String {
     format!(
         "{} / {}",
         slo.error_ratio(minutes),
@@ -92,7 +92,7 @@ pub fn burn_rate(slo: &CompiledSlo, minutes: u32) -> String {
 }
 
 /// Fraction of the period's budget left: 1 − (error ratio over the period) / budget.
-pub fn budget_remaining(slo: &CompiledSlo) -> String {
+fn budget_remaining(slo: &CompiledSlo) -> String {
     format!(
         "1 - {} / {}",
         slo.error_ratio(slo.period_days * 24 * 60),
@@ -101,7 +101,7 @@ pub fn budget_remaining(slo: &CompiledSlo) -> String {
 }
 
 /// This SLO's burn-rate alerts that are firing (one series per tier).
-pub fn firing_alerts(slo: &CompiledSlo) -> String {
+fn firing_alerts(slo: &CompiledSlo) -> String {
     format!(
         "ALERTS{{alertname=\"{ALERT_NAME}\",alertstate=\"firing\",{}}}",
         slo.selector()

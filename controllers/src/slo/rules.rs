@@ -228,6 +228,23 @@ pub fn number(value: f64) -> String {
     }
 }
 
+/// PromQL for the error ratio over `minutes` of the SLOs whose recorded series `selector`
+/// matches (every SLO when it is empty), one series per SLO. Longer windows average the
+/// recorded 5-minute rates over `minutes − 5`: each rate already covers the 5 minutes before
+/// its sample, so the average spans exactly `minutes`, like `rate(x[minutes])` over raw series.
+pub fn error_ratio(selector: &str, minutes: u32) -> String {
+    let matching = |series: &str| match selector {
+        "" => series.to_string(),
+        _ => format!("{series}{{{selector}}}"),
+    };
+    let (errors, events) = (matching(ERRORS_RATE), matching(EVENTS_RATE));
+    if minutes <= RATE_WINDOW.minutes {
+        return format!("({errors} / {events})");
+    }
+    let span = minutes - RATE_WINDOW.minutes;
+    format!("(avg_over_time({errors}[{span}m]) / avg_over_time({events}[{span}m]))")
+}
+
 impl CompiledSlo {
     /// Fraction of events allowed to fail: 0.001 for 99.9%.
     pub fn error_budget(&self) -> f64 {
@@ -242,18 +259,9 @@ impl CompiledSlo {
         )
     }
 
-    /// PromQL for the error ratio over `minutes`. Longer windows average the recorded 5-minute
-    /// rates over `minutes − 5`: each rate already covers the 5 minutes before its sample, so
-    /// the average spans exactly `minutes`, like `rate(x[minutes])` over raw series.
+    /// PromQL for this SLO's error ratio over `minutes` (see [`error_ratio`]).
     pub fn error_ratio(&self, minutes: u32) -> String {
-        let selector = self.selector();
-        if minutes <= RATE_WINDOW.minutes {
-            return format!("({ERRORS_RATE}{{{selector}}} / {EVENTS_RATE}{{{selector}}})");
-        }
-        let span = minutes - RATE_WINDOW.minutes;
-        format!(
-            "(avg_over_time({ERRORS_RATE}{{{selector}}}[{span}m]) / avg_over_time({EVENTS_RATE}{{{selector}}}[{span}m]))"
-        )
+        error_ratio(&self.selector(), minutes)
     }
 
     /// The error ratio above which `condition` holds.

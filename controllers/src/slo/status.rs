@@ -1,14 +1,16 @@
 //! Live SLO numbers from the Prometheus HTTP API: the burn rate per window, the budget left over
-//! the period and the firing tiers, read with the same expressions the rules and dashboard use.
+//! the period and the firing tiers, from the recorded series the rules write and the dashboard
+//! reads, asked for all SLOs at once and split by their `slo_namespace`/`slo_name` labels.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::time::{Duration, Instant};
 
 use bulwark_crds::slo::WindowBurnRate;
 use futures::future::try_join_all;
 use serde::Deserialize;
 
-use super::dashboard::{budget_remaining, burn_rate, firing_alerts};
-use super::rules::{CompiledSlo, EVENTS_RATE, WINDOWS};
+use super::rules::{ALERT_NAME, CompiledSlo, EVENTS_RATE, WINDOWS, error_ratio};
 
 #[derive(Clone)]
 pub struct Prometheus {
@@ -145,43 +147,153 @@ impl Prometheus {
         })
     }
 
-    /// Burn rate per window, budget remaining and firing tiers of `slo`.
-    pub async fn live(&self, slo: &CompiledSlo) -> Result<Live, LiveError> {
-        let mut queries: Vec<String> = WINDOWS.iter().map(|w| burn_rate(slo, w.minutes)).collect();
-        queries.push(budget_remaining(slo));
-        queries.push(firing_alerts(slo));
-        let answers = try_join_all(queries.iter().map(|q| self.query(q))).await?;
-        let (windows, rest) = answers.split_at(WINDOWS.len());
-        let first_finite = |samples: &Vec<Sample>| samples.first().and_then(Sample::finite);
-        let burn_rates: Vec<WindowBurnRate> = WINDOWS
-            .iter()
-            .zip(windows)
-            .filter_map(|(w, samples)| {
-                first_finite(samples).map(|burn_rate| WindowBurnRate {
-                    window: w.name.into(),
-                    burn_rate: round(burn_rate),
-                })
-            })
-            .collect();
-        if burn_rates.is_empty() {
-            return Err(LiveError::NoData(format!(
-                "Prometheus at {} has no events for this SLO in any window: {EVENTS_RATE}{{{}}} is absent or zero (are the rules loaded, and does the selector match series with traffic?)",
-                self.base,
-                slo.selector()
-            )));
+    /// Every SLO's error ratio per window and firing tiers: one query per window and one for
+    /// the alerts, however many SLOs there are.
+    async fn every_slo(&self) -> Result<EverySlo, LiveError> {
+        let mut queries: Vec<String> = WINDOWS.iter().map(|w| error_ratio("", w.minutes)).collect();
+        queries.push(format!(
+            "ALERTS{{alertname=\"{ALERT_NAME}\",alertstate=\"firing\"}}"
+        ));
+        let mut answers = try_join_all(queries.iter().map(|q| self.query(q))).await?;
+        let alerts = answers.pop().expect("the alerts query");
+        let mut firing: HashMap<SloKey, Vec<String>> = HashMap::new();
+        for sample in alerts {
+            if let (Some(key), Some(tier)) = (slo_of(&sample), sample.metric.get("tier")) {
+                firing.entry(key).or_default().push(tier.clone());
+            }
         }
-        let mut firing: Vec<String> = rest[1]
-            .iter()
-            .filter_map(|s| s.metric.get("tier").cloned())
-            .collect();
-        firing.sort();
-        firing.dedup();
-        Ok(Live {
-            burn_rates,
-            budget_remaining: first_finite(&rest[0]).map(round),
+        for tiers in firing.values_mut() {
+            tiers.sort();
+            tiers.dedup();
+        }
+        Ok(EverySlo {
+            windows: answers.into_iter().map(ratio_per_slo).collect(),
             firing,
         })
     }
+}
+
+/// Which SLO a sample of an all-SLO query belongs to: its recorded series' labels.
+type SloKey = (String, String);
+
+fn slo_of(sample: &Sample) -> Option<SloKey> {
+    Some((
+        sample.metric.get("slo_namespace")?.clone(),
+        sample.metric.get("slo_name")?.clone(),
+    ))
+}
+
+/// Each SLO's finite value in an all-SLO answer.
+fn ratio_per_slo(samples: Vec<Sample>) -> HashMap<SloKey, f64> {
+    samples
+        .iter()
+        .filter_map(|s| Some((slo_of(s)?, s.finite()?)))
+        .collect()
+}
+
+/// One round of all-SLO answers.
+#[derive(Debug, Default)]
+struct EverySlo {
+    /// Error ratio per SLO, one map per window in [`WINDOWS`] order.
+    windows: Vec<HashMap<SloKey, f64>>,
+    firing: HashMap<SloKey, Vec<String>>,
+}
+
+struct Round {
+    taken: Instant,
+    answers: Result<EverySlo, LiveError>,
+    /// Error ratio over each SLO period (days) asked for during this round.
+    periods: HashMap<u32, Result<HashMap<SloKey, f64>, LiveError>>,
+}
+
+/// Live numbers for every SLO from shared rounds of queries, so an interval costs one query
+/// per window, one for the alerts and one per distinct SLO period, not that many per SLO. A
+/// round serves every reconcile until it is a status interval old; the next reconcile then
+/// takes a new one (one at a time), so numbers are at most one interval older than their read.
+pub struct LiveRounds {
+    prometheus: Prometheus,
+    max_age: Duration,
+    round: tokio::sync::Mutex<Option<Round>>,
+}
+
+impl LiveRounds {
+    pub fn new(prometheus: Prometheus, max_age: Duration) -> Self {
+        LiveRounds {
+            prometheus,
+            max_age,
+            round: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        self.prometheus.url()
+    }
+
+    /// Burn rate per window, budget remaining and firing tiers of `slo`.
+    pub async fn live(&self, slo: &CompiledSlo) -> Result<Live, LiveError> {
+        let mut round = self.round.lock().await;
+        if round
+            .as_ref()
+            .is_none_or(|r| r.taken.elapsed() >= self.max_age)
+        {
+            *round = Some(Round {
+                taken: Instant::now(),
+                answers: self.prometheus.every_slo().await,
+                periods: HashMap::new(),
+            });
+        }
+        let round = round.as_mut().expect("a round was just taken");
+        let answers = round.answers.as_ref().map_err(Clone::clone)?;
+        let over_period = match round.periods.entry(slo.period_days) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(asked) => {
+                let period = error_ratio("", slo.period_days * 24 * 60);
+                asked.insert(self.prometheus.query(&period).await.map(ratio_per_slo))
+            }
+        }
+        .as_ref()
+        .map_err(Clone::clone)?;
+        live_of(slo, answers, over_period).ok_or_else(|| {
+            LiveError::NoData(format!(
+                "Prometheus at {} has no events for this SLO in any window: {EVENTS_RATE}{{{}}} is absent or zero (are the rules loaded, and does the selector match series with traffic?)",
+                self.url(),
+                slo.selector()
+            ))
+        })
+    }
+}
+
+/// `slo`'s share of a round; `None` when no window has a number for it.
+fn live_of(
+    slo: &CompiledSlo,
+    answers: &EverySlo,
+    over_period: &HashMap<SloKey, f64>,
+) -> Option<Live> {
+    let key = (slo.namespace.clone(), slo.name.clone());
+    let budget = slo.error_budget();
+    // A ratio over a zero budget (a 100% objective) is no number, as in PromQL.
+    let per_budget = |ratio: &f64| Some(ratio / budget).filter(|v| v.is_finite());
+    let burn_rates: Vec<WindowBurnRate> = WINDOWS
+        .iter()
+        .zip(&answers.windows)
+        .filter_map(|(window, ratios)| {
+            Some(WindowBurnRate {
+                window: window.name.into(),
+                burn_rate: round(per_budget(ratios.get(&key)?)?),
+            })
+        })
+        .collect();
+    if burn_rates.is_empty() {
+        return None;
+    }
+    Some(Live {
+        burn_rates,
+        budget_remaining: over_period
+            .get(&key)
+            .and_then(per_budget)
+            .map(|spent| round(1.0 - spent)),
+        firing: answers.firing.get(&key).cloned().unwrap_or_default(),
+    })
 }
 
 /// Four significant decimals are plenty for a status and keep it from churning on noise.
@@ -203,6 +315,84 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slo::rules::{compile, tests::spec};
+
+    fn sample(namespace: &str, name: &str, extra: &[(&str, &str)], value: &str) -> Sample {
+        let mut metric: std::collections::BTreeMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        metric.insert("slo_namespace".into(), namespace.into());
+        metric.insert("slo_name".into(), name.into());
+        Sample {
+            metric,
+            value: (1.0, value.into()),
+        }
+    }
+
+    #[test]
+    fn one_round_of_all_slo_answers_is_split_by_slo_labels() {
+        let checkout = compile("shop", "checkout", &spec(99.9, "30d")).unwrap();
+        let search = compile("shop", "search", &spec(99.0, "30d")).unwrap();
+        let idle = compile("other", "checkout", &spec(99.9, "30d")).unwrap();
+        // The 5m window has both SLOs (and one without traffic); the 30m window only checkout.
+        let five = ratio_per_slo(vec![
+            sample("shop", "checkout", &[], "0.0144"),
+            sample("shop", "search", &[], "0.005"),
+            sample("other", "checkout", &[], "NaN"),
+        ]);
+        let thirty = ratio_per_slo(vec![sample("shop", "checkout", &[], "0.001")]);
+        let mut windows = vec![five, thirty];
+        windows.resize(WINDOWS.len(), HashMap::new());
+        let answers = EverySlo {
+            windows,
+            firing: HashMap::from([(
+                ("shop".to_string(), "checkout".to_string()),
+                vec!["page".to_string()],
+            )]),
+        };
+        let over_period = ratio_per_slo(vec![
+            sample("shop", "checkout", &[], "0.00025"),
+            sample("shop", "search", &[], "0.02"),
+        ]);
+
+        let live = live_of(&checkout, &answers, &over_period).unwrap();
+        let rates: Vec<(String, f64)> = live
+            .burn_rates
+            .iter()
+            .map(|w| (w.window.clone(), w.burn_rate))
+            .collect();
+        assert_eq!(rates, [("5m".into(), 14.4), ("30m".into(), 1.0)]);
+        assert_eq!(live.budget_remaining, Some(0.75));
+        assert_eq!(live.firing, ["page"]);
+
+        let live = live_of(&search, &answers, &over_period).unwrap();
+        assert_eq!(live.burn_rates.len(), 1);
+        assert_eq!(live.burn_rates[0].burn_rate, 0.5);
+        assert_eq!(
+            live.budget_remaining,
+            Some(-1.0),
+            "overspent: 2% of a 1% budget"
+        );
+        assert!(live.firing.is_empty());
+
+        // Same name, other namespace, no traffic: no numbers rather than checkout's.
+        assert_eq!(live_of(&idle, &answers, &over_period), None);
+    }
+
+    #[test]
+    fn all_slo_queries_have_no_selector_and_keep_the_per_slo_shape() {
+        let slo = compile("shop", "checkout", &spec(99.9, "30d")).unwrap();
+        assert_eq!(
+            error_ratio("", 5),
+            "(bulwark_slo:errors:rate5m / bulwark_slo:events:rate5m)"
+        );
+        assert_eq!(
+            error_ratio("", 60),
+            slo.error_ratio(60)
+                .replace(&format!("{{{}}}", slo.selector()), "")
+        );
+    }
 
     #[test]
     fn vectors_parse_and_errors_are_quoted() {
