@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
 
 use crate::bind::{Bind, KEY_NAME};
 use crate::operator::Operator;
@@ -141,4 +143,44 @@ pub async fn plans(client: &kube::Client, ns: &str, endpoint: &str) -> Result<Ve
         .items;
     plans.sort_by_key(|p| p.spec.generation);
     Ok(plans)
+}
+
+/// external-dns's DNSEndpoint kind (the benchmarks' peer).
+pub fn external_dns_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "externaldns.k8s.io",
+        "v1alpha1",
+        "DNSEndpoint",
+    ))
+}
+
+/// external-dns's own DNSEndpoint CRD, from the module the binary was built from.
+pub async fn install_external_dns_crd(client: &kube::Client) -> Result<()> {
+    let modcache = std::process::Command::new("go")
+        .args(["env", "GOMODCACHE"])
+        .output()?;
+    let path = std::path::PathBuf::from(String::from_utf8(modcache.stdout)?.trim())
+        .join(format!(
+            "sigs.k8s.io/external-dns@{}",
+            crate::binaries::pinned("EXTERNAL_DNS_VERSION")
+        ))
+        .join("config/crd/standard/dnsendpoints.externaldns.k8s.io.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)?;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply("bulwark-bench").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    let established = kube::runtime::wait::await_condition(
+        api,
+        &name,
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(30), established).await??;
+    Ok(())
 }

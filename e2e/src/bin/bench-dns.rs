@@ -4,7 +4,7 @@
 //! Bulwark's enactment throughput with 1,000 endpoints. Prints a table. Run: `./dev bench dns`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,14 @@ use bulwark_controllers::dns::rfc2136::Rfc2136;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::binaries::{binary, pinned};
 use bulwark_e2e::bind::{Bind, KEY_NAME};
-use bulwark_e2e::dns::{apply_endpoint, create_zone_for};
+use bulwark_e2e::dns::{
+    apply_endpoint, create_zone_for, external_dns_resource, install_external_dns_crd,
+};
 use bulwark_e2e::operator::Operator;
 use bulwark_e2e::process::{Process, free_port};
 use bulwark_e2e::{cluster, install_crds};
 use futures::StreamExt;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
 
 /// Changes measured per system (the issue asks for at least 200).
 const CHANGES: usize = 200;
@@ -240,45 +240,6 @@ async fn bench_bulwark(
         Duration::from_secs(60),
     )
     .await
-}
-
-fn external_dns_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "externaldns.k8s.io",
-        "v1alpha1",
-        "DNSEndpoint",
-    ))
-}
-
-/// external-dns's own DNSEndpoint CRD, from the module the binary was built from.
-async fn install_external_dns_crd(client: &kube::Client) -> Result<()> {
-    let modcache = std::process::Command::new("go")
-        .args(["env", "GOMODCACHE"])
-        .output()?;
-    let path = PathBuf::from(String::from_utf8(modcache.stdout)?.trim())
-        .join(format!(
-            "sigs.k8s.io/external-dns@{}",
-            pinned("EXTERNAL_DNS_VERSION")
-        ))
-        .join("config/crd/standard/dnsendpoints.externaldns.k8s.io.yaml");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)?;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.metadata.name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply("bulwark-bench").force(),
-        &Patch::Apply(&crd),
-    )
-    .await?;
-    let established = kube::runtime::wait::await_condition(
-        api,
-        &name,
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(30), established).await??;
-    Ok(())
 }
 
 async fn apply_dns_endpoint(

@@ -1,0 +1,735 @@
+//! Scale benchmark: DnsEndpoints over several zones on one BIND9 (half following Services backed
+//! by kwok pods through EndpointSlices, half literal) and SLOs against one Prometheus, run by two
+//! operator replicas (release build), then external-dns on the same names. Prints a table: per
+//! replica peak and steady RSS and CPU seconds; start → every name served; API requests per plan
+//! (from the API server's own metrics); bursts of changes; Prometheus queries per SLO status
+//! interval (from Prometheus's own metrics); a restart with everything live. Run:
+//! `./dev bench scale [ENDPOINTS] [SLOS]` (defaults 10000 and 1000).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bulwark_e2e::binaries::{binary, pinned};
+use bulwark_e2e::bind::{Bind, KEY_NAME};
+use bulwark_e2e::control_plane::KWOK_TAINT;
+use bulwark_e2e::dns::create_zone_for;
+use bulwark_e2e::operator::Operator;
+use bulwark_e2e::process::{Process, free_port};
+use bulwark_e2e::slo::{Prometheus, install_prometheus_rule_crd};
+use bulwark_e2e::{cluster, install_crds};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+const ZONES: [&str; 4] = ["z0.scale", "z1.scale", "z2.scale", "z3.scale"];
+const EDNS_ZONES: [&str; 4] = ["z0.edns", "z1.edns", "z2.edns", "z3.edns"];
+/// Kwok pods behind each Service a following endpoint names.
+const PODS_PER_SERVICE: usize = 2;
+const SLO_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Concurrent API requests while creating objects.
+const CREATE_CONCURRENCY: usize = 32;
+
+fn progress(message: impl AsRef<str>) {
+    eprintln!("[bench-scale] {}", message.as_ref());
+}
+
+fn zone_of(i: usize, zones: &[&str; 4]) -> String {
+    zones[i % zones.len()].to_string()
+}
+
+fn fqdn(i: usize, zones: &[&str; 4]) -> String {
+    format!("e{i}.{}", zone_of(i, zones))
+}
+
+/// The literal address of endpoint `i` in `round`.
+fn address(round: usize, i: usize) -> String {
+    format!("10.{}.{}.{}", 100 + round, i / 250, i % 250 + 1)
+}
+
+/// Endpoint `i` follows Service `s<i>` when even, else answers with a literal address.
+fn follows_service(i: usize) -> bool {
+    i.is_multiple_of(2)
+}
+
+/// What every name should answer: its A record values, sorted.
+type Answers = HashMap<String, Vec<String>>;
+
+/// Every A record in `zone`, by zone transfer (what external-dns also reads).
+fn transfer(bind: &Bind, zone: &str) -> Result<Answers> {
+    let output = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &bind.port.to_string(),
+            "-y",
+            &format!("hmac-sha256:{KEY_NAME}:{}", bind.secret),
+            zone,
+            "AXFR",
+            "+noall",
+            "+answer",
+        ])
+        .output()
+        .context("dig (bind9-dnsutils)")?;
+    let mut answers: Answers = HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [name, _ttl, "IN", "A", value] = fields[..] {
+            answers
+                .entry(name.trim_end_matches('.').to_string())
+                .or_default()
+                .push(value.to_string());
+        }
+    }
+    for values in answers.values_mut() {
+        values.sort();
+    }
+    Ok(answers)
+}
+
+/// Waits until every name in `wanted` is served as wanted; how long that took.
+async fn until_served(
+    bind: &Bind,
+    zones: &[&str; 4],
+    wanted: &Answers,
+    timeout: Duration,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut reported = Instant::now();
+    loop {
+        let mut served = Answers::new();
+        for zone in zones {
+            served.extend(transfer(bind, zone)?);
+        }
+        let wrong = wanted
+            .iter()
+            .filter(|(name, values)| served.get(*name) != Some(values))
+            .count();
+        if wrong == 0 {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "{wrong} of {} names not served as wanted after {timeout:?}",
+                wanted.len()
+            );
+        }
+        if reported.elapsed() >= Duration::from_secs(10) {
+            progress(format!(
+                "{} of {} names served ({:.0} s)",
+                wanted.len() - wrong,
+                wanted.len(),
+                started.elapsed().as_secs_f64()
+            ));
+            reported = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `make(i)` for every `i` in `range`, `CREATE_CONCURRENCY` at a time.
+async fn for_each<F, Fut>(what: &str, count: usize, make: F) -> Result<()>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let started = Instant::now();
+    progress(format!("{what}: {count}"));
+    futures::stream::iter(0..count)
+        .map(make)
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect::<Vec<Result<()>>>()
+        .await
+        .into_iter()
+        .collect::<Result<()>>()?;
+    progress(format!(
+        "{what}: done in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Resident memory now and at its peak, and CPU seconds used, of process `pid`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    rss_mib: f64,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+fn usage(pid: i32) -> Result<Usage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces): utime and stime are the 12th and 13th.
+    let after_command = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_command.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(Usage {
+        rss_mib: kib("VmRSS:") / 1024.0,
+        peak_rss_mib: kib("VmHWM:") / 1024.0,
+        cpu_seconds: (ticks(11) + ticks(12)) / per_second,
+    })
+}
+
+/// `apiserver_request_total` from the API server's own metrics, by (verb, resource).
+async fn api_requests(client: &kube::Client) -> Result<BTreeMap<(String, String), f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        *counts
+            .entry((label("verb"), label("resource")))
+            .or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(counts)
+}
+
+/// Requests between two readings: (writes, all), leaving out node and Lease heartbeats
+/// (kwok's nodes, leader election), which go on whatever Bulwark does.
+fn requests_between(
+    before: &BTreeMap<(String, String), f64>,
+    after: &BTreeMap<(String, String), f64>,
+) -> (f64, f64) {
+    let (mut writes, mut all) = (0.0, 0.0);
+    for ((verb, resource), count) in after {
+        if ["leases", "nodes"].contains(&resource.as_str()) {
+            continue;
+        }
+        let delta = count
+            - before
+                .get(&(verb.clone(), resource.clone()))
+                .unwrap_or(&0.0);
+        all += delta;
+        if ["POST", "PUT", "PATCH", "DELETE", "APPLY"].contains(&verb.as_str()) {
+            writes += delta;
+        }
+    }
+    (writes, all)
+}
+
+/// Queries Prometheus has answered on its query endpoint, from its own metrics.
+async fn prometheus_queries(prometheus: &Prometheus) -> Result<f64> {
+    let text = reqwest::get(format!("{}/metrics", prometheus.url))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("prometheus_http_requests_total{")
+                && l.contains("handler=\"/api/v1/query\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
+/// Sets literal endpoint `i` to its `round` address.
+async fn set_literal(api: &Api<DynamicObject>, i: usize, round: usize) -> Result<()> {
+    let endpoint = json!({
+        "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+        "metadata": {"name": format!("e{i}")},
+        "spec": {"zoneRef": zone_of(i, &ZONES).replace('.', "-"), "fqdn": fqdn(i, &ZONES),
+                 "ttl": 30, "targets": [{"address": address(round, i)}]},
+    });
+    api.patch(
+        &format!("e{i}"),
+        &PatchParams::apply("bench-scale").force(),
+        &Patch::Apply(endpoint),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The first `count` literal endpoints (odd indexes).
+fn literal_indexes(endpoints: usize, count: usize) -> Vec<usize> {
+    (0..endpoints)
+        .filter(|i| !follows_service(*i))
+        .take(count)
+        .collect()
+}
+
+struct Row {
+    what: String,
+    figure: String,
+}
+
+fn row(rows: &mut Vec<Row>, what: impl Into<String>, figure: impl Into<String>) {
+    let (what, figure) = (what.into(), figure.into());
+    progress(format!("{what}: {figure}"));
+    rows.push(Row { what, figure });
+}
+
+fn replicas(kubeconfig: &Path, ns: &str, prometheus: &str, logs: &Path) -> Result<Vec<Operator>> {
+    let args = [
+        format!("--watch-namespace={ns}"),
+        format!("--lease-namespace={ns}"),
+        format!("--prometheus-url={prometheus}"),
+        format!("--slo-status-interval={}s", SLO_STATUS_INTERVAL.as_secs()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (0..2)
+        .map(|i| Operator::start(kubeconfig, &format!("scale-{i}"), &args, logs))
+        .collect()
+}
+
+fn pid(operator: &Operator) -> Result<i32> {
+    operator
+        .process
+        .pid()
+        .with_context(|| format!("{} is not running", operator.identity))
+}
+
+/// Endpoints whose fence this replica has read at the server (`bulwark_dns_live_generation`).
+async fn verified_by(operator: &Operator) -> Result<usize> {
+    let (_, body) = operator.get("/metrics").await?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("bulwark_dns_live_generation{"))
+        .count())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let endpoints: usize = args.next().map_or(Ok(10_000), |a| a.parse())?;
+    let slos: usize = args.next().map_or(Ok(1_000), |a| a.parse())?;
+    let burst = 1_000.min(endpoints / 2);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+
+    progress("starting BIND9, Prometheus and the control plane");
+    let all_zones: Vec<&str> = ZONES.iter().chain(EDNS_ZONES.iter()).copied().collect();
+    let bind = Bind::start_zones(&all_zones)?;
+    let logs = std::env::temp_dir().join("bulwark-bench-logs/scale");
+    std::fs::create_dir_all(&logs)?;
+    let prometheus = Prometheus::start(&logs.join("prometheus"), free_port()?, &[], "15s").await?;
+    let cluster = cluster();
+    let client = cluster.client().await;
+    install_crds(&client).await?;
+    install_prometheus_rule_crd(&client).await?;
+    let ns = cluster.namespace("bench-scale").await;
+    for zone in ZONES {
+        create_zone_for(&client, &ns, &zone.replace('.', "-"), &bind, zone).await?;
+    }
+
+    // Services, each backed by kwok pods (status only: Running and Ready with an address).
+    let services = endpoints.div_ceil(2);
+    let (pods_api, services_api): (Api<Pod>, Api<Service>) = (
+        Api::namespaced(client.clone(), &ns),
+        Api::namespaced(client.clone(), &ns),
+    );
+    for_each("Services", services, |s| {
+        let api = services_api.clone();
+        async move {
+            let service: Service = serde_json::from_value(json!({
+                "metadata": {"name": format!("s{}", s * 2)},
+                "spec": {"selector": {"app": format!("s{}", s * 2)},
+                         "ports": [{"port": 80}]},
+            }))?;
+            api.create(&PostParams::default(), &service).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    for_each("kwok pods", services * PODS_PER_SERVICE, |p| {
+        let api = pods_api.clone();
+        async move {
+            let app = format!("s{}", (p / PODS_PER_SERVICE) * 2);
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("{app}-{}", p % PODS_PER_SERVICE),
+                             "labels": {"app": app}},
+                "spec": {
+                    "containers": [{"name": "web", "image": "bench.invalid/web"}],
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [{"key": KWOK_TAINT, "operator": "Exists"}],
+                },
+            }))?;
+            api.create(&PostParams::default(), &pod).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    progress("waiting for every kwok pod to have an address");
+    let addresses: HashMap<String, Vec<String>> = loop {
+        let pods = pods_api.list(&ListParams::default()).await?.items;
+        let mut by_app: HashMap<String, Vec<String>> = HashMap::new();
+        for pod in &pods {
+            let app = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app"))
+                .cloned();
+            let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+            if let (Some(app), Some(ip)) = (app, ip) {
+                by_app.entry(app).or_default().push(ip);
+            }
+        }
+        if by_app.values().map(Vec::len).sum::<usize>() == services * PODS_PER_SERVICE {
+            break by_app;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let mut wanted = Answers::new();
+    for i in 0..endpoints {
+        let mut values = match follows_service(i) {
+            true => addresses[&format!("s{i}")].clone(),
+            false => vec![address(0, i)],
+        };
+        values.sort();
+        wanted.insert(fqdn(i, &ZONES), values);
+    }
+
+    let dns_endpoints: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "bulwark.dev",
+            "v1alpha1",
+            "DnsEndpoint",
+        )),
+    );
+    for_each("DnsEndpoints", endpoints, |i| {
+        let api = dns_endpoints.clone();
+        async move {
+            if !follows_service(i) {
+                return set_literal(&api, i, 0).await;
+            }
+            let endpoint = json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+                "metadata": {"name": format!("e{i}")},
+                "spec": {"zoneRef": zone_of(i, &ZONES).replace('.', "-"), "fqdn": fqdn(i, &ZONES),
+                         "ttl": 30, "targets": [{"serviceRef": {"name": format!("s{i}")}}]},
+            });
+            api.create(&PostParams::default(), &serde_json::from_value(endpoint)?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let slo_api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "bulwark.dev",
+            "v1alpha1",
+            "ServiceLevelObjective",
+        )),
+    );
+    for_each("ServiceLevelObjectives", slos, |i| {
+        let api = slo_api.clone();
+        async move {
+            let slo: Value = json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "ServiceLevelObjective",
+                "metadata": {"name": format!("slo{i}")},
+                "spec": {"service": format!("svc{i}"), "objective": 99.9, "period": "30d",
+                         "indicator": {"ratio": {
+                             "errors": format!("http_requests_total{{job=\"svc{i}\",code=~\"5..\"}}"),
+                             "total": format!("http_requests_total{{job=\"svc{i}\"}}")}}},
+            });
+            api.create(&PostParams::default(), &serde_json::from_value(slo)?)
+                .await?;
+            Ok(())
+        }
+    })
+    .await?;
+
+    // Two replicas from nothing to every name served.
+    progress("starting two operator replicas");
+    let operators_started = Instant::now();
+    let mut operators = replicas(&cluster.kubeconfig, &ns, &prometheus.url, &logs)?;
+    let to_served = until_served(&bind, &ZONES, &wanted, Duration::from_secs(1800)).await?;
+    row(
+        &mut rows,
+        format!("start → all {endpoints} names served at BIND9"),
+        format!("{:.1} s", to_served.as_secs_f64()),
+    );
+    let peak_at_start: Vec<Usage> = operators
+        .iter()
+        .map(|o| usage(pid(o)?))
+        .collect::<Result<_>>()?;
+    progress("settling for 60 s");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for (operator, first) in operators.iter().zip(&peak_at_start) {
+        let now = usage(pid(operator)?)?;
+        row(
+            &mut rows,
+            format!("{}: RSS peak / steady", operator.identity),
+            format!(
+                "{:.0} MiB / {:.0} MiB (peak {:.0} MiB when all names were served)",
+                now.peak_rss_mib, now.rss_mib, first.peak_rss_mib
+            ),
+        );
+        row(
+            &mut rows,
+            format!("{}: CPU", operator.identity),
+            format!(
+                "{:.1} s over {:.0} s",
+                now.cpu_seconds,
+                operators_started.elapsed().as_secs_f64()
+            ),
+        );
+    }
+
+    // Prometheus queries per SLO status interval, steady state.
+    let queries_before = prometheus_queries(&prometheus).await?;
+    tokio::time::sleep(SLO_STATUS_INTERVAL * 3).await;
+    let per_interval = (prometheus_queries(&prometheus).await? - queries_before) / 3.0;
+    row(
+        &mut rows,
+        format!(
+            "Prometheus queries per {}s status interval, {slos} SLOs",
+            SLO_STATUS_INTERVAL.as_secs()
+        ),
+        format!("{per_interval:.0}"),
+    );
+
+    // A burst: `burst` literal endpoints changed at once.
+    let changed = literal_indexes(endpoints, burst);
+    for &i in &changed {
+        wanted.insert(fqdn(i, &ZONES), vec![address(1, i)]);
+    }
+    let requests_before = api_requests(&client).await?;
+    let burst_started = Instant::now();
+    for_each("burst of changes", changed.len(), |k| {
+        let api = dns_endpoints.clone();
+        let i = changed[k];
+        async move { set_literal(&api, i, 1).await }
+    })
+    .await?;
+    until_served(&bind, &ZONES, &wanted, Duration::from_secs(600)).await?;
+    let took = burst_started.elapsed();
+    let (writes, all) = requests_between(&requests_before, &api_requests(&client).await?);
+    row(
+        &mut rows,
+        format!("burst: {burst} endpoints changed at once → all served"),
+        format!(
+            "{:.1} s = {:.0} plans/s",
+            took.as_secs_f64(),
+            burst as f64 / took.as_secs_f64()
+        ),
+    );
+    row(
+        &mut rows,
+        "API requests per plan in the burst (writes / all, the bench's own changes included)",
+        format!("{:.1} / {:.1}", writes / burst as f64, all / burst as f64),
+    );
+
+    // A restart with everything live: no writes, every name verified.
+    progress("restarting both replicas with everything live");
+    for operator in &mut operators {
+        operator.process.stop(Duration::from_secs(10));
+    }
+    let requests_before = api_requests(&client).await?;
+    let restarted = Instant::now();
+    let operators = replicas(&cluster.kubeconfig, &ns, &prometheus.url, &logs)?;
+    let verify_deadline = Instant::now() + Duration::from_secs(600);
+    let verified_in = loop {
+        let mut verified = 0;
+        for operator in &operators {
+            verified = verified.max(verified_by(operator).await.unwrap_or(0));
+        }
+        if verified >= endpoints {
+            break restarted.elapsed();
+        }
+        if Instant::now() > verify_deadline {
+            bail!("{verified} of {endpoints} names verified 600 s after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (writes, _) = requests_between(&requests_before, &api_requests(&client).await?);
+    row(
+        &mut rows,
+        "restart with all live → every name's fence read at the server",
+        format!("{:.1} s", verified_in.as_secs_f64()),
+    );
+    row(
+        &mut rows,
+        "restart: API writes until then (+5 s)",
+        format!("{writes:.0}"),
+    );
+    drop(operators);
+
+    // external-dns on the same names (literal addresses; it has no Service-to-name CRD source),
+    // in zones of its own on the same BIND9.
+    let edns = external_dns(
+        &client,
+        &cluster.kubeconfig,
+        &bind,
+        &logs,
+        endpoints,
+        burst,
+        &mut rows,
+    )
+    .await;
+    if let Err(error) = edns {
+        row(&mut rows, "external-dns", format!("failed: {error:#}"));
+    }
+
+    println!();
+    println!(
+        "Scale: {endpoints} DnsEndpoints in {} zones on one BIND9 ({} following Services of {} kwok pods, {} literal), {slos} SLOs on one Prometheus, 2 replicas (release); external-dns {}",
+        ZONES.len(),
+        endpoints.div_ceil(2),
+        services * PODS_PER_SERVICE,
+        endpoints / 2,
+        pinned("EXTERNAL_DNS_VERSION")
+    );
+    let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
+    for row in &rows {
+        println!("  {:<width$}  {}", row.what, row.figure);
+    }
+    progress(format!(
+        "done in {:.0} s; logs in {}",
+        started.elapsed().as_secs_f64(),
+        logs.display()
+    ));
+    Ok(())
+}
+
+/// external-dns (RFC 2136, CRD source) on `endpoints` names with literal addresses: RSS, time
+/// to its first full sync, and the same burst.
+async fn external_dns(
+    client: &kube::Client,
+    kubeconfig: &Path,
+    bind: &Bind,
+    logs: &Path,
+    endpoints: usize,
+    burst: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    bulwark_e2e::dns::install_external_dns_crd(client).await?;
+    let ns = cluster().namespace("bench-scale-edns").await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &bulwark_e2e::dns::external_dns_resource(),
+    );
+    let apply = |i: usize, round: usize| {
+        let api = api.clone();
+        async move {
+            let object = json!({
+                "apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint",
+                "metadata": {"name": format!("e{i}")},
+                "spec": {"endpoints": [{"dnsName": fqdn(i, &EDNS_ZONES), "recordTTL": 30,
+                                        "recordType": "A", "targets": [address(round, i)]}]},
+            });
+            api.patch(
+                &format!("e{i}"),
+                &PatchParams::apply("bench-scale").force(),
+                &Patch::Apply(object),
+            )
+            .await?;
+            anyhow::Ok(())
+        }
+    };
+    for_each("external-dns DNSEndpoints", endpoints, |i| apply(i, 0)).await?;
+    let mut wanted: Answers = (0..endpoints)
+        .map(|i| (fqdn(i, &EDNS_ZONES), vec![address(0, i)]))
+        .collect();
+    let mut args: Vec<String> = [
+        "--source=crd",
+        "--crd-source-apiversion=externaldns.k8s.io/v1alpha1",
+        "--crd-source-kind=DNSEndpoint",
+        "--provider=rfc2136",
+        "--rfc2136-host=127.0.0.1",
+        "--rfc2136-tsig-secret-alg=hmac-sha256",
+        "--rfc2136-tsig-axfr",
+        "--registry=txt",
+        "--txt-owner-id=bench",
+        "--policy=sync",
+        // Its fastest settings, as in `./dev bench dns`.
+        "--events",
+        "--min-event-sync-interval=0s",
+        "--interval=1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        format!("--rfc2136-port={}", bind.port),
+        format!("--rfc2136-tsig-keyname={KEY_NAME}"),
+        format!("--rfc2136-tsig-secret={}", bind.secret),
+        format!("--namespace={ns}"),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!("--metrics-address=127.0.0.1:{}", free_port()?),
+    ]);
+    for zone in EDNS_ZONES {
+        args.push(format!("--rfc2136-zone={zone}"));
+        args.push(format!("--domain-filter={zone}"));
+    }
+    let log = logs.join("external-dns.log");
+    let mut process = Process::spawn("external-dns", &binary("external-dns")?, &args, &[], &log)?;
+    let first_sync = until_served(bind, &EDNS_ZONES, &wanted, Duration::from_secs(1800))
+        .await
+        .with_context(|| format!("external-dns log tail:\n{}", process.log_tail(20)))?;
+    row(
+        rows,
+        format!("external-dns: start → all {endpoints} names served"),
+        format!("{:.1} s", first_sync.as_secs_f64()),
+    );
+    let changed = literal_indexes(endpoints, burst);
+    for &i in &changed {
+        wanted.insert(fqdn(i, &EDNS_ZONES), vec![address(1, i)]);
+    }
+    let burst_started = Instant::now();
+    for_each("external-dns burst", changed.len(), |k| {
+        apply(changed[k], 1)
+    })
+    .await?;
+    until_served(bind, &EDNS_ZONES, &wanted, Duration::from_secs(1800)).await?;
+    let took = burst_started.elapsed();
+    row(
+        rows,
+        format!("external-dns: burst of {burst} → all served"),
+        format!(
+            "{:.1} s = {:.0} changes/s",
+            took.as_secs_f64(),
+            burst as f64 / took.as_secs_f64()
+        ),
+    );
+    let pid = process.pid().context("external-dns is not running")?;
+    let used = usage(pid)?;
+    row(
+        rows,
+        "external-dns: RSS peak / now, CPU",
+        format!(
+            "{:.0} MiB / {:.0} MiB, {:.1} s",
+            used.peak_rss_mib, used.rss_mib, used.cpu_seconds
+        ),
+    );
+    process.check_alive()?;
+    process.stop(Duration::from_secs(5));
+    Ok(())
+}
