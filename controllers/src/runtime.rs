@@ -107,6 +107,16 @@ where
     .await
 }
 
+/// Reconciles one controller runs at once. Unbounded (kube-runtime's default), 10,000
+/// endpoints reconciled together open one HTTP/1.1 connection to the API server per request in
+/// flight: thousands of connections, until the API server answers 504 and refuses more.
+pub const RECONCILE_CONCURRENCY: u16 = 32;
+
+/// The controller settings of the controllers that fan out over many objects (DNS, SLO).
+pub fn bounded() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
+}
+
 /// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
 /// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
 /// managedFields are dropped on arrival: nothing here reads them, and they are often the

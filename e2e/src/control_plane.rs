@@ -7,7 +7,7 @@ use crate::node::images::{BIND9_IMAGE, BULWARK_IMAGE, ImageTable, POSTGRES_IMAGE
 use crate::node::{agent::PROVISIONER, host::PodNetwork, network, services};
 use crate::operator::{bulwark_binary, workspace_binary};
 use crate::pki::{self, Pki};
-use crate::process::{Process, free_port};
+use crate::process::{Process, free_port, stop_all};
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
@@ -469,13 +469,12 @@ impl ControlPlane {
     /// that failed are kept in `<runs root>/last-failed-start` so the error's log paths still help.
     pub fn stop(&mut self) {
         RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
-        // Node agents first: their pods go with them.
-        for (_, mut agent) in self.agents.drain(..) {
-            agent.stop(Duration::from_secs(10));
-        }
-        while let Some(mut process) = self.processes.pop() {
-            process.stop(Duration::from_secs(10));
-        }
+        // Node agents first (their pods go with them, reported to a still running API
+        // server), then every component at once.
+        let mut agents: Vec<Process> = self.agents.drain(..).map(|(_, agent)| agent).collect();
+        stop_all(&mut agents, Duration::from_secs(10));
+        stop_all(&mut self.processes, Duration::from_secs(10));
+        self.processes.clear();
         if self.started_in.is_zero() && self.dir.exists() {
             let kept = runs_root().join("last-failed-start");
             let _ = std::fs::remove_dir_all(&kept);

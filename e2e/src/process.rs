@@ -138,16 +138,37 @@ impl Process {
 
     /// SIGTERM, a grace period, then SIGKILL of the whole process group.
     pub fn stop(&mut self, grace: Duration) {
+        stop_all(std::slice::from_mut(self), grace);
+    }
+
+    /// After SIGTERM: waits out what is left of the grace period, then SIGKILLs the whole
+    /// process group.
+    fn finish_stop(&mut self, deadline: Instant) {
         let Some(pid) = self.child.as_ref().map(Child::id) else {
             return;
         };
-        self.signal(libc::SIGTERM);
-        if self.wait_exit(grace).is_none() {
+        if self
+            .wait_exit(deadline.saturating_duration_since(Instant::now()))
+            .is_none()
+        {
             // SAFETY: kill(2) on the child's own process group (setpgid in pre_exec).
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             self.wait_exit(Duration::from_secs(5));
         }
         self.child = None;
+    }
+}
+
+/// Stops every process in `processes` at once: SIGTERM to all, then one shared grace period,
+/// then SIGKILL for those still running. A control plane's dozen components take one grace
+/// period to stop, not one each.
+pub fn stop_all(processes: &mut [Process], grace: Duration) {
+    for process in processes.iter() {
+        process.signal(libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    for process in processes.iter_mut() {
+        process.finish_stop(deadline);
     }
 }
 

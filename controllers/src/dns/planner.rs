@@ -72,7 +72,8 @@ pub async fn run(
         readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
     );
     let controller =
-        Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone());
+        Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone())
+            .with_config(crate::runtime::bounded());
     let endpoints_for_slices = endpoints;
     let context = Arc::new(Context {
         client,

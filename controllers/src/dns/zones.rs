@@ -52,6 +52,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let results = Controller::for_stream(spec_changes, zones)
+        .with_config(crate::runtime::bounded())
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context);

@@ -111,6 +111,7 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let results = Controller::for_stream(spec_changes, slos)
+        .with_config(crate::runtime::bounded())
         .owns_stream(dashboard_events.touched_objects())
         .reconcile_all_on(became_leader(leadership))
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
