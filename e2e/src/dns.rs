@@ -184,3 +184,53 @@ pub async fn install_external_dns_crd(client: &kube::Client) -> Result<()> {
     tokio::time::timeout(std::time::Duration::from_secs(30), established).await??;
     Ok(())
 }
+
+/// external-dns (RFC 2136 provider against `bind`, DNSEndpoint CRD source, TXT registry, sync
+/// policy) for `zones`, watching `ns`, with `settings` appended; its log in `log`.
+pub fn start_external_dns(
+    bind: &Bind,
+    zones: &[&str],
+    ns: &str,
+    kubeconfig: &Path,
+    settings: &[&str],
+    log: &Path,
+) -> Result<crate::process::Process> {
+    let mut args: Vec<String> = [
+        "--source=crd",
+        "--crd-source-apiversion=externaldns.k8s.io/v1alpha1",
+        "--crd-source-kind=DNSEndpoint",
+        "--provider=rfc2136",
+        "--rfc2136-host=127.0.0.1",
+        "--rfc2136-tsig-secret-alg=hmac-sha256",
+        "--rfc2136-tsig-axfr",
+        "--registry=txt",
+        "--txt-owner-id=bench",
+        "--policy=sync",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        format!("--rfc2136-port={}", bind.port),
+        format!("--rfc2136-tsig-keyname={KEY_NAME}"),
+        format!("--rfc2136-tsig-secret={}", bind.secret),
+        format!("--namespace={ns}"),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!(
+            "--metrics-address=127.0.0.1:{}",
+            crate::process::free_port()?
+        ),
+    ]);
+    for zone in zones {
+        args.push(format!("--rfc2136-zone={zone}"));
+        args.push(format!("--domain-filter={zone}"));
+    }
+    args.extend(settings.iter().map(|s| s.to_string()));
+    crate::process::Process::spawn(
+        "external-dns",
+        &crate::binaries::binary("external-dns")?,
+        &args,
+        &[],
+        log,
+    )
+}

@@ -12,13 +12,13 @@ use anyhow::{Context, Result, bail};
 use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::dns::rfc2136::Rfc2136;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
-use bulwark_e2e::binaries::{binary, pinned};
+use bulwark_e2e::binaries::pinned;
 use bulwark_e2e::bind::{Bind, KEY_NAME};
 use bulwark_e2e::dns::{
     apply_endpoint, create_zone_for, external_dns_resource, install_external_dns_crd,
+    start_external_dns,
 };
 use bulwark_e2e::operator::Operator;
-use bulwark_e2e::process::{Process, free_port};
 use bulwark_e2e::{cluster, install_crds};
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -281,34 +281,8 @@ async fn bench_external_dns(
         apply_dns_endpoint(&api, i, zone, address(0, i)).await?;
         initial.push((format!("e{i}.{zone}"), a_record(address(0, i))));
     }
-    let mut args: Vec<String> = [
-        "--source=crd",
-        "--crd-source-apiversion=externaldns.k8s.io/v1alpha1",
-        "--crd-source-kind=DNSEndpoint",
-        "--provider=rfc2136",
-        "--rfc2136-host=127.0.0.1",
-        "--rfc2136-tsig-secret-alg=hmac-sha256",
-        "--rfc2136-tsig-axfr",
-        "--registry=txt",
-        "--txt-owner-id=bench",
-        "--policy=sync",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        format!("--rfc2136-port={}", bind.port),
-        format!("--rfc2136-zone={zone}"),
-        format!("--rfc2136-tsig-keyname={KEY_NAME}"),
-        format!("--rfc2136-tsig-secret={}", bind.secret),
-        format!("--domain-filter={zone}"),
-        format!("--namespace={ns}"),
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--metrics-address=127.0.0.1:{}", free_port()?),
-    ]);
-    args.extend(settings.iter().map(|s| s.to_string()));
     let log = logs.join(format!("external-dns-{zone}.log"));
-    let mut process = Process::spawn("external-dns", &binary("external-dns")?, &args, &[], &log)?;
+    let mut process = start_external_dns(bind, &[zone], &ns, kubeconfig, settings, &log)?;
     let dns = bind.provider_with(zone, KEY_NAME, &bind.secret);
     progress(format!("{label}: waiting for the initial sync"));
     wait_all_served(&dns, &initial, Duration::from_secs(180))

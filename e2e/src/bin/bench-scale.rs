@@ -11,12 +11,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bulwark_e2e::binaries::{binary, pinned};
+use bulwark_e2e::binaries::pinned;
 use bulwark_e2e::bind::{Bind, KEY_NAME};
 use bulwark_e2e::control_plane::KWOK_TAINT;
-use bulwark_e2e::dns::create_zone_for;
+use bulwark_e2e::dns::{create_zone_for, start_external_dns};
 use bulwark_e2e::operator::Operator;
-use bulwark_e2e::process::{Process, free_port};
+use bulwark_e2e::process::free_port;
 use bulwark_e2e::slo::{Prometheus, install_prometheus_rule_crd};
 use bulwark_e2e::{cluster, install_crds};
 use futures::StreamExt;
@@ -658,39 +658,10 @@ async fn external_dns(
     let mut wanted: Answers = (0..endpoints)
         .map(|i| (fqdn(i, &EDNS_ZONES), vec![address(0, i)]))
         .collect();
-    let mut args: Vec<String> = [
-        "--source=crd",
-        "--crd-source-apiversion=externaldns.k8s.io/v1alpha1",
-        "--crd-source-kind=DNSEndpoint",
-        "--provider=rfc2136",
-        "--rfc2136-host=127.0.0.1",
-        "--rfc2136-tsig-secret-alg=hmac-sha256",
-        "--rfc2136-tsig-axfr",
-        "--registry=txt",
-        "--txt-owner-id=bench",
-        "--policy=sync",
-        // Its fastest settings, as in `./dev bench dns`.
-        "--events",
-        "--min-event-sync-interval=0s",
-        "--interval=1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        format!("--rfc2136-port={}", bind.port),
-        format!("--rfc2136-tsig-keyname={KEY_NAME}"),
-        format!("--rfc2136-tsig-secret={}", bind.secret),
-        format!("--namespace={ns}"),
-        format!("--kubeconfig={}", kubeconfig.display()),
-        format!("--metrics-address=127.0.0.1:{}", free_port()?),
-    ]);
-    for zone in EDNS_ZONES {
-        args.push(format!("--rfc2136-zone={zone}"));
-        args.push(format!("--domain-filter={zone}"));
-    }
+    // Its fastest settings, as in `./dev bench dns`.
+    let fastest = ["--events", "--min-event-sync-interval=0s", "--interval=1s"];
     let log = logs.join("external-dns.log");
-    let mut process = Process::spawn("external-dns", &binary("external-dns")?, &args, &[], &log)?;
+    let mut process = start_external_dns(bind, &EDNS_ZONES, &ns, kubeconfig, &fastest, &log)?;
     let first_sync = until_served(bind, &EDNS_ZONES, &wanted, Duration::from_secs(1800))
         .await
         .with_context(|| format!("external-dns log tail:\n{}", process.log_tail(20)))?;
