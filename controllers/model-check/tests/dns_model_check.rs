@@ -23,6 +23,7 @@ use bulwark_controllers::dns::fencing::{
 };
 use bulwark_controllers::dns::provider::WriteOutcome;
 use bulwark_crds::dns::{RRSet, RecordType};
+use bulwark_model_check::StateSpace;
 
 const FQDN: &str = "api.example.com";
 /// The endpoint's UID: one endpoint owns the name throughout (ownership conflicts between
@@ -688,60 +689,42 @@ struct Report {
 
 /// Breadth-first over every interleaving, so each reported trace is a shortest one.
 fn check(config: &Config) -> Report {
-    let initial = World::initial(config);
-    let mut index: HashMap<World, usize> = HashMap::from([(initial.clone(), 0)]);
-    let mut worlds = vec![initial];
-    // parent[i]: predecessor and step label on a shortest path from the initial state.
-    let mut parent: Vec<Option<(usize, String)>> = vec![None];
+    let mut space = StateSpace::new(World::initial(config));
     // Bulwark's own steps, reversed, for liveness.
     let mut reverse_edges: Vec<Vec<usize>> = vec![Vec::new()];
     let mut violations: HashMap<Invariant, Trace> = HashMap::new();
     let mut transitions = 0;
-    let mut queue = VecDeque::from([0]);
-    let trace_to = |parent: &[Option<(usize, String)>], worlds: &[World], mut at: usize| {
-        let end = worlds[at].clone();
-        let mut steps = Vec::new();
-        while let Some((from, label)) = &parent[at] {
-            steps.push(label.clone());
-            at = *from;
-        }
-        steps.reverse();
-        Trace { steps, end }
+    let trace_to = |space: &StateSpace<World>, at: usize| Trace {
+        steps: space.trace(at),
+        end: space.world(at).clone(),
     };
-    while let Some(at) = queue.pop_front() {
-        for step in worlds[at].successors(config) {
+    while let Some(at) = space.next_to_expand() {
+        for step in space.world(at).successors(config) {
             transitions += 1;
-            let to = match index.get(&step.world) {
-                Some(&known) => known,
-                None => {
-                    let id = worlds.len();
-                    index.insert(step.world.clone(), id);
-                    worlds.push(step.world);
-                    parent.push(Some((at, step.label.clone())));
-                    reverse_edges.push(Vec::new());
-                    queue.push_back(id);
-                    id
-                }
-            };
+            let label = step.label;
+            let (to, new) = space.reach(at, || label.clone(), step.world);
+            if new {
+                reverse_edges.push(Vec::new());
+            }
             if step.by_bulwark {
                 reverse_edges[to].push(at);
             }
             for invariant in step.violations {
                 violations.entry(invariant).or_insert_with(|| {
-                    let mut trace = trace_to(&parent, &worlds, at);
+                    let mut trace = trace_to(&space, at);
                     trace
                         .steps
-                        .push(format!("{}   <-- violates {invariant:?}", step.label));
-                    trace.end = worlds[to].clone();
+                        .push(format!("{label}   <-- violates {invariant:?}"));
+                    trace.end = space.world(to).clone();
                     trace
                 });
             }
         }
     }
     // Liveness: from every reachable state Bulwark alone can settle the name.
-    let mut can_settle = vec![false; worlds.len()];
-    let mut back: VecDeque<usize> = (0..worlds.len())
-        .filter(|&i| worlds[i].settled(config))
+    let mut can_settle = vec![false; space.len()];
+    let mut back: VecDeque<usize> = (0..space.len())
+        .filter(|&i| space.world(i).settled(config))
         .collect();
     for &i in &back {
         can_settle[i] = true;
@@ -754,18 +737,18 @@ fn check(config: &Config) -> Report {
             }
         }
     }
-    if let Some(stuck) = (0..worlds.len()).find(|&i| !can_settle[i]) {
-        violations.insert(Invariant::Convergence, trace_to(&parent, &worlds, stuck));
+    if let Some(stuck) = (0..space.len()).find(|&i| !can_settle[i]) {
+        violations.insert(Invariant::Convergence, trace_to(&space, stuck));
     }
     Report {
-        states: worlds.len(),
+        states: space.len(),
         transitions,
         violations,
-        states_with_no_healthy_target_and_records_served: worlds
+        states_with_no_healthy_target_and_records_served: space
             .iter()
             .filter(|w| !w.healthy && w.served != 0)
             .count(),
-        states_with_the_live_plan_deleted: worlds
+        states_with_the_live_plan_deleted: space
             .iter()
             .filter(|w| {
                 w.fence

@@ -9,11 +9,12 @@
 //! rolled back, as a freeze is); the target recovers once no fault is in place. An operator
 //! restart and a leadership move are the same event here: the new driver has no memory.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 
 use bulwark_controllers::drills::run::{
     Driving, Guards, Lock, Observation, Outcome, Phase, Recorded, Step, step,
 };
+use bulwark_model_check::StateSpace;
 
 const RUNS: usize = 2;
 const CRASHES: u8 = 2;
@@ -252,26 +253,16 @@ struct Checked {
 }
 
 fn check(blindness: Blindness) -> Checked {
-    let start = initial();
-    let mut seen: std::collections::HashMap<World, Option<(World, String)>> =
-        std::collections::HashMap::new();
-    seen.insert(start.clone(), None);
-    let mut queue = VecDeque::from([start]);
+    let mut space = StateSpace::new(initial());
     let mut completed_with_fault_injected = HashSet::new();
-    while let Some(world) = queue.pop_front() {
+    while let Some(at) = space.next_to_expand() {
+        let world = space.world(at).clone();
         let broken = violation(&world).or_else(|| stuck(&world, blindness));
         if let Some(broken) = broken {
-            let mut trace = vec![];
-            let mut at = world.clone();
-            while let Some(Some((previous, label))) = seen.get(&at) {
-                trace.push(label.clone());
-                at = previous.clone();
-            }
-            trace.reverse();
             return Checked {
-                states: seen.len(),
+                states: space.len(),
                 completed_with_fault_injected: completed_with_fault_injected.len(),
-                counterexample: Some((broken, trace)),
+                counterexample: Some((broken, space.trace(at))),
             };
         }
         for (r, run) in world.runs.iter().enumerate() {
@@ -280,14 +271,11 @@ fn check(blindness: Blindness) -> Checked {
             }
         }
         for (next, label) in successors(&world, blindness) {
-            if !seen.contains_key(&next) {
-                seen.insert(next.clone(), Some((world.clone(), label)));
-                queue.push_back(next);
-            }
+            space.reach(at, || label, next);
         }
     }
     Checked {
-        states: seen.len(),
+        states: space.len(),
         completed_with_fault_injected: completed_with_fault_injected.len(),
         counterexample: None,
     }

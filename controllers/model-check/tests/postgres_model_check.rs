@@ -11,8 +11,9 @@
 //! the isolation bound, so an isolated primary has fenced itself (or is down) by the time the
 //! operator's delay has elapsed.
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
+
+use bulwark_model_check::StateSpace;
 
 use bulwark_controllers::postgres::failover::{
     self, Member, Observation, Recorded, Replication, Report, Step,
@@ -564,11 +565,7 @@ fn completes_failover(config: &Config, world: &World) -> Option<bool> {
 }
 
 fn check(config: &Config) -> Findings {
-    let initial = World::initial(config);
-    let mut index: HashMap<World, usize> = HashMap::from([(initial.clone(), 0)]);
-    let mut worlds = vec![initial];
-    let mut parent: Vec<Option<(usize, String)>> = vec![None];
-    let mut queue = VecDeque::from([0]);
+    let mut space = StateSpace::new(World::initial(config));
     let mut report = Findings {
         states: 0,
         violations: Vec::new(),
@@ -576,43 +573,39 @@ fn check(config: &Config) -> Findings {
         failed_over_with_acknowledged_writes: 0,
         liveness_checked: 0,
     };
-    let trace_to = |parent: &[Option<(usize, String)>], mut at: usize| {
-        let mut steps = Vec::new();
-        while let Some((from, label)) = &parent[at] {
-            steps.push(label.clone());
-            at = *from;
-        }
-        steps.reverse();
-        Trace { steps }
-    };
-    while let Some(at) = queue.pop_front() {
-        let world = worlds[at].clone();
+    while let Some(at) = space.next_to_expand() {
+        let world = space.world(at).clone();
         if world.recorded.epoch > 0 && world.recorded.progress.is_none() && !world.acked.is_empty()
         {
             report.failed_over_with_acknowledged_writes += 1;
         }
         match completes_failover(config, &world) {
             Some(true) => report.liveness_checked += 1,
-            Some(false) if report.stuck.is_none() => report.stuck = Some(trace_to(&parent, at)),
+            Some(false) if report.stuck.is_none() => {
+                report.stuck = Some(Trace {
+                    steps: space.trace(at),
+                })
+            }
             _ => {}
         }
         for (label, next) in world.successors(config) {
-            if index.contains_key(&next) {
+            let (id, new) = space.reach(at, || label, next);
+            if !new {
                 continue;
             }
-            let id = worlds.len();
-            index.insert(next.clone(), id);
-            parent.push(Some((at, label)));
-            for invariant in violations(config, &world, &next) {
+            for invariant in violations(config, &world, space.world(id)) {
                 if !report.violations.iter().any(|(v, _)| *v == invariant) {
-                    report.violations.push((invariant, trace_to(&parent, id)));
+                    report.violations.push((
+                        invariant,
+                        Trace {
+                            steps: space.trace(id),
+                        },
+                    ));
                 }
             }
-            worlds.push(next);
-            queue.push_back(id);
         }
     }
-    report.states = worlds.len();
+    report.states = space.len();
     report
 }
 
