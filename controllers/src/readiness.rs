@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
+use std::time::Duration;
 
 /// A set of named gates; ready when every gate is open and at least one was registered.
 #[derive(Clone, Default)]
@@ -25,6 +27,22 @@ impl Readiness {
             readiness: self.clone(),
             index: gates.len() - 1,
         }
+    }
+
+    /// Whether every cache of `controller` (its gates `<controller>/<kind>`) has its first full
+    /// list. A controller's runner waits only for its main cache; a reconcile that read another
+    /// one before it synced would take what is not listed yet for absent: a plan for missing, a
+    /// Service for without endpoints.
+    pub fn synced(&self, controller: &str) -> bool {
+        let prefix = format!("{controller}/");
+        let gates = self.gates.lock().unwrap();
+        let mut mine = gates.iter().filter(|(name, _)| name.starts_with(&prefix));
+        mine.clone().next().is_some() && mine.all(|(_, open)| *open)
+    }
+
+    /// A short requeue while `controller`'s caches are still listing (see [`Self::synced`]).
+    pub fn until_synced(&self, controller: &str) -> Option<Action> {
+        (!self.synced(controller)).then(|| Action::requeue(Duration::from_millis(200)))
     }
 
     /// Names of the gates still closed; empty means ready.
@@ -79,5 +97,23 @@ mod tests {
         assert_eq!(readiness.pending(), vec!["cache/DnsPlan"]);
         cache.open();
         assert!(readiness.pending().is_empty());
+    }
+
+    #[test]
+    fn a_controller_is_synced_once_all_its_own_caches_are() {
+        let readiness = Readiness::default();
+        assert!(!readiness.synced("dns-enactor"), "no caches registered yet");
+        let endpoints = readiness.gate("dns-enactor/DnsEndpoint");
+        let plans = readiness.gate("dns-enactor/DnsPlan");
+        let _other = readiness.gate("dns-planner/DnsPlan");
+        endpoints.open();
+        assert!(!readiness.synced("dns-enactor"));
+        plans.open();
+        assert!(readiness.synced("dns-enactor"));
+        assert!(!readiness.synced("dns-planner"));
+        assert!(
+            !readiness.synced("dns"),
+            "a prefix of another controller's name is not it"
+        );
     }
 }

@@ -117,12 +117,35 @@ pub fn bounded() -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY)
 }
 
+/// What a cached watch needs of an object's type.
+pub trait Watched:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
 /// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
 /// managedFields are dropped on arrival: nothing here reads them, and they are often the
 /// larger part of an object (every field twice, per manager), which the cache would hold for
 /// every object in the cluster.
-pub fn cached<K>(
+pub fn cached<K: Watched>(
     client: &kube::Client,
     namespace: Option<&str>,
     config: watcher::Config,
@@ -130,16 +153,7 @@ pub fn cached<K>(
 ) -> (
     Store<K>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     let (store, writer) = reflector::store();
     let events = gate
         .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())

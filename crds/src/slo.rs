@@ -221,7 +221,8 @@ pub struct ServiceLevelObjectiveStatus {
     /// Alert tiers firing now, for example `page`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firing: Option<String>,
-    /// When the numbers above were read from Prometheus.
+    /// When the numbers above were read from Prometheus. While they stay the same it moves at
+    /// most once a minute, so an unchanged SLO does not rewrite its status every interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluated_at: Option<Time>,
     /// Rules in the generated PrometheusRule: recording and alerting.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::dns::rfc2136::Rfc2136;
+use bulwark_controllers::dns::runtime::TSIG_SECRET_TTL;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase, RRSet, RecordType};
 use bulwark_e2e::bind::Bind;
 use bulwark_e2e::chart::Release;
@@ -285,6 +286,8 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     set_tsig_secret(&client, &ns, "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA==")
         .await
         .unwrap();
+    // Enactors use a key read from the Secret up to TSIG_SECRET_TTL ago.
+    tokio::time::sleep(TSIG_SECRET_TTL + Duration::from_secs(1)).await;
     point_api_at(&client, &ns, &["10.0.0.4"]).await;
     let message = wait_for_ready(&endpoints, "api", "False", "ServerRejected").await;
     println!("wrong key: {message}");
@@ -780,10 +783,10 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
 
     let mut args = vec!["--dns-plan-retention=0", "--dns-resync=2s"];
     args.extend_from_slice(extra_args);
-    let mut operators =
-        start_operators(&cluster.kubeconfig, &ns, 2, &args, &log_dir(test)).unwrap();
     let mut slow_args = args.clone();
-    slow_args.push("--chaos-slow-enactor=1500ms");
+    // The slow enactor leads and stalls longer than the others leave a new plan to the
+    // leader's (2 s): they enact it and newer ones meanwhile, so its writes land after theirs.
+    slow_args.push("--chaos-slow-enactor=3s");
     let slow = start_operator(
         &cluster.kubeconfig,
         &ns,
@@ -792,6 +795,18 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
         &log_dir(test),
     )
     .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the slow enactor leads",
+        || async {
+            let (_, metrics) = slow.get("/metrics").await.ok()?;
+            metrics.contains("\nbulwark_leader 1\n").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let mut operators =
+        start_operators(&cluster.kubeconfig, &ns, 2, &args, &log_dir(test)).unwrap();
     operators.push(slow);
 
     apply_endpoint(&client, &ns, "api", test, &fqdn, &[address(0)])
@@ -840,7 +855,7 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // Let the slow enactor's last stall play out, then let everything converge.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let converged = eventually(Duration::from_secs(20), "the last plan served", || async {
         (dns.served_records(&fqdn).await.ok()? == a(&[&address(rounds)])).then_some(())
     })

@@ -549,6 +549,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             recorder.clone(),
             readiness.clone(),
+            leadership.clone(),
             dns_settings,
             shutdown.clone(),
         ),

@@ -58,7 +58,14 @@ pub fn desired_rrsets(routing: RoutingPolicy, ttl: u32, candidates: &[Candidate]
 pub fn content_hash(rrsets: &[RRSet]) -> String {
     let canonical = serde_json::to_vec(rrsets).expect("RRsets serialize");
     let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Not format! per byte: the planner hashes on every reconcile, the model checker per state.
+    digest
+        .as_ref()
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .map(char::from)
+        .collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

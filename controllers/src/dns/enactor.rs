@@ -16,23 +16,26 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::Store;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::fencing::{
     Conflict, EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation,
-    PassOutcome, PassStep, PlanFacts, decide_cleanup, plan_refusal,
+    PassOutcome, PassStep, PlanFacts, Strategy, cleanup_may_delete, decide_cleanup, plan_refusal,
 };
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, apply_endpoint_status, cached, drain,
-    endpoint_condition, endpoints_and_plans, endpoints_in_zone, key, plans_of, publish,
+    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, ZoneClients, apply_endpoint_status, cached,
+    drain, endpoint_condition, endpoints_and_plans, endpoints_in_zone, key, plans_of, publish,
     zone_provider,
 };
+use crate::index::Indexed;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::runtime::{parse_duration, set_finalizer};
@@ -41,14 +44,21 @@ const CONTROLLER: &str = "dns-enactor";
 /// Keeps a deleted DnsEndpoint until its records and fence are gone from the DNS server.
 pub const RECORDS_FINALIZER: &str = "bulwark.dev/dns-records";
 const FIELD_MANAGER: &str = "bulwark-dns-enactor";
+/// How long the enactors of replicas that do not lead leave a new plan to the leader's: two
+/// replicas racing on every plan doubled the API writes per plan (the fence keeps either
+/// winner safe). A leader whose enactor is stalled or gone costs a change at most this much.
+const STANDBY_GRACE: Duration = Duration::from_secs(2);
 
 struct Context {
     client: kube::Client,
     metrics: Metrics,
     recorder: Recorder,
     settings: DnsSettings,
-    plans: Store<DnsPlan>,
+    plans: Indexed<DnsPlan>,
     zones: Store<DnsZone>,
+    zone_clients: ZoneClients,
+    leadership: watch::Receiver<Leadership>,
+    readiness: Readiness,
     backoff: Backoff,
 }
 
@@ -57,6 +67,7 @@ pub async fn run(
     metrics: Metrics,
     recorder: Recorder,
     readiness: Readiness,
+    leadership: watch::Receiver<Leadership>,
     settings: DnsSettings,
     shutdown: CancellationToken,
 ) {
@@ -71,9 +82,15 @@ pub async fn run(
         watcher::Config::default(),
         readiness.gate(format!("{CONTROLLER}/DnsZone")),
     );
+    let endpoints = endpoints.store().clone();
     let controller =
         Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone())
             .with_config(crate::runtime::bounded());
+    tokio::spawn(count_pending(
+        endpoints.clone(),
+        metrics.dns.pending_endpoints.clone(),
+        shutdown.clone(),
+    ));
     let context = Arc::new(Context {
         client,
         metrics,
@@ -81,19 +98,55 @@ pub async fn run(
         settings,
         plans: caches.plans,
         zones,
+        zone_clients: ZoneClients::default(),
+        leadership,
+        readiness,
         backoff: Backoff::default(),
     });
+    // Only a new plan concerns enactment (plans are immutable but for status, which enactors
+    // write themselves): reacting to every status write re-read the server for nothing.
     let results = controller
-        .owns_stream(caches.plan_events.touched_objects())
-        .watches_stream(zone_events.touched_objects(), move |zone| {
-            endpoints_in_zone(&endpoints, &zone)
-        })
+        .owns_stream(
+            caches
+                .plan_events
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+        )
+        // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
+        // writes would re-check every endpoint in the zone each time.
+        .watches_stream(
+            zone_events
+                .touched_objects()
+                .predicate_filter(predicates::generation, Default::default()),
+            move |zone| endpoints_in_zone(&endpoints, &zone),
+        )
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, context);
     drain(CONTROLLER, results).await;
 }
 
+/// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest reserved plan
+/// is not yet live: the enactment backlog, which a burst of changes shows as it drains.
+async fn count_pending(
+    endpoints: Store<DnsEndpoint>,
+    gauge: prometheus::IntGauge,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        let pending = endpoints
+            .state()
+            .iter()
+            .filter(|e| live_generation(e) < Some(reserved_generation(e)))
+            .count();
+        gauge.set(pending as i64);
+    }
+}
+
 async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {
+    if let Some(action) = context.readiness.until_synced(CONTROLLER) {
+        return Ok(action);
+    }
     if let Some(action) = context
         .settings
         .scope
@@ -115,7 +168,15 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     timer.done(result.as_ref().err().map(Error::kind));
     match &result {
         Ok(_) => context.backoff.succeeded(&key(&endpoint)),
-        Err(error) => report_failure(&endpoint, &context, error).await,
+        Err(error) => {
+            if let Error::Provider(_) = error {
+                let namespace = endpoint.namespace().unwrap_or_default();
+                context
+                    .zone_clients
+                    .forget(ObjectRef::new(&endpoint.spec.zone_ref).within(&namespace));
+            }
+            report_failure(&endpoint, &context, error).await
+        }
     }
     result
 }
@@ -154,6 +215,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
     let provider = zone_provider(
         &context.client,
         &context.zones,
+        &context.zone_clients,
         endpoint,
         context.settings.server_timeout,
     )
@@ -310,7 +372,13 @@ async fn enactable_plan(
         };
         let mut refusal = plan_refusal(&facts, &endpoint_facts(endpoint));
         if refusal.is_some() && plan.spec.generation > reserved_generation(endpoint) {
-            // The plan's watch event may have overtaken its reservation's: ask the API server.
+            // The plan's watch event may have overtaken its reservation's. A plan just minted is
+            // left for that event, which brings the endpoint back; asking the API server for
+            // every new plan was a GET per plan per replica.
+            if minted_within(plan, RESERVATION_LAG) {
+                continue;
+            }
+            // Still unreserved after that: ask the API server before refusing it.
             let api: Api<DnsEndpoint> = Api::namespaced(
                 context.client.clone(),
                 &endpoint.namespace().unwrap_or_default(),
@@ -328,12 +396,26 @@ async fn enactable_plan(
                 newest.get_or_insert_with(|| plan.clone());
             }
             Some(reason) if phase(plan) != PlanPhase::Rejected => {
-                mark_plan(context, plan, PlanPhase::Rejected, &reason).await?
+                mark_plan(context, plan, PlanPhase::Rejected, &reason, true).await?
             }
             Some(_) => {}
         }
     }
     Ok(newest)
+}
+
+/// How long a plan's reservation may lag behind the plan in this replica's caches.
+const RESERVATION_LAG: Duration = Duration::from_secs(10);
+
+/// Whether the plan was minted less than `within` ago.
+fn minted_within(plan: &DnsPlan, within: Duration) -> bool {
+    age(plan).is_some_and(|age| age < within)
+}
+
+/// Time since the planner minted the plan (its minted-at annotation).
+fn age(plan: &DnsPlan) -> Option<Duration> {
+    let minted: Timestamp = plan.annotations().get(MINTED_AT_ANNOTATION)?.parse().ok()?;
+    Some(Timestamp::now().duration_since(minted).unsigned_abs())
 }
 
 fn reserved_generation(endpoint: &DnsEndpoint) -> u64 {
@@ -382,6 +464,11 @@ async fn write_endpoint_status(
 async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
     let plans = plans_of(&context.plans, endpoint);
     let Some(plan) = enactable_plan(endpoint, context, &plans).await? else {
+        if reserved_generation(endpoint) > 0 {
+            // A reserved plan is on its way (or the planner mints another): its event brings
+            // this endpoint back. Saying NoPlan meanwhile raced the planner's compare-and-set.
+            return Ok(Action::await_change());
+        }
         let (ready, changed) = endpoint_condition(
             endpoint,
             "Ready",
@@ -394,10 +481,14 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         }
         return Ok(Action::await_change());
     };
+    if let Some(wait) = standby_wait(context, &plans) {
+        return Ok(Action::requeue(wait));
+    }
     let settings = &context.settings;
     let dns = match zone_provider(
         &context.client,
         &context.zones,
+        &context.zone_clients,
         endpoint,
         settings.server_timeout,
     )
@@ -406,7 +497,14 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         Ok((_, dns)) => dns,
         Err(error @ Error::Invalid { .. }) => {
             if phase(&plan) != PlanPhase::Rejected {
-                mark_plan(context, &plan, PlanPhase::Rejected, &error.to_string()).await?;
+                mark_plan(
+                    context,
+                    &plan,
+                    PlanPhase::Rejected,
+                    &error.to_string(),
+                    true,
+                )
+                .await?;
             }
             return Err(error);
         }
@@ -457,7 +555,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         PassOutcome::Contended => return Ok(Action::requeue(Duration::from_millis(100))),
         PassOutcome::Superseded { live } => {
             let message = format!("generation {live} is live at the server");
-            mark_plan(context, &plan, PlanPhase::Superseded, &message).await?;
+            mark_plan(context, &plan, PlanPhase::Superseded, &message, true).await?;
             // The newer plan's own event brings this endpoint back.
             return Ok(Action::await_change());
         }
@@ -485,7 +583,15 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
 
     record_live(context, endpoint, &plan, applied, verified).await?;
     supersede_older(context, &plans, generation).await?;
-    collect(context, &dns, &plans, fqdn, &owner).await?;
+    collect(
+        context,
+        &dns,
+        &plans,
+        fqdn,
+        &owner,
+        reserved_generation(endpoint),
+    )
+    .await?;
     if !verified {
         // The answer changed again right after the repair: look again shortly.
         return Ok(Action::requeue(Duration::from_secs(1)));
@@ -515,11 +621,35 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     Ok(Action::requeue(settings.resync))
 }
 
+/// How long this replica's enactor leaves new plans to the leader's (see [`STANDBY_GRACE`]).
+/// The grace runs from the oldest plan still pending above the live one: under changes faster
+/// than the grace, waiting on the newest plan would leave a stalled leader alone for good.
+fn standby_wait(context: &Context, plans: &[Arc<DnsPlan>]) -> Option<Duration> {
+    if context.leadership.borrow().token().is_some() {
+        return None;
+    }
+    let live = plans
+        .iter()
+        .filter(|p| phase(p) == PlanPhase::Live)
+        .map(|p| p.spec.generation)
+        .max();
+    let oldest_pending = plans
+        .iter()
+        .find(|p| Some(p.spec.generation) > live && phase(p) == PlanPhase::Pending)?;
+    STANDBY_GRACE
+        .checked_sub(age(oldest_pending)?)
+        .filter(|wait| !wait.is_zero())
+}
+
+/// Sets the plan's phase with the reason; an Event tells of it unless it is routine
+/// bookkeeping (`announce` false: an older plan superseded by the one that just went live, which
+/// that plan's Live Event already tells).
 async fn mark_plan(
     context: &Context,
     plan: &DnsPlan,
     phase: PlanPhase,
     message: &str,
+    announce: bool,
 ) -> Result<(), Error> {
     patch_plan_status(
         context,
@@ -529,6 +659,9 @@ async fn mark_plan(
     .await?;
     if phase == PlanPhase::Superseded {
         context.metrics.dns.plans_superseded.inc();
+    }
+    if !announce {
+        return Ok(());
     }
     let type_ = if phase == PlanPhase::Rejected {
         EventType::Warning
@@ -573,11 +706,20 @@ async fn record_live(
     }
     if applied {
         info!(endpoint = %key(endpoint), generation, "plan live");
+        // One Event per change, on the endpoint where `kubectl describe` shows it.
         let note = format!(
-            "generation {generation} applied by {}",
+            "plan {generation} live: {} (applied by {})",
+            show_records(&plan.spec.rrsets),
             context.settings.identity
         );
-        publish(&context.recorder, plan, EventType::Normal, "Live", note).await;
+        publish(
+            &context.recorder,
+            endpoint,
+            EventType::Normal,
+            "PlanLive",
+            note,
+        )
+        .await;
     }
     if first_verification
         && let Some(minted) = plan
@@ -599,7 +741,7 @@ async fn supersede_older(
     for plan in plans {
         if plan.spec.generation < live && phase(plan) != PlanPhase::Superseded {
             let message = format!("generation {live} is live at the server");
-            mark_plan(context, plan, PlanPhase::Superseded, &message).await?;
+            mark_plan(context, plan, PlanPhase::Superseded, &message, false).await?;
         }
     }
     Ok(())
@@ -613,9 +755,15 @@ async fn collect(
     plans: &[Arc<DnsPlan>],
     fqdn: &str,
     owner: &str,
+    reserved: u64,
 ) -> Result<(), Error> {
     let settings = &context.settings;
     let generations: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
+    if settings.strategy == Strategy::Fenced
+        && !cleanup_may_delete(&generations, reserved, settings.retention)
+    {
+        return Ok(());
+    }
     // Only this endpoint's own live fence says which of its plans are old.
     let live = dns
         .read_fence(fqdn)

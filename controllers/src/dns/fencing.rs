@@ -481,10 +481,38 @@ pub fn decide_cleanup(
     }
 }
 
+/// Whether fenced cleanup could delete any plan while the live generation is at most `reserved`
+/// (no fence is written for a generation the endpoint never reserved). When it could not, the
+/// fence need not be read: every converged endpoint's resync skipped one exchange.
+pub fn cleanup_may_delete(plan_generations: &[u64], reserved: u64, retention: u64) -> bool {
+    let keep_from = reserved.saturating_sub(retention);
+    plan_generations.iter().any(|g| *g < keep_from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dns::provider::WriteOutcome::{Applied, FenceMismatch};
+
+    #[test]
+    fn cleanup_is_skipped_only_when_no_live_generation_up_to_the_reservation_deletes_a_plan() {
+        for retention in 0..3 {
+            for reserved in 0..8 {
+                for plans in [vec![], vec![reserved], vec![1, 2, 3], vec![4, 5, 6, 7]] {
+                    let may = cleanup_may_delete(&plans, reserved, retention);
+                    let would = (0..=reserved).any(|live| {
+                        !decide_cleanup(Strategy::Fenced, &plans, Some(live), retention)
+                            .delete_plans
+                            .is_empty()
+                    });
+                    assert_eq!(
+                        may, would,
+                        "plans {plans:?}, reserved {reserved}, retention {retention}"
+                    );
+                }
+            }
+        }
+    }
 
     const ME: &str = "6b1c0e4e-uid-of-this-endpoint";
     const OTHER: &str = "0d2a7f51-uid-of-another";

@@ -1,6 +1,6 @@
 //! DNS enactment metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct DnsMetrics {
@@ -13,6 +13,8 @@ pub struct DnsMetrics {
     pub stale_writes_refused: IntCounter,
     pub plans_superseded: IntCounter,
     pub plans_collected: IntCounter,
+    /// Endpoints whose newest reserved plan is not live yet, as this replica's cache shows.
+    pub pending_endpoints: IntGauge,
 }
 
 impl DnsMetrics {
@@ -52,6 +54,11 @@ impl DnsMetrics {
                 "Old DnsPlans deleted by cleanup",
             )
             .unwrap(),
+            pending_endpoints: IntGauge::new(
+                "dns_pending_endpoints",
+                "DnsEndpoints whose newest reserved plan is not live yet (the enactment backlog)",
+            )
+            .unwrap(),
         };
         for collector in [
             Box::new(metrics.live_generation.clone()) as Box<dyn prometheus::core::Collector>,
@@ -60,6 +67,7 @@ impl DnsMetrics {
             Box::new(metrics.stale_writes_refused.clone()),
             Box::new(metrics.plans_superseded.clone()),
             Box::new(metrics.plans_collected.clone()),
+            Box::new(metrics.pending_endpoints.clone()),
         ] {
             registry
                 .register(collector)

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
@@ -27,9 +27,10 @@ use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
-    apply_endpoint_status, cached, drain, endpoint_condition, endpoints_and_plans, key, plans_of,
-    provider_for, publish, zone_not_found,
+    apply_endpoint_status, drain, endpoint_condition, endpoints_and_plans, in_namespace, key,
+    namespaced_key, plans_of, provider_for, publish, zone_not_found,
 };
+use crate::index::{Indexed, indexed};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -44,8 +45,9 @@ struct Context {
     metrics: Metrics,
     recorder: Recorder,
     leadership: watch::Receiver<Leadership>,
-    plans: Store<DnsPlan>,
-    slices: Store<EndpointSlice>,
+    plans: Indexed<DnsPlan>,
+    slices: Indexed<EndpointSlice>,
+    readiness: Readiness,
     backoff: Backoff,
     server_timeout: Duration,
     scope: Scope,
@@ -65,15 +67,18 @@ pub async fn run(
     let server_timeout = settings.server_timeout;
     let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
     let endpoints = caches.endpoints;
-    let (slices, slice_events) = cached::<EndpointSlice>(
+    let (slices, slice_events) = indexed::<EndpointSlice>(
         &client,
         namespace,
         watcher::Config::default().labels(SERVICE_NAME_LABEL),
         readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
+        |slice| service_of(slice).into_iter().collect(),
     );
-    let controller =
-        Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone())
-            .with_config(crate::runtime::bounded());
+    let controller = Controller::for_stream(
+        caches.endpoint_events.applied_objects(),
+        endpoints.store().clone(),
+    )
+    .with_config(crate::runtime::bounded());
     let endpoints_for_slices = endpoints;
     let context = Arc::new(Context {
         client,
@@ -82,6 +87,7 @@ pub async fn run(
         leadership: leadership.clone(),
         plans: caches.plans,
         slices,
+        readiness,
         backoff: Backoff::default(),
         server_timeout,
         scope: scope.clone(),
@@ -97,26 +103,17 @@ pub async fn run(
     drain(CONTROLLER, results).await;
 }
 
+/// The index key of the Service an EndpointSlice belongs to.
+fn service_of(slice: &EndpointSlice) -> Option<String> {
+    let service = slice.labels().get(SERVICE_NAME_LABEL)?;
+    Some(in_namespace(slice, service))
+}
+
 fn endpoints_using_service(
-    endpoints: &Store<DnsEndpoint>,
+    endpoints: &Indexed<DnsEndpoint>,
     slice: &EndpointSlice,
 ) -> Vec<ObjectRef<DnsEndpoint>> {
-    let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) else {
-        return Vec::new();
-    };
-    let namespace = slice.namespace();
-    endpoints
-        .state()
-        .iter()
-        .filter(|e| {
-            e.namespace() == namespace
-                && e.spec
-                    .targets
-                    .iter()
-                    .any(|t| t.service_ref.as_ref().is_some_and(|s| &s.name == service))
-        })
-        .map(|e| ObjectRef::from_obj(e.as_ref()))
-        .collect()
+    service_of(slice).map_or_else(Vec::new, |service| endpoints.refs(&service))
 }
 
 /// Every address the endpoint's targets stand for, with readiness from EndpointSlices.
@@ -124,7 +121,7 @@ fn endpoints_using_service(
 fn candidates(
     spec: &DnsEndpointSpec,
     namespace: &str,
-    slices: &Store<EndpointSlice>,
+    slices: &Indexed<EndpointSlice>,
 ) -> (Vec<Candidate>, Vec<String>) {
     let mut found = Vec::new();
     let mut services_without_ready = Vec::new();
@@ -145,12 +142,7 @@ fn candidates(
             continue;
         };
         let before = found.len();
-        for slice in slices.state() {
-            if slice.namespace().as_deref() != Some(namespace)
-                || slice.labels().get(SERVICE_NAME_LABEL) != Some(&service.name)
-            {
-                continue;
-            }
+        for slice in slices.get(&namespaced_key(namespace, &service.name)) {
             for endpoint in slice.endpoints.iter().flatten() {
                 // An unset `ready` means ready (EndpointSlice API contract).
                 let ready = endpoint
@@ -178,6 +170,9 @@ fn candidates(
 }
 
 async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<Action, Error> {
+    if let Some(action) = context.readiness.until_synced(CONTROLLER) {
+        return Ok(action);
+    }
     let Some(token) = context.leadership.borrow().token() else {
         return Ok(Action::await_change());
     };
@@ -452,20 +447,8 @@ async fn create_plan(
     match api.create(&PostParams::default(), &plan).await {
         Ok(_) => {
             context.metrics.dns.plans_minted.inc();
+            // No Event per plan: the enactor's PlanLive Event on the endpoint tells each change.
             info!(endpoint = %key(endpoint), generation, records = %summary, "plan minted");
-            let note = if summary.is_empty() {
-                format!("plan {generation}: no records (allowEmpty)")
-            } else {
-                format!("plan {generation}: {summary}")
-            };
-            publish(
-                &context.recorder,
-                endpoint,
-                EventType::Normal,
-                "PlanMinted",
-                note,
-            )
-            .await;
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),

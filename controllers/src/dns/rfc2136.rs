@@ -1,8 +1,10 @@
 //! RFC 2136 dynamic updates signed with TSIG (RFC 8945), on hickory-proto's message types and
 //! signer, over TCP (an update with its prerequisites can outgrow a UDP datagram, and TCP gives
-//! one clear error when the server is down).
+//! one clear error when the server is down). Connections are kept open and reused, one exchange
+//! at a time on each.
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -21,13 +23,19 @@ use super::provider::{DnsProvider, ProviderError, WriteOutcome};
 /// Seconds of clock skew the server tolerates on a signature.
 const TSIG_FUDGE: u16 = 300;
 
-/// A zone on one primary server, updated with one TSIG key.
+/// Idle connections kept per client (unless it opens one per exchange). BIND serves 150 TCP clients at once by default
+/// (`tcp-clients`), idle ones included, and every replica keeps its own.
+const MAX_IDLE_CONNECTIONS: usize = 8;
+
+/// A zone on one primary server, updated with one TSIG key. Clones share idle connections.
 #[derive(Clone)]
 pub struct Rfc2136 {
     server: String,
     zone: Name,
     signer: TSigner,
     timeout: Duration,
+    idle: Arc<Mutex<Vec<TcpStream>>>,
+    max_idle: usize,
 }
 
 impl Rfc2136 {
@@ -55,7 +63,15 @@ impl Rfc2136 {
             zone: fqdn_name(zone)?,
             signer,
             timeout,
+            idle: Arc::default(),
+            max_idle: MAX_IDLE_CONNECTIONS,
         })
+    }
+
+    /// This client opens a new connection for every exchange instead of reusing one.
+    pub fn with_new_connection_per_exchange(mut self) -> Self {
+        self.max_idle = 0;
+        self
     }
 
     /// The name as an absolute DNS name, refused unless it lies inside the zone.
@@ -126,17 +142,14 @@ impl Rfc2136 {
     }
 
     /// A signed SOA query for the zone apex: proves the server answers for the zone and accepts
-    /// the key (a wrong secret or key name comes back as NOTAUTH with the TSIG error). Returns
-    /// the zone's SOA serial.
-    pub async fn probe(&self) -> Result<u32, ProviderError> {
+    /// the key (a wrong secret or key name comes back as NOTAUTH with the TSIG error).
+    pub async fn probe(&self) -> Result<(), ProviderError> {
         let response = self.query(&self.zone, RecordType::SOA).await?;
         response
             .answers()
             .iter()
-            .find_map(|record| match record.data() {
-                RData::SOA(soa) => Some(soa.serial()),
-                _ => None,
-            })
+            .find(|record| matches!(record.data(), RData::SOA(_)))
+            .map(drop)
             .ok_or_else(|| {
                 ProviderError::BadResponse(format!(
                     "no SOA record for {} in the answer: the server is not authoritative for it",
@@ -225,18 +238,49 @@ impl Rfc2136 {
         Ok(parsed)
     }
 
+    /// One exchange on an idle connection, else a new one. The server closes connections idle
+    /// too long (BIND: 30 s) and then none of the idle ones are worth trying; the request goes
+    /// out again on a new connection. Sending an UPDATE twice is safe: its fence prerequisite
+    /// fails the second time if the first one was applied after all.
     async fn round_trip(&self, request: &[u8]) -> std::io::Result<Vec<u8>> {
+        let idle = self.idle_connections().pop();
+        if let Some(mut stream) = idle {
+            if let Ok(response) = exchange_on(&mut stream, request).await {
+                self.keep(stream);
+                return Ok(response);
+            }
+            self.idle_connections().clear();
+        }
         let mut stream = TcpStream::connect(&self.server).await?;
-        let length = u16::try_from(request.len()).map_err(std::io::Error::other)?;
-        let mut framed = Vec::with_capacity(request.len() + 2);
-        framed.extend_from_slice(&length.to_be_bytes());
-        framed.extend_from_slice(request);
-        stream.write_all(&framed).await?;
-        let length = stream.read_u16().await? as usize;
-        let mut response = vec![0; length];
-        stream.read_exact(&mut response).await?;
+        stream.set_nodelay(true)?;
+        let response = exchange_on(&mut stream, request).await?;
+        self.keep(stream);
         Ok(response)
     }
+
+    fn keep(&self, stream: TcpStream) {
+        let mut idle = self.idle_connections();
+        if idle.len() < self.max_idle {
+            idle.push(stream);
+        }
+    }
+
+    fn idle_connections(&self) -> std::sync::MutexGuard<'_, Vec<TcpStream>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One length-framed DNS message out and its answer back (RFC 1035 4.2.2).
+async fn exchange_on(stream: &mut TcpStream, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let length = u16::try_from(request.len()).map_err(std::io::Error::other)?;
+    let mut framed = Vec::with_capacity(request.len() + 2);
+    framed.extend_from_slice(&length.to_be_bytes());
+    framed.extend_from_slice(request);
+    stream.write_all(&framed).await?;
+    let length = stream.read_u16().await? as usize;
+    let mut response = vec![0; length];
+    stream.read_exact(&mut response).await?;
+    Ok(response)
 }
 
 impl DnsProvider for Rfc2136 {

@@ -1,18 +1,19 @@
 //! What the planner and enactor controllers share: settings, errors, backoff, plan lookup,
 //! endpoint status writes and Events.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone};
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, TsigAlgorithm};
 use futures::Stream;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 
 pub use crate::runtime::{Backoff, apply_status, cached, drain, publish, scoped_api};
 
@@ -20,15 +21,17 @@ use super::fencing::Strategy;
 use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
+use crate::index::{Indexed, indexed};
 use crate::readiness::Readiness;
 use crate::scope::Scope;
 
-/// The caches both DNS controllers work from: endpoints (their main stream) and plans, each with
-/// a readiness gate `<controller>/<kind>`.
+/// The caches both DNS controllers work from: endpoints (their main stream; indexed by the
+/// Services they follow) and plans (indexed by endpoint), each with a readiness gate
+/// `<controller>/<kind>`.
 pub struct EndpointsAndPlans<E, P> {
-    pub endpoints: Store<DnsEndpoint>,
+    pub endpoints: Indexed<DnsEndpoint>,
     pub endpoint_events: E,
-    pub plans: Store<DnsPlan>,
+    pub plans: Indexed<DnsPlan>,
     pub plan_events: P,
 }
 
@@ -42,17 +45,19 @@ pub fn endpoints_and_plans(
     impl Stream<Item = Result<watcher::Event<DnsPlan>, watcher::Error>> + Send + 'static,
 > {
     let gate = |kind: &str| readiness.gate(format!("{controller}/{kind}"));
-    let (endpoints, endpoint_events) = cached(
+    let (endpoints, endpoint_events) = indexed(
         client,
         namespace,
         watcher::Config::default(),
         gate("DnsEndpoint"),
+        followed_services,
     );
-    let (plans, plan_events) = cached(
+    let (plans, plan_events) = indexed(
         client,
         namespace,
         watcher::Config::default(),
         gate("DnsPlan"),
+        |plan: &DnsPlan| vec![in_namespace(plan, &plan.spec.endpoint_ref)],
     );
     EndpointsAndPlans {
         endpoints,
@@ -60,6 +65,26 @@ pub fn endpoints_and_plans(
         plans,
         plan_events,
     }
+}
+
+/// `<namespace>/<name>`: an index key for `name` in the object's namespace.
+pub fn in_namespace(object: &impl Resource, name: &str) -> String {
+    namespaced_key(object.meta().namespace.as_deref().unwrap_or_default(), name)
+}
+
+pub fn namespaced_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Index keys of the Services whose EndpointSlices the endpoint's targets follow.
+fn followed_services(endpoint: &DnsEndpoint) -> Vec<String> {
+    endpoint
+        .spec
+        .targets
+        .iter()
+        .filter_map(|t| t.service_ref.as_ref())
+        .map(|service| in_namespace(endpoint, &service.name))
+        .collect()
 }
 
 /// Label on every DnsPlan naming its DnsEndpoint.
@@ -129,18 +154,16 @@ pub fn key(endpoint: &DnsEndpoint) -> String {
 }
 
 /// The endpoint's plans in the cache, oldest first.
-pub fn plans_of(plans: &Store<DnsPlan>, endpoint: &DnsEndpoint) -> Vec<Arc<DnsPlan>> {
-    let namespace = endpoint.namespace();
-    let name = endpoint.name_any();
+pub fn plans_of(plans: &Indexed<DnsPlan>, endpoint: &DnsEndpoint) -> Vec<Arc<DnsPlan>> {
     let uid = endpoint.uid();
     let mut found: Vec<Arc<DnsPlan>> = plans
-        .state()
+        .get(&in_namespace(endpoint, &endpoint.name_any()))
         .into_iter()
+        // A same-named endpoint that was deleted and recreated does not inherit plans.
         .filter(|p| {
-            p.namespace() == namespace
-                && p.spec.endpoint_ref == name
-                // A same-named endpoint that was deleted and recreated does not inherit plans.
-                && p.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
         })
         .collect();
     found.sort_by_key(|p| p.spec.generation);
@@ -169,11 +192,11 @@ pub fn fqdn_in_zone(fqdn: &str, zone: &str) -> bool {
     fqdn == zone || fqdn.ends_with(&format!(".{zone}"))
 }
 
-/// The endpoint's zone (from the zone cache) and a provider for it, with the TSIG secret read
-/// from its Secret.
+/// The endpoint's zone (from the zone cache) and a client for its server from `clients`.
 pub async fn zone_provider(
     client: &kube::Client,
     zones: &Store<DnsZone>,
+    clients: &ZoneClients,
     endpoint: &DnsEndpoint,
     timeout: Duration,
 ) -> Result<(Arc<DnsZone>, Rfc2136), Error> {
@@ -181,8 +204,90 @@ pub async fn zone_provider(
     let zone = zones
         .get(&ObjectRef::new(&endpoint.spec.zone_ref).within(&namespace))
         .ok_or_else(|| zone_not_found(endpoint))?;
-    let provider = provider_for(client, &zone, endpoint, timeout).await?;
+    check_in_zone(&zone, endpoint)?;
+    let provider = clients.get(client, &zone, timeout).await?;
     Ok((zone, provider))
+}
+
+/// How long a zone's TSIG key, once read from its Secret, is used without reading it again: a
+/// rotated key takes effect within this, or at once after the server refuses the old one. At
+/// 10,000 endpoints in 4 zones that is under one Secret read per second, not one per reconcile.
+pub const TSIG_SECRET_TTL: Duration = Duration::from_secs(5);
+
+/// The enactor's clients for zone servers, one per DnsZone. Reading the TSIG Secret on every
+/// reconcile was most of the API reads at 10,000 endpoints, and a client per reconcile opened a
+/// TCP connection per exchange; a cached client keeps its connections open for the next one.
+#[derive(Clone, Default)]
+pub struct ZoneClients {
+    by_zone: Arc<Mutex<HashMap<ObjectRef<DnsZone>, CachedClient>>>,
+    /// Held while a key is read, so the reconciles that all miss at start read it once, not
+    /// once each.
+    reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+struct CachedClient {
+    /// The zone object the client was made from: any change to it makes a new client.
+    zone_version: Option<String>,
+    key_read_at: Instant,
+    settings: ClientSettings,
+    client: Rfc2136,
+}
+
+impl ZoneClients {
+    pub async fn get(
+        &self,
+        client: &kube::Client,
+        zone: &DnsZone,
+        timeout: Duration,
+    ) -> Result<Rfc2136, Error> {
+        let key = ObjectRef::from_obj(zone);
+        let version = zone.resource_version();
+        let cached = |clients: &Self| {
+            clients
+                .lock()
+                .get(&key)
+                .filter(|c| c.zone_version == version && c.key_read_at.elapsed() < TSIG_SECRET_TTL)
+                .map(|c| c.client.clone())
+        };
+        if let Some(client) = cached(self) {
+            return Ok(client);
+        }
+        let _reading = self.reading.lock().await;
+        if let Some(client) = cached(self) {
+            return Ok(client);
+        }
+        let settings = client_settings(client, zone, timeout).await?;
+        let mut by_zone = self.lock();
+        // The same settings again keep the client, and so its open connections.
+        let reused = by_zone
+            .remove(&key)
+            .filter(|cached| cached.settings == settings)
+            .map(|cached| cached.client);
+        let rfc2136 = match reused {
+            Some(client) => client,
+            None => settings.client()?,
+        };
+        by_zone.insert(
+            key,
+            CachedClient {
+                zone_version: version,
+                key_read_at: Instant::now(),
+                settings,
+                client: rfc2136.clone(),
+            },
+        );
+        Ok(rfc2136)
+    }
+
+    /// Drops the zone's client after a failure, so the next attempt reads the key again (it may
+    /// have been rotated) and connects anew.
+    pub fn forget(&self, zone_ref: ObjectRef<DnsZone>) {
+        self.lock().remove(&zone_ref);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<DnsZone>, CachedClient>> {
+        self.by_zone.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 pub fn zone_not_found(endpoint: &DnsEndpoint) -> Error {
@@ -196,33 +301,71 @@ pub fn zone_not_found(endpoint: &DnsEndpoint) -> Error {
     }
 }
 
-/// A provider for the endpoint's name in `zone`.
+/// A client for the endpoint's name in `zone`, with the TSIG key read from its Secret now.
 pub async fn provider_for(
     client: &kube::Client,
     zone: &DnsZone,
     endpoint: &DnsEndpoint,
     timeout: Duration,
 ) -> Result<Rfc2136, Error> {
-    if !fqdn_in_zone(&endpoint.spec.fqdn, &zone.spec.zone) {
-        return Err(Error::Invalid {
-            reason: "FqdnOutsideZone",
-            message: format!(
-                "{} is not inside zone {} (DnsZone {})",
-                endpoint.spec.fqdn,
-                zone.spec.zone,
-                zone.name_any()
-            ),
-        });
-    }
+    check_in_zone(zone, endpoint)?;
     zone_client(client, zone, timeout).await
 }
 
-/// A client for the zone's server, with the TSIG secret read from its Secret.
+fn check_in_zone(zone: &DnsZone, endpoint: &DnsEndpoint) -> Result<(), Error> {
+    if fqdn_in_zone(&endpoint.spec.fqdn, &zone.spec.zone) {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        reason: "FqdnOutsideZone",
+        message: format!(
+            "{} is not inside zone {} (DnsZone {})",
+            endpoint.spec.fqdn,
+            zone.spec.zone,
+            zone.name_any()
+        ),
+    })
+}
+
+/// A client for the zone's server, with the TSIG key read from its Secret now.
 pub async fn zone_client(
     client: &kube::Client,
     zone: &DnsZone,
     timeout: Duration,
 ) -> Result<Rfc2136, Error> {
+    Ok(client_settings(client, zone, timeout).await?.client()?)
+}
+
+/// Everything a zone's client is made from.
+#[derive(Clone, PartialEq)]
+struct ClientSettings {
+    server: String,
+    zone: String,
+    key_name: String,
+    algorithm: TsigAlgorithm,
+    secret: String,
+    timeout: Duration,
+}
+
+impl ClientSettings {
+    fn client(&self) -> Result<Rfc2136, ProviderError> {
+        Rfc2136::new(
+            &self.server,
+            &self.zone,
+            &self.key_name,
+            self.algorithm,
+            &self.secret,
+            self.timeout,
+        )
+    }
+}
+
+/// The zone's provider settings with the TSIG key read from its Secret.
+async fn client_settings(
+    client: &kube::Client,
+    zone: &DnsZone,
+    timeout: Duration,
+) -> Result<ClientSettings, Error> {
     let namespace = zone.namespace().unwrap_or_default();
     let settings = zone
         .spec
@@ -252,14 +395,14 @@ pub async fn zone_client(
         .and_then(|d| d.get(&secret_ref.key))
         .ok_or_else(|| missing("key not found in the Secret"))?;
     let value = std::str::from_utf8(&value.0).map_err(|_| missing("value is not text"))?;
-    Ok(Rfc2136::new(
-        &settings.server,
-        &zone.spec.zone,
-        &settings.tsig_key_name,
-        settings.tsig_algorithm,
-        value,
+    Ok(ClientSettings {
+        server: settings.server.clone(),
+        zone: zone.spec.zone.clone(),
+        key_name: settings.tsig_key_name.clone(),
+        algorithm: settings.tsig_algorithm,
+        secret: value.to_owned(),
         timeout,
-    )?)
+    })
 }
 
 /// Writes the status fields and conditions one controller owns, by server-side apply under its

@@ -571,7 +571,10 @@ impl Driver<'_> {
             .ok_or_else(|| format!("DnsZone {zone_name} of DnsEndpoint {name} does not exist"))?;
         let provider = provider_for(&self.context.client, &zone, &endpoint, timeout)
             .await
-            .map_err(|e| format!("DnsEndpoint {name}: {e}"))?;
+            .map_err(|e| format!("DnsEndpoint {name}: {e}"))?
+            // The drill sees the server as a new client does: a connection opened before a
+            // fault may outlive it (NetworkPolicies commonly spare established connections).
+            .with_new_connection_per_exchange();
         Ok((endpoint, provider))
     }
 

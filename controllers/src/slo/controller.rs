@@ -2,8 +2,9 @@
 //! and dashboard ConfigMap with server-side apply, both owned by the SLO so they go with it, and
 //! writes the live burn rates from Prometheus into status.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bulwark_crds::slo::{RuleCount, ServiceLevelObjective, ServiceLevelObjectiveStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -12,6 +13,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,10 @@ const FIELD_MANAGER: &str = "bulwark-slo";
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a missing PrometheusRule CRD is looked for again.
 const CRD_RETRY: Duration = Duration::from_secs(60);
+/// How long unchanged live numbers keep their evaluatedAt: a status write per SLO per interval
+/// only to move a timestamp was most of the API writes at 1,000 SLOs, while drill guards need it
+/// fresher than 5 minutes.
+const EVALUATED_AT_REFRESH: Duration = Duration::from_secs(60);
 
 pub const READY: &str = "Ready";
 pub const LIVE_STATUS: &str = "LiveStatus";
@@ -64,6 +70,19 @@ struct Context {
     prometheus: Result<Option<LiveRounds>, String>,
     settings: SloSettings,
     backoff: Backoff,
+    dashboards: Store<ConfigMap>,
+    readiness: Readiness,
+    /// Per SLO (by UID): the PrometheusRule last applied or found current, so status refreshes
+    /// do not re-apply it.
+    rules_applied: Mutex<HashMap<String, RulesApplied>>,
+}
+
+#[derive(Clone, Copy)]
+struct RulesApplied {
+    generation: Option<i64>,
+    at: Instant,
+    /// Whether the cluster served the PrometheusRule kind.
+    served: bool,
 }
 
 pub async fn run(
@@ -83,7 +102,7 @@ pub async fn run(
         readiness.gate(format!("{CONTROLLER}/ServiceLevelObjective")),
     );
     // Dashboards deleted or edited by hand are restored at once.
-    let (_dashboards, dashboard_events) = cached::<ConfigMap>(
+    let (dashboards, dashboard_events) = cached::<ConfigMap>(
         &client,
         namespace,
         watcher::Config::default().labels(SLO_LABEL),
@@ -103,6 +122,9 @@ pub async fn run(
         prometheus,
         settings,
         backoff: Backoff::default(),
+        dashboards,
+        readiness,
+        rules_applied: Mutex::default(),
     });
     // Only spec changes (generation) trigger a reconcile: every reconcile writes status, and
     // reacting to that write would query Prometheus in a loop. Live numbers refresh on the
@@ -128,6 +150,9 @@ async fn reconcile(
     slo: Arc<ServiceLevelObjective>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
+    if let Some(action) = context.readiness.until_synced(CONTROLLER) {
+        return Ok(action);
+    }
     as_leader(
         &*slo,
         CONTROLLER,
@@ -202,7 +227,7 @@ async fn reconcile_as_leader(
             if !still_leading(&context.leadership, token) {
                 return Ok(Action::await_change());
             }
-            let rules_applied = apply_outputs(&outputs, &namespace, context).await?;
+            let rules_applied = apply_outputs(slo, &outputs, &namespace, context).await?;
             let count = |alerting: bool| {
                 outputs
                     .rule_group
@@ -256,39 +281,73 @@ async fn reconcile_as_leader(
     Ok(action)
 }
 
-/// Applies the dashboard, then the PrometheusRule; `false` when the PrometheusRule kind is not
-/// served (the Prometheus Operator's CRDs are not installed).
+/// Applies the dashboard unless the cache shows it as rendered, then the PrometheusRule on a
+/// spec change, every RESYNC, and the first time unless it is found current; `false` when the
+/// PrometheusRule kind is not served (the Prometheus Operator's CRDs are not installed).
 async fn apply_outputs(
+    slo: &ServiceLevelObjective,
     outputs: &Outputs,
     namespace: &str,
     context: &Context,
 ) -> Result<bool, Error> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let config_maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), namespace);
-    config_maps
-        .patch(
-            &outputs.dashboard.name_any(),
-            &params,
-            &Patch::Apply(&outputs.dashboard),
-        )
-        .await?;
+    let dashboard = &outputs.dashboard;
+    let cached = context
+        .dashboards
+        .get(&ObjectRef::from_obj(dashboard).within(namespace));
+    if cached.is_none_or(|cached| cached.data != dashboard.data) {
+        let config_maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), namespace);
+        config_maps
+            .patch(&dashboard.name_any(), &params, &Patch::Apply(dashboard))
+            .await?;
+    }
+    let uid = slo.uid().unwrap_or_default();
+    let last = context.applied().get(&uid).copied();
+    // A kind not served is asked for again on every reconcile, so the rules follow as soon as
+    // the Prometheus Operator's CRDs are installed.
+    if let Some(last) = last
+        && last.served
+        && last.generation == slo.metadata.generation
+        && last.at.elapsed() < RESYNC
+    {
+        return Ok(true);
+    }
     let rules: Api<DynamicObject> = Api::namespaced_with(
         context.client.clone(),
         namespace,
         &prometheus_rule_resource(),
     );
-    match rules
-        .patch(
-            &outputs.prometheus_rule.name_any(),
-            &params,
-            &Patch::Apply(&outputs.prometheus_rule),
-        )
-        .await
-    {
-        Ok(_) => Ok(true),
-        // Server-side apply creates a missing object, so 404 means the kind itself is missing.
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(e.into()),
+    let rule = &outputs.prometheus_rule;
+    let current = last.is_none()
+        && match rules.get_opt(&rule.name_any()).await {
+            Ok(existing) => existing.is_some_and(|e| e.data.get("spec") == rule.data.get("spec")),
+            // Unreadable (the kind not served, or no `get` in an older chart's role): apply.
+            Err(_) => false,
+        };
+    let served = current
+        || match rules
+            .patch(&rule.name_any(), &params, &Patch::Apply(rule))
+            .await
+        {
+            Ok(_) => true,
+            // Server-side apply creates a missing object, so 404 means the kind itself is missing.
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(e.into()),
+        };
+    context.applied().insert(
+        uid,
+        RulesApplied {
+            generation: slo.metadata.generation,
+            at: Instant::now(),
+            served,
+        },
+    );
+    Ok(served)
+}
+
+impl Context {
+    fn applied(&self) -> std::sync::MutexGuard<'_, HashMap<String, RulesApplied>> {
+        self.rules_applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -313,10 +372,20 @@ async fn refresh_live(outputs: &Outputs, context: &Context, update: &mut StatusU
     match prometheus.live(&outputs.compiled).await {
         Ok(live) => {
             let status = &mut update.status;
-            status.burn_rates = live.burn_rates;
-            status.error_budget_remaining = live.budget_remaining;
-            status.firing = (!live.firing.is_empty()).then(|| live.firing.join(","));
-            status.evaluated_at = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+            let firing = (!live.firing.is_empty()).then(|| live.firing.join(","));
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let unchanged = status.burn_rates == live.burn_rates
+                && status.error_budget_remaining == live.budget_remaining
+                && status.firing == firing
+                && status.evaluated_at.as_ref().is_some_and(|at| {
+                    now.duration_since(at.0).unsigned_abs() < EVALUATED_AT_REFRESH
+                });
+            if !unchanged {
+                status.burn_rates = live.burn_rates;
+                status.error_budget_remaining = live.budget_remaining;
+                status.firing = firing;
+                status.evaluated_at = Some(Time(now));
+            }
             update.set(
                 LIVE_STATUS,
                 true,

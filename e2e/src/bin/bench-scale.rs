@@ -90,26 +90,33 @@ fn transfer(bind: &Bind, zone: &str) -> Result<Answers> {
     Ok(answers)
 }
 
-/// Waits until every name in `wanted` is served as wanted; how long that took.
+/// Waits until every name in `wanted` is served as wanted; how long that took, and when each
+/// name was first seen served as wanted (from the start, to within one zone transfer).
 async fn until_served(
     bind: &Bind,
     zones: &[&str; 4],
     wanted: &Answers,
     timeout: Duration,
-) -> Result<Duration> {
+) -> Result<(Duration, HashMap<String, Instant>)> {
     let started = Instant::now();
     let mut reported = Instant::now();
+    let mut first_served = HashMap::new();
     loop {
         let mut served = Answers::new();
         for zone in zones {
             served.extend(transfer(bind, zone)?);
         }
-        let wrong = wanted
-            .iter()
-            .filter(|(name, values)| served.get(*name) != Some(values))
-            .count();
+        let seen_at = Instant::now();
+        let mut wrong = 0;
+        for (name, values) in wanted {
+            if served.get(name) == Some(values) {
+                first_served.entry(name.clone()).or_insert(seen_at);
+            } else {
+                wrong += 1;
+            }
+        }
         if wrong == 0 {
-            return Ok(started.elapsed());
+            return Ok((started.elapsed(), first_served));
         }
         if started.elapsed() > timeout {
             bail!(
@@ -188,7 +195,8 @@ fn usage(pid: i32) -> Result<Usage> {
     })
 }
 
-/// `apiserver_request_total` from the API server's own metrics, by (verb, resource).
+/// `apiserver_request_total` from the API server's own metrics, by verb and by resource with
+/// its subresource and, for refused writes, the code (`dnsendpoints/status 409`).
 async fn api_requests(client: &kube::Client) -> Result<BTreeMap<(String, String), f64>> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
@@ -207,34 +215,96 @@ async fn api_requests(client: &kube::Client) -> Result<BTreeMap<(String, String)
                 .map(|v| v.trim_end_matches('"').to_string())
                 .unwrap_or_default()
         };
-        *counts
-            .entry((label("verb"), label("resource")))
-            .or_default() += value.parse::<f64>().unwrap_or(0.0);
+        let mut resource = label("resource");
+        let subresource = label("subresource");
+        if !subresource.is_empty() {
+            resource = format!("{resource}/{subresource}");
+        }
+        let code = label("code");
+        if code == "409" {
+            resource = format!("{resource} {code}");
+        }
+        *counts.entry((label("verb"), resource)).or_default() +=
+            value.parse::<f64>().unwrap_or(0.0);
     }
     Ok(counts)
 }
 
-/// Requests between two readings: (writes, all), leaving out node and Lease heartbeats
-/// (kwok's nodes, leader election), which go on whatever Bulwark does.
-fn requests_between(
-    before: &BTreeMap<(String, String), f64>,
-    after: &BTreeMap<(String, String), f64>,
-) -> (f64, f64) {
-    let (mut writes, mut all) = (0.0, 0.0);
-    for ((verb, resource), count) in after {
-        if ["leases", "nodes"].contains(&resource.as_str()) {
-            continue;
+/// Requests between two readings, leaving out node and Lease heartbeats (kwok's nodes, leader
+/// election), which go on whatever Bulwark does.
+struct Requests {
+    writes: f64,
+    all: f64,
+    /// (count, "VERB resource"), most first.
+    by_kind: Vec<(f64, String)>,
+}
+
+impl Requests {
+    fn between(
+        before: &BTreeMap<(String, String), f64>,
+        after: &BTreeMap<(String, String), f64>,
+    ) -> Self {
+        let mut requests = Requests {
+            writes: 0.0,
+            all: 0.0,
+            by_kind: Vec::new(),
+        };
+        for ((verb, resource), count) in after {
+            let kind = resource.split(['/', ' ']).next().unwrap_or_default();
+            if ["leases", "nodes"].contains(&kind) {
+                continue;
+            }
+            let delta = count
+                - before
+                    .get(&(verb.clone(), resource.clone()))
+                    .unwrap_or(&0.0);
+            if delta <= 0.0 {
+                continue;
+            }
+            requests.all += delta;
+            if ["POST", "PUT", "PATCH", "DELETE", "APPLY"].contains(&verb.as_str()) {
+                requests.writes += delta;
+            }
+            requests.by_kind.push((delta, format!("{verb} {resource}")));
         }
-        let delta = count
-            - before
-                .get(&(verb.clone(), resource.clone()))
-                .unwrap_or(&0.0);
-        all += delta;
-        if ["POST", "PUT", "PATCH", "DELETE", "APPLY"].contains(&verb.as_str()) {
-            writes += delta;
-        }
+        requests.by_kind.sort_by(|a, b| b.0.total_cmp(&a.0));
+        requests
     }
-    (writes, all)
+
+    /// The most frequent kinds, each per `per` (a plan, or 1).
+    fn top(&self, per: f64) -> String {
+        self.by_kind
+            .iter()
+            .take(6)
+            .map(|(count, kind)| format!("{kind} {:.1}", count / per))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Keeps `peak` at the largest `bulwark_dns_pending_endpoints` any replica reports; runs until
+/// the caller drops it.
+async fn sample_pending(operators: &[Operator], peak: &std::cell::Cell<i64>) {
+    loop {
+        for operator in operators {
+            if let Ok((_, body)) = operator.get("/metrics").await {
+                let pending = body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("bulwark_dns_pending_endpoints "))
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .unwrap_or(0);
+                peak.set(peak.get().max(pending));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `q`-quantile of `values` (sorted in place), nearest rank.
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
 
 /// Queries Prometheus has answered on its query endpoint, from its own metrics.
@@ -468,7 +538,7 @@ async fn main() -> Result<()> {
     progress("starting two operator replicas");
     let operators_started = Instant::now();
     let mut operators = replicas(&cluster.kubeconfig, &ns, &prometheus.url, &logs)?;
-    let to_served = until_served(&bind, &ZONES, &wanted, Duration::from_secs(1800)).await?;
+    let (to_served, _) = until_served(&bind, &ZONES, &wanted, Duration::from_secs(1800)).await?;
     row(
         &mut rows,
         format!("start → all {endpoints} names served at BIND9"),
@@ -521,15 +591,37 @@ async fn main() -> Result<()> {
     }
     let requests_before = api_requests(&client).await?;
     let burst_started = Instant::now();
-    for_each("burst of changes", changed.len(), |k| {
-        let api = dns_endpoints.clone();
-        let i = changed[k];
-        async move { set_literal(&api, i, 1).await }
-    })
-    .await?;
-    until_served(&bind, &ZONES, &wanted, Duration::from_secs(600)).await?;
+    let changed_at = std::sync::Mutex::new(HashMap::new());
+    let peak_pending = std::cell::Cell::new(0);
+    let burst_run = async {
+        for_each("burst of changes", changed.len(), |k| {
+            let (api, i, changed_at) = (dns_endpoints.clone(), changed[k], &changed_at);
+            async move {
+                set_literal(&api, i, 1).await?;
+                let now = Instant::now();
+                changed_at.lock().unwrap().insert(fqdn(i, &ZONES), now);
+                Ok(())
+            }
+        })
+        .await?;
+        until_served(&bind, &ZONES, &wanted, Duration::from_secs(600)).await
+    };
+    let (_, first_served) = tokio::select! {
+        served = burst_run => served?,
+        () = sample_pending(&operators, &peak_pending) => unreachable!("sampling never ends"),
+    };
     let took = burst_started.elapsed();
-    let (writes, all) = requests_between(&requests_before, &api_requests(&client).await?);
+    let requests = Requests::between(&requests_before, &api_requests(&client).await?);
+    let mut latencies: Vec<f64> = changed_at
+        .into_inner()
+        .unwrap()
+        .iter()
+        .map(|(name, at)| {
+            first_served[name]
+                .saturating_duration_since(*at)
+                .as_secs_f64()
+        })
+        .collect();
     row(
         &mut rows,
         format!("burst: {burst} endpoints changed at once → all served"),
@@ -541,8 +633,31 @@ async fn main() -> Result<()> {
     );
     row(
         &mut rows,
+        "burst: change → served at BIND9, p50 / p99 (to within one zone transfer)",
+        format!(
+            "{:.2} s / {:.2} s",
+            quantile(&mut latencies, 0.5),
+            quantile(&mut latencies, 0.99)
+        ),
+    );
+    row(
+        &mut rows,
+        "burst: most endpoints pending enactment at once (bulwark_dns_pending_endpoints)",
+        format!("{}", peak_pending.get()),
+    );
+    row(
+        &mut rows,
         "API requests per plan in the burst (writes / all, the bench's own changes included)",
-        format!("{:.1} / {:.1}", writes / burst as f64, all / burst as f64),
+        format!(
+            "{:.1} / {:.1}",
+            requests.writes / burst as f64,
+            requests.all / burst as f64
+        ),
+    );
+    row(
+        &mut rows,
+        "  most frequent, per plan",
+        requests.top(burst as f64),
     );
 
     // A restart with everything live: no writes, every name verified.
@@ -568,7 +683,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (writes, _) = requests_between(&requests_before, &api_requests(&client).await?);
+    let requests = Requests::between(&requests_before, &api_requests(&client).await?);
     row(
         &mut rows,
         "restart with all live → every name's fence read at the server",
@@ -577,8 +692,9 @@ async fn main() -> Result<()> {
     row(
         &mut rows,
         "restart: API writes until then (+5 s)",
-        format!("{writes:.0}"),
+        format!("{:.0}", requests.writes),
     );
+    row(&mut rows, "  most frequent requests", requests.top(1.0));
     drop(operators);
 
     // external-dns on the same names (literal addresses; it has no Service-to-name CRD source),
@@ -658,11 +774,18 @@ async fn external_dns(
     let mut wanted: Answers = (0..endpoints)
         .map(|i| (fqdn(i, &EDNS_ZONES), vec![address(0, i)]))
         .collect();
-    // Its fastest settings, as in `./dev bench dns`.
-    let fastest = ["--events", "--min-event-sync-interval=0s", "--interval=1s"];
+    // Its fastest settings, as in `./dev bench dns`, and no client-side API rate limit: at its
+    // default (5 requests/s) it had served none of 3,000 names after 3 minutes, its log silent.
+    let fastest = [
+        "--events",
+        "--min-event-sync-interval=0s",
+        "--interval=1s",
+        "--kube-api-qps=1000",
+        "--kube-api-burst=1000",
+    ];
     let log = logs.join("external-dns.log");
     let mut process = start_external_dns(bind, &EDNS_ZONES, &ns, kubeconfig, &fastest, &log)?;
-    let first_sync = until_served(bind, &EDNS_ZONES, &wanted, Duration::from_secs(1800))
+    let (first_sync, _) = until_served(bind, &EDNS_ZONES, &wanted, Duration::from_secs(1800))
         .await
         .with_context(|| format!("external-dns log tail:\n{}", process.log_tail(20)))?;
     row(
