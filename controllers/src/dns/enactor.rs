@@ -137,7 +137,10 @@ async fn count_pending(
         let pending = endpoints
             .state()
             .iter()
-            .filter(|e| live_generation(e) < Some(reserved_generation(e)))
+            // Reserved 0: nothing to enact (no plan yet, or none minted for want of a target).
+            .filter(|e| {
+                reserved_generation(e) > 0 && live_generation(e) < Some(reserved_generation(e))
+            })
             .count();
         gauge.set(pending as i64);
     }
