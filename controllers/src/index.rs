@@ -6,13 +6,16 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use kube::Resource;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use tracing::warn;
 
 use crate::readiness::Gate;
-use crate::runtime::{Watched, cached};
+use crate::runtime::{Watched, cached, scoped_api};
 
 /// The index keys of one object.
 pub type Keys<K> = fn(&K) -> Vec<String>;
@@ -96,6 +99,26 @@ where
     pub fn store(&self) -> &Store<K> {
         &self.store
     }
+
+    fn new(store: Store<K>, keys: Keys<K>) -> Self {
+        let index = Index {
+            keys,
+            live: Entries::default(),
+            relisting: None,
+        };
+        Indexed {
+            store,
+            index: Arc::new(RwLock::new(index)),
+        }
+    }
+
+    /// Brings the index up to date with an event the store has been given.
+    fn observe(&self, event: &watcher::Event<K>) {
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(event);
+    }
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
@@ -133,21 +156,136 @@ pub fn indexed<K: Watched>(
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) {
     let (store, events) = cached::<K>(client, namespace, config, gate);
-    let index = Arc::new(RwLock::new(Index {
-        keys,
-        live: Entries::default(),
-        relisting: None,
-    }));
-    let observer = index.clone();
+    let indexed = Indexed::new(store, keys);
+    let observer = indexed.clone();
     let events = events.inspect(move |event| {
         if let Ok(event) = event {
-            observer
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(event);
+            observer.observe(event);
         }
     });
-    (Indexed { store, index }, events)
+    (indexed, events)
+}
+
+/// Which of a shared watch's changes a subscriber is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Objects listed, created or changed: what a controller's own kind triggers on.
+    Applied,
+    /// Also deleted objects: what an owner must hear of its children.
+    Touched,
+    /// Objects listed or created, and those whose spec changed (a new `metadata.generation`);
+    /// status writes and deletions are not sent.
+    NewGeneration,
+}
+
+/// One watch of `K` for several controllers of a replica: one cache and index for all of them,
+/// and for each subscriber its own stream of changes. A watch per controller held every object
+/// once per controller, and the API server sent every write once per controller.
+pub struct SharedWatch<K: Watched> {
+    indexed: Indexed<K>,
+    writer: Writer<K>,
+    events: BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
+    subscribers: Vec<Subscriber<K>>,
+}
+
+struct Subscriber<K> {
+    changes: Changes,
+    /// Opened with the first full list.
+    gate: Gate,
+    sender: UnboundedSender<Arc<K>>,
+}
+
+impl<K: Watched> SharedWatch<K> {
+    pub fn new(
+        client: &kube::Client,
+        namespace: Option<&str>,
+        config: watcher::Config,
+        keys: Keys<K>,
+    ) -> Self {
+        let events = watcher(scoped_api::<K>(client, namespace), config)
+            .default_backoff()
+            .boxed();
+        Self::from_events(events, keys)
+    }
+
+    fn from_events(
+        events: BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
+        keys: Keys<K>,
+    ) -> Self {
+        let (store, writer) = reflector::store();
+        SharedWatch {
+            indexed: Indexed::new(store, keys),
+            writer,
+            events,
+            subscribers: Vec::new(),
+        }
+    }
+
+    pub fn indexed(&self) -> Indexed<K> {
+        self.indexed.clone()
+    }
+
+    /// A stream of the `changes` for one controller; `gate` opens once the cache is listed.
+    pub fn subscribe(&mut self, changes: Changes, gate: Gate) -> UnboundedReceiver<Arc<K>> {
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        self.subscribers.push(Subscriber {
+            changes,
+            gate,
+            sender,
+        });
+        receiver
+    }
+
+    /// Fills the cache and index and sends each subscriber its changes, for as long as the
+    /// watch runs (it retries with backoff on its own).
+    pub async fn run(mut self) {
+        let kind = K::kind(&());
+        while let Some(event) = self.events.next().await {
+            let event = match event {
+                // As in `cached`: nothing reads managedFields.
+                Ok(event) => event.modify(|object| object.meta_mut().managed_fields = None),
+                Err(error) => {
+                    warn!(%error, %kind, "watch failed");
+                    continue;
+                }
+            };
+            let new_generation = match &event {
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => self
+                    .indexed
+                    .store
+                    .get(&ObjectRef::from_obj(object))
+                    .is_none_or(|cached| cached.meta().generation != object.meta().generation),
+                _ => false,
+            };
+            self.writer.apply_watcher_event(&event);
+            self.indexed.observe(&event);
+            let (object, deleted) = match event {
+                // The store's own copy; a relisted one is in the store only once the list is done.
+                watcher::Event::Apply(object) => {
+                    let cached = self.indexed.store.get(&ObjectRef::from_obj(&object));
+                    (cached.unwrap_or_else(|| Arc::new(object)), false)
+                }
+                watcher::Event::InitApply(object) => (Arc::new(object), false),
+                watcher::Event::Delete(object) => (Arc::new(object), true),
+                watcher::Event::InitDone => {
+                    self.subscribers.iter().for_each(|s| s.gate.open());
+                    continue;
+                }
+                watcher::Event::Init => continue,
+            };
+            for subscriber in &self.subscribers {
+                let wanted = match subscriber.changes {
+                    Changes::Applied => !deleted,
+                    Changes::Touched => true,
+                    Changes::NewGeneration => new_generation,
+                };
+                if wanted {
+                    // A controller that has stopped (shutdown) no longer listens.
+                    let _ = subscriber.sender.unbounded_send(object.clone());
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +349,48 @@ mod tests {
             !index.live.by_key.contains_key("red"),
             "empty keys are dropped"
         );
+    }
+
+    fn versioned(name: &str, generation: i64, label: &str) -> ConfigMap {
+        let mut object = map(name, label);
+        object.metadata.generation = Some(generation);
+        object
+    }
+
+    fn names_in(changes: &mut UnboundedReceiver<Arc<ConfigMap>>) -> Vec<String> {
+        std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|object| object.metadata.name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_shared_watch_sends_each_subscriber_the_changes_it_asked_for() {
+        use watcher::Event::*;
+        let events = vec![
+            Init,
+            InitApply(versioned("a", 1, "red")),
+            InitDone,
+            // A status write: same generation.
+            Apply(versioned("a", 1, "red")),
+            Apply(versioned("b", 1, "blue")),
+            Apply(versioned("a", 2, "red")),
+            Delete(versioned("b", 1, "blue")),
+        ];
+        let events = futures::stream::iter(events.into_iter().map(Ok)).boxed();
+        let mut watch = SharedWatch::from_events(events, index().keys);
+        let readiness = crate::readiness::Readiness::default();
+        let mut applied = watch.subscribe(Changes::Applied, readiness.gate("one/ConfigMap"));
+        let mut touched = watch.subscribe(Changes::Touched, readiness.gate("two/ConfigMap"));
+        let mut specs = watch.subscribe(Changes::NewGeneration, readiness.gate("three/ConfigMap"));
+        let indexed = watch.indexed();
+        watch.run().await;
+        assert_eq!(names_in(&mut applied), ["a", "a", "b", "a"]);
+        assert_eq!(names_in(&mut touched), ["a", "a", "b", "a", "b"]);
+        assert_eq!(names_in(&mut specs), ["a", "b", "a"]);
+        assert!(readiness.pending().is_empty(), "every gate opens with the list");
+        let cached: Vec<_> = indexed.get("red").iter().map(|m| m.metadata.generation).collect();
+        assert_eq!(cached, [Some(2)]);
+        assert!(indexed.get("blue").is_empty(), "deleted");
     }
 
     #[test]

@@ -7,7 +7,11 @@ mod telemetry;
 
 use anyhow::Context as _;
 use bulwark_chaos::slow_enactor::SlowEnactor;
-use bulwark_controllers::dns::{self, fencing::Strategy, runtime::DnsSettings};
+use bulwark_controllers::dns::{
+    self,
+    fencing::Strategy,
+    runtime::{DnsSettings, EndpointsAndPlans},
+};
 use bulwark_controllers::drills::{self, run_controller::DrillSettings};
 use bulwark_controllers::postgres::{self, cluster::PostgresSettings};
 use bulwark_controllers::runtime::parse_duration;
@@ -519,6 +523,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         server_timeout: args.dns_server_timeout,
         slow_enactor: SlowEnactor::new(args.chaos_slow_enactor.unwrap_or_default()),
     };
+    let mut dns_caches = EndpointsAndPlans::new(&client, scope.namespace());
     tasks.spawn(
         "dns-planner",
         dns::planner::run(
@@ -528,6 +533,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             readiness.clone(),
             leadership.clone(),
             dns_settings.clone(),
+            &mut dns_caches,
             shutdown.clone(),
         ),
     );
@@ -551,9 +557,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             readiness.clone(),
             leadership.clone(),
             dns_settings,
+            &mut dns_caches,
             shutdown.clone(),
         ),
     );
+    tasks.spawn("dns-caches", dns_caches.run(shutdown.clone()));
     tasks.spawn(
         "postgres-controller",
         postgres::cluster::run(

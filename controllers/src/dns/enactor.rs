@@ -30,11 +30,11 @@ use super::fencing::{
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, Error, MINTED_AT_ANNOTATION, ZoneClients, apply_endpoint_status, cached,
-    drain, endpoint_condition, endpoints_and_plans, endpoints_in_zone, key, plans_of, publish,
+    Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, ZoneClients, apply_endpoint_status, cached,
+    drain, endpoint_condition, endpoint_condition_for, endpoints_in_zone, key, plans_of, publish,
     zone_provider,
 };
-use crate::index::Indexed;
+use crate::index::{Changes, Indexed};
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -62,67 +62,64 @@ struct Context {
     backoff: Backoff,
 }
 
-pub async fn run(
+/// The enactor's task; subscribes to the shared caches at once, so call it before running them.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
     client: kube::Client,
     metrics: Metrics,
     recorder: Recorder,
     readiness: Readiness,
     leadership: watch::Receiver<Leadership>,
     settings: DnsSettings,
+    caches: &mut EndpointsAndPlans,
     shutdown: CancellationToken,
-) {
-    let scope = settings.scope.clone();
-    let namespace = scope.namespace();
-    let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
-    let endpoints = caches.endpoints;
-    // Zones trigger their endpoints and are read from this cache, not fetched per enactment.
-    let (zones, zone_events) = cached::<DnsZone>(
-        &client,
-        namespace,
-        watcher::Config::default(),
-        readiness.gate(format!("{CONTROLLER}/DnsZone")),
-    );
-    let endpoints = endpoints.store().clone();
-    let controller =
-        Controller::for_stream(caches.endpoint_events.applied_objects(), endpoints.clone())
-            .with_config(crate::runtime::bounded());
-    tokio::spawn(count_pending(
-        endpoints.clone(),
-        metrics.dns.pending_endpoints.clone(),
-        shutdown.clone(),
-    ));
-    let context = Arc::new(Context {
-        client,
-        metrics,
-        recorder,
-        settings,
-        plans: caches.plans,
-        zones,
-        zone_clients: ZoneClients::default(),
-        leadership,
-        readiness,
-        backoff: Backoff::default(),
-    });
+) -> impl Future<Output = ()> + Send + 'static {
     // Only a new plan concerns enactment (plans are immutable but for status, which enactors
     // write themselves): reacting to every status write re-read the server for nothing.
-    let results = controller
-        .owns_stream(
-            caches
-                .plan_events
-                .touched_objects()
-                .predicate_filter(predicates::generation, Default::default()),
-        )
-        // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
-        // writes would re-check every endpoint in the zone each time.
-        .watches_stream(
-            zone_events
-                .touched_objects()
-                .predicate_filter(predicates::generation, Default::default()),
-            move |zone| endpoints_in_zone(&endpoints, &zone),
-        )
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, context);
-    drain(CONTROLLER, results).await;
+    let caches = caches.subscribe(&readiness, CONTROLLER, Changes::NewGeneration);
+    async move {
+        let namespace = settings.scope.namespace();
+        // Zones trigger their endpoints and are read from this cache, not fetched per enactment.
+        let (zones, zone_events) = cached::<DnsZone>(
+            &client,
+            namespace,
+            watcher::Config::default(),
+            readiness.gate(format!("{CONTROLLER}/DnsZone")),
+        );
+        let endpoints = caches.endpoints.store().clone();
+        let controller = Controller::for_shared_stream(caches.endpoint_changes, endpoints.clone())
+            .with_config(crate::runtime::bounded());
+        tokio::spawn(count_pending(
+            endpoints.clone(),
+            metrics.dns.pending_endpoints.clone(),
+            shutdown.clone(),
+        ));
+        let context = Arc::new(Context {
+            client,
+            metrics,
+            recorder,
+            settings,
+            plans: caches.plans,
+            zones,
+            zone_clients: ZoneClients::default(),
+            leadership,
+            readiness,
+            backoff: Backoff::default(),
+        });
+        let results = controller
+            .owns_shared_stream(caches.plan_changes)
+            // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
+            // writes would re-check every endpoint in the zone each time.
+            .watches_stream(
+                zone_events
+                    .touched_objects()
+                    .predicate_filter(predicates::generation, Default::default()),
+                move |zone| endpoints_in_zone(&endpoints, &zone),
+            )
+            .graceful_shutdown_on(async move { shutdown.cancelled().await })
+            .run(reconcile, error_policy, context);
+        drain(CONTROLLER, results).await;
+    }
 }
 
 /// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest reserved plan
@@ -600,8 +597,12 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
 
-    let (ready, changed) = endpoint_condition(
+    // Ready=True speaks for the spec the planner minted from (its observedGeneration), not for a
+    // newer spec it has not planned yet: claiming that one was untrue, and the write raced the
+    // planner's reservation (a 409 and a retry for one of them) on every spec change.
+    let (ready, changed) = endpoint_condition_for(
         endpoint,
+        endpoint.status.as_ref().and_then(|s| s.observed_generation),
         "Ready",
         true,
         "Live",

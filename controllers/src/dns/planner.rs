@@ -27,10 +27,10 @@ use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
-    apply_endpoint_status, drain, endpoint_condition, endpoints_and_plans, in_namespace, key,
+    EndpointsAndPlans, apply_endpoint_status, drain, endpoint_condition, in_namespace, key,
     namespaced_key, plans_of, provider_for, publish, zone_not_found,
 };
-use crate::index::{Indexed, indexed};
+use crate::index::{Changes, Indexed, indexed};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -53,54 +53,56 @@ struct Context {
     scope: Scope,
 }
 
-pub async fn run(
+/// The planner's task; subscribes to the shared caches at once, so call it before running them.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
     client: kube::Client,
     metrics: Metrics,
     recorder: Recorder,
     readiness: Readiness,
     leadership: watch::Receiver<Leadership>,
     settings: DnsSettings,
+    caches: &mut EndpointsAndPlans,
     shutdown: CancellationToken,
-) {
-    let scope = settings.scope;
-    let namespace = scope.namespace();
-    let server_timeout = settings.server_timeout;
-    let caches = endpoints_and_plans(&client, namespace, &readiness, CONTROLLER);
-    let endpoints = caches.endpoints;
-    let (slices, slice_events) = indexed::<EndpointSlice>(
-        &client,
-        namespace,
-        watcher::Config::default().labels(SERVICE_NAME_LABEL),
-        readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
-        |slice| service_of(slice).into_iter().collect(),
-    );
-    let controller = Controller::for_stream(
-        caches.endpoint_events.applied_objects(),
-        endpoints.store().clone(),
-    )
-    .with_config(crate::runtime::bounded());
-    let endpoints_for_slices = endpoints;
-    let context = Arc::new(Context {
-        client,
-        metrics,
-        recorder,
-        leadership: leadership.clone(),
-        plans: caches.plans,
-        slices,
-        readiness,
-        backoff: Backoff::default(),
-        server_timeout,
-        scope: scope.clone(),
-    });
-    let results = controller
-        .owns_stream(caches.plan_events.touched_objects())
-        .watches_stream(slice_events.touched_objects(), move |slice| {
-            endpoints_using_service(&endpoints_for_slices, &slice)
-        })
-        .reconcile_all_on(became_leader(leadership))
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, context);
-    drain(CONTROLLER, results).await;
+) -> impl Future<Output = ()> + Send + 'static {
+    // A deleted plan concerns its endpoint too (the planner mints another if it was reserved).
+    let caches = caches.subscribe(&readiness, CONTROLLER, Changes::Touched);
+    async move {
+        let scope = settings.scope;
+        let namespace = scope.namespace();
+        let (slices, slice_events) = indexed::<EndpointSlice>(
+            &client,
+            namespace,
+            watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
+            |slice| service_of(slice).into_iter().collect(),
+        );
+        let endpoints = caches.endpoints;
+        let controller =
+            Controller::for_shared_stream(caches.endpoint_changes, endpoints.store().clone())
+                .with_config(crate::runtime::bounded());
+        let context = Arc::new(Context {
+            client,
+            metrics,
+            recorder,
+            leadership: leadership.clone(),
+            plans: caches.plans,
+            slices,
+            readiness,
+            backoff: Backoff::default(),
+            server_timeout: settings.server_timeout,
+            scope: scope.clone(),
+        });
+        let results = controller
+            .owns_shared_stream(caches.plan_changes)
+            .watches_stream(slice_events.touched_objects(), move |slice| {
+                endpoints_using_service(&endpoints, &slice)
+            })
+            .reconcile_all_on(became_leader(leadership))
+            .graceful_shutdown_on(async move { shutdown.cancelled().await })
+            .run(reconcile, error_policy, context);
+        drain(CONTROLLER, results).await;
+    }
 }
 
 /// The index key of the Service an EndpointSlice belongs to.

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, TsigAlgorithm};
-use futures::Stream;
+use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
 
 pub use crate::runtime::{Backoff, apply_status, cached, drain, publish, scoped_api};
 
@@ -21,49 +22,65 @@ use super::fencing::Strategy;
 use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
-use crate::index::{Indexed, indexed};
+use crate::index::{Changes, Indexed, SharedWatch};
 use crate::readiness::Readiness;
 use crate::scope::Scope;
 
-/// The caches both DNS controllers work from: endpoints (their main stream; indexed by the
-/// Services they follow) and plans (indexed by endpoint), each with a readiness gate
-/// `<controller>/<kind>`.
-pub struct EndpointsAndPlans<E, P> {
-    pub endpoints: Indexed<DnsEndpoint>,
-    pub endpoint_events: E,
-    pub plans: Indexed<DnsPlan>,
-    pub plan_events: P,
+/// The endpoint and plan caches of a replica, one watch each, which the planner and the enactor
+/// share: a watch per controller held every endpoint and plan twice and had the API server send
+/// every write twice.
+pub struct EndpointsAndPlans {
+    endpoints: SharedWatch<DnsEndpoint>,
+    plans: SharedWatch<DnsPlan>,
 }
 
-pub fn endpoints_and_plans(
-    client: &kube::Client,
-    namespace: Option<&str>,
-    readiness: &Readiness,
-    controller: &str,
-) -> EndpointsAndPlans<
-    impl Stream<Item = Result<watcher::Event<DnsEndpoint>, watcher::Error>> + Send + 'static,
-    impl Stream<Item = Result<watcher::Event<DnsPlan>, watcher::Error>> + Send + 'static,
-> {
-    let gate = |kind: &str| readiness.gate(format!("{controller}/{kind}"));
-    let (endpoints, endpoint_events) = indexed(
-        client,
-        namespace,
-        watcher::Config::default(),
-        gate("DnsEndpoint"),
-        followed_services,
-    );
-    let (plans, plan_events) = indexed(
-        client,
-        namespace,
-        watcher::Config::default(),
-        gate("DnsPlan"),
-        |plan: &DnsPlan| vec![in_namespace(plan, &plan.spec.endpoint_ref)],
-    );
-    EndpointsAndPlans {
-        endpoints,
-        endpoint_events,
-        plans,
-        plan_events,
+/// One controller's view of [`EndpointsAndPlans`]: the caches (endpoints indexed by the Services
+/// they follow, plans by endpoint) and its own streams of changes. Its gates
+/// `<controller>/DnsEndpoint` and `<controller>/DnsPlan` open once both are listed.
+pub struct Subscription {
+    pub endpoints: Indexed<DnsEndpoint>,
+    pub endpoint_changes: UnboundedReceiver<Arc<DnsEndpoint>>,
+    pub plans: Indexed<DnsPlan>,
+    pub plan_changes: UnboundedReceiver<Arc<DnsPlan>>,
+}
+
+impl EndpointsAndPlans {
+    pub fn new(client: &kube::Client, namespace: Option<&str>) -> Self {
+        EndpointsAndPlans {
+            endpoints: SharedWatch::new(
+                client,
+                namespace,
+                watcher::Config::default(),
+                followed_services,
+            ),
+            plans: SharedWatch::new(client, namespace, watcher::Config::default(), |plan| {
+                vec![in_namespace(plan, &plan.spec.endpoint_ref)]
+            }),
+        }
+    }
+
+    /// Endpoints as they are applied, and the plan changes `plan_changes` selects.
+    pub fn subscribe(
+        &mut self,
+        readiness: &Readiness,
+        controller: &str,
+        plan_changes: Changes,
+    ) -> Subscription {
+        let gate = |kind: &str| readiness.gate(format!("{controller}/{kind}"));
+        Subscription {
+            endpoints: self.endpoints.indexed(),
+            endpoint_changes: self
+                .endpoints
+                .subscribe(Changes::Applied, gate("DnsEndpoint")),
+            plans: self.plans.indexed(),
+            plan_changes: self.plans.subscribe(plan_changes, gate("DnsPlan")),
+        }
+    }
+
+    /// Runs both watches until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let watches = futures::future::join(self.endpoints.run(), self.plans.run());
+        shutdown.run_until_cancelled(watches).await;
     }
 }
 
@@ -432,9 +449,29 @@ pub fn endpoint_conditions(endpoint: &DnsEndpoint) -> &[Condition] {
         .unwrap_or_default()
 }
 
-/// Builds the condition `type_` for the endpoint and reports whether it changes anything.
+/// Builds the condition `type_` for the endpoint's current spec and reports whether it changes
+/// anything.
 pub fn endpoint_condition(
     endpoint: &DnsEndpoint,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+) -> (Condition, bool) {
+    endpoint_condition_for(
+        endpoint,
+        endpoint.metadata.generation,
+        type_,
+        status,
+        reason,
+        message,
+    )
+}
+
+/// [`endpoint_condition`] for the spec of `observed_generation`.
+pub fn endpoint_condition_for(
+    endpoint: &DnsEndpoint,
+    observed_generation: Option<i64>,
     type_: &str,
     status: bool,
     reason: &str,
@@ -447,7 +484,7 @@ pub fn endpoint_condition(
         status,
         reason,
         message,
-        endpoint.metadata.generation,
+        observed_generation,
     );
     let changed = conditions::differs(existing, &wanted);
     (wanted, changed)
