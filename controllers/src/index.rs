@@ -167,15 +167,20 @@ pub fn indexed<K: Watched>(
 }
 
 /// Which of a shared watch's changes a subscriber is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Changes {
+pub enum Changes<K> {
     /// Objects listed, created or changed: what a controller's own kind triggers on.
     Applied,
     /// Also deleted objects: what an owner must hear of its children.
     Touched,
-    /// Objects listed or created, and those whose spec changed (a new `metadata.generation`);
-    /// status writes and deletions are not sent.
-    NewGeneration,
+    /// Objects listed or created, and changed ones for which `differs(cached, new)`: a
+    /// controller that reacted to every write (its own status writes included) redid its work
+    /// for nothing. Deletions are not sent.
+    AppliedIf(fn(&K, &K) -> bool),
+}
+
+/// [`Changes::AppliedIf`] for a new `metadata.generation`: spec changes, not status writes.
+pub fn new_generation<K: Resource>(cached: &K, new: &K) -> bool {
+    cached.meta().generation != new.meta().generation
 }
 
 /// One watch of `K` for several controllers of a replica: one cache and index for all of them,
@@ -189,7 +194,7 @@ pub struct SharedWatch<K: Watched> {
 }
 
 struct Subscriber<K> {
-    changes: Changes,
+    changes: Changes<K>,
     /// Opened with the first full list.
     gate: Gate,
     sender: UnboundedSender<Arc<K>>,
@@ -226,7 +231,7 @@ impl<K: Watched> SharedWatch<K> {
     }
 
     /// A stream of the `changes` for one controller; `gate` opens once the cache is listed.
-    pub fn subscribe(&mut self, changes: Changes, gate: Gate) -> UnboundedReceiver<Arc<K>> {
+    pub fn subscribe(&mut self, changes: Changes<K>, gate: Gate) -> UnboundedReceiver<Arc<K>> {
         let (sender, receiver) = futures::channel::mpsc::unbounded();
         self.subscribers.push(Subscriber {
             changes,
@@ -249,13 +254,12 @@ impl<K: Watched> SharedWatch<K> {
                     continue;
                 }
             };
-            let new_generation = match &event {
-                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => self
-                    .indexed
-                    .store
-                    .get(&ObjectRef::from_obj(object))
-                    .is_none_or(|cached| cached.meta().generation != object.meta().generation),
-                _ => false,
+            // The cached copy before this event, which `AppliedIf` compares with.
+            let before = match &event {
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                    self.indexed.store.get(&ObjectRef::from_obj(object))
+                }
+                _ => None,
             };
             self.writer.apply_watcher_event(&event);
             self.indexed.observe(&event);
@@ -277,7 +281,9 @@ impl<K: Watched> SharedWatch<K> {
                 let wanted = match subscriber.changes {
                     Changes::Applied => !deleted,
                     Changes::Touched => true,
-                    Changes::NewGeneration => new_generation,
+                    Changes::AppliedIf(differs) => {
+                        !deleted && before.as_ref().is_none_or(|before| differs(before, &object))
+                    }
                 };
                 if wanted {
                     // A controller that has stopped (shutdown) no longer listens.
@@ -381,7 +387,10 @@ mod tests {
         let readiness = crate::readiness::Readiness::default();
         let mut applied = watch.subscribe(Changes::Applied, readiness.gate("one/ConfigMap"));
         let mut touched = watch.subscribe(Changes::Touched, readiness.gate("two/ConfigMap"));
-        let mut specs = watch.subscribe(Changes::NewGeneration, readiness.gate("three/ConfigMap"));
+        let mut specs = watch.subscribe(
+            Changes::AppliedIf(new_generation),
+            readiness.gate("three/ConfigMap"),
+        );
         let indexed = watch.indexed();
         watch.run().await;
         assert_eq!(names_in(&mut applied), ["a", "a", "b", "a"]);

@@ -34,7 +34,7 @@ use super::runtime::{
     drain, endpoint_condition, endpoint_condition_for, endpoints_in_zone, key, plans_of, publish,
     zone_provider,
 };
-use crate::index::{Changes, Indexed};
+use crate::index::{Changes, Indexed, new_generation};
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -75,8 +75,14 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     // Only a new plan concerns enactment (plans are immutable but for status, which enactors
-    // write themselves): reacting to every status write re-read the server for nothing.
-    let caches = caches.subscribe(&readiness, CONTROLLER, Changes::NewGeneration);
+    // write themselves), and only what enactment reads of an endpoint: reacting to every status
+    // write re-read the server for nothing, on every replica.
+    let caches = caches.subscribe(
+        &readiness,
+        CONTROLLER,
+        Changes::AppliedIf(enactment_inputs_differ),
+        Changes::AppliedIf(new_generation),
+    );
     async move {
         let namespace = settings.scope.namespace();
         // Zones trigger their endpoints and are read from this cache, not fetched per enactment.
@@ -120,6 +126,18 @@ pub fn run(
             .run(reconcile, error_policy, context);
         drain(CONTROLLER, results).await;
     }
+}
+
+/// Whether the endpoint changed in what enactment reads: its spec, its reserved generation,
+/// deletion and finalizers, annotations (drills' slow enactor, abandoning records). Not the
+/// enactors' own status writes, nor the planner's conditions.
+fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
+    let (old_meta, new_meta) = (cached.meta(), new.meta());
+    old_meta.generation != new_meta.generation
+        || reserved_generation(cached) != reserved_generation(new)
+        || old_meta.deletion_timestamp != new_meta.deletion_timestamp
+        || old_meta.finalizers != new_meta.finalizers
+        || old_meta.annotations != new_meta.annotations
 }
 
 /// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest reserved plan
@@ -404,6 +422,9 @@ async fn enactable_plan(
     Ok(newest)
 }
 
+/// How soon an endpoint whose status write lost a compare-and-set is enacted again.
+const STATUS_CONFLICT_RETRY: Duration = Duration::from_millis(200);
+
 /// How long a plan's reservation may lag behind the plan in this replica's caches.
 const RESERVATION_LAG: Duration = Duration::from_secs(10);
 
@@ -439,13 +460,13 @@ fn live_generation(endpoint: &DnsEndpoint) -> Option<u64> {
 
 /// Writes the enactor's status fields with a compare-and-set on the endpoint version this
 /// reconcile read, so concurrent enactors cannot move `liveGeneration` backwards: a replica that
-/// lost the race gets a conflict, and the newer version's watch event brings it back.
+/// lost the race gets a conflict, reported as `false`.
 async fn write_endpoint_status(
     context: &Context,
     endpoint: &DnsEndpoint,
     live: Option<u64>,
     ready: Condition,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     match apply_endpoint_status(
         &context.client,
         endpoint,
@@ -456,8 +477,9 @@ async fn write_endpoint_status(
     )
     .await
     {
-        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
-        other => Ok(other?),
+        Ok(()) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -609,9 +631,17 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         format!("plan {generation} is live and verified at the authoritative server"),
     );
     let live = live_generation(endpoint);
+    // While a newer plan is reserved, only a live generation moving forward is worth a write:
+    // the condition is written again once that plan is live.
+    let newer_reserved = reserved_generation(endpoint) > generation;
     // Never move the status backwards: a newer generation recorded by another replica stands.
-    if live.is_none_or(|live| live <= generation) && (changed || live != Some(generation)) {
-        write_endpoint_status(context, endpoint, Some(generation), ready).await?;
+    if live.is_none_or(|live| live <= generation)
+        && (live != Some(generation) || (changed && !newer_reserved))
+        && !write_endpoint_status(context, endpoint, Some(generation), ready).await?
+    {
+        // Lost to a write this enactor is not woken by (the planner's conditions, the other
+        // replica's status): look again at the newer version.
+        return Ok(Action::requeue(STATUS_CONFLICT_RETRY));
     }
     context
         .metrics

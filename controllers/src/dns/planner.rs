@@ -66,7 +66,7 @@ pub fn run(
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
     // A deleted plan concerns its endpoint too (the planner mints another if it was reserved).
-    let caches = caches.subscribe(&readiness, CONTROLLER, Changes::Touched);
+    let caches = caches.subscribe(&readiness, CONTROLLER, Changes::Applied, Changes::Touched);
     async move {
         let scope = settings.scope;
         let namespace = scope.namespace();

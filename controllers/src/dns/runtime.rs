@@ -59,19 +59,20 @@ impl EndpointsAndPlans {
         }
     }
 
-    /// Endpoints as they are applied, and the plan changes `plan_changes` selects.
+    /// The endpoint and plan changes `endpoint_changes` and `plan_changes` select.
     pub fn subscribe(
         &mut self,
         readiness: &Readiness,
         controller: &str,
-        plan_changes: Changes,
+        endpoint_changes: Changes<DnsEndpoint>,
+        plan_changes: Changes<DnsPlan>,
     ) -> Subscription {
         let gate = |kind: &str| readiness.gate(format!("{controller}/{kind}"));
         Subscription {
             endpoints: self.endpoints.indexed(),
             endpoint_changes: self
                 .endpoints
-                .subscribe(Changes::Applied, gate("DnsEndpoint")),
+                .subscribe(endpoint_changes, gate("DnsEndpoint")),
             plans: self.plans.indexed(),
             plan_changes: self.plans.subscribe(plan_changes, gate("DnsPlan")),
         }
