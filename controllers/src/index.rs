@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
 use crate::readiness::Gate;
-use crate::runtime::{Watched, cached, scoped_api};
+use crate::runtime::{Watched, cached, scoped_api, strip_unread};
 
 /// The index keys of one object.
 pub type Keys<K> = fn(&K) -> Vec<String>;
@@ -247,8 +247,7 @@ impl<K: Watched> SharedWatch<K> {
         let kind = K::kind(&());
         while let Some(event) = self.events.next().await {
             let event = match event {
-                // As in `cached`: nothing reads managedFields.
-                Ok(event) => event.modify(|object| object.meta_mut().managed_fields = None),
+                Ok(event) => event.modify(strip_unread),
                 Err(error) => {
                     warn!(%error, %kind, "watch failed");
                     continue;
@@ -282,7 +281,10 @@ impl<K: Watched> SharedWatch<K> {
                     Changes::Applied => !deleted,
                     Changes::Touched => true,
                     Changes::AppliedIf(differs) => {
-                        !deleted && before.as_ref().is_none_or(|before| differs(before, &object))
+                        !deleted
+                            && before
+                                .as_ref()
+                                .is_none_or(|before| differs(before, &object))
                     }
                 };
                 if wanted {
@@ -396,8 +398,15 @@ mod tests {
         assert_eq!(names_in(&mut applied), ["a", "a", "b", "a"]);
         assert_eq!(names_in(&mut touched), ["a", "a", "b", "a", "b"]);
         assert_eq!(names_in(&mut specs), ["a", "b", "a"]);
-        assert!(readiness.pending().is_empty(), "every gate opens with the list");
-        let cached: Vec<_> = indexed.get("red").iter().map(|m| m.metadata.generation).collect();
+        assert!(
+            readiness.pending().is_empty(),
+            "every gate opens with the list"
+        );
+        let cached: Vec<_> = indexed
+            .get("red")
+            .iter()
+            .map(|m| m.metadata.generation)
+            .collect();
         assert_eq!(cached, [Some(2)]);
         assert!(indexed.get("blue").is_empty(), "deleted");
     }

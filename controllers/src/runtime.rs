@@ -140,11 +140,22 @@ impl<K> Watched for K where
 {
 }
 
+/// Drops from a cached object what no controller reads and the cache would hold for every
+/// object in the cluster: managedFields (often the larger part of an object: every field twice,
+/// per manager) and the copy of the whole object that `kubectl apply` keeps in an annotation.
+pub fn strip_unread<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A cache of `K` in the watched namespace(s), and the watch events that fill it; `gate` opens
 /// once the first full list is in. Callers take `applied_objects` or `touched_objects`.
-/// managedFields are dropped on arrival: nothing here reads them, and they are often the
-/// larger part of an object (every field twice, per manager), which the cache would hold for
-/// every object in the cluster.
+/// Objects are cached without what [`strip_unread`] drops.
 pub fn cached<K: Watched>(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -157,7 +168,7 @@ pub fn cached<K: Watched>(
     let (store, writer) = reflector::store();
     let events = gate
         .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())
-        .modify(|object| object.meta_mut().managed_fields = None)
+        .modify(strip_unread)
         .reflect(writer);
     (store, events)
 }

@@ -30,9 +30,9 @@ use super::fencing::{
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, ZoneClients, apply_endpoint_status, cached,
-    drain, endpoint_condition, endpoint_condition_for, endpoints_in_zone, key, plans_of, publish,
-    zone_provider,
+    Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, ZoneClients,
+    apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
+    endpoints_in_zone, key, plans_of, publish, zone_provider,
 };
 use crate::index::{Changes, Indexed, new_generation};
 use crate::leadership::Leadership;
@@ -128,13 +128,19 @@ pub fn run(
     }
 }
 
-/// Whether the endpoint changed in what enactment reads: its spec, its reserved generation,
-/// deletion and finalizers, annotations (drills' slow enactor, abandoning records). Not the
-/// enactors' own status writes, nor the planner's conditions.
+/// The spec generation the planner last planned from.
+fn planner_observed(endpoint: &DnsEndpoint) -> Option<i64> {
+    endpoint.status.as_ref().and_then(|s| s.observed_generation)
+}
+
+/// Whether the endpoint changed in what enactment reads: its spec, its reserved generation, the
+/// spec the planner last looked at, deletion and finalizers, annotations (drills' slow enactor,
+/// abandoning records). Not the enactors' own status writes, nor the planner's conditions.
 fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
     let (old_meta, new_meta) = (cached.meta(), new.meta());
     old_meta.generation != new_meta.generation
         || reserved_generation(cached) != reserved_generation(new)
+        || planner_observed(cached) != planner_observed(new)
         || old_meta.deletion_timestamp != new_meta.deletion_timestamp
         || old_meta.finalizers != new_meta.finalizers
         || old_meta.annotations != new_meta.annotations
@@ -486,9 +492,12 @@ async fn write_endpoint_status(
 async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Error> {
     let plans = plans_of(&context.plans, endpoint);
     let Some(plan) = enactable_plan(endpoint, context, &plans).await? else {
-        if reserved_generation(endpoint) > 0 {
-            // A reserved plan is on its way (or the planner mints another): its event brings
-            // this endpoint back. Saying NoPlan meanwhile raced the planner's compare-and-set.
+        if reserved_generation(endpoint) > 0
+            || planner_observed(endpoint) != endpoint.metadata.generation
+        {
+            // A reserved plan is on its way, or the planner has not looked at this spec yet: its
+            // write brings this endpoint back. Saying NoPlan meanwhile raced the planner's
+            // compare-and-set (for every endpoint when thousands are new at once).
             return Ok(Action::await_change());
         }
         let (ready, changed) = endpoint_condition(
@@ -540,6 +549,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     let mut pass = EnactmentPass::new(generation, &owner, endpoint.spec.adopt, settings.strategy);
     let fence = pass.fence();
     let mut observation = Observation::Start;
+    let pass_started = std::time::Instant::now();
     let outcome = loop {
         observation = match pass.step(observation) {
             PassStep::ReadFence => Observation::Fence(dns.read_fence(fqdn).await?),
@@ -573,6 +583,15 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
             PassStep::Done(outcome) => break outcome,
         };
     };
+    // Where a change's latency goes: before the pass (events, queue) or in it (the server).
+    debug!(
+        fqdn,
+        generation,
+        ?outcome,
+        pass = ?pass_started.elapsed(),
+        since_minted = ?age(&plan),
+        "enactment pass"
+    );
     let (applied, verified) = match outcome {
         PassOutcome::Contended => return Ok(Action::requeue(Duration::from_millis(100))),
         PassOutcome::Superseded { live } => {
@@ -624,7 +643,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     // planner's reservation (a 409 and a retry for one of them) on every spec change.
     let (ready, changed) = endpoint_condition_for(
         endpoint,
-        endpoint.status.as_ref().and_then(|s| s.observed_generation),
+        planner_observed(endpoint),
         "Ready",
         true,
         "Live",

@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan, desired_rrsets};
 use super::provider::DnsProvider;
 use super::runtime::{
-    Backoff, DnsSettings, ENDPOINT_LABEL, Error, LEADER_TOKEN_ANNOTATION, MINTED_AT_ANNOTATION,
-    EndpointsAndPlans, apply_endpoint_status, drain, endpoint_condition, in_namespace, key,
+    Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
+    MINTED_AT_ANNOTATION, apply_endpoint_status, drain, endpoint_condition, in_namespace, key,
     namespaced_key, plans_of, provider_for, publish, zone_not_found,
 };
 use crate::index::{Changes, Indexed, indexed};
