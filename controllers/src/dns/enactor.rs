@@ -133,14 +133,15 @@ fn planner_observed(endpoint: &DnsEndpoint) -> Option<i64> {
     endpoint.status.as_ref().and_then(|s| s.observed_generation)
 }
 
-/// Whether the endpoint changed in what enactment reads: its spec, its reserved generation, the
-/// spec the planner last looked at, deletion and finalizers, annotations (drills' slow enactor,
-/// abandoning records). Not the enactors' own status writes, nor the planner's conditions.
+/// Whether the endpoint changed in what enactment reads: its spec, its reserved and live
+/// generations, the spec the planner last looked at, deletion and finalizers, annotations
+/// (drills' slow enactor, abandoning records). Not the Ready and Degraded conditions alone.
 fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
     let (old_meta, new_meta) = (cached.meta(), new.meta());
     old_meta.generation != new_meta.generation
         || reserved_generation(cached) != reserved_generation(new)
         || planner_observed(cached) != planner_observed(new)
+        || live_generation(cached) != live_generation(new)
         || old_meta.deletion_timestamp != new_meta.deletion_timestamp
         || old_meta.finalizers != new_meta.finalizers
         || old_meta.annotations != new_meta.annotations
@@ -428,8 +429,9 @@ async fn enactable_plan(
     Ok(newest)
 }
 
-/// How soon an endpoint whose status write lost a compare-and-set is enacted again.
-const STATUS_CONFLICT_RETRY: Duration = Duration::from_millis(200);
+/// How soon an endpoint whose status write lost a compare-and-set is enacted again when no
+/// watch event brings it back first.
+const STATUS_CONFLICT_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a plan's reservation may lag behind the plan in this replica's caches.
 const RESERVATION_LAG: Duration = Duration::from_secs(10);
@@ -658,8 +660,10 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         && (live != Some(generation) || (changed && !newer_reserved))
         && !write_endpoint_status(context, endpoint, Some(generation), ready).await?
     {
-        // Lost to a write this enactor is not woken by (the planner's conditions, the other
-        // replica's status): look again at the newer version.
+        // Lost to a newer version: the other replica's live generation or the planner's
+        // reservation wakes this endpoint at once; a write it is not woken by (the planner's
+        // conditions alone) is looked at again after STATUS_CONFLICT_RETRY. Retrying sooner
+        // regardless turned a burst into conflict storms (7.6 409s per plan).
         return Ok(Action::requeue(STATUS_CONFLICT_RETRY));
     }
     context
@@ -874,5 +878,51 @@ async fn patch_plan_status(
         // Collected meanwhile: nothing left to mark.
         Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(generation: i64, status: serde_json::Value) -> DnsEndpoint {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulwark.dev/v1alpha1",
+            "kind": "DnsEndpoint",
+            "metadata": {"name": "api", "namespace": "ns", "generation": generation},
+            "spec": {"zoneRef": "example", "fqdn": "api.example.com", "targets": []},
+            "status": status,
+        }))
+        .expect("a valid DnsEndpoint")
+    }
+
+    #[test]
+    fn enactors_wake_for_what_enactment_reads_not_for_conditions() {
+        let ready = |status: &str| {
+            serde_json::json!([{"type": "Ready", "status": status, "reason": "Live",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}])
+        };
+        let base = serde_json::json!({"observedGeneration": 1, "latestPlanGeneration": 1,
+            "liveGeneration": 1, "conditions": ready("True")});
+        let before = endpoint(1, base.clone());
+        let changed = |field: &str, value: serde_json::Value| {
+            let mut status = base.clone();
+            status[field] = value;
+            enactment_inputs_differ(&before, &endpoint(1, status))
+        };
+        assert!(!changed("conditions", ready("False")), "a condition alone");
+        assert!(changed("latestPlanGeneration", 2.into()), "a reservation");
+        assert!(
+            changed("liveGeneration", 2.into()),
+            "another replica's enactment"
+        );
+        assert!(
+            changed("observedGeneration", 2.into()),
+            "the planner looked at a new spec"
+        );
+        assert!(
+            enactment_inputs_differ(&before, &endpoint(2, base.clone())),
+            "a spec change"
+        );
     }
 }
