@@ -3,19 +3,19 @@
 //! its few objects without walking and cloning the whole cache. Walking it made every reconcile
 //! cost as much as the cluster is large: most of the operator's CPU at 3,000 endpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
 use crate::readiness::Gate;
-use crate::runtime::{Watched, cached, scoped_api, strip_unread};
+use crate::runtime::{Watched, cached_trimmed, scoped_api, strip_unread};
 
 /// The index keys of one object.
 pub type Keys<K> = fn(&K) -> Vec<String>;
@@ -35,8 +35,12 @@ struct Index<K: Resource<DynamicType = ()> + 'static> {
     relisting: Option<Entries<K>>,
 }
 
+/// Most keys have one or two objects (an endpoint's plans, a Service's slice), and half the
+/// objects have no key at all (literal endpoints): a `Vec` per key and no entry for keyless
+/// objects, where a `HashSet` per key and an entry for every object was the largest part of
+/// the index at 10,000 endpoints.
 struct Entries<K: Resource<DynamicType = ()> + 'static> {
-    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    by_key: HashMap<String, Vec<ObjectRef<K>>>,
     keys_of: HashMap<ObjectRef<K>, Vec<String>>,
 }
 
@@ -50,14 +54,19 @@ impl<K: Resource<DynamicType = ()> + 'static> Default for Entries<K> {
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Entries<K> {
-    fn insert(&mut self, reference: ObjectRef<K>, keys: Vec<String>) {
+    fn insert(&mut self, reference: ObjectRef<K>, mut keys: Vec<String>) {
         // A changed object's keys may differ from its old ones.
         self.remove(&reference);
+        if keys.is_empty() {
+            return;
+        }
+        keys.sort();
+        keys.dedup();
+        keys.shrink_to_fit();
         for key in &keys {
-            self.by_key
-                .entry(key.clone())
-                .or_default()
-                .insert(reference.clone());
+            let refs = self.by_key.entry(key.clone()).or_default();
+            refs.push(reference.clone());
+            refs.shrink_to_fit();
         }
         self.keys_of.insert(reference, keys);
     }
@@ -65,7 +74,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Entries<K> {
     fn remove(&mut self, reference: &ObjectRef<K>) {
         for key in self.keys_of.remove(reference).unwrap_or_default() {
             if let Some(refs) = self.by_key.get_mut(&key) {
-                refs.remove(reference);
+                refs.retain(|r| r != reference);
                 if refs.is_empty() {
                     self.by_key.remove(&key);
                 }
@@ -112,6 +121,19 @@ where
         }
     }
 
+    /// An index of `objects` as a watch's first list fills it, for tests of what reads it.
+    #[cfg(test)]
+    pub fn listed(objects: impl IntoIterator<Item = K>, keys: Keys<K>) -> Self {
+        let (store, mut writer) = reflector::store();
+        let indexed = Indexed::new(store, keys);
+        for object in objects {
+            let event = watcher::Event::Apply(object);
+            writer.apply_watcher_event(&event);
+            indexed.observe(&event);
+        }
+        indexed
+    }
+
     /// Brings the index up to date with an event the store has been given.
     fn observe(&self, event: &watcher::Event<K>) {
         self.index
@@ -121,19 +143,30 @@ where
     }
 }
 
+/// A reference by namespace and name alone: `ObjectRef::from_obj` also carries the uid and
+/// resourceVersion, which lookups ignore and which the index would hold twice per object.
+pub fn name_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let meta = object.meta();
+    let reference = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    match meta.namespace.as_deref() {
+        Some(namespace) => reference.within(namespace),
+        None => reference,
+    }
+}
+
 impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
     fn observe(&mut self, event: &watcher::Event<K>) {
         match event {
             watcher::Event::Apply(object) => {
                 let keys = (self.keys)(object);
-                self.live.insert(ObjectRef::from_obj(object), keys);
+                self.live.insert(name_ref(object), keys);
             }
-            watcher::Event::Delete(object) => self.live.remove(&ObjectRef::from_obj(object)),
+            watcher::Event::Delete(object) => self.live.remove(&name_ref(object)),
             watcher::Event::Init => self.relisting = Some(Entries::default()),
             watcher::Event::InitApply(object) => {
                 let keys = (self.keys)(object);
                 let fresh = self.relisting.get_or_insert_with(Entries::default);
-                fresh.insert(ObjectRef::from_obj(object), keys);
+                fresh.insert(name_ref(object), keys);
             }
             watcher::Event::InitDone => {
                 if let Some(fresh) = self.relisting.take() {
@@ -144,18 +177,19 @@ impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
     }
 }
 
-/// [`cached`], indexed by `keys`.
+/// [`cached_trimmed`], indexed by `keys`.
 pub fn indexed<K: Watched>(
     client: &kube::Client,
     namespace: Option<&str>,
     config: watcher::Config,
     gate: Gate,
     keys: Keys<K>,
+    trim: fn(&mut K),
 ) -> (
     Indexed<K>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) {
-    let (store, events) = cached::<K>(client, namespace, config, gate);
+    let (store, events) = cached_trimmed::<K>(client, namespace, config, gate, trim);
     let indexed = Indexed::new(store, keys);
     let observer = indexed.clone();
     let events = events.inspect(move |event| {
@@ -201,14 +235,22 @@ struct Subscriber<K> {
 }
 
 impl<K: Watched> SharedWatch<K> {
+    /// Objects are cached without what [`strip_unread`] and `trim` drop.
     pub fn new(
         client: &kube::Client,
         namespace: Option<&str>,
         config: watcher::Config,
         keys: Keys<K>,
+        trim: fn(&mut K),
     ) -> Self {
         let events = watcher(scoped_api::<K>(client, namespace), config)
             .default_backoff()
+            .map_ok(move |event| {
+                event.modify(|object| {
+                    strip_unread(object);
+                    trim(object);
+                })
+            })
             .boxed();
         Self::from_events(events, keys)
     }
@@ -247,7 +289,7 @@ impl<K: Watched> SharedWatch<K> {
         let kind = K::kind(&());
         while let Some(event) = self.events.next().await {
             let event = match event {
-                Ok(event) => event.modify(strip_unread),
+                Ok(event) => event,
                 Err(error) => {
                     warn!(%error, %kind, "watch failed");
                     continue;

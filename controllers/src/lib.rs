@@ -6,6 +6,7 @@
 pub mod conditions;
 pub mod dns;
 pub mod drills;
+pub mod events;
 pub mod index;
 pub mod leadership;
 pub mod metrics;

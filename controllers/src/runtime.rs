@@ -8,11 +8,12 @@ use futures::Stream;
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
+use crate::events::Recorder;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::Gate;
@@ -165,10 +166,28 @@ pub fn cached<K: Watched>(
     Store<K>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) {
+    cached_trimmed(client, namespace, config, gate, |_| {})
+}
+
+/// [`cached`], where `trim` also drops the fields of `K` its one reader never looks at: for
+/// kinds the cluster holds thousands of (EndpointSlices) or that are large (dashboards).
+pub fn cached_trimmed<K: Watched>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    gate: Gate,
+    trim: fn(&mut K),
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) {
     let (store, writer) = reflector::store();
     let events = gate
         .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())
-        .modify(strip_unread)
+        .modify(move |object| {
+            strip_unread(object);
+            trim(object);
+        })
         .reflect(writer);
     (store, events)
 }
@@ -266,14 +285,10 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
+    if let Err(e) = recorder
+        .publish(object.object_ref(&()), type_, reason, note)
+        .await
+    {
         warn!(error = %e, reason, "could not record Event");
     }
 }

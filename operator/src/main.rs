@@ -16,9 +16,8 @@ use bulwark_controllers::drills::{self, run_controller::DrillSettings};
 use bulwark_controllers::postgres::{self, cluster::PostgresSettings};
 use bulwark_controllers::runtime::parse_duration;
 use bulwark_controllers::slo::{self, controller::SloSettings};
-use bulwark_controllers::{metrics::Metrics, readiness::Readiness, scope::Scope};
+use bulwark_controllers::{events::Recorder, metrics::Metrics, readiness::Readiness, scope::Scope};
 use clap::{Parser, Subcommand};
-use kube::runtime::events::{Recorder, Reporter};
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -487,13 +486,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(identity = %election.identity, lease = %election.lease_name, namespace = %election.namespace, "starting");
     let identity = election.identity.clone();
     let (elector, leadership) = leader::Elector::new(client.clone(), election, metrics.clone());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "bulwark".into(),
-            instance: Some(identity.clone()),
-        },
-    );
+    let recorder = Recorder::new(client.clone(), "bulwark", &identity);
     let strategy = if args.test_unfenced_enactment {
         warn!("TEST ONLY: DNS enactment is unfenced; stale plans can overwrite newer ones");
         Strategy::Unfenced

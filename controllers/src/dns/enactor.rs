@@ -5,7 +5,8 @@
 //! Several enactors may race on the same endpoint; the fence at the server decides, so a stale
 //! or slow enactor's write is refused rather than applied.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
@@ -15,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
@@ -27,6 +28,7 @@ use super::fencing::{
     Conflict, EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation,
     PassOutcome, PassStep, PlanFacts, Strategy, cleanup_may_delete, decide_cleanup, plan_refusal,
 };
+use super::metrics::DnsMetrics;
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
@@ -34,7 +36,8 @@ use super::runtime::{
     apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
     endpoints_in_zone, key, plans_of, publish, zone_provider,
 };
-use crate::index::{Changes, Indexed, new_generation};
+use crate::events::Recorder;
+use crate::index::{Changes, Indexed, name_ref, new_generation};
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -60,7 +63,14 @@ struct Context {
     leadership: watch::Receiver<Leadership>,
     readiness: Readiness,
     backoff: Backoff,
+    verified: Verified,
 }
+
+/// The endpoints whose live plan this replica has read back from the server: the
+/// `dns_endpoints_verified` gauge, which tells when a restarted replica has checked every name.
+/// A set of names, not a metric series per endpoint: 10,000 series cost megabytes in every
+/// replica and were never removed with their endpoint.
+type Verified = Arc<Mutex<HashSet<ObjectRef<DnsEndpoint>>>>;
 
 /// The enactor's task; subscribes to the shared caches at once, so call it before running them.
 #[allow(clippy::too_many_arguments)]
@@ -95,9 +105,11 @@ pub fn run(
         let endpoints = caches.endpoints.store().clone();
         let controller = Controller::for_shared_stream(caches.endpoint_changes, endpoints.clone())
             .with_config(crate::runtime::bounded());
-        tokio::spawn(count_pending(
+        let verified = Verified::default();
+        tokio::spawn(count_pending_and_verified(
             endpoints.clone(),
-            metrics.dns.pending_endpoints.clone(),
+            verified.clone(),
+            metrics.dns.clone(),
             shutdown.clone(),
         ));
         let context = Arc::new(Context {
@@ -111,6 +123,7 @@ pub fn run(
             leadership,
             readiness,
             backoff: Backoff::default(),
+            verified,
         });
         let results = controller
             .owns_shared_stream(caches.plan_changes)
@@ -148,10 +161,12 @@ fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
 }
 
 /// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest reserved plan
-/// is not yet live: the enactment backlog, which a burst of changes shows as it drains.
-async fn count_pending(
+/// is not yet live: the enactment backlog, which a burst of changes shows as it drains; and
+/// `bulwark_dns_endpoints_verified`, forgetting endpoints deleted since.
+async fn count_pending_and_verified(
     endpoints: Store<DnsEndpoint>,
-    gauge: prometheus::IntGauge,
+    verified: Verified,
+    metrics: DnsMetrics,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -164,7 +179,10 @@ async fn count_pending(
                 reserved_generation(e) > 0 && live_generation(e) < Some(reserved_generation(e))
             })
             .count();
-        gauge.set(pending as i64);
+        metrics.pending_endpoints.set(pending as i64);
+        let mut verified = verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified.retain(|endpoint| endpoints.get(endpoint).is_some());
+        metrics.endpoints_verified.set(verified.len() as i64);
     }
 }
 
@@ -667,14 +685,10 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         return Ok(Action::requeue(STATUS_CONFLICT_RETRY));
     }
     context
-        .metrics
-        .dns
-        .live_generation
-        .with_label_values(&[
-            endpoint.namespace().unwrap_or_default().as_str(),
-            endpoint.name_any().as_str(),
-        ])
-        .set(generation as i64);
+        .verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name_ref(endpoint));
     Ok(Action::requeue(settings.resync))
 }
 

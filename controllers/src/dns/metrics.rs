@@ -1,11 +1,11 @@
 //! DNS enactment metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 #[derive(Clone)]
 pub struct DnsMetrics {
-    /// Generation in each endpoint's fence at the server, as this replica last read it.
-    pub live_generation: IntGaugeVec,
+    /// Endpoints whose live plan this replica has read back from the server.
+    pub endpoints_verified: IntGauge,
     /// From the planner minting a plan to the authoritative server answering with it.
     pub enactment_latency: Histogram,
     pub plans_minted: IntCounter,
@@ -20,12 +20,9 @@ pub struct DnsMetrics {
 impl DnsMetrics {
     pub fn register(registry: &Registry) -> Self {
         let metrics = DnsMetrics {
-            live_generation: IntGaugeVec::new(
-                Opts::new(
-                    "dns_live_generation",
-                    "Plan generation the DNS server's fence holds, per endpoint",
-                ),
-                &["namespace", "endpoint"],
+            endpoints_verified: IntGauge::new(
+                "dns_endpoints_verified",
+                "DnsEndpoints whose live plan this replica has read back from the authoritative server",
             )
             .unwrap(),
             enactment_latency: Histogram::with_opts(
@@ -61,7 +58,7 @@ impl DnsMetrics {
             .unwrap(),
         };
         for collector in [
-            Box::new(metrics.live_generation.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.endpoints_verified.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.enactment_latency.clone()),
             Box::new(metrics.plans_minted.clone()),
             Box::new(metrics.stale_writes_refused.clone()),

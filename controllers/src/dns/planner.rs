@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -30,6 +30,7 @@ use super::runtime::{
     MINTED_AT_ANNOTATION, apply_endpoint_status, drain, endpoint_condition, in_namespace, key,
     namespaced_key, plans_of, provider_for, publish, zone_not_found,
 };
+use crate::events::Recorder;
 use crate::index::{Changes, Indexed, indexed};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
@@ -76,6 +77,7 @@ pub fn run(
             watcher::Config::default().labels(SERVICE_NAME_LABEL),
             readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
             |slice| service_of(slice).into_iter().collect(),
+            keep_what_planning_reads,
         );
         let endpoints = caches.endpoints;
         let controller =
@@ -109,6 +111,30 @@ pub fn run(
 fn service_of(slice: &EndpointSlice) -> Option<String> {
     let service = slice.labels().get(SERVICE_NAME_LABEL)?;
     Some(in_namespace(slice, service))
+}
+
+/// Keeps of a cached EndpointSlice its Service label, its addresses and their readiness: all
+/// that planning reads. Ports, topology, target references and the rest were most of what a
+/// cluster's slices held in each replica (one per Service, whether or not an endpoint follows it).
+fn keep_what_planning_reads(slice: &mut EndpointSlice) {
+    let meta = &mut slice.metadata;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|name, _| name == SERVICE_NAME_LABEL);
+    }
+    slice.ports = None;
+    for endpoint in slice.endpoints.iter_mut().flatten() {
+        *endpoint = Endpoint {
+            addresses: std::mem::take(&mut endpoint.addresses),
+            conditions: endpoint.conditions.take().map(|c| EndpointConditions {
+                ready: c.ready,
+                ..EndpointConditions::default()
+            }),
+            ..Endpoint::default()
+        };
+    }
 }
 
 fn endpoints_using_service(
@@ -455,5 +481,78 @@ async fn create_plan(
         }
         Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slice as the EndpointSlice controller writes it: ports, topology, target references.
+    fn slice(name: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "namespace": "shop",
+                "uid": "3b1c8e0e-0c0a-4d55-9a52-6a3c1bde1f10",
+                "labels": {SERVICE_NAME_LABEL: "web", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-02T10:00:00Z"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "1b5f", "controller": true}]
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn trimmed_slices_give_the_same_candidates() {
+        let endpoint = |address: &str, ready: Option<bool>| {
+            serde_json::json!({
+                "addresses": [address],
+                "conditions": {"ready": ready, "serving": true, "terminating": false},
+                "nodeName": "kwok-node-3",
+                "zone": "zone-a",
+                "targetRef": {"kind": "Pod", "name": format!("web-{address}"), "namespace": "shop", "uid": "9d1e"}
+            })
+        };
+        let slices = [
+            slice(
+                "web-1",
+                serde_json::json!([
+                    endpoint("10.0.0.1", Some(true)),
+                    endpoint("10.0.0.2", Some(false))
+                ]),
+            ),
+            slice("web-2", serde_json::json!([endpoint("10.0.0.3", None)])),
+        ];
+        let spec: DnsEndpointSpec = serde_json::from_value(serde_json::json!({
+            "zoneRef": "shop", "fqdn": "web.shop.test",
+            "targets": [{"serviceRef": {"name": "web"}, "weight": 3, "group": 1}, {"address": "192.0.2.9"}]
+        }))
+        .unwrap();
+        let keys = |slice: &EndpointSlice| service_of(slice).into_iter().collect();
+        let full = Indexed::listed(slices.clone(), keys);
+        let trimmed = Indexed::listed(
+            slices.into_iter().map(|mut slice| {
+                keep_what_planning_reads(&mut slice);
+                slice
+            }),
+            keys,
+        );
+        let (mut from_full, _) = candidates(&spec, "shop", &full);
+        let (mut from_trimmed, _) = candidates(&spec, "shop", &trimmed);
+        let order = |c: &Candidate| (c.address, c.healthy);
+        from_full.sort_by_key(order);
+        from_trimmed.sort_by_key(order);
+        assert_eq!(
+            from_full.len(),
+            4,
+            "three slice addresses and the literal one"
+        );
+        assert_eq!(from_full, from_trimmed);
+        let trimmed_slice = trimmed.get("shop/web").into_iter().next().unwrap();
+        assert!(trimmed_slice.ports.is_none() && trimmed_slice.metadata.owner_references.is_none());
     }
 }

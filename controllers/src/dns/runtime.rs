@@ -52,10 +52,15 @@ impl EndpointsAndPlans {
                 namespace,
                 watcher::Config::default(),
                 followed_services,
+                |_| {},
             ),
-            plans: SharedWatch::new(client, namespace, watcher::Config::default(), |plan| {
-                vec![in_namespace(plan, &plan.spec.endpoint_ref)]
-            }),
+            plans: SharedWatch::new(
+                client,
+                namespace,
+                watcher::Config::default(),
+                |plan| vec![in_namespace(plan, &plan.spec.endpoint_ref)],
+                keep_what_enactment_reads,
+            ),
         }
     }
 
@@ -82,6 +87,16 @@ impl EndpointsAndPlans {
     pub async fn run(self, shutdown: CancellationToken) {
         let watches = futures::future::join(self.endpoints.run(), self.plans.run());
         shutdown.run_until_cancelled(watches).await;
+    }
+}
+
+/// Drops a cached plan's label and leader-token annotation, which only people and audits read
+/// (the cache holds every plan of every endpoint, up to three each).
+fn keep_what_enactment_reads(plan: &mut DnsPlan) {
+    let meta = &mut plan.metadata;
+    meta.labels = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LEADER_TOKEN_ANNOTATION);
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bulwark_e2e::binaries::pinned;
 use bulwark_e2e::bind::{Bind, KEY_NAME};
-use bulwark_e2e::control_plane::KWOK_TAINT;
+use bulwark_e2e::control_plane::{KWOK_TAINT, ZONES as NODE_ZONES};
 use bulwark_e2e::dns::{create_zone_for, start_external_dns};
 use bulwark_e2e::operator::Operator;
 use bulwark_e2e::process::free_port;
@@ -379,13 +379,16 @@ fn pid(operator: &Operator) -> Result<i32> {
         .with_context(|| format!("{} is not running", operator.identity))
 }
 
-/// Endpoints whose fence this replica has read at the server (`bulwark_dns_live_generation`).
+/// Endpoints whose live plan this replica has read back from the server
+/// (`bulwark_dns_endpoints_verified`).
 async fn verified_by(operator: &Operator) -> Result<usize> {
     let (_, body) = operator.get("/metrics").await?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with("bulwark_dns_live_generation{"))
-        .count())
+    body.lines()
+        .find_map(|l| l.strip_prefix("bulwark_dns_endpoints_verified "))
+        .context("no bulwark_dns_endpoints_verified in /metrics")?
+        .trim()
+        .parse()
+        .context("bulwark_dns_endpoints_verified is not a count")
 }
 
 #[tokio::main]
@@ -435,12 +438,15 @@ async fn main() -> Result<()> {
         let api = pods_api.clone();
         async move {
             let app = format!("s{}", (p / PODS_PER_SERVICE) * 2);
+            // Placed here rather than by kube-scheduler, which took minutes over 10,000 pods on
+            // 2 cores before the operators under test started.
+            let node = format!("kwok-node-{}", NODE_ZONES[p % NODE_ZONES.len()]);
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": format!("{app}-{}", p % PODS_PER_SERVICE),
                              "labels": {"app": app}},
                 "spec": {
                     "containers": [{"name": "web", "image": "bench.invalid/web"}],
-                    "nodeSelector": {"type": "kwok"},
+                    "nodeName": node,
                     "tolerations": [{"key": KWOK_TAINT, "operator": "Exists"}],
                 },
             }))?;

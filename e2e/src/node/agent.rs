@@ -6,13 +6,13 @@ use super::images::ImageTable;
 use super::network;
 use super::pod::{self, NodeContext};
 use anyhow::{Context, Result};
+use bulwark_controllers::events::Recorder;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use serde_json::json;
 use std::collections::HashMap;
@@ -88,13 +88,7 @@ pub async fn run(mut config: AgentConfig, client: kube::Client) -> Result<()> {
         cluster_dns: config.cluster_dns,
         service_env: service_env(&config.kubernetes_service.0, config.kubernetes_service.1),
         used_ips: Mutex::new(Default::default()),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "bulwark-node".into(),
-                instance: Some(config.node.clone()),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), "bulwark-node", &config.node),
         pods: Mutex::new(Default::default()),
         live_logs: Mutex::new(Default::default()),
     });
