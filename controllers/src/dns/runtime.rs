@@ -23,7 +23,7 @@ use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
 use crate::index::{Changes, Indexed, SharedWatch};
-use crate::readiness::Readiness;
+use crate::readiness::{Gate, Readiness};
 use crate::scope::Scope;
 
 /// The endpoint and plan caches of a replica, one watch each, which the planner and the enactor
@@ -81,6 +81,15 @@ impl EndpointsAndPlans {
             plans: self.plans.indexed(),
             plan_changes: self.plans.subscribe(plan_changes, gate("DnsPlan")),
         }
+    }
+
+    /// Plan changes for a task beside the controllers; `gate` opens once plans are listed.
+    pub fn subscribe_plans(
+        &mut self,
+        changes: Changes<DnsPlan>,
+        gate: Gate,
+    ) -> UnboundedReceiver<Arc<DnsPlan>> {
+        self.plans.subscribe(changes, gate)
     }
 
     /// Runs both watches until shutdown.

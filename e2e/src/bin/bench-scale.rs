@@ -21,6 +21,7 @@ use bulwark_e2e::slo::{Prometheus, install_prometheus_rule_crd};
 use bulwark_e2e::{cluster, install_crds};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
@@ -476,6 +477,23 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    // The operators start on a cluster whose EndpointSlices are all there, as in a cluster they
+    // join: the controller-manager writes 5,000 of them at about 14/s, and operators started
+    // before that re-plan every endpoint as its Service's slice arrives.
+    progress("waiting for every Service's EndpointSlice to list its pods");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    loop {
+        let listed = slices.list(&ListParams::default()).await?.items;
+        let complete = listed
+            .iter()
+            .filter(|slice| slice.endpoints.iter().flatten().count() == PODS_PER_SERVICE)
+            .count();
+        if complete == services {
+            break;
+        }
+        progress(format!("{complete} of {services} EndpointSlices complete"));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
     let mut wanted = Answers::new();
     for i in 0..endpoints {
         let mut values = match follows_service(i) {
