@@ -218,6 +218,10 @@ impl ControlPlane {
             // Node agents renew their Lease every 2 s; a stopped node is NotReady after 10 s.
             "--node-monitor-grace-period=10s".into(),
             "--node-monitor-period=1s".into(),
+            // At its default 20 requests/s the EndpointSlice controller took over 4 minutes to
+            // write the scale benchmark's 5,000 slices (and as long again for the Endpoints).
+            "--kube-api-qps=200".into(),
+            "--kube-api-burst=400".into(),
         ]);
         plane.spawn(
             "kube-controller-manager",
