@@ -98,11 +98,7 @@ where
     /// References of the objects with `key`.
     pub fn refs(&self, key: &str) -> Vec<ObjectRef<K>> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        index
-            .live
-            .by_key
-            .get(key)
-            .map_or_else(Vec::new, |refs| refs.iter().cloned().collect())
+        index.live.by_key.get(key).cloned().unwrap_or_default()
     }
 
     pub fn store(&self) -> &Store<K> {
