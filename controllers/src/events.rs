@@ -72,16 +72,25 @@ impl Recorder {
         };
         let key = repeat_key(&regarding, type_, reason, &note);
         let now = Timestamp::now();
-        let repeat = self.recent().count_repeat(key, Instant::now());
+        let repeat = self.recent().repeat_of(key, Instant::now());
         if let Some((name, count)) = repeat {
             let series = EventSeries {
                 count,
                 last_observed_time: MicroTime(now),
             };
             let patch = serde_json::json!({ "series": series });
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            return Ok(());
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.recent().counted(key, count, Instant::now());
+                    return Ok(());
+                }
+                // Deleted meanwhile (`kubectl delete events`, or expired): a new Event.
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(error) => return Err(error),
+            }
         }
         let name = format!(
             "{}.{:x}",
@@ -115,13 +124,19 @@ impl Recorder {
 }
 
 impl Recent {
-    /// The name of the Event `key` repeats and its new count, counting this repeat.
-    fn count_repeat(&mut self, key: u64, now: Instant) -> Option<(String, i32)> {
+    /// The name of the Event `key` repeats and its count with this repeat.
+    fn repeat_of(&mut self, key: u64, now: Instant) -> Option<(String, i32)> {
         self.prune(now);
-        let series = self.series.get_mut(&key)?;
-        series.count += 1;
-        series.last_seen = now;
-        Some((series.name.clone(), series.count))
+        let series = self.series.get(&key)?;
+        Some((series.name.clone(), series.count + 1))
+    }
+
+    /// Records a repeat the API server has counted.
+    fn counted(&mut self, key: u64, count: i32, now: Instant) {
+        if let Some(series) = self.series.get_mut(&key) {
+            series.count = series.count.max(count);
+            series.last_seen = now;
+        }
     }
 
     fn remember(&mut self, key: u64, name: String, now: Instant) {
@@ -182,24 +197,28 @@ mod tests {
         let key = |uid: &str, note: &str| repeat_key(&reference(uid), "Normal", "PlanLive", note);
         let now = Instant::now();
         let mut recent = Recent::default();
-        assert_eq!(recent.count_repeat(key("u1", &plan(1)), now), None);
+        assert_eq!(recent.repeat_of(key("u1", &plan(1)), now), None);
         recent.remember(key("u1", &plan(1)), "api.1".into(), now);
         assert_eq!(
-            recent.count_repeat(key("u1", &plan(2)), now),
+            recent.repeat_of(key("u1", &plan(2)), now),
             None,
             "another plan's note is a new Event, not a repeat of the first"
         );
         assert_eq!(
-            recent.count_repeat(key("u2", &plan(1)), now),
+            recent.repeat_of(key("u2", &plan(1)), now),
             None,
             "an object of the same name created again"
         );
+        let first_repeat = Some(("api.1".to_string(), 2));
+        assert_eq!(recent.repeat_of(key("u1", &plan(1)), now), first_repeat);
         assert_eq!(
-            recent.count_repeat(key("u1", &plan(1)), now),
-            Some(("api.1".into(), 2))
+            recent.repeat_of(key("u1", &plan(1)), now),
+            first_repeat,
+            "a repeat is counted only once the API server has taken it"
         );
+        recent.counted(key("u1", &plan(1)), 2, now);
         assert_eq!(
-            recent.count_repeat(key("u1", &plan(1)), now),
+            recent.repeat_of(key("u1", &plan(1)), now),
             Some(("api.1".into(), 3))
         );
     }
@@ -211,11 +230,7 @@ mod tests {
         recent.remember(1, "old".into(), start);
         recent.remember(2, "new".into(), start + SERIES_WINDOW / 2);
         let later = start + SERIES_WINDOW + Duration::from_secs(1);
-        assert_eq!(recent.count_repeat(2, later), Some(("new".into(), 2)));
-        assert_eq!(
-            recent.count_repeat(1, later),
-            None,
-            "pruned on the first look"
-        );
+        assert_eq!(recent.repeat_of(2, later), Some(("new".into(), 2)));
+        assert_eq!(recent.repeat_of(1, later), None, "pruned on the first look");
     }
 }

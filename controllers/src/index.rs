@@ -64,9 +64,10 @@ impl<K: Resource<DynamicType = ()> + 'static> Entries<K> {
         keys.dedup();
         keys.shrink_to_fit();
         for key in &keys {
-            let refs = self.by_key.entry(key.clone()).or_default();
-            refs.push(reference.clone());
-            refs.shrink_to_fit();
+            self.by_key
+                .entry(key.clone())
+                .or_default()
+                .push(reference.clone());
         }
         self.keys_of.insert(reference, keys);
     }

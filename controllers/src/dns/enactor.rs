@@ -51,8 +51,14 @@ pub const RECORDS_FINALIZER: &str = "bulwark.dev/dns-records";
 const FIELD_MANAGER: &str = "bulwark-dns-enactor";
 /// How long the enactors of replicas that do not lead leave a new plan to the leader's: two
 /// replicas racing on every plan doubled the API writes per plan (the fence keeps either
-/// winner safe). A leader whose enactor is stalled or gone costs a change at most this much.
+/// winner safe). A leader whose enactor is stalled or gone costs a change about this much; one
+/// stuck on a single endpoint while it puts others live, at most [`STANDBY_PATIENCE`].
 const STANDBY_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a plan may wait for another replica's enactor that is busy elsewhere (putting other
+/// plans live) before a standby takes it over: that enactor may be stuck on this endpoint alone,
+/// for example cut off from this zone's server.
+const STANDBY_PATIENCE: Duration = Duration::from_secs(10);
 
 struct Context {
     client: kube::Client,
@@ -179,8 +185,9 @@ fn resync_sweep(
                 }
                 round = endpoints.state().into();
                 if round.is_empty() {
-                    // Not listed yet, or nothing to check.
-                    tokio::time::sleep(resync).await;
+                    // Not listed yet, or nothing to check (at least a second: `--dns-resync=0s`
+                    // must not spin).
+                    tokio::time::sleep(resync.max(Duration::from_secs(1))).await;
                     continue;
                 }
                 gap = resync / round.len() as u32;
@@ -769,10 +776,10 @@ async fn track_others_progress(
 /// How long this replica's enactor leaves new plans to the leader's (see [`STANDBY_GRACE`]).
 /// The grace runs from the oldest plan still pending above the live one: under changes faster
 /// than the grace, waiting on the newest plan would leave a stalled leader alone for good. It
-/// also runs from the last plan another replica put live: a leader working through a backlog
-/// older than the grace is busy, not stalled, and a standby enacting the same plans beside it
-/// doubled the writes and made most of its status writes conflicts (2.4 409s per plan in a
-/// burst of 1,000 at 10,000 endpoints).
+/// also runs from the last plan another replica put live (up to [`STANDBY_PATIENCE`]): a leader
+/// working through a backlog older than the grace is busy, not stalled, and a standby enacting
+/// the same plans beside it doubled the writes and made most of its status writes conflicts
+/// (2.4 409s per plan in a burst of 1,000 at 10,000 endpoints).
 fn standby_wait(context: &Context, plans: &[Arc<DnsPlan>]) -> Option<Duration> {
     if context.leadership.borrow().token().is_some() {
         return None;
@@ -785,12 +792,14 @@ fn standby_wait(context: &Context, plans: &[Arc<DnsPlan>]) -> Option<Duration> {
     let oldest_pending = plans
         .iter()
         .find(|p| Some(p.spec.generation) > live && phase(p) == PlanPhase::Pending)?;
-    let plan_wait = STANDBY_GRACE.checked_sub(age(oldest_pending)?);
+    let pending_for = age(oldest_pending)?;
+    let plan_wait = STANDBY_GRACE.checked_sub(pending_for);
     let busy_wait = context
         .others_progress
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .and_then(|at| STANDBY_GRACE.checked_sub(at.elapsed()));
+        .and_then(|at| STANDBY_GRACE.checked_sub(at.elapsed()))
+        .filter(|_| pending_for < STANDBY_PATIENCE);
     plan_wait.max(busy_wait).filter(|wait| !wait.is_zero())
 }
 
