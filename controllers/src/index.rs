@@ -8,14 +8,14 @@ use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tracing::warn;
 
 use crate::readiness::Gate;
-use crate::runtime::{Watched, cached_trimmed, scoped_api, strip_unread};
+use crate::runtime::{Watched, cached_trimmed, trimmed_watch};
 
 /// The index keys of one object.
 pub type Keys<K> = fn(&K) -> Vec<String>;
@@ -232,7 +232,7 @@ struct Subscriber<K> {
 }
 
 impl<K: Watched> SharedWatch<K> {
-    /// Objects are cached without what [`strip_unread`] and `trim` drop.
+    /// Objects are cached without what [`trimmed_watch`] drops.
     pub fn new(
         client: &kube::Client,
         namespace: Option<&str>,
@@ -240,15 +240,7 @@ impl<K: Watched> SharedWatch<K> {
         keys: Keys<K>,
         trim: fn(&mut K),
     ) -> Self {
-        let events = watcher(scoped_api::<K>(client, namespace), config)
-            .default_backoff()
-            .map_ok(move |event| {
-                event.modify(|object| {
-                    strip_unread(object);
-                    trim(object);
-                })
-            })
-            .boxed();
+        let events = trimmed_watch(client, namespace, config, trim).boxed();
         Self::from_events(events, keys)
     }
 

@@ -183,13 +183,25 @@ pub fn cached_trimmed<K: Watched>(
 ) {
     let (store, writer) = reflector::store();
     let events = gate
-        .open_when_listed(watcher(scoped_api::<K>(client, namespace), config).default_backoff())
+        .open_when_listed(trimmed_watch(client, namespace, config, trim))
+        .reflect(writer);
+    (store, events)
+}
+
+/// The watch every cache fills from: retried with backoff, its objects without what
+/// [`strip_unread`] and `trim` drop.
+pub fn trimmed_watch<K: Watched>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static {
+    watcher(scoped_api::<K>(client, namespace), config)
+        .default_backoff()
         .modify(move |object| {
             strip_unread(object);
             trim(object);
         })
-        .reflect(writer);
-    (store, events)
 }
 
 /// Runs a controller's result stream to its end (shutdown), logging what it reports besides
