@@ -207,6 +207,8 @@ pub enum Changes<K> {
     /// controller that reacted to every write (its own status writes included) redid its work
     /// for nothing. Deletions are not sent.
     AppliedIf(fn(&K, &K) -> bool),
+    /// [`Changes::AppliedIf`] and deleted objects.
+    TouchedIf(fn(&K, &K) -> bool),
 }
 
 /// [`Changes::AppliedIf`] for a new `metadata.generation`: spec changes, not status writes.
@@ -311,12 +313,11 @@ impl<K: Watched> SharedWatch<K> {
                 let wanted = match subscriber.changes {
                     Changes::Applied => !deleted,
                     Changes::Touched => true,
-                    Changes::AppliedIf(differs) => {
-                        !deleted
-                            && before
-                                .as_ref()
-                                .is_none_or(|before| differs(before, &object))
-                    }
+                    Changes::AppliedIf(differs) | Changes::TouchedIf(differs) if !deleted => before
+                        .as_ref()
+                        .is_none_or(|before| differs(before, &object)),
+                    Changes::AppliedIf(_) => false,
+                    Changes::TouchedIf(_) => true,
                 };
                 if wanted {
                     // A controller that has stopped (shutdown) no longer listens.
@@ -424,11 +425,16 @@ mod tests {
             Changes::AppliedIf(new_generation),
             readiness.gate("three/ConfigMap"),
         );
+        let mut specs_and_deletions = watch.subscribe(
+            Changes::TouchedIf(new_generation),
+            readiness.gate("four/ConfigMap"),
+        );
         let indexed = watch.indexed();
         watch.run().await;
         assert_eq!(names_in(&mut applied), ["a", "a", "b", "a"]);
         assert_eq!(names_in(&mut touched), ["a", "a", "b", "a", "b"]);
         assert_eq!(names_in(&mut specs), ["a", "b", "a"]);
+        assert_eq!(names_in(&mut specs_and_deletions), ["a", "b", "a", "b"]);
         assert!(
             readiness.pending().is_empty(),
             "every gate opens with the list"

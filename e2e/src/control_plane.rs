@@ -435,6 +435,12 @@ impl ControlPlane {
     }
 
     /// Starts (or restarts) the node agent of `node`.
+    /// The process ID of component `name` (`kube-apiserver`, `etcd`, ...), for benchmarks that
+    /// report what each component spent.
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.processes.iter().find(|p| p.name == name)?.pid()
+    }
+
     pub fn start_node(&mut self, node: &str) -> Result<()> {
         let (_, args, kubeconfig) = self
             .agent_args

@@ -108,12 +108,12 @@ impl Process {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// Sends `signal` to the process.
     /// The process ID while it has not been reaped.
     pub fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 
+    /// Sends `signal` to the process.
     pub fn signal(&self, signal: i32) {
         if let Some(child) = &self.child {
             // SAFETY: plain kill(2) on our own child's pid.

@@ -5,7 +5,7 @@
 //! Several enactors may race on the same endpoint; the fence at the server decides, so a stale
 //! or slow enactor's write is refused rather than applied.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,9 +34,10 @@ use super::metrics::DnsMetrics;
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, ZoneClients,
-    apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
-    endpoints_in_zone, key, plans_of, publish, zone_provider,
+    Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, RESERVATION_LAG,
+    ZoneClients, age, apply_endpoint_status, cached, drain, endpoint_condition,
+    endpoint_condition_for, endpoints_in_zone, key, minted_within, plans_of, publish,
+    zone_provider,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, name_ref, new_generation};
@@ -72,6 +73,7 @@ struct Context {
     readiness: Readiness,
     backoff: Backoff,
     verified: Verified,
+    held: Held,
     others_progress: OthersProgress,
 }
 
@@ -130,9 +132,11 @@ pub fn run(
             .with_config(crate::runtime::bounded());
         let sweep = resync_sweep(endpoints.clone(), settings.resync);
         let verified = Verified::default();
+        let held = Held::default();
         tokio::spawn(count_pending_and_verified(
             endpoints.clone(),
             verified.clone(),
+            held.clone(),
             metrics.dns.clone(),
             shutdown.clone(),
         ));
@@ -148,6 +152,7 @@ pub fn run(
             readiness,
             backoff: Backoff::default(),
             verified,
+            held: held.clone(),
             others_progress,
         });
         let results = controller
@@ -217,10 +222,11 @@ fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
 
 /// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest reserved plan
 /// is not yet live: the enactment backlog, which a burst of changes shows as it drains; and
-/// `bulwark_dns_endpoints_verified`, forgetting endpoints deleted since.
+/// `bulwark_dns_endpoints_verified`, forgetting endpoints deleted since (their held writes too).
 async fn count_pending_and_verified(
     endpoints: Store<DnsEndpoint>,
     verified: Verified,
+    held: Held,
     metrics: DnsMetrics,
     shutdown: CancellationToken,
 ) {
@@ -238,6 +244,9 @@ async fn count_pending_and_verified(
         let mut verified = verified.lock().unwrap_or_else(|e| e.into_inner());
         verified.retain(|endpoint| endpoints.get(endpoint).is_some());
         metrics.endpoints_verified.set(verified.len() as i64);
+        drop(verified);
+        let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|endpoint, _| endpoints.get(endpoint).is_some());
     }
 }
 
@@ -266,7 +275,11 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     let timer = context.metrics.reconcile(CONTROLLER);
     let result = match (deleting, has_finalizer) {
         (true, _) => remove(&endpoint, &context).await,
-        (false, false) => set_records_finalizer(&context.client, &endpoint, true).await,
+        // Both replicas adding it raced each other (and the leader's status writes) to a 409.
+        (false, false) => match standby_wait(&context, &plans_of(&context.plans, &endpoint)) {
+            Some(wait) => Ok(Action::requeue(wait)),
+            None => set_records_finalizer(&context, &endpoint, true).await,
+        },
         (false, true) => enact(&endpoint, &context).await,
     };
     timer.done(result.as_ref().err().map(Error::kind));
@@ -288,16 +301,18 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
 /// Adds or removes the finalizer that keeps a deleted endpoint until its name is gone from DNS.
 /// A compare-and-set on the resourceVersion; losing the race to another replica is not an error.
 async fn set_records_finalizer(
-    client: &kube::Client,
+    context: &Context,
     endpoint: &DnsEndpoint,
     present: bool,
 ) -> Result<Action, Error> {
-    match set_finalizer(client, endpoint, RECORDS_FINALIZER, present).await {
+    match set_finalizer(&context.client, endpoint, RECORDS_FINALIZER, present).await {
         // The update brings the endpoint back with the finalizer in place.
         Ok(_) => Ok(Action::await_change()),
-        Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
+        Err(kube::Error::Api(s)) if s.is_conflict() => {
+            context.metrics.dns.conflict("finalizer");
             Ok(Action::await_change())
         }
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(Action::await_change()),
         Err(e) => Err(e.into()),
     }
 }
@@ -335,7 +350,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
                 (Err(e), _) | (_, Err(e)) => format!("the server could not be read ({e})"),
             };
             abandoned(endpoint, context, left).await;
-            return set_records_finalizer(&context.client, endpoint, false).await;
+            return set_records_finalizer(context, endpoint, false).await;
         }
         Ok((_, dns)) => {
             let mut removed = None;
@@ -370,7 +385,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
         }
         Err(_) if abandon => {
             abandoned(endpoint, context, "the zone could not be used".into()).await;
-            return set_records_finalizer(&context.client, endpoint, false).await;
+            return set_records_finalizer(context, endpoint, false).await;
         }
         // No zone, or a name outside it: nothing Bulwark wrote is reachable, so nothing to remove.
         Err(error @ Error::Invalid { .. }) => {
@@ -388,7 +403,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
         note,
     )
     .await;
-    set_records_finalizer(&context.client, endpoint, false).await
+    set_records_finalizer(context, endpoint, false).await
 }
 
 async fn abandoned(endpoint: &DnsEndpoint, context: &Context, left: String) {
@@ -435,7 +450,14 @@ async fn report_failure(endpoint: &DnsEndpoint, context: &Context, error: &Error
         error.to_string(),
     )
     .await;
-    if let Err(e) = write_endpoint_status(context, endpoint, live_generation(endpoint), ready).await
+    if let Err(e) = write_endpoint_status(
+        context,
+        endpoint,
+        live_generation(endpoint),
+        ready,
+        "failure",
+    )
+    .await
     {
         warn!(endpoint = %key(endpoint), error = %e, "could not record the failure in status");
     }
@@ -512,20 +534,6 @@ async fn enactable_plan(
 /// watch event brings it back first.
 const STATUS_CONFLICT_RETRY: Duration = Duration::from_secs(5);
 
-/// How long a plan's reservation may lag behind the plan in this replica's caches.
-const RESERVATION_LAG: Duration = Duration::from_secs(10);
-
-/// Whether the plan was minted less than `within` ago.
-fn minted_within(plan: &DnsPlan, within: Duration) -> bool {
-    age(plan).is_some_and(|age| age < within)
-}
-
-/// Time since the planner minted the plan (its minted-at annotation).
-fn age(plan: &DnsPlan) -> Option<Duration> {
-    let minted: Timestamp = plan.annotations().get(MINTED_AT_ANNOTATION)?.parse().ok()?;
-    Some(Timestamp::now().duration_since(minted).unsigned_abs())
-}
-
 fn reserved_generation(endpoint: &DnsEndpoint) -> u64 {
     endpoint
         .status
@@ -547,12 +555,13 @@ fn live_generation(endpoint: &DnsEndpoint) -> Option<u64> {
 
 /// Writes the enactor's status fields with a compare-and-set on the endpoint version this
 /// reconcile read, so concurrent enactors cannot move `liveGeneration` backwards: a replica that
-/// lost the race gets a conflict, reported as `false`.
+/// lost the race gets a conflict, reported as `false` and counted for `writer`.
 async fn write_endpoint_status(
     context: &Context,
     endpoint: &DnsEndpoint,
     live: Option<u64>,
     ready: Condition,
+    writer: &str,
 ) -> Result<bool, Error> {
     match apply_endpoint_status(
         &context.client,
@@ -565,7 +574,11 @@ async fn write_endpoint_status(
     .await
     {
         Ok(()) => Ok(true),
-        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(false),
+        Err(kube::Error::Api(s)) if s.is_conflict() => {
+            context.metrics.dns.conflict(writer);
+            debug!(endpoint = %key(endpoint), writer, read = ?endpoint.resource_version(), ?live, "status write lost a compare-and-set");
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -589,7 +602,14 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
             "waiting for the planner to mint a plan",
         );
         if changed {
-            write_endpoint_status(context, endpoint, live_generation(endpoint), ready).await?;
+            write_endpoint_status(
+                context,
+                endpoint,
+                live_generation(endpoint),
+                ready,
+                "no-plan",
+            )
+            .await?;
         }
         return Ok(Action::await_change());
     };
@@ -703,6 +723,39 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         }
     };
 
+    // Ready=True speaks for the spec the planner minted from (its observedGeneration), not for a
+    // newer spec it has not planned yet: claiming that one was untrue, and the write raced the
+    // planner's reservation (a 409 and a retry for one of them) on every spec change.
+    let (ready, changed) = endpoint_condition_for(
+        endpoint,
+        planner_observed(endpoint),
+        "Ready",
+        true,
+        "Live",
+        format!("plan {generation} is live and verified at the authoritative server"),
+    );
+    let live = live_generation(endpoint);
+    // While a newer plan is reserved, only a live generation moving forward is worth a write:
+    // the condition is written again once that plan is live. Never move the status backwards:
+    // a newer generation recorded by another replica stands.
+    let status_wanted = live.is_none_or(|live| live <= generation)
+        && (live != Some(generation) || (changed && !newer_reserved(endpoint, generation)));
+    if !applied {
+        let applier_writes = live < Some(generation)
+            || (verified && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none()))
+            || plans
+                .iter()
+                .any(|p| p.spec.generation < generation && phase(p) != PlanPhase::Superseded);
+        let leading = context.leadership.borrow().token().is_some();
+        if (applier_writes || (status_wanted && !leading))
+            && let Some(wait) = hold(&context.held, name_ref(endpoint), generation)
+        {
+            mark_verified(context, endpoint);
+            return Ok(Action::requeue(wait));
+        }
+    }
+    release(&context.held, &name_ref(endpoint));
+
     record_live(context, endpoint, &plan, applied, verified).await?;
     supersede_older(context, &plans, generation).await?;
     collect(
@@ -718,26 +771,9 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         // The answer changed again right after the repair: look again shortly.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-
-    // Ready=True speaks for the spec the planner minted from (its observedGeneration), not for a
-    // newer spec it has not planned yet: claiming that one was untrue, and the write raced the
-    // planner's reservation (a 409 and a retry for one of them) on every spec change.
-    let (ready, changed) = endpoint_condition_for(
-        endpoint,
-        planner_observed(endpoint),
-        "Ready",
-        true,
-        "Live",
-        format!("plan {generation} is live and verified at the authoritative server"),
-    );
-    let live = live_generation(endpoint);
-    // While a newer plan is reserved, only a live generation moving forward is worth a write:
-    // the condition is written again once that plan is live.
-    let newer_reserved = reserved_generation(endpoint) > generation;
-    // Never move the status backwards: a newer generation recorded by another replica stands.
-    if live.is_none_or(|live| live <= generation)
-        && (live != Some(generation) || (changed && !newer_reserved))
-        && !write_endpoint_status(context, endpoint, Some(generation), ready).await?
+    let writer = if applied { "live" } else { "live-readback" };
+    if status_wanted
+        && !write_endpoint_status(context, endpoint, Some(generation), ready, writer).await?
     {
         // Lost to a newer version: the other replica's live generation or the planner's
         // reservation wakes this endpoint at once; a write it is not woken by (the planner's
@@ -745,13 +781,61 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         // regardless turned a burst into conflict storms (7.6 409s per plan).
         return Ok(Action::requeue(STATUS_CONFLICT_RETRY));
     }
+    mark_verified(context, endpoint);
+    // Checked again by the resync sweep.
+    Ok(Action::await_change())
+}
+
+fn newer_reserved(endpoint: &DnsEndpoint, generation: u64) -> bool {
+    reserved_generation(endpoint) > generation
+}
+
+fn mark_verified(context: &Context, endpoint: &DnsEndpoint) {
     context
         .verified
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(name_ref(endpoint));
-    // Checked again by the resync sweep.
-    Ok(Action::await_change())
+}
+
+/// How long an enactor that found a plan already live at the server (it read it back, another
+/// enactor or its own earlier pass applied it) leaves that plan's and its endpoint's status to
+/// the enactor that applied it. Writing them at once raced that enactor's writes from a cache a
+/// busy API server's watch had not brought up to date, and lost the compare-and-set: 1.2 409s
+/// per plan in a burst of 1,000, with watch events seconds behind. What is still missing after
+/// this (the applier crashed between its DNS and API writes) is written then.
+const READBACK_GRACE: Duration = Duration::from_secs(10);
+
+/// Status writes this replica's enactor holds back (see [`READBACK_GRACE`]): per endpoint, the
+/// generation read back and since when.
+type Held = Arc<Mutex<HashMap<ObjectRef<DnsEndpoint>, (u64, std::time::Instant)>>>;
+
+/// How much longer to hold back the status writes for `generation` of the endpoint; `None` once
+/// the grace is over, when they are written.
+fn hold(held: &Held, endpoint: ObjectRef<DnsEndpoint>, generation: u64) -> Option<Duration> {
+    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let (_, since) = held
+        .entry(endpoint.clone())
+        .and_modify(|entry| {
+            if entry.0 != generation {
+                *entry = (generation, now);
+            }
+        })
+        .or_insert((generation, now));
+    let wait = READBACK_GRACE
+        .checked_sub(since.elapsed())
+        .filter(|wait| !wait.is_zero());
+    if wait.is_none() {
+        held.remove(&endpoint);
+    }
+    wait
+}
+
+fn release(held: &Held, endpoint: &ObjectRef<DnsEndpoint>) {
+    held.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(endpoint);
 }
 
 /// A plan turning Live: the progress of whichever enactor wrote it.

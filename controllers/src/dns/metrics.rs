@@ -1,6 +1,6 @@
 //! DNS enactment metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 #[derive(Clone)]
 pub struct DnsMetrics {
@@ -15,6 +15,9 @@ pub struct DnsMetrics {
     pub plans_collected: IntCounter,
     /// Endpoints whose newest reserved plan is not live yet, as this replica's cache shows.
     pub pending_endpoints: IntGauge,
+    /// Compare-and-set writes of a DnsEndpoint the API server answered 409, by writer: each
+    /// is a wasted request and a later retry, so a rise shows replicas racing each other.
+    pub endpoint_write_conflicts: IntCounterVec,
 }
 
 impl DnsMetrics {
@@ -56,6 +59,14 @@ impl DnsMetrics {
                 "DnsEndpoints whose newest reserved plan is not live yet (the enactment backlog)",
             )
             .unwrap(),
+            endpoint_write_conflicts: IntCounterVec::new(
+                Opts::new(
+                    "dns_endpoint_write_conflicts_total",
+                    "DnsEndpoint compare-and-set writes answered 409 Conflict, by writer",
+                ),
+                &["writer"],
+            )
+            .unwrap(),
         };
         for collector in [
             Box::new(metrics.endpoints_verified.clone()) as Box<dyn prometheus::core::Collector>,
@@ -65,11 +76,19 @@ impl DnsMetrics {
             Box::new(metrics.plans_superseded.clone()),
             Box::new(metrics.plans_collected.clone()),
             Box::new(metrics.pending_endpoints.clone()),
+            Box::new(metrics.endpoint_write_conflicts.clone()),
         ] {
             registry
                 .register(collector)
                 .expect("metric names are unique");
         }
         metrics
+    }
+
+    /// Counts a DnsEndpoint write lost to a newer version.
+    pub fn conflict(&self, writer: &str) {
+        self.endpoint_write_conflicts
+            .with_label_values(&[writer])
+            .inc();
     }
 }

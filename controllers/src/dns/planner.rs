@@ -21,17 +21,18 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan, desired_rrsets};
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
-    MINTED_AT_ANNOTATION, apply_endpoint_status, drain, endpoint_condition, in_namespace, key,
-    namespaced_key, plans_of, provider_for, publish, zone_not_found,
+    MINTED_AT_ANNOTATION, RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition,
+    in_namespace, key, minted_within, namespaced_key, plans_of, provider_for, publish,
+    zone_not_found,
 };
 use crate::events::Recorder;
-use crate::index::{Changes, Indexed, indexed};
+use crate::index::{Changes, Indexed, indexed, new_generation};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -66,8 +67,15 @@ pub fn run(
     caches: &mut EndpointsAndPlans,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // A deleted plan concerns its endpoint too (the planner mints another if it was reserved).
-    let caches = caches.subscribe(&readiness, CONTROLLER, Changes::Applied, Changes::Touched);
+    // A deleted plan concerns its endpoint too (the planner mints another if it was reserved);
+    // the enactors' status writes on plans do not: each woke the planner with an endpoint its
+    // cache may not have caught up with, and minting from it lost the compare-and-set.
+    let caches = caches.subscribe(
+        &readiness,
+        CONTROLLER,
+        Changes::Applied,
+        Changes::TouchedIf(new_generation),
+    );
     async move {
         let scope = settings.scope;
         let namespace = scope.namespace();
@@ -215,6 +223,8 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
         // Lost a compare-and-set to a newer version of the endpoint (an enactor wrote its status):
         // that version's watch event brings the endpoint back, so this is not a failure.
         Err(Error::Kube(kube::Error::Api(status))) if status.is_conflict() => {
+            context.metrics.dns.conflict("planner");
+            debug!(endpoint = %key(&endpoint), read = ?endpoint.resource_version(), reserved = endpoint.status.as_ref().map(|s| s.latest_plan_generation), "reservation lost a compare-and-set");
             Ok(Action::await_change())
         }
         other => other,
@@ -247,6 +257,16 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
         .find(|p| p.spec.generation == reserved && p.name_any() == reserved_name);
     if reserved > 0 && reserved_plan.is_none() && plan_exists(context, endpoint, reserved).await? {
         // Our own create is not in the cache yet; its watch event brings the endpoint back.
+        return Ok(Action::await_change());
+    }
+    if plans.iter().any(|p| {
+        p.spec.generation > reserved
+            && p.name_any() == plan_name(endpoint, p.spec.generation)
+            && minted_within(p, RESERVATION_LAG)
+    }) {
+        // This planner's own reservation is not in the cache yet, but the plan it minted after
+        // it is: the reservation's watch event brings the endpoint back. Minting from this
+        // endpoint now lost the compare-and-set (a 409 for nearly every plan in a burst).
         return Ok(Action::await_change());
     }
     let existing: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();

@@ -392,6 +392,19 @@ async fn verified_by(operator: &Operator) -> Result<usize> {
         .context("bulwark_dns_endpoints_verified is not a count")
 }
 
+/// `bulwark_dns_endpoint_write_conflicts_total` of one replica, by writer.
+async fn write_conflicts(operator: &Operator) -> Result<BTreeMap<String, f64>> {
+    let (_, body) = operator.get("/metrics").await?;
+    Ok(body
+        .lines()
+        .filter_map(|l| l.strip_prefix("bulwark_dns_endpoint_write_conflicts_total{writer=\""))
+        .filter_map(|l| {
+            let (writer, count) = l.split_once("\"} ")?;
+            Some((writer.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -568,6 +581,17 @@ async fn main() -> Result<()> {
         format!("start → all {endpoints} names served at BIND9"),
         format!("{:.1} s", to_served.as_secs_f64()),
     );
+    for operator in &operators {
+        let lost = write_conflicts(operator).await?;
+        row(
+            &mut rows,
+            format!(
+                "  {}: endpoint writes lost to a 409 until then",
+                operator.identity
+            ),
+            format!("{lost:?}"),
+        );
+    }
     let peak_at_start: Vec<Usage> = operators
         .iter()
         .map(|o| usage(pid(o)?))
@@ -614,6 +638,28 @@ async fn main() -> Result<()> {
         wanted.insert(fqdn(i, &ZONES), vec![address(1, i)]);
     }
     let requests_before = api_requests(&client).await?;
+    let mut conflicts_before = Vec::new();
+    for operator in &operators {
+        conflicts_before.push(write_conflicts(operator).await?);
+    }
+    // What the burst cost each process: on two cores, whichever is near 2 s per second bounds it.
+    let mut busy: Vec<(String, i32)> = operators
+        .iter()
+        .map(|o| Ok((o.identity.clone(), pid(o)?)))
+        .collect::<Result<_>>()?;
+    if let Some(plane) = cluster.local.lock().unwrap().as_ref() {
+        for component in ["kube-apiserver", "etcd"] {
+            busy.extend(
+                plane
+                    .pid_of(component)
+                    .map(|pid| (component.to_owned(), pid)),
+            );
+        }
+    }
+    let cpu_before: Vec<f64> = busy
+        .iter()
+        .map(|(_, pid)| usage(*pid).map(|u| u.cpu_seconds))
+        .collect::<Result<_>>()?;
     let burst_started = Instant::now();
     let changed_at = std::sync::Mutex::new(HashMap::new());
     let peak_pending = std::cell::Cell::new(0);
@@ -664,6 +710,19 @@ async fn main() -> Result<()> {
             quantile(&mut latencies, 0.99)
         ),
     );
+    let spent: Vec<String> = busy
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, pid), before)| {
+            let seconds = usage(*pid).map_or(0.0, |u| u.cpu_seconds) - before;
+            format!("{name} {:.2}", seconds / took.as_secs_f64())
+        })
+        .collect();
+    row(
+        &mut rows,
+        "burst: CPU seconds per second (of 2 cores)",
+        spent.join(", "),
+    );
     row(
         &mut rows,
         "burst: most endpoints pending enactment at once (bulwark_dns_pending_endpoints)",
@@ -683,6 +742,27 @@ async fn main() -> Result<()> {
         "  most frequent, per plan",
         requests.top(burst as f64),
     );
+    for (operator, before) in operators.iter().zip(&conflicts_before) {
+        let lost: Vec<String> = write_conflicts(operator)
+            .await?
+            .into_iter()
+            .map(|(writer, count)| (writer.clone(), count - before.get(&writer).unwrap_or(&0.0)))
+            .filter(|(_, lost)| *lost > 0.0)
+            .map(|(writer, lost)| format!("{writer} {:.2}", lost / burst as f64))
+            .collect();
+        row(
+            &mut rows,
+            format!(
+                "  {}: endpoint writes lost to a 409, per plan",
+                operator.identity
+            ),
+            if lost.is_empty() {
+                "none".into()
+            } else {
+                lost.join(", ")
+            },
+        );
+    }
 
     // A restart with everything live: no writes, every name verified.
     progress("restarting both replicas with everything live");
@@ -691,7 +771,12 @@ async fn main() -> Result<()> {
     }
     let requests_before = api_requests(&client).await?;
     let restarted = Instant::now();
-    let operators = replicas(&cluster.kubeconfig, &ns, &prometheus.url, &logs)?;
+    let operators = replicas(
+        &cluster.kubeconfig,
+        &ns,
+        &prometheus.url,
+        &logs.join("restarted"),
+    )?;
     let verify_deadline = Instant::now() + Duration::from_secs(600);
     let verified_in = loop {
         let mut verified = 0;
