@@ -2,7 +2,7 @@
 //! and dashboard ConfigMap with server-side apply, both owned by the SLO so they go with it, and
 //! writes the live burn rates from Prometheus into status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,8 @@ struct Context {
     /// Per SLO (by UID): the PrometheusRule last applied or found current, so status refreshes
     /// do not re-apply it.
     rules_applied: Mutex<HashMap<String, RulesApplied>>,
+    /// The SLOs there are, to forget deleted ones in `rules_applied`.
+    slos: Store<ServiceLevelObjective>,
 }
 
 #[derive(Clone, Copy)]
@@ -130,6 +132,7 @@ pub async fn run(
         dashboards,
         readiness,
         rules_applied: Mutex::default(),
+        slos: slos.clone(),
     });
     // Only spec changes (generation) trigger a reconcile: every reconcile writes status, and
     // reacting to that write would query Prometheus in a loop. Live numbers refresh on the
@@ -356,7 +359,8 @@ async fn apply_outputs(
             Err(e) if is_not_found(&e) => false,
             Err(e) => return Err(e.into()),
         };
-    context.applied().insert(
+    let mut applied = context.applied();
+    applied.insert(
         uid,
         RulesApplied {
             generation: slo.metadata.generation,
@@ -364,6 +368,17 @@ async fn apply_outputs(
             served,
         },
     );
+    // A deleted SLO is never reconciled again to remove its entry: drop such entries once they
+    // outnumber the SLOs there are.
+    if applied.len() > context.slos.len() {
+        let existing: HashSet<String> = context
+            .slos
+            .state()
+            .iter()
+            .filter_map(|s| s.uid())
+            .collect();
+        applied.retain(|uid, _| existing.contains(uid));
+    }
     Ok(served)
 }
 

@@ -196,39 +196,107 @@ fn usage(pid: i32) -> Result<Usage> {
     })
 }
 
-/// `apiserver_request_total` from the API server's own metrics, by verb and by resource with
-/// its subresource and, for refused writes, the code (`dnsendpoints/status 409`).
-async fn api_requests(client: &kube::Client) -> Result<BTreeMap<(String, String), f64>> {
+/// The API server's own metrics, as text.
+async fn api_metrics(client: &kube::Client) -> Result<String> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(request).await?;
-    let mut counts = BTreeMap::new();
+    Ok(client.request_text(request).await?)
+}
+
+/// Sums of the series of `metric` in `text`, by the values of `labels` joined with spaces.
+fn sum_by(text: &str, metric: &str, labels: &[&str]) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+        let Some(rest) = line
+            .strip_prefix(metric)
+            .and_then(|rest| rest.strip_prefix('{'))
+        else {
             continue;
         };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
+        let Some((series, value)) = rest.rsplit_once("} ") else {
             continue;
         };
         let label = |name: &str| {
-            labels
+            series
                 .split(',')
                 .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
                 .map(|v| v.trim_end_matches('"').to_string())
                 .unwrap_or_default()
         };
-        let mut resource = label("resource");
-        let subresource = label("subresource");
+        let key: Vec<String> = labels.iter().map(|name| label(name)).collect();
+        *sums.entry(key.join(" ").trim().to_string()).or_default() +=
+            value.parse::<f64>().unwrap_or(0.0);
+    }
+    sums
+}
+
+/// `apiserver_request_total` by verb and by resource with its subresource and, for refused
+/// writes, the code (`dnsendpoints/status 409`).
+fn api_requests(text: &str) -> BTreeMap<(String, String), f64> {
+    let mut counts = BTreeMap::new();
+    for (key, count) in sum_by(
+        text,
+        "apiserver_request_total",
+        &["verb", "resource", "subresource", "code"],
+    ) {
+        let mut parts = key.split(' ');
+        let mut part = || parts.next().unwrap_or_default().to_string();
+        let (verb, mut resource, subresource, code) = (part(), part(), part(), part());
         if !subresource.is_empty() {
             resource = format!("{resource}/{subresource}");
         }
-        let code = label("code");
         if code == "409" {
             resource = format!("{resource} {code}");
         }
-        *counts.entry((label("verb"), resource)).or_default() +=
-            value.parse::<f64>().unwrap_or(0.0);
+        *counts.entry((verb, resource)).or_default() += count;
     }
-    Ok(counts)
+    counts
+}
+
+/// Mean time per request between two readings of the API server's metrics: its own handling,
+/// by the most frequent kinds of request, and the wait in API Priority and Fairness queues, by
+/// priority level. Where a change's time goes when the API server is not out of CPU.
+fn api_latency(before: &str, after: &str) -> String {
+    let mean = |metric: &str, labels: &[&str]| {
+        let delta = |suffix: &str| {
+            let (old, new) = (
+                sum_by(before, &format!("{metric}_{suffix}"), labels),
+                sum_by(after, &format!("{metric}_{suffix}"), labels),
+            );
+            new.into_iter()
+                .map(|(key, value)| {
+                    let change = value - old.get(&key).unwrap_or(&0.0);
+                    (key, change)
+                })
+                .collect::<BTreeMap<_, _>>()
+        };
+        let (sums, counts) = (delta("sum"), delta("count"));
+        let mut means: Vec<(f64, String)> = counts
+            .into_iter()
+            .filter(|(_, count)| *count > 0.0)
+            .map(|(key, count)| {
+                let ms = sums.get(&key).unwrap_or(&0.0) / count * 1000.0;
+                (count, format!("{key} {ms:.0} ms"))
+            })
+            .collect();
+        means.sort_by(|a, b| b.0.total_cmp(&a.0));
+        means
+            .into_iter()
+            .take(5)
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "handling: {}; queued: {}",
+        mean(
+            "apiserver_request_duration_seconds",
+            &["verb", "resource", "subresource"]
+        ),
+        mean(
+            "apiserver_flowcontrol_request_wait_duration_seconds",
+            &["priority_level"]
+        ),
+    )
 }
 
 /// Requests between two readings, leaving out node and Lease heartbeats (kwok's nodes, leader
@@ -637,7 +705,7 @@ async fn main() -> Result<()> {
     for &i in &changed {
         wanted.insert(fqdn(i, &ZONES), vec![address(1, i)]);
     }
-    let requests_before = api_requests(&client).await?;
+    let metrics_before = api_metrics(&client).await?;
     let mut conflicts_before = Vec::new();
     for operator in &operators {
         conflicts_before.push(write_conflicts(operator).await?);
@@ -681,7 +749,11 @@ async fn main() -> Result<()> {
         () = sample_pending(&operators, &peak_pending) => unreachable!("sampling never ends"),
     };
     let took = burst_started.elapsed();
-    let requests = Requests::between(&requests_before, &api_requests(&client).await?);
+    let metrics_after = api_metrics(&client).await?;
+    let requests = Requests::between(
+        &api_requests(&metrics_before),
+        &api_requests(&metrics_after),
+    );
     let mut latencies: Vec<f64> = changed_at
         .into_inner()
         .unwrap()
@@ -742,6 +814,11 @@ async fn main() -> Result<()> {
         "  most frequent, per plan",
         requests.top(burst as f64),
     );
+    row(
+        &mut rows,
+        "  API server time per request in the burst",
+        api_latency(&metrics_before, &metrics_after),
+    );
     for (operator, before) in operators.iter().zip(&conflicts_before) {
         let lost: Vec<String> = write_conflicts(operator)
             .await?
@@ -769,7 +846,7 @@ async fn main() -> Result<()> {
     for operator in &mut operators {
         operator.process.stop(Duration::from_secs(10));
     }
-    let requests_before = api_requests(&client).await?;
+    let requests_before = api_requests(&api_metrics(&client).await?);
     let restarted = Instant::now();
     let operators = replicas(
         &cluster.kubeconfig,
@@ -792,7 +869,10 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let requests = Requests::between(&requests_before, &api_requests(&client).await?);
+    let requests = Requests::between(
+        &requests_before,
+        &api_requests(&api_metrics(&client).await?),
+    );
     row(
         &mut rows,
         "restart with all live → every name's fence read at the server",
