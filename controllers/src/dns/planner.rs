@@ -5,10 +5,10 @@
 //! its resourceVersion, so two planners (a deposed leader that has not noticed yet, and the new
 //! one) cannot mint the same generation; the plan's deterministic name is a second guard.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
@@ -32,7 +32,7 @@ use super::runtime::{
     zone_not_found,
 };
 use crate::events::Recorder;
-use crate::index::{Changes, Indexed, indexed, new_generation};
+use crate::index::{Changes, Indexed, indexed, name_ref, new_generation};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -53,6 +53,10 @@ struct Context {
     backoff: Backoff,
     server_timeout: Duration,
     scope: Scope,
+    /// Plans this planner created in the last [`RESERVATION_LAG`], by endpoint: a reservation
+    /// whose plan is not cached yet is known to be this planner's own without asking the API
+    /// server (a GET for most plans in a burst, the reservation's watch event being first).
+    minted: Mutex<HashMap<ObjectRef<DnsEndpoint>, (u64, Instant)>>,
 }
 
 /// The planner's task; subscribes to the shared caches at once, so call it before running them.
@@ -102,6 +106,7 @@ pub fn run(
             backoff: Backoff::default(),
             server_timeout: settings.server_timeout,
             scope: scope.clone(),
+            minted: Mutex::default(),
         });
         let results = controller
             .owns_shared_stream(caches.plan_changes)
@@ -236,6 +241,26 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     result
 }
 
+impl Context {
+    fn just_minted(&self, endpoint: &DnsEndpoint, generation: u64) -> bool {
+        let minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        minted
+            .get(&name_ref(endpoint))
+            .is_some_and(|(minted, at)| *minted == generation && at.elapsed() < RESERVATION_LAG)
+    }
+
+    fn forget_minted(&self, endpoint: &DnsEndpoint) {
+        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        minted.remove(&name_ref(endpoint));
+    }
+
+    fn minted_now(&self, endpoint: &DnsEndpoint, generation: u64) {
+        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        minted.retain(|_, (_, at)| at.elapsed() < RESERVATION_LAG);
+        minted.insert(name_ref(endpoint), (generation, Instant::now()));
+    }
+}
+
 fn error_policy(endpoint: Arc<DnsEndpoint>, error: &Error, context: Arc<Context>) -> Action {
     warn!(endpoint = %key(&endpoint), %error, "planning failed");
     context.backoff.failed(&key(&endpoint))
@@ -255,9 +280,17 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     let reserved_plan = plans
         .iter()
         .find(|p| p.spec.generation == reserved && p.name_any() == reserved_name);
-    if reserved > 0 && reserved_plan.is_none() && plan_exists(context, endpoint, reserved).await? {
-        // Our own create is not in the cache yet; its watch event brings the endpoint back.
-        return Ok(Action::await_change());
+    if reserved_plan.is_some() {
+        context.forget_minted(endpoint);
+    } else if reserved > 0 {
+        // Our own create is not in the cache yet; its watch event brings the endpoint back (and
+        // for one only remembered, this requeue if the plan was deleted before it was cached).
+        if context.just_minted(endpoint, reserved) {
+            return Ok(Action::requeue(RESERVATION_LAG));
+        }
+        if plan_exists(context, endpoint, reserved).await? {
+            return Ok(Action::await_change());
+        }
     }
     if plans.iter().any(|p| {
         p.spec.generation > reserved
@@ -342,6 +375,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
                 return Ok(Action::await_change());
             }
             create_plan(endpoint, context, generation, rrsets, content_hash, token).await?;
+            context.minted_now(endpoint, generation);
             if recovered {
                 publish(
                     &context.recorder,
