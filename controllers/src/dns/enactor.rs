@@ -35,9 +35,8 @@ use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
     Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, RESERVATION_LAG,
-    ZoneClients, age, apply_endpoint_status, cached, drain, endpoint_condition,
-    endpoint_condition_for, endpoints_in_zone, key, minted_within, plans_of, publish,
-    zone_provider,
+    ZoneClients, apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
+    endpoints_in_zone, key, plans_of, publish, zone_provider,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, name_ref, new_generation};
@@ -534,6 +533,17 @@ async fn enactable_plan(
 /// watch event brings it back first.
 const STATUS_CONFLICT_RETRY: Duration = Duration::from_secs(5);
 
+/// Whether the plan was minted less than `within` ago.
+fn minted_within(plan: &DnsPlan, within: Duration) -> bool {
+    age(plan).is_some_and(|age| age < within)
+}
+
+/// Time since the planner minted the plan (its minted-at annotation).
+fn age(plan: &DnsPlan) -> Option<Duration> {
+    let minted: Timestamp = plan.annotations().get(MINTED_AT_ANNOTATION)?.parse().ok()?;
+    Some(Timestamp::now().duration_since(minted).unsigned_abs())
+}
+
 fn reserved_generation(endpoint: &DnsEndpoint) -> u64 {
     endpoint
         .status
@@ -739,10 +749,10 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     // the condition is written again once that plan is live. Never move the status backwards:
     // a newer generation recorded by another replica stands.
     let status_wanted = live.is_none_or(|live| live <= generation)
-        && (live != Some(generation) || (changed && !newer_reserved(endpoint, generation)));
+        && (live != Some(generation) || (changed && reserved_generation(endpoint) <= generation));
     if !applied {
         let applier_writes = live < Some(generation)
-            || (verified && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none()))
+            || first_verification(&plan, verified)
             || plans
                 .iter()
                 .any(|p| p.spec.generation < generation && phase(p) != PlanPhase::Superseded);
@@ -784,10 +794,6 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     mark_verified(context, endpoint);
     // Checked again by the resync sweep.
     Ok(Action::await_change())
-}
-
-fn newer_reserved(endpoint: &DnsEndpoint, generation: u64) -> bool {
-    reserved_generation(endpoint) > generation
 }
 
 fn mark_verified(context: &Context, endpoint: &DnsEndpoint) {
@@ -925,6 +931,11 @@ async fn mark_plan(
     Ok(())
 }
 
+/// Whether a pass that `verified` the plan's answer is the first to: the plan has no verifiedAt.
+fn first_verification(plan: &DnsPlan, verified: bool) -> bool {
+    verified && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none())
+}
+
 /// Records a live plan's status in one write: who enacted it (when `applied` by this replica)
 /// and, the first time the answer matched, verifiedAt and the enactment latency.
 async fn record_live(
@@ -936,8 +947,7 @@ async fn record_live(
 ) -> Result<(), Error> {
     let generation = plan.spec.generation;
     let now = Timestamp::now();
-    let first_verification =
-        verified && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none());
+    let first_verification = first_verification(plan, verified);
     let mut status = serde_json::json!({ "phase": PlanPhase::Live });
     if applied {
         status["enactedBy"] = context.settings.identity.clone().into();

@@ -28,8 +28,7 @@ use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
     MINTED_AT_ANNOTATION, RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition,
-    in_namespace, key, minted_within, namespaced_key, plans_of, provider_for, publish,
-    zone_not_found,
+    in_namespace, key, namespaced_key, plans_of, provider_for, publish, zone_not_found,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, indexed, name_ref, new_generation};
@@ -242,11 +241,13 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
 }
 
 impl Context {
-    fn just_minted(&self, endpoint: &DnsEndpoint, generation: u64) -> bool {
+    /// The generation this planner minted for the endpoint in the last [`RESERVATION_LAG`].
+    fn minted_recently(&self, endpoint: &DnsEndpoint) -> Option<u64> {
         let minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
         minted
             .get(&name_ref(endpoint))
-            .is_some_and(|(minted, at)| *minted == generation && at.elapsed() < RESERVATION_LAG)
+            .filter(|(_, at)| at.elapsed() < RESERVATION_LAG)
+            .map(|(generation, _)| *generation)
     }
 
     fn forget_minted(&self, endpoint: &DnsEndpoint) {
@@ -280,27 +281,25 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     let reserved_plan = plans
         .iter()
         .find(|p| p.spec.generation == reserved && p.name_any() == reserved_name);
+    // This planner's own writes that its caches have not caught up with: planning from them
+    // lost the reservation's compare-and-set (a 409 for nearly every plan in a burst), and
+    // asking the API server cost a GET for most plans.
+    let minted = context.minted_recently(endpoint);
+    if minted.is_some_and(|minted| minted > reserved) {
+        // The reservation is not cached yet: its watch event brings the endpoint back.
+        return Ok(Action::await_change());
+    }
     if reserved_plan.is_some() {
         context.forget_minted(endpoint);
     } else if reserved > 0 {
-        // Our own create is not in the cache yet; its watch event brings the endpoint back (and
-        // for one only remembered, this requeue if the plan was deleted before it was cached).
-        if context.just_minted(endpoint, reserved) {
+        // The plan is not cached yet: its watch event brings the endpoint back (and, for one this
+        // planner remembers minting, this requeue if it was deleted before it was cached).
+        if minted == Some(reserved) {
             return Ok(Action::requeue(RESERVATION_LAG));
         }
         if plan_exists(context, endpoint, reserved).await? {
             return Ok(Action::await_change());
         }
-    }
-    if plans.iter().any(|p| {
-        p.spec.generation > reserved
-            && p.name_any() == plan_name(endpoint, p.spec.generation)
-            && minted_within(p, RESERVATION_LAG)
-    }) {
-        // This planner's own reservation is not in the cache yet, but the plan it minted after
-        // it is: the reservation's watch event brings the endpoint back. Minting from this
-        // endpoint now lost the compare-and-set (a 409 for nearly every plan in a burst).
-        return Ok(Action::await_change());
     }
     let existing: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
     let server: ServerView;

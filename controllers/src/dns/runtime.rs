@@ -137,21 +137,6 @@ pub const MINTED_AT_ANNOTATION: &str = "bulwark.dev/minted-at";
 /// How long a plan's reservation may lag behind the plan in a replica's caches (two watches).
 pub const RESERVATION_LAG: Duration = Duration::from_secs(10);
 
-/// Whether the plan was minted less than `within` ago.
-pub fn minted_within(plan: &DnsPlan, within: Duration) -> bool {
-    age(plan).is_some_and(|age| age < within)
-}
-
-/// Time since the planner minted the plan (its minted-at annotation).
-pub fn age(plan: &DnsPlan) -> Option<Duration> {
-    let minted: k8s_openapi::jiff::Timestamp =
-        plan.annotations().get(MINTED_AT_ANNOTATION)?.parse().ok()?;
-    Some(
-        k8s_openapi::jiff::Timestamp::now()
-            .duration_since(minted)
-            .unsigned_abs(),
-    )
-}
 /// The planner's leader fencing token at minting time, for audits of who minted what.
 pub const LEADER_TOKEN_ANNOTATION: &str = "bulwark.dev/leader-token";
 
