@@ -1,16 +1,16 @@
 //! Runtime helpers every controller shares: scoped APIs, cached watches, backoff, Events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::Stream;
-use kube::Resource;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 use tracing::warn;
 
 use crate::events::Recorder;
@@ -305,6 +305,20 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// Drops what `remembered` holds for objects no longer in `objects`: a deleted object is never
+/// reconciled again to drop its own entries, and one recreated under the same name must not
+/// inherit them. Keys are an object's UID, or start with `<UID>/`.
+pub fn forget_deleted<K, V>(remembered: &mut HashMap<String, V>, objects: &Store<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let existing: HashSet<String> = objects.state().iter().filter_map(|o| o.uid()).collect();
+    remembered.retain(|key, _| {
+        let uid = key.split_once('/').map_or(key.as_str(), |(uid, _)| uid);
+        existing.contains(uid)
+    });
+}
+
 /// A 404 of any kind: a missing object (reason NotFound), or an API group or kind the server
 /// does not serve (a plain-text "404 page not found", which `Status::is_not_found` misses).
 pub fn is_not_found(error: &kube::Error) -> bool {
@@ -338,6 +352,36 @@ pub fn ensure_crypto_provider() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_remembered_of_deleted_objects_is_forgotten() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let with_uid = |uid: &str| {
+            let mut map = ConfigMap::default();
+            map.metadata.name = Some(format!("map-{uid}"));
+            map.metadata.namespace = Some("ns".into());
+            map.metadata.uid = Some(uid.into());
+            map
+        };
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(with_uid("kept")));
+        writer.apply_watcher_event(&watcher::Event::Apply(with_uid("deleted")));
+        writer.apply_watcher_event(&watcher::Event::Delete(with_uid("deleted")));
+        let mut remembered: HashMap<String, u8> = [
+            "kept",
+            "kept/instance-0",
+            "deleted",
+            "deleted/instance-0",
+            "never-seen/instance-1",
+        ]
+        .into_iter()
+        .map(|key| (key.to_string(), 0))
+        .collect();
+        forget_deleted(&mut remembered, &store);
+        let mut left: Vec<&str> = remembered.keys().map(String::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["kept", "kept/instance-0"]);
+    }
 
     #[test]
     fn backoff_doubles_to_a_minute_and_resets() {

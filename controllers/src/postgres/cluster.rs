@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -42,8 +43,8 @@ use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::runtime::{
-    Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, parse_duration,
-    publish,
+    Backoff, apply_status, as_leader, cached, drain, forget_deleted, is_not_found, object_key,
+    parse_duration, publish,
 };
 use crate::scope::Scope;
 
@@ -147,6 +148,8 @@ struct Context {
     leadership: watch::Receiver<Leadership>,
     settings: PostgresSettings,
     backoff: Backoff,
+    /// By `<cluster uid>/<instance>`: a cluster deleted and created again under its name starts
+    /// afresh, rather than finding its new primary "down" since the old one's last answer.
     seen: Mutex<HashMap<String, Seen>>,
     /// When each cluster's own objects (Secrets, RBAC, Services, PodDisruptionBudget; by the
     /// cluster's uid) were last applied: they depend only on its name, so a cluster polled every
@@ -155,6 +158,17 @@ struct Context {
     /// The `storage.size` every claim of a cluster (by uid) was last found to request, so
     /// steady polls do not read the claims again until the size changes.
     sized: Mutex<HashMap<String, String>>,
+    /// The clusters there are, to forget deleted ones in the maps above.
+    clusters: Store<DatabaseCluster>,
+}
+
+impl Context {
+    /// A handful of clusters per replica: scanning them on every reconcile costs nothing.
+    fn forget_deleted_clusters(&self) {
+        forget_deleted(&mut self.seen.lock().unwrap(), &self.clusters);
+        forget_deleted(&mut self.applied.lock().unwrap(), &self.clusters);
+        forget_deleted(&mut self.sized.lock().unwrap(), &self.clusters);
+    }
 }
 
 pub async fn run(
@@ -189,6 +203,7 @@ pub async fn run(
         seen: Mutex::new(HashMap::new()),
         applied: Mutex::new(HashMap::new()),
         sized: Mutex::new(HashMap::new()),
+        clusters: clusters.clone(),
     });
     use kube::runtime::WatchStreamExt;
     let results = Controller::for_stream(cluster_events.applied_objects(), clusters)
@@ -333,6 +348,7 @@ struct Reconciler<'a> {
     token: u64,
     namespace: String,
     name: String,
+    uid: String,
     owner: Value,
 }
 
@@ -357,13 +373,14 @@ impl<'a> Reconciler<'a> {
             token,
             namespace: cluster.namespace().unwrap_or_default(),
             name: cluster.name_any(),
+            uid: cluster.uid().unwrap_or_default(),
             owner,
         }
     }
 
     /// The key of an instance in [`Context::seen`].
     fn seen_key(&self, instance: &str) -> String {
-        format!("{}/{instance}", self.namespace)
+        format!("{}/{instance}", self.uid)
     }
 
     fn leading(&self) -> bool {
@@ -406,7 +423,8 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn run(&self, mut cluster: DatabaseCluster) -> Result<Action, Error> {
-        let uid = cluster.uid().unwrap_or_default();
+        self.context.forget_deleted_clusters();
+        let uid = self.uid.clone();
         let applied_at = self.context.applied.lock().unwrap().get(&uid).copied();
         if applied_at.is_none_or(|at| at.elapsed() >= REAPPLY_INTERVAL) {
             self.ensure_secrets().await?;

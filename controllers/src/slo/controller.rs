@@ -2,7 +2,7 @@
 //! and dashboard ConfigMap with server-side apply, both owned by the SLO so they go with it, and
 //! writes the live burn rates from Prometheus into status.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,8 @@ use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::runtime::{
-    Backoff, apply_status, as_leader, cached, cached_trimmed, drain, is_not_found, object_key,
-    publish,
+    Backoff, apply_status, as_leader, cached, cached_trimmed, drain, forget_deleted, is_not_found,
+    object_key, publish,
 };
 use crate::scope::Scope;
 
@@ -368,16 +368,9 @@ async fn apply_outputs(
             served,
         },
     );
-    // A deleted SLO is never reconciled again to remove its entry: drop such entries once they
-    // outnumber the SLOs there are.
+    // Once they outnumber the SLOs there are (a scan per reconcile would cost O(SLOs) each).
     if applied.len() > context.slos.len() {
-        let existing: HashSet<String> = context
-            .slos
-            .state()
-            .iter()
-            .filter_map(|s| s.uid())
-            .collect();
-        applied.retain(|uid, _| existing.contains(uid));
+        forget_deleted(&mut applied, &context.slos);
     }
     Ok(served)
 }

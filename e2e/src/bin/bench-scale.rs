@@ -160,12 +160,25 @@ where
     Ok(())
 }
 
-/// Resident memory now and at its peak, and CPU seconds used, of process `pid`.
+/// Resident memory now and at its peak, and CPU seconds used, of process `pid`. RSS counts the
+/// pages of the program's own file it has touched (its code: shared by replicas on a node and
+/// reclaimable) besides its anonymous memory (heap and stacks), so both parts are shown.
 #[derive(Clone, Copy, Debug, Default)]
 struct Usage {
     rss_mib: f64,
+    anonymous_mib: f64,
+    file_mib: f64,
     peak_rss_mib: f64,
     cpu_seconds: f64,
+}
+
+impl Usage {
+    fn resident_parts(&self) -> String {
+        format!(
+            "{:.0} MiB anonymous + {:.0} MiB of files (code)",
+            self.anonymous_mib, self.file_mib
+        )
+    }
 }
 
 fn usage(pid: i32) -> Result<Usage> {
@@ -191,6 +204,8 @@ fn usage(pid: i32) -> Result<Usage> {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(Usage {
         rss_mib: kib("VmRSS:") / 1024.0,
+        anonymous_mib: kib("RssAnon:") / 1024.0,
+        file_mib: kib("RssFile:") / 1024.0,
         peak_rss_mib: kib("VmHWM:") / 1024.0,
         cpu_seconds: (ticks(11) + ticks(12)) / per_second,
     })
@@ -672,8 +687,11 @@ async fn main() -> Result<()> {
             &mut rows,
             format!("{}: RSS peak / steady", operator.identity),
             format!(
-                "{:.0} MiB / {:.0} MiB (peak {:.0} MiB when all names were served)",
-                now.peak_rss_mib, now.rss_mib, first.peak_rss_mib
+                "{:.0} MiB / {:.0} MiB = {} (peak {:.0} MiB when all names were served)",
+                now.peak_rss_mib,
+                now.rss_mib,
+                now.resident_parts(),
+                first.peak_rss_mib
             ),
         );
         row(
@@ -1008,8 +1026,11 @@ async fn external_dns(
         rows,
         "external-dns: RSS peak / now, CPU",
         format!(
-            "{:.0} MiB / {:.0} MiB, {:.1} s",
-            used.peak_rss_mib, used.rss_mib, used.cpu_seconds
+            "{:.0} MiB / {:.0} MiB = {}, {:.1} s",
+            used.peak_rss_mib,
+            used.rss_mib,
+            used.resident_parts(),
+            used.cpu_seconds
         ),
     );
     process.check_alive()?;
