@@ -11,11 +11,11 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use kube::Resource;
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tracing::warn;
 
 use crate::readiness::Gate;
-use crate::runtime::{Watched, cached_trimmed, trimmed_watch};
+use crate::runtime::{Watched, trimmed_watch};
 
 /// The index keys of one object.
 pub type Keys<K> = fn(&K) -> Vec<String>;
@@ -36,44 +36,33 @@ struct Index<K: Resource<DynamicType = ()> + 'static> {
 }
 
 /// Most keys have one or two objects (an endpoint's plans, a Service's slice), and half the
-/// objects have no key at all (literal endpoints): a `Vec` per key and no entry for keyless
-/// objects, where a `HashSet` per key and an entry for every object was the largest part of
-/// the index at 10,000 endpoints.
+/// objects have no key at all (literal endpoints): a `Vec` per key and nothing per object (the
+/// keys an object is filed under are computed again from its cached copy to move it), where a
+/// `HashSet` per key and a map of every object's keys was the largest part of the index at
+/// 10,000 endpoints.
 struct Entries<K: Resource<DynamicType = ()> + 'static> {
     by_key: HashMap<String, Vec<ObjectRef<K>>>,
-    keys_of: HashMap<ObjectRef<K>, Vec<String>>,
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Default for Entries<K> {
     fn default() -> Self {
         Entries {
             by_key: HashMap::new(),
-            keys_of: HashMap::new(),
         }
     }
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Entries<K> {
-    fn insert(&mut self, reference: ObjectRef<K>, mut keys: Vec<String>) {
-        // A changed object's keys may differ from its old ones.
-        self.remove(&reference);
-        if keys.is_empty() {
-            return;
+    fn add(&mut self, reference: &ObjectRef<K>, keys: Vec<String>) {
+        for key in keys {
+            let refs = self.by_key.entry(key).or_default();
+            refs.push(reference.clone());
+            refs.shrink_to_fit();
         }
-        keys.sort();
-        keys.dedup();
-        keys.shrink_to_fit();
-        for key in &keys {
-            self.by_key
-                .entry(key.clone())
-                .or_default()
-                .push(reference.clone());
-        }
-        self.keys_of.insert(reference, keys);
     }
 
-    fn remove(&mut self, reference: &ObjectRef<K>) {
-        for key in self.keys_of.remove(reference).unwrap_or_default() {
+    fn remove(&mut self, reference: &ObjectRef<K>, keys: Vec<String>) {
+        for key in keys {
             if let Some(refs) = self.by_key.get_mut(&key) {
                 refs.retain(|r| r != reference);
                 if refs.is_empty() {
@@ -125,18 +114,25 @@ where
         let indexed = Indexed::new(store, keys);
         for object in objects {
             let event = watcher::Event::Apply(object);
-            writer.apply_watcher_event(&event);
             indexed.observe(&event);
+            writer.apply_watcher_event(&event);
         }
         indexed
     }
 
-    /// Brings the index up to date with an event the store has been given.
+    /// Brings the index up to date with an event the store is about to be given: the store's
+    /// copy tells what the object was filed under.
     fn observe(&self, event: &watcher::Event<K>) {
+        let cached = match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                self.store.get(&name_ref(object))
+            }
+            _ => None,
+        };
         self.index
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .observe(event);
+            .observe(event, cached.as_deref());
     }
 }
 
@@ -152,18 +148,37 @@ pub fn name_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
-    fn observe(&mut self, event: &watcher::Event<K>) {
+    /// The keys `object` is filed under, each once.
+    fn keys_of(&self, object: &K) -> Vec<String> {
+        let mut keys = (self.keys)(object);
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// `cached` is the cache's copy of the event's object before the event: what it is filed
+    /// under until now.
+    fn observe(&mut self, event: &watcher::Event<K>, cached: Option<&K>) {
         match event {
             watcher::Event::Apply(object) => {
-                let keys = (self.keys)(object);
-                self.live.insert(name_ref(object), keys);
+                let old = cached.map(|c| self.keys_of(c)).unwrap_or_default();
+                let new = self.keys_of(object);
+                // Most changes (status writes) leave the keys as they were.
+                if old != new {
+                    let reference = name_ref(object);
+                    self.live.remove(&reference, old);
+                    self.live.add(&reference, new);
+                }
             }
-            watcher::Event::Delete(object) => self.live.remove(&name_ref(object)),
+            watcher::Event::Delete(object) => {
+                let keys = self.keys_of(cached.unwrap_or(object));
+                self.live.remove(&name_ref(object), keys);
+            }
             watcher::Event::Init => self.relisting = Some(Entries::default()),
             watcher::Event::InitApply(object) => {
-                let keys = (self.keys)(object);
+                let keys = self.keys_of(object);
                 let fresh = self.relisting.get_or_insert_with(Entries::default);
-                fresh.insert(name_ref(object), keys);
+                fresh.add(&name_ref(object), keys);
             }
             watcher::Event::InitDone => {
                 if let Some(fresh) = self.relisting.take() {
@@ -174,7 +189,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
     }
 }
 
-/// [`cached_trimmed`], indexed by `keys`.
+/// [`crate::runtime::cached_trimmed`], indexed by `keys`.
 pub fn indexed<K: Watched>(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -186,14 +201,17 @@ pub fn indexed<K: Watched>(
     Indexed<K>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) {
-    let (store, events) = cached_trimmed::<K>(client, namespace, config, gate, trim);
+    let (store, writer) = reflector::store();
     let indexed = Indexed::new(store, keys);
     let observer = indexed.clone();
-    let events = events.inspect(move |event| {
-        if let Ok(event) = event {
-            observer.observe(event);
-        }
-    });
+    let events = gate
+        .open_when_listed(trimmed_watch(client, namespace, config, trim))
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                observer.observe(event);
+            }
+        })
+        .reflect(writer);
     (indexed, events)
 }
 
@@ -293,8 +311,8 @@ impl<K: Watched> SharedWatch<K> {
                 }
                 _ => None,
             };
-            self.writer.apply_watcher_event(&event);
             self.indexed.observe(&event);
+            self.writer.apply_watcher_event(&event);
             let (object, deleted) = match event {
                 // The store's own copy; a relisted one is in the store only once the list is done.
                 watcher::Event::Apply(object) => {
@@ -376,19 +394,34 @@ mod tests {
 
     #[test]
     fn objects_move_between_keys_and_leave_on_delete() {
-        let mut index = index();
-        index.observe(&watcher::Event::Apply(map("a", "red")));
-        index.observe(&watcher::Event::Apply(map("b", "red")));
-        assert_eq!(names(&index, "red"), ["a", "b"]);
-        index.observe(&watcher::Event::Apply(map("a", "blue")));
-        assert_eq!(names(&index, "red"), ["b"]);
-        assert_eq!(names(&index, "blue"), ["a"]);
-        index.observe(&watcher::Event::Delete(map("b", "red")));
-        assert!(names(&index, "red").is_empty());
+        let (store, mut writer) = reflector::store();
+        let indexed = Indexed::new(store, index().keys);
+        // As a watch fills them: the index first, while the store still has the old copy.
+        let mut observe = |event: watcher::Event<ConfigMap>| {
+            indexed.observe(&event);
+            writer.apply_watcher_event(&event);
+        };
+        let names = |key: &str| names(&indexed.index.read().unwrap(), key);
+        observe(watcher::Event::Apply(map("a", "red")));
+        observe(watcher::Event::Apply(map("b", "red")));
+        assert_eq!(names("red"), ["a", "b"]);
+        observe(watcher::Event::Apply(map("a", "blue")));
+        assert_eq!(names("red"), ["b"]);
+        assert_eq!(names("blue"), ["a"]);
+        // The deleted object's last state may carry other keys than the copy it was filed as.
+        observe(watcher::Event::Delete(map("b", "green")));
+        assert!(names("red").is_empty());
         assert!(
-            !index.live.by_key.contains_key("red"),
+            !indexed
+                .index
+                .read()
+                .unwrap()
+                .live
+                .by_key
+                .contains_key("red"),
             "empty keys are dropped"
         );
+        assert_eq!(indexed.get("blue").len(), 1);
     }
 
     fn versioned(name: &str, generation: i64, label: &str) -> ConfigMap {
@@ -451,12 +484,12 @@ mod tests {
     #[test]
     fn a_relist_replaces_the_index_whole_once_done() {
         let mut index = index();
-        index.observe(&watcher::Event::Apply(map("gone", "red")));
-        index.observe(&watcher::Event::Init);
-        index.observe(&watcher::Event::InitApply(map("kept", "red")));
+        index.observe(&watcher::Event::Apply(map("gone", "red")), None);
+        index.observe(&watcher::Event::Init, None);
+        index.observe(&watcher::Event::InitApply(map("kept", "red")), None);
         // Until the list is complete, lookups still answer from the old index.
         assert_eq!(names(&index, "red"), ["gone"]);
-        index.observe(&watcher::Event::InitDone);
+        index.observe(&watcher::Event::InitDone, None);
         // Deleted while the watch was down: no Delete event ever came for it.
         assert_eq!(names(&index, "red"), ["kept"]);
     }

@@ -36,7 +36,7 @@ use super::rfc2136::Rfc2136;
 use super::runtime::{
     Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, RESERVATION_LAG,
     ZoneClients, apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
-    endpoints_in_zone, key, plans_of, publish, zone_provider,
+    endpoint_of, endpoints_in_zone, key, plans_of, publish, zone_provider,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, name_ref, new_generation};
@@ -155,7 +155,7 @@ pub fn run(
             others_progress,
         });
         let results = controller
-            .owns_shared_stream(caches.plan_changes)
+            .watches_shared_stream(caches.plan_changes, endpoint_of)
             // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
             // writes would re-check every endpoint in the zone each time.
             .watches_stream(

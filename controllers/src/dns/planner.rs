@@ -28,7 +28,8 @@ use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
     MINTED_AT_ANNOTATION, RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition,
-    in_namespace, key, namespaced_key, plans_of, provider_for, publish, zone_not_found,
+    endpoint_of, in_namespace, key, namespaced_key, plans_of, provider_for, publish,
+    zone_not_found,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, indexed, name_ref, new_generation};
@@ -108,7 +109,7 @@ pub fn run(
             minted: Mutex::default(),
         });
         let results = controller
-            .owns_shared_stream(caches.plan_changes)
+            .watches_shared_stream(caches.plan_changes, endpoint_of)
             .watches_stream(slice_events.touched_objects(), move |slice| {
                 endpoints_using_service(&endpoints, &slice)
             })

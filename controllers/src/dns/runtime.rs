@@ -9,7 +9,7 @@ use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, TsigAlgorithm};
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -99,14 +99,33 @@ impl EndpointsAndPlans {
     }
 }
 
-/// Drops a cached plan's label and leader-token annotation, which only people and audits read
-/// (the cache holds every plan of every endpoint, up to three each).
+/// Drops from a cached plan what only people and audits read (the cache holds every plan of
+/// every endpoint, up to three each): its label, leader-token annotation, status message and
+/// enactedAt, and of its owner reference all but the UID, which tells the plans of an endpoint
+/// created again under the same name apart ([`plans_of`]).
 fn keep_what_enactment_reads(plan: &mut DnsPlan) {
     let meta = &mut plan.metadata;
     meta.labels = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LEADER_TOKEN_ANNOTATION);
     }
+    for owner in meta.owner_references.iter_mut().flatten() {
+        *owner = OwnerReference {
+            uid: std::mem::take(&mut owner.uid),
+            ..OwnerReference::default()
+        };
+    }
+    if let Some(status) = plan.status.as_mut() {
+        status.message = None;
+        status.enacted_at = None;
+    }
+}
+
+/// The endpoint a plan's change concerns, by the plan's spec: the cached plan's owner reference
+/// keeps only a UID (see [`keep_what_enactment_reads`]).
+pub fn endpoint_of(plan: Arc<DnsPlan>) -> Option<ObjectRef<DnsEndpoint>> {
+    let namespace = plan.namespace()?;
+    Some(ObjectRef::new(&plan.spec.endpoint_ref).within(&namespace))
 }
 
 /// `<namespace>/<name>`: an index key for `name` in the object's namespace.
@@ -522,6 +541,41 @@ pub fn endpoint_condition_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trimmed_plan_still_belongs_to_its_endpoint_and_not_to_a_namesake() {
+        let endpoint = |uid: &str| -> DnsEndpoint {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+                "metadata": {"name": "api", "namespace": "ns", "uid": uid},
+                "spec": {"zoneRef": "zone", "fqdn": "api.example.com",
+                         "targets": [{"address": "192.0.2.1"}]},
+            }))
+            .unwrap()
+        };
+        let mut plan: DnsPlan = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
+            "metadata": {"name": "api-1", "namespace": "ns",
+                "ownerReferences": [{"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+                    "name": "api", "uid": "first", "controller": true}]},
+            "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
+                     "rrsets": [], "contentHash": "0".repeat(64)},
+            "status": {"phase": "Live", "enactedBy": "replica-0",
+                       "enactedAt": "2026-12-02T00:00:00Z", "message": "live"},
+        }))
+        .unwrap();
+        keep_what_enactment_reads(&mut plan);
+        let status = plan.status.as_ref().unwrap();
+        assert_eq!(status.enacted_by.as_deref(), Some("replica-0"));
+        assert!(status.message.is_none() && status.enacted_at.is_none());
+        assert_eq!(
+            endpoint_of(Arc::new(plan.clone())),
+            Some(ObjectRef::new("api").within("ns"))
+        );
+        let plans = Indexed::listed([plan], |p| vec![in_namespace(p, &p.spec.endpoint_ref)]);
+        assert_eq!(plans_of(&plans, &endpoint("first")).len(), 1);
+        assert!(plans_of(&plans, &endpoint("second")).is_empty());
+    }
 
     #[test]
     fn names_belong_to_a_zone_only_at_a_label_boundary() {
