@@ -4,6 +4,7 @@
 //! and shares it; every test gets its own namespace. With `BULWARK_E2E_KUBECONFIG` set, the same
 //! tests run against that cluster instead (for example kind, see README.md).
 
+pub mod apiserver;
 pub mod binaries;
 pub mod bind;
 pub mod chart;

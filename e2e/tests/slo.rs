@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bulwark_controllers::slo::{dashboard_name, prometheus_rule_name, prometheus_rule_resource};
 use bulwark_crds::slo::ServiceLevelObjective;
+use bulwark_e2e::apiserver::{api_metrics, sum_by};
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::process::free_port;
 use bulwark_e2e::slo::{
@@ -15,7 +16,8 @@ use bulwark_e2e::slo::{
     prometheus_rules_served,
 };
 use bulwark_e2e::{cluster, eventually, install_crds};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 
 const OBJECTIVE: f64 = 99.9;
@@ -56,12 +58,26 @@ async fn wait_for_condition(
 }
 
 /// `bulwark_reconciles_total` of the SLO controller, all results.
-async fn slo_reconciles(release: &Release, client: &kube::Client) -> f64 {
-    let metrics = release.metrics(client).await.unwrap();
-    metrics
+async fn slo_reconciles(release: &Release, client: &kube::Client) -> anyhow::Result<f64> {
+    let metrics = release.metrics(client).await?;
+    Ok(metrics
         .lines()
         .filter(|l| l.starts_with("bulwark_reconciles_total{") && l.contains("controller=\"slo\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// The writes to PrometheusRules the API server has counted (any client's).
+async fn prometheus_rule_writes(client: &kube::Client) -> f64 {
+    let metrics = api_metrics(client).await.unwrap();
+    sum_by(&metrics, "apiserver_request_total", &["resource", "verb"])
+        .into_iter()
+        .filter_map(|(key, count)| {
+            let verb = key.strip_prefix("prometheusrules ")?;
+            ["APPLY", "PATCH", "CREATE", "UPDATE"]
+                .contains(&verb)
+                .then_some(count)
+        })
         .sum()
 }
 
@@ -240,13 +256,81 @@ async fn page_alert_fires_in_prometheus_and_status_follows() {
     println!("all {} dashboard queries answered with data", queries.len());
 
     // Status writes do not feed back into reconciles: refreshes follow the 1s interval.
-    let before = slo_reconciles(&release, &client).await;
+    let before = slo_reconciles(&release, &client).await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let per_second = (slo_reconciles(&release, &client).await - before) / 10.0;
+    let per_second = (slo_reconciles(&release, &client).await.unwrap() - before) / 10.0;
     println!("SLO reconciles per second with a 1s status interval: {per_second:.1}");
     assert!(
         (0.5..=2.0).contains(&per_second),
         "{per_second} reconciles per second: the status must refresh about once a second, without feedback"
+    );
+
+    // A restarted operator writes only the rule that changed while it was down (edited by hand
+    // here), having listed the rules there are once instead of reading each.
+    let other = "search";
+    let mut other_slo = slo.clone();
+    other_slo.metadata.name = Some(other.into());
+    other_slo.spec.service = other.into();
+    slos.patch(other, &params, &Patch::Apply(&other_slo))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the second SLO's PrometheusRule",
+        || async { rules.get_opt(&prometheus_rule_name(other)).await.ok()? },
+    )
+    .await
+    .unwrap();
+    rules
+        .patch(
+            &prometheus_rule_name(name),
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"groups": []}})),
+        )
+        .await
+        .unwrap();
+    let writes_before = prometheus_rule_writes(&client).await;
+    let old_pods: Vec<String> = release
+        .pods(&client)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for pod in &old_pods {
+        pods.delete(pod, &DeleteParams::default()).await.unwrap();
+    }
+    let restarted = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(120),
+        "the hand-edited PrometheusRule restored by the restarted operator",
+        || async {
+            let rule = rules.get(&prometheus_rule_name(name)).await.ok()?;
+            (rule.data["spec"]["groups"] == groups).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "hand-edited rule restored {:.1}s after the operator pod was deleted",
+        restarted.elapsed().as_secs_f64()
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the old pod gone and the new one past its first reconcile of both SLOs",
+        || async {
+            let current = release.pods(&client).await.ok()?;
+            let old_gone = current.iter().all(|p| !old_pods.contains(&p.name_any()));
+            (old_gone && slo_reconciles(&release, &client).await.ok()? >= 4.0).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let writes = prometheus_rule_writes(&client).await - writes_before;
+    assert_eq!(
+        writes, 1.0,
+        "after a restart only the rule edited meanwhile is written, not the current one"
     );
 
     // Recovery: once the page's short windows fall below its factors, the page resolves.

@@ -12,7 +12,7 @@ use bulwark_crds::slo::{RuleCount, ServiceLevelObjective, ServiceLevelObjectiveS
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -79,9 +79,17 @@ struct Context {
     /// Per SLO (by UID): the PrometheusRule last applied or found current, so status refreshes
     /// do not re-apply it.
     rules_applied: Mutex<HashMap<String, RulesApplied>>,
+    /// The PrometheusRules there were when this replica first checked one, by `namespace/name`,
+    /// as digests of their spec; `None` if they could not be listed. One LIST, where a GET per
+    /// SLO on every start (1,000 at 1,000 SLOs) held up the API server while every cache of the
+    /// replica was being filled. Each SLO takes its entry once, so the map empties.
+    found_rules: tokio::sync::OnceCell<Option<Mutex<RuleDigests>>>,
     /// The SLOs there are, to forget deleted ones in `rules_applied`.
     slos: Store<ServiceLevelObjective>,
 }
+
+/// PrometheusRule spec digests by `namespace/name`.
+type RuleDigests = HashMap<String, Vec<u8>>;
 
 #[derive(Clone, Copy)]
 struct RulesApplied {
@@ -132,6 +140,7 @@ pub async fn run(
         dashboards,
         readiness,
         rules_applied: Mutex::default(),
+        found_rules: tokio::sync::OnceCell::new(),
         slos: slos.clone(),
     });
     // Only spec changes (generation) trigger a reconcile: every reconcile writes status, and
@@ -343,12 +352,7 @@ async fn apply_outputs(
         &prometheus_rule_resource(),
     );
     let rule = &outputs.prometheus_rule;
-    let current = last.is_none()
-        && match rules.get_opt(&rule.name_any()).await {
-            Ok(existing) => existing.is_some_and(|e| e.data.get("spec") == rule.data.get("spec")),
-            // Unreadable (the kind not served, or no `get` in an older chart's role): apply.
-            Err(_) => false,
-        };
+    let current = last.is_none() && found_current(context, rule).await;
     let served = current
         || match rules
             .patch(&rule.name_any(), &params, &Patch::Apply(rule))
@@ -373,6 +377,67 @@ async fn apply_outputs(
         forget_deleted(&mut applied, &context.slos);
     }
     Ok(served)
+}
+
+/// Whether the PrometheusRule as rendered was there when this replica first looked; not when
+/// they could not be listed (the kind not served, or no `list` in an older chart's role), so
+/// the rule is applied.
+async fn found_current(context: &Context, rule: &DynamicObject) -> bool {
+    let found = context
+        .found_rules
+        .get_or_init(|| list_rule_specs(context))
+        .await;
+    let Some(found) = found else { return false };
+    let key = format!(
+        "{}/{}",
+        rule.namespace().unwrap_or_default(),
+        rule.name_any()
+    );
+    let existing = found.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    existing.is_some_and(|digest| Some(digest) == spec_digest(rule))
+}
+
+/// Every SLO's PrometheusRule in the managed namespaces, as [`spec_digest`]s.
+async fn list_rule_specs(context: &Context) -> Option<Mutex<RuleDigests>> {
+    let rules: Api<DynamicObject> = match context.settings.scope.namespace() {
+        Some(namespace) => Api::namespaced_with(
+            context.client.clone(),
+            namespace,
+            &prometheus_rule_resource(),
+        ),
+        None => Api::all_with(context.client.clone(), &prometheus_rule_resource()),
+    };
+    let mut found = HashMap::new();
+    let mut params = ListParams::default().labels(SLO_LABEL).limit(500);
+    loop {
+        let page = rules.list(&params).await.ok()?;
+        for rule in &page.items {
+            if let Some(digest) = spec_digest(rule) {
+                let key = format!(
+                    "{}/{}",
+                    rule.namespace().unwrap_or_default(),
+                    rule.name_any()
+                );
+                found.insert(key, digest);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    Some(Mutex::new(found))
+}
+
+/// SHA-256 of a PrometheusRule's spec as JSON (object keys sorted, so the server's order and the
+/// rendered one compare equal).
+fn spec_digest(rule: &DynamicObject) -> Option<Vec<u8>> {
+    let spec = serde_json::to_vec(rule.data.get("spec")?).ok()?;
+    Some(
+        ring::digest::digest(&ring::digest::SHA256, &spec)
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 impl Context {

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bulwark_e2e::apiserver::{api_metrics, api_requests, sum_by};
 use bulwark_e2e::binaries::pinned;
 use bulwark_e2e::bind::{Bind, KEY_NAME};
 use bulwark_e2e::control_plane::{KWOK_TAINT, ZONES as NODE_ZONES};
@@ -209,62 +210,6 @@ fn usage(pid: i32) -> Result<Usage> {
         peak_rss_mib: kib("VmHWM:") / 1024.0,
         cpu_seconds: (ticks(11) + ticks(12)) / per_second,
     })
-}
-
-/// The API server's own metrics, as text.
-async fn api_metrics(client: &kube::Client) -> Result<String> {
-    let request = http::Request::get("/metrics").body(Vec::new())?;
-    Ok(client.request_text(request).await?)
-}
-
-/// Sums of the series of `metric` in `text`, by the values of `labels` joined with spaces.
-fn sum_by(text: &str, metric: &str, labels: &[&str]) -> BTreeMap<String, f64> {
-    let mut sums = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line
-            .strip_prefix(metric)
-            .and_then(|rest| rest.strip_prefix('{'))
-        else {
-            continue;
-        };
-        let Some((series, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |name: &str| {
-            series
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let key: Vec<String> = labels.iter().map(|name| label(name)).collect();
-        *sums.entry(key.join(" ").trim().to_string()).or_default() +=
-            value.parse::<f64>().unwrap_or(0.0);
-    }
-    sums
-}
-
-/// `apiserver_request_total` by verb and by resource with its subresource and, for refused
-/// writes, the code (`dnsendpoints/status 409`).
-fn api_requests(text: &str) -> BTreeMap<(String, String), f64> {
-    let mut counts = BTreeMap::new();
-    for (key, count) in sum_by(
-        text,
-        "apiserver_request_total",
-        &["verb", "resource", "subresource", "code"],
-    ) {
-        let mut parts = key.split(' ');
-        let mut part = || parts.next().unwrap_or_default().to_string();
-        let (verb, mut resource, subresource, code) = (part(), part(), part(), part());
-        if !subresource.is_empty() {
-            resource = format!("{resource}/{subresource}");
-        }
-        if code == "409" {
-            resource = format!("{resource} {code}");
-        }
-        *counts.entry((verb, resource)).or_default() += count;
-    }
-    counts
 }
 
 /// Mean time per request between two readings of the API server's metrics: its own handling,
