@@ -277,7 +277,7 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
         // Both replicas adding it raced each other (and the leader's status writes) to a 409.
         (false, false) => match standby_wait(&context, &plans_of(&context.plans, &endpoint)) {
             Some(wait) => Ok(Action::requeue(wait)),
-            None => set_records_finalizer(&context, &endpoint, true).await,
+            None => add_records_finalizer(&context, &endpoint).await,
         },
         (false, true) => enact(&endpoint, &context).await,
     };
@@ -297,14 +297,45 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     result
 }
 
-/// Adds or removes the finalizer that keeps a deleted endpoint until its name is gone from DNS.
-/// A compare-and-set on the resourceVersion; losing the race to another replica is not an error.
-async fn set_records_finalizer(
+/// Adds the finalizer that keeps a deleted endpoint until its name is gone from DNS, by
+/// server-side apply: finalizers are a set whose entries each field manager owns, so neither the
+/// planner's reservation nor another replica's add makes it lose a compare-and-set (at 10,000
+/// new endpoints about half of the adds did). An endpoint deleted meanwhile is not created
+/// again: an apply of metadata alone fails DnsEndpoint's validation (its spec is required), and
+/// one being deleted takes no new finalizer.
+async fn add_records_finalizer(context: &Context, endpoint: &DnsEndpoint) -> Result<Action, Error> {
+    let patch = serde_json::json!({
+        "apiVersion": DnsEndpoint::api_version(&()),
+        "kind": DnsEndpoint::kind(&()),
+        "metadata": { "name": endpoint.name_any(), "finalizers": [RECORDS_FINALIZER] },
+    });
+    let api: Api<DnsEndpoint> = Api::namespaced(
+        context.client.clone(),
+        &endpoint.namespace().unwrap_or_default(),
+    );
+    match api
+        .patch(
+            &endpoint.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        // The update brings the endpoint back with the finalizer in place.
+        Ok(_) => Ok(Action::await_change()),
+        // Deleted meanwhile (the apply's create fails validation, or deletion has begun).
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.code == 422 => Ok(Action::await_change()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the records finalizer once the name is gone from DNS (or abandoned). A
+/// compare-and-set on the resourceVersion; losing the race to another replica is not an error.
+async fn release_records_finalizer(
     context: &Context,
     endpoint: &DnsEndpoint,
-    present: bool,
 ) -> Result<Action, Error> {
-    match set_finalizer(&context.client, endpoint, RECORDS_FINALIZER, present).await {
+    match set_finalizer(&context.client, endpoint, RECORDS_FINALIZER, false).await {
         // The update brings the endpoint back with the finalizer in place.
         Ok(_) => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.is_conflict() => {
@@ -349,7 +380,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
                 (Err(e), _) | (_, Err(e)) => format!("the server could not be read ({e})"),
             };
             abandoned(endpoint, context, left).await;
-            return set_records_finalizer(context, endpoint, false).await;
+            return release_records_finalizer(context, endpoint).await;
         }
         Ok((_, dns)) => {
             let mut removed = None;
@@ -384,7 +415,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
         }
         Err(_) if abandon => {
             abandoned(endpoint, context, "the zone could not be used".into()).await;
-            return set_records_finalizer(context, endpoint, false).await;
+            return release_records_finalizer(context, endpoint).await;
         }
         // No zone, or a name outside it: nothing Bulwark wrote is reachable, so nothing to remove.
         Err(error @ Error::Invalid { .. }) => {
@@ -402,7 +433,7 @@ async fn remove(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Err
         note,
     )
     .await;
-    set_records_finalizer(context, endpoint, false).await
+    release_records_finalizer(context, endpoint).await
 }
 
 async fn abandoned(endpoint: &DnsEndpoint, context: &Context, left: String) {
