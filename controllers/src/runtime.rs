@@ -67,13 +67,16 @@ where
         .await
 }
 
-/// Adds or removes `finalizer` with a compare-and-set on the resourceVersion (a lost race comes
-/// back as HTTP 409). Returns the object as written.
-pub async fn set_finalizer<K>(
+/// Adds `finalizer` by server-side apply under `manager`: finalizers are a set whose entries
+/// each field manager owns, so no other write on the object (another replica's add, a status
+/// write) makes it lose a compare-and-set. For kinds whose spec is required: an object deleted
+/// meanwhile is not created again, since an apply of metadata alone fails validation (422), as
+/// does a new finalizer on an object being deleted. Returns the object as written.
+pub async fn add_finalizer<K>(
     client: &kube::Client,
     object: &K,
+    manager: &str,
     finalizer: &str,
-    present: bool,
 ) -> Result<K, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -81,7 +84,39 @@ where
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
 {
-    let mut finalizers: Vec<String> = object
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name, "finalizers": [finalizer] },
+    });
+    Api::<K>::namespaced(
+        client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    )
+    .patch(
+        name,
+        &kube::api::PatchParams::apply(manager).force(),
+        &kube::api::Patch::Apply(patch),
+    )
+    .await
+}
+
+/// Removes `finalizer` with a compare-and-set on the resourceVersion (a lost race comes back as
+/// HTTP 409): the list is written whole, so it must be the one read. Returns the object as
+/// written.
+pub async fn remove_finalizer<K>(
+    client: &kube::Client,
+    object: &K,
+    finalizer: &str,
+) -> Result<K, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let finalizers: Vec<String> = object
         .meta()
         .finalizers
         .iter()
@@ -89,9 +124,6 @@ where
         .filter(|f| *f != finalizer)
         .cloned()
         .collect();
-    if present {
-        finalizers.push(finalizer.into());
-    }
     let patch = serde_json::json!({"metadata": {
         "finalizers": finalizers,
         "resourceVersion": object.meta().resource_version,

@@ -52,8 +52,8 @@ use crate::postgres::cluster::{
 use crate::postgres::probe::{self, Resolve, WriteProbe};
 use crate::readiness::Readiness;
 use crate::runtime::{
-    Backoff, apply_status, as_leader, cached, drain, is_not_found, object_key, parse_duration,
-    publish, set_finalizer,
+    Backoff, add_finalizer, apply_status, as_leader, cached, drain, is_not_found, object_key,
+    parse_duration, publish, remove_finalizer,
 };
 use crate::scope::Scope;
 
@@ -287,7 +287,7 @@ impl Driver<'_> {
                 && recorded.phase != Phase::Completed
                 && !run.finalizers().iter().any(|f| f == FINALIZER)
             {
-                run = set_finalizer(&self.context.client, &run, FINALIZER, true).await?;
+                run = add_finalizer(&self.context.client, &run, FIELD_MANAGER, FINALIZER).await?;
                 continue;
             }
             let seen = self.observe(&run, recorded).await?;
@@ -303,7 +303,7 @@ impl Driver<'_> {
                 Step::Done => {
                     self.report(&run);
                     if run.finalizers().iter().any(|f| f == FINALIZER) {
-                        set_finalizer(&self.context.client, &run, FINALIZER, false).await?;
+                        remove_finalizer(&self.context.client, &run, FINALIZER).await?;
                     }
                     return Ok(Action::await_change());
                 }

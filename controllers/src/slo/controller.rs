@@ -388,12 +388,10 @@ async fn found_current(context: &Context, rule: &DynamicObject) -> bool {
         .get_or_init(|| list_rule_specs(context))
         .await;
     let Some(found) = found else { return false };
-    let key = format!(
-        "{}/{}",
-        rule.namespace().unwrap_or_default(),
-        rule.name_any()
-    );
-    let existing = found.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    let existing = found
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&object_key(rule));
     existing.is_some_and(|digest| Some(digest) == spec_digest(rule))
 }
 
@@ -413,12 +411,7 @@ async fn list_rule_specs(context: &Context) -> Option<Mutex<RuleDigests>> {
         let page = rules.list(&params).await.ok()?;
         for rule in &page.items {
             if let Some(digest) = spec_digest(rule) {
-                let key = format!(
-                    "{}/{}",
-                    rule.namespace().unwrap_or_default(),
-                    rule.name_any()
-                );
-                found.insert(key, digest);
+                found.insert(object_key(rule), digest);
             }
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
