@@ -33,19 +33,13 @@ where
 /// Server-side applies `status` to the object's status subresource under `manager`, so each
 /// controller owns only its own fields. `resource_version` turns the write into a
 /// compare-and-set (a conflict comes back as HTTP 409). Returns the object as written.
-pub async fn apply_status<K>(
+pub async fn apply_status<K: Watched>(
     client: &kube::Client,
     object: &K,
     manager: &str,
     status: serde_json::Value,
     resource_version: Option<&str>,
-) -> Result<K, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<K, kube::Error> {
     let name = object.meta().name.clone().unwrap_or_default();
     let namespace = object.meta().namespace.clone().unwrap_or_default();
     let mut metadata = serde_json::json!({ "name": name });
@@ -72,18 +66,12 @@ where
 /// write) makes it lose a compare-and-set. For kinds whose spec is required: an object deleted
 /// meanwhile is not created again, since an apply of metadata alone fails validation (422), as
 /// does a new finalizer on an object being deleted. Returns the object as written.
-pub async fn add_finalizer<K>(
+pub async fn add_finalizer<K: Watched>(
     client: &kube::Client,
     object: &K,
     manager: &str,
     finalizer: &str,
-) -> Result<K, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<K, kube::Error> {
     let name = object.meta().name.as_deref().unwrap_or_default();
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -105,17 +93,11 @@ where
 /// Removes `finalizer` with a compare-and-set on the resourceVersion (a lost race comes back as
 /// HTTP 409): the list is written whole, so it must be the one read. Returns the object as
 /// written.
-pub async fn remove_finalizer<K>(
+pub async fn remove_finalizer<K: Watched>(
     client: &kube::Client,
     object: &K,
     finalizer: &str,
-) -> Result<K, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<K, kube::Error> {
     let finalizers: Vec<String> = object
         .meta()
         .finalizers
