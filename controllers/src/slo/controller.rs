@@ -36,9 +36,14 @@ use crate::scope::Scope;
 
 const CONTROLLER: &str = "slo";
 const FIELD_MANAGER: &str = "bulwark-slo";
-/// Outputs are re-applied this often even when nothing changed, repairing hand edits of the
+/// Outputs are checked this often even when nothing changed, repairing hand edits of the
 /// PrometheusRule (whose kind may not exist, so it is not watched).
 const RESYNC: Duration = Duration::from_secs(300);
+/// How long one LIST of the PrometheusRules answers the checks of every SLO due meanwhile: the
+/// SLOs created together come due together, and a blind re-apply of each (1,000 server-side
+/// applies of large objects every RESYNC at 1,000 SLOs) took a third of the API server's writes
+/// from a DNS burst that happened to fall there.
+const LISTING_REUSE: Duration = Duration::from_secs(30);
 /// How soon a missing PrometheusRule CRD is looked for again.
 const CRD_RETRY: Duration = Duration::from_secs(60);
 /// How long unchanged live numbers keep their evaluatedAt: a status write per SLO per interval
@@ -79,21 +84,25 @@ struct Context {
     /// Per SLO (by UID): the PrometheusRule last applied or found current, so status refreshes
     /// do not re-apply it.
     rules_applied: Mutex<HashMap<String, RulesApplied>>,
-    /// The PrometheusRules there were when this replica first checked one, by `namespace/name`,
-    /// as digests of their spec; `None` if they could not be listed. One LIST, where a GET per
-    /// SLO on every start (1,000 at 1,000 SLOs) held up the API server while every cache of the
-    /// replica was being filled. Each SLO takes its entry once, so the map empties.
-    found_rules: tokio::sync::OnceCell<Option<Mutex<RuleDigests>>>,
+    /// The latest LIST of the PrometheusRules, which the checks on start and every RESYNC
+    /// compare with, where a GET or a re-apply per SLO (1,000 at 1,000 SLOs) held up the API
+    /// server; `None` until the first check.
+    rule_listing: tokio::sync::Mutex<Option<RuleListing>>,
     /// The SLOs there are, to forget deleted ones in `rules_applied`.
     slos: Store<ServiceLevelObjective>,
 }
 
-/// PrometheusRule spec digests by `namespace/name`.
-type RuleDigests = HashMap<String, Vec<u8>>;
+/// The PrometheusRules listed at `listed_at`, as spec digests by `namespace/name`; `None` if they
+/// could not be listed (the kind not served, or no `list` in an older chart's role).
+struct RuleListing {
+    listed_at: Instant,
+    digests: Option<HashMap<String, Vec<u8>>>,
+}
 
 #[derive(Clone, Copy)]
 struct RulesApplied {
     generation: Option<i64>,
+    /// When the rule was applied, or listed as rendered.
     at: Instant,
     /// Whether the cluster served the PrometheusRule kind.
     served: bool,
@@ -140,7 +149,7 @@ pub async fn run(
         dashboards,
         readiness,
         rules_applied: Mutex::default(),
-        found_rules: tokio::sync::OnceCell::new(),
+        rule_listing: tokio::sync::Mutex::default(),
         slos: slos.clone(),
     });
     // Only spec changes (generation) trigger a reconcile: every reconcile writes status, and
@@ -316,8 +325,8 @@ fn data_digests(data: Option<&BTreeMap<String, String>>) -> Option<BTreeMap<Stri
 }
 
 /// Applies the dashboard unless the cache shows it as rendered, then the PrometheusRule on a
-/// spec change, every RESYNC, and the first time unless it is found current; `false` when the
-/// PrometheusRule kind is not served (the Prometheus Operator's CRDs are not installed).
+/// spec change, and the first time and every RESYNC unless a listing shows it current; `false`
+/// when the PrometheusRule kind is not served (the Prometheus Operator's CRDs are not installed).
 async fn apply_outputs(
     slo: &ServiceLevelObjective,
     outputs: &Outputs,
@@ -352,8 +361,13 @@ async fn apply_outputs(
         &prometheus_rule_resource(),
     );
     let rule = &outputs.prometheus_rule;
-    let current = last.is_none() && found_current(context, rule).await;
-    let served = current
+    let spec_unchanged = last.is_none_or(|last| last.generation == slo.metadata.generation);
+    let listed_current = if spec_unchanged {
+        listed_current(context, rule, last.map(|l| l.at)).await
+    } else {
+        None
+    };
+    let served = listed_current.is_some()
         || match rules
             .patch(&rule.name_any(), &params, &Patch::Apply(rule))
             .await
@@ -368,7 +382,7 @@ async fn apply_outputs(
         uid,
         RulesApplied {
             generation: slo.metadata.generation,
-            at: Instant::now(),
+            at: listed_current.unwrap_or_else(Instant::now),
             served,
         },
     );
@@ -379,24 +393,38 @@ async fn apply_outputs(
     Ok(served)
 }
 
-/// Whether the PrometheusRule as rendered was there when this replica first looked; not when
-/// they could not be listed (the kind not served, or no `list` in an older chart's role), so
-/// the rule is applied.
-async fn found_current(context: &Context, rule: &DynamicObject) -> bool {
-    let found = context
-        .found_rules
-        .get_or_init(|| list_rule_specs(context))
-        .await;
-    let Some(found) = found else { return false };
-    let existing = found
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&object_key(rule));
-    existing.is_some_and(|digest| Some(digest) == spec_digest(rule))
+/// When a LIST of the PrometheusRules that shows the rule as rendered was taken; `None` if it
+/// shows it otherwise. A listing is shared by the checks of [`LISTING_REUSE`], but only by those
+/// of rules last found current before it was taken, so a hand edit is seen by the next check.
+async fn listed_current(
+    context: &Context,
+    rule: &DynamicObject,
+    last_current: Option<Instant>,
+) -> Option<Instant> {
+    let mut listing = context.rule_listing.lock().await;
+    let now = Instant::now();
+    if !listing
+        .as_ref()
+        .is_some_and(|l| listing_answers(l.listed_at, last_current, now))
+    {
+        *listing = Some(RuleListing {
+            listed_at: now,
+            digests: list_rule_specs(context).await,
+        });
+    }
+    let listing = listing.as_ref()?;
+    let digest = listing.digests.as_ref()?.get(&object_key(rule))?;
+    (Some(digest) == spec_digest(rule).as_ref()).then_some(listing.listed_at)
+}
+
+/// Whether a listing taken at `listed_at` can answer, at `now`, for a rule last found current at
+/// `last_current`.
+fn listing_answers(listed_at: Instant, last_current: Option<Instant>, now: Instant) -> bool {
+    now.duration_since(listed_at) < LISTING_REUSE && last_current.is_none_or(|at| at < listed_at)
 }
 
 /// Every SLO's PrometheusRule in the managed namespaces, as [`spec_digest`]s.
-async fn list_rule_specs(context: &Context) -> Option<Mutex<RuleDigests>> {
+async fn list_rule_specs(context: &Context) -> Option<HashMap<String, Vec<u8>>> {
     let rules: Api<DynamicObject> = match context.settings.scope.namespace() {
         Some(namespace) => Api::namespaced_with(
             context.client.clone(),
@@ -419,7 +447,7 @@ async fn list_rule_specs(context: &Context) -> Option<Mutex<RuleDigests>> {
             None => break,
         }
     }
-    Some(Mutex::new(found))
+    Some(found)
 }
 
 /// SHA-256 of a PrometheusRule's spec as JSON (object keys sorted, so the server's order and the
@@ -500,4 +528,30 @@ async fn write_status(
         publish(&context.recorder, slo, kind, &reason, note).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_listing_answers_for_rules_due_together_but_not_for_one_checked_after_it() {
+        let before = Instant::now();
+        let listed_at = before + RESYNC;
+        let soon = listed_at + Duration::from_secs(5);
+        assert!(listing_answers(listed_at, None, soon), "a first check");
+        assert!(listing_answers(listed_at, Some(before), soon), "a resync");
+        assert!(
+            !listing_answers(listed_at, Some(listed_at), soon),
+            "a rule found current by this listing is checked again by a newer one"
+        );
+        assert!(
+            !listing_answers(listed_at, Some(soon), soon),
+            "a rule applied after the listing"
+        );
+        assert!(
+            !listing_answers(listed_at, Some(before), listed_at + LISTING_REUSE),
+            "a listing too old to stand for the rules now"
+        );
+    }
 }
