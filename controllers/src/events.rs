@@ -6,6 +6,12 @@
 //! each publish: at 10,000 endpoints, megabytes per replica and a walk of 10,000 per Event.
 //! Here an Event repeats only when its object, type, reason and note are all the same, and what
 //! is kept of it is its name and count.
+//!
+//! Normal Events draw on a budget per replica (client-go's recorder limits Events per object,
+//! which one change on each of many objects passes): a burst of 1,000 endpoint changes would
+//! otherwise cost the API server 1,000 Event writes on top of the plans, at the pace that decides
+//! how fast the names change. What is left out is counted in `bulwark_events_dropped_total`;
+//! Warnings are never left out.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -18,9 +24,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
+use prometheus::{IntCounterVec, Opts};
+use tracing::debug;
 
 /// How long a published Event takes repeats into its series (kube-runtime's and client-go's).
 const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+/// Normal Events a replica publishes at once, and per second after that.
+const NORMAL_BURST: f64 = 100.0;
+const NORMAL_PER_SECOND: f64 = 10.0;
 
 /// Publishes Events as one controller instance (`reportingController` / `reportingInstance`).
 /// Clones share what they remember of recent Events.
@@ -31,6 +42,9 @@ pub struct Recorder {
     instance: String,
     /// Recent Events by a hash of what makes a repeat, for folding repeats into a series.
     recent: Arc<Mutex<Recent>>,
+    normal_budget: Arc<Mutex<Budget>>,
+    /// Normal Events left out for want of budget, by reason.
+    pub dropped: IntCounterVec,
 }
 
 #[derive(Default)]
@@ -52,6 +66,19 @@ impl Recorder {
             controller: controller.into(),
             instance: instance.into(),
             recent: Arc::default(),
+            normal_budget: Arc::new(Mutex::new(Budget::new(
+                NORMAL_BURST,
+                NORMAL_PER_SECOND,
+                Instant::now(),
+            ))),
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "events_dropped_total",
+                    "Normal Events not published because the replica's Event budget was spent, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("static metric options are valid"),
         }
     }
 
@@ -67,7 +94,15 @@ impl Recorder {
         let namespace = regarding.namespace.clone().unwrap_or("default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let type_ = match type_ {
-            EventType::Normal => "Normal",
+            EventType::Normal => {
+                let spent = !lock(&self.normal_budget).take(Instant::now());
+                if spent {
+                    self.dropped.with_label_values(&[reason]).inc();
+                    debug!(reason, %note, "Event budget spent; Event left out");
+                    return Ok(());
+                }
+                "Normal"
+            }
             EventType::Warning => "Warning",
         };
         let key = repeat_key(&regarding, type_, reason, &note);
@@ -119,7 +154,44 @@ impl Recorder {
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.recent)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A token bucket: `burst` tokens at most, refilled at `per_second`.
+struct Budget {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    refilled_at: Instant,
+}
+
+impl Budget {
+    fn new(burst: f64, per_second: f64, now: Instant) -> Self {
+        Budget {
+            tokens: burst,
+            burst,
+            per_second,
+            refilled_at: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.refilled_at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 
@@ -220,6 +292,25 @@ mod tests {
         assert_eq!(
             recent.repeat_of(key("u1", &plan(1)), now),
             Some(("api.1".into(), 3))
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_refills_at_its_rate_up_to_its_burst() {
+        let start = Instant::now();
+        let mut budget = Budget::new(3.0, 2.0, start);
+        assert_eq!((0..5).filter(|_| budget.take(start)).count(), 3);
+        let half_a_second = start + Duration::from_millis(500);
+        assert!(
+            budget.take(half_a_second),
+            "one token back after 0.5 s at 2/s"
+        );
+        assert!(!budget.take(half_a_second));
+        let an_hour = half_a_second + Duration::from_secs(3600);
+        assert_eq!(
+            (0..5).filter(|_| budget.take(an_hour)).count(),
+            3,
+            "an idle hour refills to the burst, no more"
         );
     }
 

@@ -487,6 +487,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let identity = election.identity.clone();
     let (elector, leadership) = leader::Elector::new(client.clone(), election, metrics.clone());
     let recorder = Recorder::new(client.clone(), "bulwark", &identity);
+    metrics
+        .registry
+        .register(Box::new(recorder.dropped.clone()))
+        .expect("metric names are unique");
     let strategy = if args.test_unfenced_enactment {
         warn!("TEST ONLY: DNS enactment is unfenced; stale plans can overwrite newer ones");
         Strategy::Unfenced
