@@ -163,6 +163,10 @@ pub fn strip_unread<K: Resource>(object: &mut K) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED_ANNOTATION);
+        // An emptied map still holds its B-tree node.
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, TsigAlgorithm};
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase, TsigAlgorithm};
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
@@ -102,11 +102,18 @@ impl EndpointsAndPlans {
 /// Drops from a cached plan what only people and audits read (the cache holds every plan of
 /// every endpoint, up to three each): its label, leader-token annotation, status message and
 /// enactedAt, and of its owner reference all but the UID, which tells the plans of an endpoint
-/// created again under the same name apart ([`plans_of`]).
+/// created again under the same name apart ([`plans_of`]). Once the plan is live and verified,
+/// or superseded, its minted-at annotation has timed all it times (the wait for a pending plan,
+/// the enactment latency), and the annotation map, a B-tree node of about 600 bytes, goes too.
 fn keep_what_enactment_reads(plan: &mut DnsPlan) {
+    let settled = plan.status.as_ref().is_some_and(|s| {
+        s.phase == PlanPhase::Superseded || (s.phase == PlanPhase::Live && s.verified_at.is_some())
+    });
     let meta = &mut plan.metadata;
     meta.labels = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
+    if settled {
+        meta.annotations = None;
+    } else if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LEADER_TOKEN_ANNOTATION);
     }
     for owner in meta.owner_references.iter_mut().flatten() {
@@ -575,6 +582,46 @@ mod tests {
         let plans = Indexed::listed([plan], |p| vec![in_namespace(p, &p.spec.endpoint_ref)]);
         assert_eq!(plans_of(&plans, &endpoint("first")).len(), 1);
         assert!(plans_of(&plans, &endpoint("second")).is_empty());
+    }
+
+    #[test]
+    fn a_cached_plan_keeps_its_minted_at_until_it_is_live_and_verified_or_superseded() {
+        let cached = |status: serde_json::Value| -> DnsPlan {
+            let mut plan: DnsPlan = serde_json::from_value(serde_json::json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
+                "metadata": {"name": "api-1", "namespace": "ns", "annotations": {
+                    MINTED_AT_ANNOTATION: "2026-12-02T00:00:00Z", LEADER_TOKEN_ANNOTATION: "3"}},
+                "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
+                         "rrsets": [], "contentHash": "0".repeat(64)},
+                "status": status,
+            }))
+            .unwrap();
+            keep_what_enactment_reads(&mut plan);
+            plan
+        };
+        let minted_at = |plan: &DnsPlan| plan.annotations().get(MINTED_AT_ANNOTATION).cloned();
+        for unsettled in [
+            serde_json::json!({"phase": "Pending"}),
+            serde_json::json!({"phase": "Live"}),
+            serde_json::json!({"phase": "Rejected"}),
+        ] {
+            let plan = cached(unsettled.clone());
+            assert_eq!(
+                minted_at(&plan).as_deref(),
+                Some("2026-12-02T00:00:00Z"),
+                "{unsettled}"
+            );
+            assert!(!plan.annotations().contains_key(LEADER_TOKEN_ANNOTATION));
+        }
+        for settled in [
+            serde_json::json!({"phase": "Live", "verifiedAt": "2026-12-02T00:00:01Z"}),
+            serde_json::json!({"phase": "Superseded"}),
+        ] {
+            assert!(
+                cached(settled.clone()).metadata.annotations.is_none(),
+                "{settled}"
+            );
+        }
     }
 
     #[test]
