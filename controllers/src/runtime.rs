@@ -40,25 +40,11 @@ pub async fn apply_status<K: Watched>(
     status: serde_json::Value,
     resource_version: Option<&str>,
 ) -> Result<K, kube::Error> {
-    let name = object.meta().name.clone().unwrap_or_default();
-    let namespace = object.meta().namespace.clone().unwrap_or_default();
-    let mut metadata = serde_json::json!({ "name": name });
+    let mut patch = serde_json::json!({ "status": status });
     if let Some(rv) = resource_version {
-        metadata["resourceVersion"] = rv.into();
+        patch["metadata"]["resourceVersion"] = rv.into();
     }
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": metadata,
-        "status": status,
-    });
-    Api::<K>::namespaced(client.clone(), &namespace)
-        .patch_status(
-            &name,
-            &kube::api::PatchParams::apply(manager).force(),
-            &kube::api::Patch::Apply(patch),
-        )
-        .await
+    apply(client, object, manager, patch, Subresource::Status).await
 }
 
 /// Adds `finalizer` by server-side apply under `manager`: finalizers are a set whose entries
@@ -72,22 +58,37 @@ pub async fn add_finalizer<K: Watched>(
     manager: &str,
     finalizer: &str,
 ) -> Result<K, kube::Error> {
+    let patch = serde_json::json!({ "metadata": { "finalizers": [finalizer] } });
+    apply(client, object, manager, patch, Subresource::None).await
+}
+
+enum Subresource {
+    None,
+    Status,
+}
+
+/// Server-side applies `patch`, given the object's kind and name here, under `manager`.
+async fn apply<K: Watched>(
+    client: &kube::Client,
+    object: &K,
+    manager: &str,
+    mut patch: serde_json::Value,
+    subresource: Subresource,
+) -> Result<K, kube::Error> {
     let name = object.meta().name.as_deref().unwrap_or_default();
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": { "name": name, "finalizers": [finalizer] },
-    });
-    Api::<K>::namespaced(
+    patch["apiVersion"] = K::api_version(&()).into();
+    patch["kind"] = K::kind(&()).into();
+    patch["metadata"]["name"] = name.into();
+    let api = Api::<K>::namespaced(
         client.clone(),
         object.meta().namespace.as_deref().unwrap_or_default(),
-    )
-    .patch(
-        name,
-        &kube::api::PatchParams::apply(manager).force(),
-        &kube::api::Patch::Apply(patch),
-    )
-    .await
+    );
+    let params = kube::api::PatchParams::apply(manager).force();
+    let patch = kube::api::Patch::Apply(patch);
+    match subresource {
+        Subresource::None => api.patch(name, &params, &patch).await,
+        Subresource::Status => api.patch_status(name, &params, &patch).await,
+    }
 }
 
 /// Removes `finalizer` with a compare-and-set on the resourceVersion (a lost race comes back as
