@@ -95,7 +95,11 @@ impl Recorder {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let type_ = match type_ {
             EventType::Normal => {
-                let spent = !lock(&self.normal_budget).take(Instant::now());
+                let spent = !self
+                    .normal_budget
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(Instant::now());
                 if spent {
                     self.dropped.with_label_values(&[reason]).inc();
                     debug!(reason, %note, "Event budget spent; Event left out");
@@ -154,12 +158,8 @@ impl Recorder {
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        lock(&self.recent)
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A token bucket: `burst` tokens at most, refilled at `per_second`.

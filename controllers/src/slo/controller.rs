@@ -361,8 +361,11 @@ async fn apply_outputs(
         &prometheus_rule_resource(),
     );
     let rule = &outputs.prometheus_rule;
-    let spec_unchanged = last.is_none_or(|last| last.generation == slo.metadata.generation);
-    let listed_current = if spec_unchanged {
+    // A spec change is applied at once, and so is a rule whose kind was not served last time
+    // (the listing would fail as well: a LIST on top of each retry).
+    let may_be_current =
+        last.is_none_or(|last| last.served && last.generation == slo.metadata.generation);
+    let listed_current = if may_be_current {
         listed_current(context, rule, last.map(|l| l.at)).await
     } else {
         None
