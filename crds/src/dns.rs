@@ -4,7 +4,7 @@
 //! RRsets a name should serve. Enactors write it to the DNS server in one atomic RFC 2136 UPDATE
 //! guarded by the fence record, so the generation is checked at the server, not in the enactor.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -222,12 +222,23 @@ pub struct ServiceRef {
 pub struct DnsEndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Generation of the newest plan minted; advanced with a resourceVersion compare-and-set.
+    /// Generation of the newest plan reserved or live. A plan minted above a pending one is
+    /// reserved here first, with a resourceVersion compare-and-set; the one right after the live
+    /// generation needs no reservation and is recorded here when it goes live.
     #[serde(default)]
     pub latest_plan_generation: u64,
-    /// Generation the DNS server's fence record held when last read.
+    /// Generation the DNS server's fence record held when last read: the live plan. Which plan
+    /// is live is recorded here only, not on the plans, so a change costs no write on them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live_generation: Option<u64>,
+    /// Identity of the enactor whose UPDATE made the live generation live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enacted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enacted_at: Option<Time>,
+    /// When the authoritative server was seen answering with the live generation's records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -264,6 +275,15 @@ pub struct DnsPlanSpec {
     /// SHA-256 of the canonical RRsets, so "did the content change" is a string compare.
     #[schemars(length(min = 64, max = 64))]
     pub content_hash: String,
+    /// When the planner minted the plan, to the microsecond (creationTimestamp has whole seconds):
+    /// the enactment latency and a pending plan's wait are timed from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted_at: Option<MicroTime>,
+    /// The DnsEndpoint's `metadata.generation` the plan was minted from: once the plan is live,
+    /// the spec the endpoint's `observedGeneration` and `Ready` speak for. A plan minted without
+    /// a reservation is the planner's only write, so it carries this instead of a status write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_generation: Option<i64>,
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -285,28 +305,59 @@ pub enum RecordType {
     AAAA,
 }
 
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Why an enactor refused a plan. A plan no enactor refused has no phase: whether it is live,
+/// pending or past is its generation against the endpoint's `status.liveGeneration`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanPhase {
-    #[default]
-    Pending,
-    Live,
+    /// A newer generation was live at the server; never retried.
     Superseded,
+    /// Not what the planner could have minted for its endpoint (the message says why); checked
+    /// again at each enactment, so a plan refused for a fault since cleared is enacted then.
     Rejected,
 }
 
+/// Written only when an enactor refuses the plan.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsPlanStatus {
-    #[serde(default)]
-    pub phase: PlanPhase,
-    /// Identity of the enactor whose UPDATE made this plan live.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enacted_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enacted_at: Option<Time>,
-    /// When the authoritative server was seen answering with this plan's records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified_at: Option<Time>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "refusal_phase"
+    )]
+    pub phase: Option<PlanPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Reads `status.phase`, where plans written before refusals alone had a phase say `Pending` or
+/// `Live`: neither is a refusal, and failing on them would stop the operator's plan watch.
+fn refusal_phase<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PlanPhase>, D::Error> {
+    let phase = Option::<String>::deserialize(deserializer)?;
+    Ok(phase.and_then(|phase| serde_json::from_value(serde_json::Value::String(phase)).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_phases_from_before_refusals_alone_had_one_read_as_no_refusal() {
+        let phase = |json: serde_json::Value| -> Option<PlanPhase> {
+            serde_json::from_value::<DnsPlanStatus>(json).unwrap().phase
+        };
+        assert_eq!(phase(serde_json::json!({"phase": "Live"})), None);
+        assert_eq!(phase(serde_json::json!({"phase": "Pending"})), None);
+        assert_eq!(phase(serde_json::json!({})), None);
+        assert_eq!(
+            phase(serde_json::json!({"phase": "Rejected", "message": "m"})),
+            Some(PlanPhase::Rejected)
+        );
+        assert_eq!(
+            phase(serde_json::json!({"phase": "Superseded"})),
+            Some(PlanPhase::Superseded)
+        );
+    }
 }

@@ -215,35 +215,49 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     );
     wait_for_ready(&endpoints, "api", "True", "Live").await;
     let plan1 = &plans(&client, &ns, "api").await.unwrap()[0];
-    let status = plan1.status.clone().unwrap();
     assert_eq!(plan1.spec.generation, 1);
-    assert_eq!(status.phase, PlanPhase::Live);
+    assert!(plan1.spec.minted_at.is_some());
+    assert!(plan1.status.is_none(), "a plan no enactor refused is never written");
+    let status = endpoints.get("api").await.unwrap().status.unwrap();
+    assert_eq!(status.live_generation, Some(1));
+    assert!(status.verified_at.is_some(), "Ready=True follows verification");
     let enacted_by = status.enacted_by.unwrap();
     assert!(
         operator_pods.contains(&enacted_by),
         "enacted by {enacted_by}, not one of the operator pods {operator_pods:?}"
     );
 
-    // A change mints plan 2; plan 1 is marked Superseded.
+    // A change mints plan 2; the endpoint records it live, with plan 2's own facts.
     point_api_at(&client, &ns, &["10.0.0.3"]).await;
     wait_for_answer(&dns, fqdn, &a(&["10.0.0.3"]), "plan 2 served").await;
     assert_eq!(generation_at(&dns, fqdn).await.unwrap(), Some(2));
-    eventually(Duration::from_secs(10), "plan 1 Superseded", || async {
-        let all = plans(&client, &ns, "api").await.ok()?;
-        (all[0].status.as_ref()?.phase == PlanPhase::Superseded).then_some(())
-    })
-    .await
-    .unwrap();
-    eventually(
+    let status = eventually(
         Duration::from_secs(10),
-        "status latest 2, live 2",
+        "status latest 2, live 2, verified",
         || async {
             let status = endpoints.get("api").await.ok()?.status?;
-            (status.latest_plan_generation == 2 && status.live_generation == Some(2)).then_some(())
+            (status.latest_plan_generation == 2
+                && status.live_generation == Some(2)
+                && status.verified_at.is_some())
+            .then_some(status)
         },
     )
     .await
     .unwrap();
+    assert!(
+        status
+            .enacted_by
+            .is_some_and(|by| operator_pods.contains(&by)),
+        "plan 2 was applied by one of the operator pods"
+    );
+    assert!(
+        plans(&client, &ns, "api")
+            .await
+            .unwrap()
+            .iter()
+            .all(|p| p.status.is_none()),
+        "superseding plan 1 cost no write on it"
+    );
 
     // Unknown zone and a name outside the zone: Ready=False says which, nothing is written.
     let endpoint_in = |zone: &str, fqdn: &str| {
@@ -276,7 +290,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
         "outside's plan Rejected",
         || async {
             let plan = plans(&client, &ns, "outside").await.ok()?.pop()?;
-            (plan.status?.phase == PlanPhase::Rejected).then_some(())
+            (plan.status?.phase == Some(PlanPhase::Rejected)).then_some(())
         },
     )
     .await
@@ -515,10 +529,10 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
 
     // The live plan is deleted by hand: generation 3 carries what the server serves.
     plan_api.delete("web-1", &Default::default()).await.unwrap();
-    let recovered = eventually(Duration::from_secs(20), "plan 3 Live", || async {
+    let recovered = eventually(Duration::from_secs(20), "plan 3 live", || async {
+        let live = endpoints.get("web").await.ok()?.status?.live_generation;
         let plan = plans(&client, &ns, "web").await.ok()?.pop()?;
-        (plan.spec.generation == 3 && plan.status.as_ref()?.phase == PlanPhase::Live)
-            .then_some(plan)
+        (plan.spec.generation == 3 && live == Some(3)).then_some(plan)
     })
     .await
     .unwrap();
@@ -575,7 +589,8 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
             &format!("{name} Rejected"),
             || async {
                 let status = plan_api.get(name).await.ok()?.status?;
-                (status.phase == PlanPhase::Rejected).then_some(status.message.unwrap_or_default())
+                (status.phase == Some(PlanPhase::Rejected))
+                    .then_some(status.message.unwrap_or_default())
             },
         )
         .await
@@ -606,11 +621,16 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
         "the poller must have watched the whole run"
     );
     assert_eq!(empty, 0, "the name must never answer empty");
-    let status = endpoints.get("web").await.unwrap().status.unwrap();
-    assert_eq!(status.latest_plan_generation, 4);
-    eventually(Duration::from_secs(10), "live generation 4", || async {
-        (endpoints.get("web").await.ok()?.status?.live_generation == Some(4)).then_some(())
-    })
+    // Plan 4 followed a settled endpoint: minted without a reservation, recorded when live.
+    eventually(
+        Duration::from_secs(10),
+        "live generation 4, latest 4",
+        || async {
+            let status = endpoints.get("web").await.ok()?.status?;
+            (status.live_generation == Some(4) && status.latest_plan_generation == 4)
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
 }

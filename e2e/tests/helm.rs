@@ -3,8 +3,7 @@
 //! and leave namespaces labelled `bulwark.dev/exclude=true` to the release installed there.
 
 use bulwark_controllers::dns::provider::DnsProvider;
-use bulwark_crds::dns::DnsPlan;
-use bulwark_crds::dns::PlanPhase;
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan};
 use bulwark_e2e::bind::Bind;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::chart::{CHART, helm, output_text as text};
@@ -424,7 +423,7 @@ async fn chart_installs_and_the_deployment_becomes_available() {
         .await
         .unwrap_or_else(|e| panic!("{operator} may create DnsPlans: {e}"));
     // Its status, too, only Bulwark may write; a user's metadata edit (a label) is let through.
-    let status = serde_json::json!({"status": {"phase": "Live"}});
+    let status = serde_json::json!({"status": {"phase": "Superseded"}});
     let error = as_admin
         .patch_status("forged-1", &PatchParams::default(), &Patch::Merge(&status))
         .await
@@ -492,20 +491,21 @@ async fn a_cluster_wide_release_leaves_excluded_namespaces_alone(
         apply_endpoint(client, ns, "web", "scope", fqdn, &[address.to_string()])
             .await
             .unwrap();
-        let plan = eventually(
+        let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), ns);
+        let enacted_by = eventually(
             Duration::from_secs(60),
-            &format!("{ns}: plan 1 Live with its enactor recorded"),
+            &format!("{ns}: plan 1 live with its enactor recorded"),
             || async {
-                let plan = plans(client, ns, "web").await.ok()?.pop()?;
-                // Another enactor may verify the served answer, and mark the plan Live, before
-                // the one that applied it records itself.
-                let status = plan.status.as_ref()?;
-                (status.phase == PlanPhase::Live && status.enacted_by.is_some()).then_some(plan)
+                // Another enactor may read the served answer back, and record plan 1 live,
+                // before the one that applied it records itself.
+                let status = endpoints.get("web").await.ok()?.status?;
+                (status.live_generation == Some(1))
+                    .then_some(status.enacted_by)
+                    .flatten()
             },
         )
         .await
         .unwrap();
-        let enacted_by = plan.status.unwrap().enacted_by.unwrap_or_default();
         println!("{ns}: plan 1 enacted by {enacted_by}");
         assert!(
             enactors.contains(&enacted_by),

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use bulwark_crds::dns::{RRSet, RecordType, RoutingPolicy};
 
+use super::fencing::trusted_bound;
+
 /// One address a target resolved to, with the health the planner observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -70,7 +72,8 @@ pub fn content_hash(rrsets: &[RRSet]) -> String {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlanDecision {
-    /// Reserve generation `generation` (compare-and-set) and mint its plan with these records.
+    /// Mint plan `generation` with these records, reserving the generation first (compare-and-set)
+    /// when [`needs_reservation`] says so.
     /// `recovered`: the records are what the server serves, because the live plan's object is
     /// gone and no healthy target can replace it.
     Mint {
@@ -84,7 +87,7 @@ pub enum PlanDecision {
     /// No target is healthy and the endpoint does not allow empty answers: what is live stays
     /// live rather than taking the name down.
     WithheldEmpty,
-    /// The reserved generation's plan is gone (deleted, or its planner died between reserving
+    /// The newest generation's plan is gone (deleted, or its planner died between reserving
     /// and creating it) and no healthy target can replace it: read what the server serves, then
     /// decide again with [`PlanInput::server`] set.
     ReadServer,
@@ -100,10 +103,10 @@ pub struct ServerView {
 /// Everything the planner decides from.
 #[derive(Clone, Debug)]
 pub struct PlanInput<'a> {
-    /// The newest generation reserved in the endpoint's status (0: none yet).
-    pub reserved: u64,
-    /// Content hash of the plan at `reserved`; `None` when that plan object does not exist.
-    pub reserved_plan_hash: Option<&'a str>,
+    /// The newest generation minted for the endpoint ([`newest_minted`]; 0: none yet).
+    pub newest: u64,
+    /// Content hash of the plan at `newest`; `None` when that plan object does not exist.
+    pub newest_plan_hash: Option<&'a str>,
     /// Generations whose plan objects exist.
     pub existing_plans: &'a [u64],
     /// The records the targets' health asks for.
@@ -113,16 +116,37 @@ pub struct PlanInput<'a> {
     pub server: Option<&'a ServerView>,
 }
 
-/// The planner's step. A generation is never minted twice: whatever is missing, the next plan
-/// takes a new generation, so a number always means the same records at the server. And no plan
+/// The newest generation minted for an endpoint, as far as the planner can tell: the reserved
+/// one, the live one, or the newest existing plan an enactor would accept (one minted without a
+/// reservation, not live yet). Plans above [`trusted_bound`] do not count: they are refused.
+pub fn newest_minted(reserved: u64, live: Option<u64>, existing_plans: &[u64]) -> u64 {
+    let bound = trusted_bound(reserved, live);
+    existing_plans
+        .iter()
+        .copied()
+        .filter(|generation| *generation <= bound)
+        .chain([reserved, live.unwrap_or(0)])
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether minting `generation` needs its reservation written first: only when enactors would
+/// otherwise refuse it, that is when a plan above the live one is already minted. A change to a
+/// settled endpoint mints the generation after the live one with no write but the plan's create.
+pub fn needs_reservation(generation: u64, reserved: u64, live: Option<u64>) -> bool {
+    generation > trusted_bound(reserved, live)
+}
+
+/// The planner's step. A generation is never minted over a plan that exists: whatever is missing,
+/// the next plan takes a new generation above the newest minted one. And no plan
 /// is ever minted that the endpoint's own rules refuse: empty records need `allowEmpty`, and when
 /// the live plan's object is gone with no healthy target, the replacement carries the records the
 /// server already serves.
 pub fn decide_plan(input: PlanInput<'_>) -> PlanDecision {
-    let next = input.reserved + 1;
+    let next = input.newest + 1;
     if !input.desired.is_empty() || input.allow_empty {
         let hash = content_hash(&input.desired);
-        if input.reserved_plan_hash == Some(hash.as_str()) {
+        if input.newest_plan_hash == Some(hash.as_str()) {
             return PlanDecision::Unchanged;
         }
         return PlanDecision::Mint {
@@ -132,7 +156,7 @@ pub fn decide_plan(input: PlanInput<'_>) -> PlanDecision {
             recovered: false,
         };
     }
-    if input.reserved == 0 || input.reserved_plan_hash.is_some() {
+    if input.newest == 0 || input.newest_plan_hash.is_some() {
         return PlanDecision::WithheldEmpty;
     }
     let Some(server) = input.server else {
@@ -219,10 +243,10 @@ mod tests {
         assert!(desired_rrsets(RoutingPolicy::Failover, 60, &all_down).is_empty());
     }
 
-    fn input(reserved: u64, hash: Option<&str>, desired: Vec<RRSet>) -> PlanInput<'_> {
+    fn input(newest: u64, hash: Option<&str>, desired: Vec<RRSet>) -> PlanInput<'_> {
         PlanInput {
-            reserved,
-            reserved_plan_hash: hash,
+            newest,
+            newest_plan_hash: hash,
             existing_plans: &[],
             desired,
             allow_empty: false,
@@ -331,6 +355,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_change_to_a_settled_endpoint_needs_no_reservation_one_above_a_pending_plan_does() {
+        // New endpoint: plan 1 needs none.
+        assert_eq!(newest_minted(0, None, &[]), 0);
+        assert!(!needs_reservation(1, 0, None));
+        // Plan 1 minted, not live yet: plan 2 is reserved first.
+        assert_eq!(newest_minted(0, None, &[1]), 1);
+        assert!(needs_reservation(2, 0, None));
+        // Plans 1 (live) and 2 (reserved, pending): plan 3 is reserved too.
+        assert_eq!(newest_minted(2, Some(1), &[1, 2]), 2);
+        assert!(needs_reservation(3, 2, Some(1)));
+        // Settled on 2: plan 3 needs none, whether or not plan 2's object still exists.
+        assert_eq!(newest_minted(2, Some(2), &[1, 2]), 2);
+        assert_eq!(newest_minted(2, Some(2), &[]), 2);
+        assert!(!needs_reservation(3, 2, Some(2)));
+        // A plan above what enactors accept is not counted as minted.
+        assert_eq!(newest_minted(2, Some(2), &[1, 2, 9]), 2);
+        // An unreserved plan 3 minted, pending: plan 4 is reserved first.
+        assert_eq!(newest_minted(2, Some(2), &[2, 3]), 3);
+        assert!(needs_reservation(4, 2, Some(2)));
+    }
+
     proptest::proptest! {
         /// The planner never mints an empty plan the endpoint refuses, never reuses a
         /// generation, and mints from the server only what that server served.
@@ -354,8 +400,8 @@ mod tests {
             let hash = content_hash(&rrsets(&[9]));
             let server = ServerView { fence, records: rrsets(&served) };
             let input = PlanInput {
-                reserved,
-                reserved_plan_hash: (reserved > 0 && reserved_plan_present).then_some(hash.as_str()),
+                newest: reserved,
+                newest_plan_hash: (reserved > 0 && reserved_plan_present).then_some(hash.as_str()),
                 existing_plans: &existing,
                 desired: rrsets(&desired),
                 allow_empty,

@@ -1,6 +1,6 @@
 //! The enactor, one in every replica on purpose (availability, as in the original design):
 //! applies each endpoint's newest plan to the DNS server in one fenced UPDATE, verifies the
-//! authoritative answer, marks superseded plans, and collects old ones.
+//! authoritative answer, records the live generation on the endpoint, and collects old plans.
 //!
 //! Several enactors may race on the same endpoint; the fence at the server decides, so a stale
 //! or slow enactor's write is refused rather than applied.
@@ -26,15 +26,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::desired::newest_minted;
 use super::fencing::{
     Conflict, EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation,
     PassOutcome, PassStep, PlanFacts, Strategy, cleanup_may_delete, decide_cleanup, plan_refusal,
+    trusted_bound,
 };
 use super::metrics::DnsMetrics;
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, EndpointsAndPlans, Error, MINTED_AT_ANNOTATION, RESERVATION_LAG,
+    Backoff, DnsSettings, EndpointsAndPlans, Error, RESERVATION_LAG,
     ZoneClients, apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
     endpoint_of, endpoints_in_zone, key, plans_of, publish, zone_provider,
 };
@@ -98,12 +100,12 @@ pub fn run(
     caches: &mut EndpointsAndPlans,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Only a new plan concerns enactment (plans are immutable but for status, which enactors
+    // Only a new plan concerns enactment (plans are immutable but for refusals, which enactors
     // write themselves), and only what enactment reads of an endpoint: reacting to every status
     // write re-read the server for nothing, on every replica.
-    let plans_gone_live = caches.subscribe_plans(
+    let endpoints_gone_live = caches.subscribe_endpoints(
         Changes::AppliedIf(went_live),
-        readiness.gate(format!("{CONTROLLER}/DnsPlanProgress")),
+        readiness.gate(format!("{CONTROLLER}/DnsLiveProgress")),
     );
     let caches = caches.subscribe(
         &readiness,
@@ -114,7 +116,7 @@ pub fn run(
     async move {
         let others_progress = OthersProgress::default();
         tokio::spawn(track_others_progress(
-            plans_gone_live,
+            endpoints_gone_live,
             settings.identity.clone(),
             others_progress.clone(),
         ));
@@ -134,6 +136,7 @@ pub fn run(
         let held = Held::default();
         tokio::spawn(count_pending_and_verified(
             endpoints.clone(),
+            caches.plans.clone(),
             verified.clone(),
             held.clone(),
             metrics.dns.clone(),
@@ -200,9 +203,16 @@ fn resync_sweep(
     })
 }
 
-/// The spec generation the planner last planned from.
+/// The spec generation the planner last planned from, as its status write says.
 fn planner_observed(endpoint: &DnsEndpoint) -> Option<i64> {
     endpoint.status.as_ref().and_then(|s| s.observed_generation)
+}
+
+/// The spec generation the planner last planned from: its status write, or the newest of the
+/// endpoint's plans, which is all a plan minted without a reservation writes.
+fn planned_from(endpoint: &DnsEndpoint, plans: &[Arc<DnsPlan>]) -> Option<i64> {
+    let minted_from = plans.iter().filter_map(|p| p.spec.endpoint_generation).max();
+    planner_observed(endpoint).max(minted_from)
 }
 
 /// Whether the endpoint changed in what enactment reads: its spec, its reserved and live
@@ -219,11 +229,12 @@ fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
         || old_meta.annotations != new_meta.annotations
 }
 
-/// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest reserved plan
-/// is not yet live: the enactment backlog, which a burst of changes shows as it drains; and
+/// Keeps `bulwark_dns_pending_endpoints` at the number of endpoints whose newest plan is not yet
+/// live: the enactment backlog, which a burst of changes shows as it drains; and
 /// `bulwark_dns_endpoints_verified`, forgetting endpoints deleted since (their held writes too).
 async fn count_pending_and_verified(
     endpoints: Store<DnsEndpoint>,
+    plans: Indexed<DnsPlan>,
     verified: Verified,
     held: Held,
     metrics: DnsMetrics,
@@ -236,7 +247,10 @@ async fn count_pending_and_verified(
             .iter()
             // Reserved 0: nothing to enact (no plan yet, or none minted for want of a target).
             .filter(|e| {
-                reserved_generation(e) > 0 && live_generation(e) < Some(reserved_generation(e))
+                let generations: Vec<u64> =
+                    plans_of(&plans, e).iter().map(|p| p.spec.generation).collect();
+                let newest = newest_minted(reserved_generation(e), live_generation(e), &generations);
+                newest > 0 && live_generation(e) < Some(newest)
             })
             .count();
         metrics.pending_endpoints.set(pending as i64);
@@ -268,14 +282,18 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     // The finalizer goes on once the planner has looked at the spec: nothing of the endpoint is
     // on the server before that, and adding it at once raced the planner's reservation (a
     // compare-and-set on the same object: a 409 and a retry for most new endpoints).
-    if !has_finalizer && !deleting && planner_observed(&endpoint) != endpoint.metadata.generation {
+    if !has_finalizer
+        && !deleting
+        && planned_from(&endpoint, &plans_of(&context.plans, &endpoint))
+            != endpoint.metadata.generation
+    {
         return Ok(Action::await_change());
     }
     let timer = context.metrics.reconcile(CONTROLLER);
     let result = match (deleting, has_finalizer) {
         (true, _) => remove(&endpoint, &context).await,
         // Both replicas adding it raced each other (and the leader's status writes) to a 409.
-        (false, false) => match standby_wait(&context, &plans_of(&context.plans, &endpoint)) {
+        (false, false) => match standby_wait(&context, &endpoint, &plans_of(&context.plans, &endpoint)) {
             Some(wait) => Ok(Action::requeue(wait)),
             None => add_records_finalizer(&context, &endpoint).await,
         },
@@ -461,10 +479,12 @@ async fn report_failure(endpoint: &DnsEndpoint, context: &Context, error: &Error
         error.to_string(),
     )
     .await;
+    let planned_from = planned_from(endpoint, &plans_of(&context.plans, endpoint));
     if let Err(e) = write_endpoint_status(
         context,
         endpoint,
-        live_generation(endpoint),
+        &LiveRecord::of(endpoint),
+        planned_from,
         ready,
         "failure",
     )
@@ -483,8 +503,9 @@ fn slow_enactor(configured: SlowEnactor, endpoint: &DnsEndpoint) -> SlowEnactor 
         .map_or(configured, SlowEnactor::new)
 }
 
-fn phase(plan: &DnsPlan) -> PlanPhase {
-    plan.status.as_ref().map(|s| s.phase).unwrap_or_default()
+/// Why an enactor refused the plan, if one did.
+fn phase(plan: &DnsPlan) -> Option<PlanPhase> {
+    plan.status.as_ref().and_then(|s| s.phase)
 }
 
 /// The newest plan the enactor may write. Superseded plans are never retried; a plan the planner
@@ -499,7 +520,7 @@ async fn enactable_plan(
     let mut fresh: Option<DnsEndpoint> = None;
     let mut newest = None;
     for plan in plans.iter().rev() {
-        if phase(plan) == PlanPhase::Superseded {
+        if phase(plan) == Some(PlanPhase::Superseded) {
             continue;
         }
         let facts = PlanFacts {
@@ -508,7 +529,7 @@ async fn enactable_plan(
             empty: plan.spec.rrsets.is_empty(),
         };
         let mut refusal = plan_refusal(&facts, &endpoint_facts(endpoint));
-        if refusal.is_some() && plan.spec.generation > reserved_generation(endpoint) {
+        if refusal.is_some() && plan.spec.generation > trusted(endpoint) {
             // The plan's watch event may have overtaken its reservation's. A plan just minted is
             // left for that event, which brings the endpoint back; asking the API server for
             // every new plan was a GET per plan per replica.
@@ -532,8 +553,8 @@ async fn enactable_plan(
             None => {
                 newest.get_or_insert_with(|| plan.clone());
             }
-            Some(reason) if phase(plan) != PlanPhase::Rejected => {
-                mark_plan(context, plan, PlanPhase::Rejected, &reason, true).await?
+            Some(reason) if phase(plan) != Some(PlanPhase::Rejected) => {
+                mark_plan(context, plan, PlanPhase::Rejected, &reason).await?
             }
             Some(_) => {}
         }
@@ -550,9 +571,9 @@ fn minted_within(plan: &DnsPlan, within: Duration) -> bool {
     age(plan).is_some_and(|age| age < within)
 }
 
-/// Time since the planner minted the plan (its minted-at annotation).
+/// Time since the planner minted the plan.
 fn age(plan: &DnsPlan) -> Option<Duration> {
-    let minted: Timestamp = plan.annotations().get(MINTED_AT_ANNOTATION)?.parse().ok()?;
+    let minted = plan.spec.minted_at.as_ref()?.0;
     Some(Timestamp::now().duration_since(minted).unsigned_abs())
 }
 
@@ -563,10 +584,16 @@ fn reserved_generation(endpoint: &DnsEndpoint) -> u64 {
         .map_or(0, |s| s.latest_plan_generation)
 }
 
+/// The newest generation an enactor accepts for the endpoint as cached.
+fn trusted(endpoint: &DnsEndpoint) -> u64 {
+    trusted_bound(reserved_generation(endpoint), live_generation(endpoint))
+}
+
 fn endpoint_facts(endpoint: &DnsEndpoint) -> EndpointFacts<'_> {
     EndpointFacts {
         fqdn: &endpoint.spec.fqdn,
         reserved_generation: reserved_generation(endpoint),
+        live_generation: live_generation(endpoint),
         allow_empty: endpoint.spec.allow_empty,
     }
 }
@@ -575,21 +602,101 @@ fn live_generation(endpoint: &DnsEndpoint) -> Option<u64> {
     endpoint.status.as_ref().and_then(|s| s.live_generation)
 }
 
+/// What the endpoint's status records of its live generation: which it is, who enacted it, when,
+/// and when its answer was verified. The only record of which plan is live: writing it on the
+/// plans as well cost two writes per change (the new plan's Live, the older one's Superseded).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct LiveRecord {
+    generation: Option<u64>,
+    enacted_by: Option<String>,
+    enacted_at: Option<Time>,
+    verified_at: Option<Time>,
+}
+
+impl LiveRecord {
+    fn of(endpoint: &DnsEndpoint) -> Self {
+        let Some(status) = endpoint.status.as_ref() else {
+            return LiveRecord::default();
+        };
+        LiveRecord {
+            generation: status.live_generation,
+            enacted_by: status.enacted_by.clone(),
+            enacted_at: status.enacted_at.clone(),
+            verified_at: status.verified_at.clone(),
+        }
+    }
+
+    /// The record after a pass that found `generation` live: `applied` by this replica, and its
+    /// answer `verified` (at `now`). A new generation starts a new record: what the older one's
+    /// said is not true of it.
+    fn after_pass(
+        mut self,
+        generation: u64,
+        applied: Option<&str>,
+        verified: bool,
+        now: Timestamp,
+    ) -> Self {
+        if self.generation != Some(generation) {
+            self = LiveRecord {
+                generation: Some(generation),
+                ..LiveRecord::default()
+            };
+        }
+        if let Some(identity) = applied {
+            self.enacted_by = Some(identity.to_owned());
+            self.enacted_at = Some(Time(now));
+        }
+        if verified && self.verified_at.is_none() {
+            self.verified_at = Some(Time(now));
+        }
+        self
+    }
+
+    /// The status fields of the record. All of them go in every enactor write: server-side apply
+    /// removes a field its manager no longer sends.
+    fn fields(&self) -> serde_json::Value {
+        let mut fields = serde_json::Map::new();
+        let mut set = |name: &str, value: serde_json::Value| {
+            if !value.is_null() {
+                fields.insert(name.into(), value);
+            }
+        };
+        set("liveGeneration", serde_json::json!(self.generation));
+        set("enactedBy", serde_json::json!(self.enacted_by));
+        set("enactedAt", serde_json::json!(self.enacted_at));
+        set("verifiedAt", serde_json::json!(self.verified_at));
+        fields.into()
+    }
+}
+
 /// Writes the enactor's status fields with a compare-and-set on the endpoint version this
 /// reconcile read, so concurrent enactors cannot move `liveGeneration` backwards: a replica that
-/// lost the race gets a conflict, reported as `false` and counted for `writer`.
+/// lost the race gets a conflict, reported as `false` and counted for `writer`. A plan minted
+/// without a reservation made no status write of the planner's, so this write also carries what
+/// the planner's would have: `latestPlanGeneration` up to the live generation, and
+/// `observedGeneration` up to the spec the newest plan was minted from (`planned_from`). Both only
+/// grow, and go in every write of the enactor's: server-side apply drops a field its manager
+/// stops sending.
 async fn write_endpoint_status(
     context: &Context,
     endpoint: &DnsEndpoint,
-    live: Option<u64>,
+    live: &LiveRecord,
+    planned_from: Option<i64>,
     ready: Condition,
     writer: &str,
 ) -> Result<bool, Error> {
+    let mut fields = live.fields();
+    fields["latestPlanGeneration"] = reserved_generation(endpoint)
+        .max(live.generation.unwrap_or(0))
+        .into();
+    if let Some(observed) = planner_observed(endpoint).max(planned_from) {
+        fields["observedGeneration"] = observed.into();
+    }
     match apply_endpoint_status(
         &context.client,
         endpoint,
         FIELD_MANAGER,
-        serde_json::json!({ "liveGeneration": live }),
+        fields,
         &[ready],
         endpoint.resource_version().as_deref(),
     )
@@ -598,7 +705,7 @@ async fn write_endpoint_status(
         Ok(()) => Ok(true),
         Err(kube::Error::Api(s)) if s.is_conflict() => {
             context.metrics.dns.conflict(writer);
-            debug!(endpoint = %key(endpoint), writer, read = ?endpoint.resource_version(), ?live, "status write lost a compare-and-set");
+            debug!(endpoint = %key(endpoint), writer, read = ?endpoint.resource_version(), live = ?live.generation, "status write lost a compare-and-set");
             Ok(false)
         }
         Err(e) => Err(e.into()),
@@ -609,7 +716,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     let plans = plans_of(&context.plans, endpoint);
     let Some(plan) = enactable_plan(endpoint, context, &plans).await? else {
         if reserved_generation(endpoint) > 0
-            || planner_observed(endpoint) != endpoint.metadata.generation
+            || planned_from(endpoint, &plans) != endpoint.metadata.generation
         {
             // A reserved plan is on its way, or the planner has not looked at this spec yet: its
             // write brings this endpoint back. Saying NoPlan meanwhile raced the planner's
@@ -627,7 +734,8 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
             write_endpoint_status(
                 context,
                 endpoint,
-                live_generation(endpoint),
+                &LiveRecord::of(endpoint),
+                planned_from(endpoint, &plans),
                 ready,
                 "no-plan",
             )
@@ -635,7 +743,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         }
         return Ok(Action::await_change());
     };
-    if let Some(wait) = standby_wait(context, &plans) {
+    if let Some(wait) = standby_wait(context, endpoint, &plans) {
         return Ok(Action::requeue(wait));
     }
     let settings = &context.settings;
@@ -650,15 +758,8 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     {
         Ok((_, dns)) => dns,
         Err(error @ Error::Invalid { .. }) => {
-            if phase(&plan) != PlanPhase::Rejected {
-                mark_plan(
-                    context,
-                    &plan,
-                    PlanPhase::Rejected,
-                    &error.to_string(),
-                    true,
-                )
-                .await?;
+            if phase(&plan) != Some(PlanPhase::Rejected) {
+                mark_plan(context, &plan, PlanPhase::Rejected, &error.to_string()).await?;
             }
             return Err(error);
         }
@@ -719,7 +820,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         PassOutcome::Contended => return Ok(Action::requeue(Duration::from_millis(100))),
         PassOutcome::Superseded { live } => {
             let message = format!("generation {live} is live at the server");
-            mark_plan(context, &plan, PlanPhase::Superseded, &message, true).await?;
+            mark_plan(context, &plan, PlanPhase::Superseded, &message).await?;
             // The newer plan's own event brings this endpoint back.
             return Ok(Action::await_change());
         }
@@ -745,29 +846,37 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
         }
     };
 
-    // Ready=True speaks for the spec the planner minted from (its observedGeneration), not for a
-    // newer spec it has not planned yet: claiming that one was untrue, and the write raced the
-    // planner's reservation (a 409 and a retry for one of them) on every spec change.
+    // Ready=True speaks for the spec the planner minted from (the plan's, or a later one it found
+    // needs no new plan), not for a newer spec it has not planned yet: claiming that one was
+    // untrue, and the write raced the planner's reservation (a 409 and a retry for one of them)
+    // on every spec change.
     let (ready, changed) = endpoint_condition_for(
         endpoint,
-        planner_observed(endpoint),
+        planned_from(endpoint, std::slice::from_ref(&plan)),
         "Ready",
         true,
         "Live",
         format!("plan {generation} is live and verified at the authoritative server"),
     );
-    let live = live_generation(endpoint);
-    // While a newer plan is reserved, only a live generation moving forward is worth a write:
-    // the condition is written again once that plan is live. Never move the status backwards:
-    // a newer generation recorded by another replica stands.
+    let now = Timestamp::now();
+    let current = LiveRecord::of(endpoint);
+    let live = current.generation;
+    let applied_by = applied.then_some(context.settings.identity.as_str());
+    let record = current
+        .clone()
+        .after_pass(generation, applied_by, verified, now);
+    // The first pass to see this generation's answer: it times the enactment.
+    let first_verification =
+        verified && (live != Some(generation) || current.verified_at.is_none());
+    // While a newer plan is minted, only a live record moving forward is worth a write: the
+    // condition is written again once that plan is live. Never move the status backwards: a
+    // newer generation recorded by another replica stands.
+    let generations: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
+    let newest = newest_minted(reserved_generation(endpoint), live, &generations);
     let status_wanted = live.is_none_or(|live| live <= generation)
-        && (live != Some(generation) || (changed && reserved_generation(endpoint) <= generation));
+        && (record != current || (changed && newest <= generation));
     if !applied {
-        let applier_writes = live < Some(generation)
-            || first_verification(&plan, verified)
-            || plans
-                .iter()
-                .any(|p| p.spec.generation < generation && phase(p) != PlanPhase::Superseded);
+        let applier_writes = live < Some(generation) || first_verification;
         let leading = context.leadership.borrow().token().is_some();
         if (applier_writes || (status_wanted && !leading))
             && let Some(wait) = hold(&context.held, name_ref(endpoint), generation)
@@ -778,15 +887,18 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     }
     release(&context.held, &name_ref(endpoint));
 
-    record_live(context, endpoint, &plan, applied, verified).await?;
-    supersede_older(context, &plans, generation).await?;
+    if applied {
+        announce_live(context, endpoint, &plan).await;
+    }
+    // The server's live generation is at most this one or the reserved one, unless another
+    // enactor put a newer unreserved plan live since: then cleanup waits for the next pass.
     collect(
         context,
         &dns,
         &plans,
         fqdn,
         &owner,
-        reserved_generation(endpoint),
+        reserved_generation(endpoint).max(generation),
     )
     .await?;
     if !verified {
@@ -795,13 +907,25 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     }
     let writer = if applied { "live" } else { "live-readback" };
     if status_wanted
-        && !write_endpoint_status(context, endpoint, Some(generation), ready, writer).await?
+        && !write_endpoint_status(
+            context,
+            endpoint,
+            &record,
+            planned_from(endpoint, &plans),
+            ready,
+            writer,
+        )
+        .await?
     {
         // Lost to a newer version: the other replica's live generation or the planner's
         // reservation wakes this endpoint at once; a write it is not woken by (the planner's
         // conditions alone) is looked at again after STATUS_CONFLICT_RETRY. Retrying sooner
         // regardless turned a burst into conflict storms (7.6 409s per plan).
         return Ok(Action::requeue(STATUS_CONFLICT_RETRY));
+    }
+    if first_verification && let Some(minted) = &plan.spec.minted_at {
+        let latency = now.duration_since(minted.0).as_secs_f64().max(0.0);
+        context.metrics.dns.enactment_latency.observe(latency);
     }
     mark_verified(context, endpoint);
     // Checked again by the resync sweep.
@@ -856,20 +980,20 @@ fn release(held: &Held, endpoint: &ObjectRef<DnsEndpoint>) {
         .remove(endpoint);
 }
 
-/// A plan turning Live: the progress of whichever enactor wrote it.
-fn went_live(cached: &DnsPlan, new: &DnsPlan) -> bool {
-    phase(new) == PlanPhase::Live && phase(cached) != PlanPhase::Live
+/// An endpoint's live generation moving forward: the progress of whichever enactor wrote it.
+fn went_live(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
+    live_generation(new) > live_generation(cached)
 }
 
 /// Keeps `progress` at when another replica's enactor last put a plan live.
 async fn track_others_progress(
-    mut plans_gone_live: UnboundedReceiver<Arc<DnsPlan>>,
+    mut endpoints_gone_live: UnboundedReceiver<Arc<DnsEndpoint>>,
     identity: String,
     progress: OthersProgress,
 ) {
-    while let Some(plan) = plans_gone_live.next().await {
-        let enacted_by = plan.status.as_ref().and_then(|s| s.enacted_by.as_deref());
-        if phase(&plan) == PlanPhase::Live && enacted_by.is_some_and(|by| by != identity) {
+    while let Some(endpoint) = endpoints_gone_live.next().await {
+        let enacted_by = endpoint.status.as_ref().and_then(|s| s.enacted_by.as_deref());
+        if enacted_by.is_some_and(|by| by != identity) {
             *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         }
     }
@@ -882,18 +1006,18 @@ async fn track_others_progress(
 /// working through a backlog older than the grace is busy, not stalled, and a standby enacting
 /// the same plans beside it doubled the writes and made most of its status writes conflicts
 /// (2.4 409s per plan in a burst of 1,000 at 10,000 endpoints).
-fn standby_wait(context: &Context, plans: &[Arc<DnsPlan>]) -> Option<Duration> {
+fn standby_wait(
+    context: &Context,
+    endpoint: &DnsEndpoint,
+    plans: &[Arc<DnsPlan>],
+) -> Option<Duration> {
     if context.leadership.borrow().token().is_some() {
         return None;
     }
-    let live = plans
-        .iter()
-        .filter(|p| phase(p) == PlanPhase::Live)
-        .map(|p| p.spec.generation)
-        .max();
+    let live = live_generation(endpoint);
     let oldest_pending = plans
         .iter()
-        .find(|p| Some(p.spec.generation) > live && phase(p) == PlanPhase::Pending)?;
+        .find(|p| Some(p.spec.generation) > live && phase(p).is_none())?;
     let pending_for = age(oldest_pending)?;
     let plan_wait = STANDBY_GRACE.checked_sub(pending_for);
     let busy_wait = context
@@ -905,15 +1029,12 @@ fn standby_wait(context: &Context, plans: &[Arc<DnsPlan>]) -> Option<Duration> {
     plan_wait.max(busy_wait).filter(|wait| !wait.is_zero())
 }
 
-/// Sets the plan's phase with the reason; an Event tells of it unless it is routine
-/// bookkeeping (`announce` false: an older plan superseded by the one that just went live, which
-/// that plan's Live Event already tells).
+/// Records why the plan is refused, and tells it in an Event.
 async fn mark_plan(
     context: &Context,
     plan: &DnsPlan,
     phase: PlanPhase,
     message: &str,
-    announce: bool,
 ) -> Result<(), Error> {
     patch_plan_status(
         context,
@@ -923,9 +1044,6 @@ async fn mark_plan(
     .await?;
     if phase == PlanPhase::Superseded {
         context.metrics.dns.plans_superseded.inc();
-    }
-    if !announce {
-        return Ok(());
     }
     let type_ = if phase == PlanPhase::Rejected {
         EventType::Warning
@@ -943,76 +1061,23 @@ async fn mark_plan(
     Ok(())
 }
 
-/// Whether a pass that `verified` the plan's answer is the first to: the plan has no verifiedAt.
-fn first_verification(plan: &DnsPlan, verified: bool) -> bool {
-    verified && plan.status.as_ref().is_none_or(|s| s.verified_at.is_none())
-}
-
-/// Records a live plan's status in one write: who enacted it (when `applied` by this replica)
-/// and, the first time the answer matched, verifiedAt and the enactment latency.
-async fn record_live(
-    context: &Context,
-    endpoint: &DnsEndpoint,
-    plan: &DnsPlan,
-    applied: bool,
-    verified: bool,
-) -> Result<(), Error> {
+/// One Event per change, on the endpoint where `kubectl describe` shows it.
+async fn announce_live(context: &Context, endpoint: &DnsEndpoint, plan: &DnsPlan) {
     let generation = plan.spec.generation;
-    let now = Timestamp::now();
-    let first_verification = first_verification(plan, verified);
-    let mut status = serde_json::json!({ "phase": PlanPhase::Live });
-    if applied {
-        status["enactedBy"] = context.settings.identity.clone().into();
-        status["enactedAt"] = serde_json::to_value(Time(now)).expect("time serializes");
-        status["message"] = serde_json::Value::Null;
-    }
-    if first_verification {
-        status["verifiedAt"] = serde_json::to_value(Time(now)).expect("time serializes");
-    }
-    if applied || first_verification {
-        patch_plan_status(context, plan, status).await?;
-    }
-    if applied {
-        info!(endpoint = %key(endpoint), generation, "plan live");
-        // One Event per change, on the endpoint where `kubectl describe` shows it.
-        let note = format!(
-            "plan {generation} live: {} (applied by {})",
-            show_records(&plan.spec.rrsets),
-            context.settings.identity
-        );
-        publish(
-            &context.recorder,
-            endpoint,
-            EventType::Normal,
-            "PlanLive",
-            note,
-        )
-        .await;
-    }
-    if first_verification
-        && let Some(minted) = plan
-            .annotations()
-            .get(MINTED_AT_ANNOTATION)
-            .and_then(|t| t.parse::<Timestamp>().ok())
-    {
-        let latency = now.duration_since(minted).as_secs_f64().max(0.0);
-        context.metrics.dns.enactment_latency.observe(latency);
-    }
-    Ok(())
-}
-
-async fn supersede_older(
-    context: &Context,
-    plans: &[Arc<DnsPlan>],
-    live: u64,
-) -> Result<(), Error> {
-    for plan in plans {
-        if plan.spec.generation < live && phase(plan) != PlanPhase::Superseded {
-            let message = format!("generation {live} is live at the server");
-            mark_plan(context, plan, PlanPhase::Superseded, &message, false).await?;
-        }
-    }
-    Ok(())
+    info!(endpoint = %key(endpoint), generation, "plan live");
+    let note = format!(
+        "plan {generation} live: {} (applied by {})",
+        show_records(&plan.spec.rrsets),
+        context.settings.identity
+    );
+    publish(
+        &context.recorder,
+        endpoint,
+        EventType::Normal,
+        "PlanLive",
+        note,
+    )
+    .await;
 }
 
 /// Deletes plans below the retention window. The live generation is read from the server's fence
@@ -1023,12 +1088,12 @@ async fn collect(
     plans: &[Arc<DnsPlan>],
     fqdn: &str,
     owner: &str,
-    reserved: u64,
+    live_at_most: u64,
 ) -> Result<(), Error> {
     let settings = &context.settings;
     let generations: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
     if settings.strategy == Strategy::Fenced
-        && !cleanup_may_delete(&generations, reserved, settings.retention)
+        && !cleanup_may_delete(&generations, live_at_most, settings.retention)
     {
         return Ok(());
     }
@@ -1135,5 +1200,52 @@ mod tests {
             enactment_inputs_differ(&before, &endpoint(2, base.clone())),
             "a spec change"
         );
+    }
+
+    #[test]
+    fn the_live_record_starts_anew_with_each_generation_and_keeps_its_first_verification() {
+        let at = |second: i64| Timestamp::from_second(1_800_000_000 + second).unwrap();
+        let first = LiveRecord::default().after_pass(3, Some("replica-0"), false, at(0));
+        assert_eq!(first.generation, Some(3));
+        assert_eq!(first.enacted_by.as_deref(), Some("replica-0"));
+        assert!(first.verified_at.is_none(), "not seen answering yet");
+
+        let verified = first.clone().after_pass(3, None, true, at(1));
+        assert_eq!(verified.enacted_by.as_deref(), Some("replica-0"));
+        assert_eq!(verified.verified_at, Some(Time(at(1))));
+        let again = verified.clone().after_pass(3, None, true, at(9));
+        assert_eq!(again, verified, "a resync changes nothing, so writes nothing");
+
+        let next = verified.after_pass(4, None, true, at(20));
+        assert_eq!(next.generation, Some(4));
+        assert!(
+            next.enacted_by.is_none(),
+            "read back, not applied: who applied generation 4 is not known"
+        );
+        assert_eq!(next.verified_at, Some(Time(at(20))));
+    }
+
+    #[test]
+    fn every_enactor_write_carries_the_whole_live_record() {
+        let record = LiveRecord::default().after_pass(
+            2,
+            Some("replica-1"),
+            true,
+            Timestamp::from_second(1_800_000_000).unwrap(),
+        );
+        assert_eq!(
+            record.fields(),
+            serde_json::json!({"liveGeneration": 2, "enactedBy": "replica-1",
+                "enactedAt": "2027-01-15T08:00:00Z", "verifiedAt": "2027-01-15T08:00:00Z"})
+        );
+        assert_eq!(
+            LiveRecord::default().fields(),
+            serde_json::json!({}),
+            "no nulls: an unset field is left out"
+        );
+        let status = serde_json::json!({"liveGeneration": 2, "enactedBy": "replica-1",
+            "enactedAt": "2027-01-15T08:00:00Z", "verifiedAt": "2027-01-15T08:00:00Z",
+            "latestPlanGeneration": 2});
+        assert_eq!(LiveRecord::of(&endpoint(1, status)), record);
     }
 }

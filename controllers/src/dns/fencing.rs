@@ -409,10 +409,13 @@ pub fn plan_refusal(plan: &PlanFacts<'_>, endpoint: &EndpointFacts<'_>) -> Optio
             plan.fqdn, endpoint.fqdn
         ));
     }
-    if plan.generation > endpoint.reserved_generation {
+    let bound = trusted_bound(endpoint.reserved_generation, endpoint.live_generation);
+    if plan.generation > bound {
         return Some(format!(
-            "generation {} was never reserved: the endpoint's newest reserved generation is {}",
-            plan.generation, endpoint.reserved_generation
+            "generation {} was never reserved: the endpoint's newest reserved generation is {}, and only the generation right after the live one ({}) needs no reservation",
+            plan.generation,
+            endpoint.reserved_generation,
+            endpoint.live_generation.map_or("none".into(), |g| g.to_string()),
         ));
     }
     if plan.empty && !endpoint.allow_empty {
@@ -435,7 +438,18 @@ pub struct PlanFacts<'a> {
 pub struct EndpointFacts<'a> {
     pub fqdn: &'a str,
     pub reserved_generation: u64,
+    /// The live generation the endpoint's status records.
+    pub live_generation: Option<u64>,
     pub allow_empty: bool,
+}
+
+/// The newest generation an enactor accepts for an endpoint: the reserved one, or the one right
+/// after the live one. The planner mints the generation after the live one without reserving it
+/// (its create under the plan's deterministic name is the compare-and-set between planners, and
+/// the fence at the server decides between enactors); a plan minted while another is pending
+/// is reserved first. A plan above this bound could jump the fence far ahead of the planner.
+pub fn trusted_bound(reserved: u64, live: Option<u64>) -> u64 {
+    reserved.max(live.unwrap_or(0) + 1)
 }
 
 /// What one cleanup pass removes.
@@ -481,11 +495,11 @@ pub fn decide_cleanup(
     }
 }
 
-/// Whether fenced cleanup could delete any plan while the live generation is at most `reserved`
-/// (no fence is written for a generation the endpoint never reserved). When it could not, the
-/// fence need not be read: every converged endpoint's resync skipped one exchange.
-pub fn cleanup_may_delete(plan_generations: &[u64], reserved: u64, retention: u64) -> bool {
-    let keep_from = reserved.saturating_sub(retention);
+/// Whether fenced cleanup could delete any plan while the live generation is at most
+/// `live_at_most`. When it could not, the fence need not be read: every converged endpoint's
+/// resync skipped one exchange.
+pub fn cleanup_may_delete(plan_generations: &[u64], live_at_most: u64, retention: u64) -> bool {
+    let keep_from = live_at_most.saturating_sub(retention);
     plan_generations.iter().any(|g| *g < keep_from)
 }
 
@@ -761,6 +775,7 @@ mod tests {
         let endpoint = EndpointFacts {
             fqdn: "api.example.com",
             reserved_generation: 4,
+            live_generation: Some(2),
             allow_empty: false,
         };
         let plan = |fqdn, generation, empty| PlanFacts {
@@ -776,6 +791,27 @@ mod tests {
         assert!(other.contains("bank.example.com"), "{other}");
         let forged = plan_refusal(&plan("api.example.com", 5, false), &endpoint).unwrap();
         assert!(forged.contains("never reserved"), "{forged}");
+        // Nothing pending: the generation right after the live one needs no reservation, the
+        // one after that does.
+        let converged = EndpointFacts {
+            live_generation: Some(4),
+            ..endpoint
+        };
+        assert_eq!(
+            plan_refusal(&plan("api.example.com", 5, false), &converged),
+            None
+        );
+        assert!(plan_refusal(&plan("api.example.com", 6, false), &converged).is_some());
+        let new_endpoint = EndpointFacts {
+            reserved_generation: 0,
+            live_generation: None,
+            ..endpoint
+        };
+        assert_eq!(
+            plan_refusal(&plan("api.example.com", 1, false), &new_endpoint),
+            None
+        );
+        assert!(plan_refusal(&plan("api.example.com", 2, false), &new_endpoint).is_some());
         let empty = plan_refusal(&plan("api.example.com", 3, true), &endpoint).unwrap();
         assert!(empty.contains("allowEmpty"), "{empty}");
         let allowing = EndpointFacts {

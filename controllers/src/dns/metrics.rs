@@ -46,7 +46,7 @@ impl DnsMetrics {
             .unwrap(),
             plans_superseded: IntCounter::new(
                 "dns_plans_superseded_total",
-                "Plans marked Superseded because a newer generation was live",
+                "Plans an enactor marked Superseded because the DNS server held a newer generation",
             )
             .unwrap(),
             plans_collected: IntCounter::new(
@@ -56,7 +56,7 @@ impl DnsMetrics {
             .unwrap(),
             pending_endpoints: IntGauge::new(
                 "dns_pending_endpoints",
-                "DnsEndpoints whose newest reserved plan is not live yet (the enactment backlog)",
+                "DnsEndpoints whose newest plan is not live yet (the enactment backlog)",
             )
             .unwrap(),
             endpoint_write_conflicts: IntCounterVec::new(

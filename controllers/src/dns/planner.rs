@@ -1,9 +1,12 @@
 //! The planner (leader only): turns each DnsEndpoint and the readiness of its targets into
 //! immutable, generation-numbered DnsPlans.
 //!
-//! The generation counter lives in the endpoint's status and advances by compare-and-set on
-//! its resourceVersion, so two planners (a deposed leader that has not noticed yet, and the new
-//! one) cannot mint the same generation; the plan's deterministic name is a second guard.
+//! A change to a settled endpoint mints the generation after the live one by creating the plan
+//! under its deterministic name `<endpoint>-<generation>`: that create is the compare-and-set
+//! between two planners (a deposed leader that has not noticed yet, and the new one). A plan
+//! minted while another is still pending is reserved first in the endpoint's status, by a
+//! compare-and-set on its resourceVersion, since enactors accept nothing above the reservation
+//! but the generation after the live one ([`trusted_bound`](super::fencing::trusted_bound)).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -23,11 +26,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::desired::{Candidate, PlanDecision, PlanInput, ServerView, decide_plan, desired_rrsets};
+use super::desired::{
+    Candidate, PlanDecision, PlanInput, ServerView, decide_plan, desired_rrsets, needs_reservation,
+    newest_minted,
+};
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
-    MINTED_AT_ANNOTATION, RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition,
+    RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition,
     endpoint_of, in_namespace, key, namespaced_key, plans_of, provider_for, publish,
     zone_not_found,
 };
@@ -272,41 +278,42 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     let namespace = endpoint.namespace().unwrap_or_default();
     let spec = &endpoint.spec;
     let (found, services_without_ready) = candidates(spec, &namespace, &context.slices);
-    let reserved = endpoint
-        .status
-        .as_ref()
-        .map_or(0, |s| s.latest_plan_generation);
+    let status = endpoint.status.as_ref();
+    let reserved = status.map_or(0, |s| s.latest_plan_generation);
+    let live = status.and_then(|s| s.live_generation);
     let plans = plans_of(&context.plans, endpoint);
+    let existing: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
+    let newest = newest_minted(reserved, live, &existing);
     // By its deterministic name: a same-generation object someone else created is not it.
-    let reserved_name = plan_name(endpoint, reserved);
-    let reserved_plan = plans
+    let newest_name = plan_name(endpoint, newest);
+    let newest_plan = plans
         .iter()
-        .find(|p| p.spec.generation == reserved && p.name_any() == reserved_name);
+        .find(|p| p.spec.generation == newest && p.name_any() == newest_name);
     // This planner's own writes that its caches have not caught up with: planning from them
     // lost the reservation's compare-and-set (a 409 for nearly every plan in a burst), and
     // asking the API server cost a GET for most plans.
     let minted = context.minted_recently(endpoint);
-    if minted.is_some_and(|minted| minted > reserved) {
-        // The reservation is not cached yet: its watch event brings the endpoint back.
+    if minted.is_some_and(|minted| minted > newest) {
+        // The reservation or the plan is not cached yet: its watch event brings the endpoint
+        // back.
         return Ok(Action::await_change());
     }
-    if reserved_plan.is_some() {
+    if newest_plan.is_some() {
         context.forget_minted(endpoint);
-    } else if reserved > 0 {
+    } else if newest > 0 {
         // The plan is not cached yet: its watch event brings the endpoint back (and, for one this
         // planner remembers minting, this requeue if it was deleted before it was cached).
-        if minted == Some(reserved) {
+        if minted == Some(newest) {
             return Ok(Action::requeue(RESERVATION_LAG));
         }
-        if plan_exists(context, endpoint, reserved).await? {
+        if plan_exists(context, endpoint, newest).await? {
             return Ok(Action::await_change());
         }
     }
-    let existing: Vec<u64> = plans.iter().map(|p| p.spec.generation).collect();
     let server: ServerView;
     let mut input = PlanInput {
-        reserved,
-        reserved_plan_hash: reserved_plan.map(|p| p.spec.content_hash.as_str()),
+        newest,
+        newest_plan_hash: newest_plan.map(|p| p.spec.content_hash.as_str()),
         existing_plans: &existing,
         desired: desired_rrsets(spec.routing, spec.ttl, &found),
         allow_empty: spec.allow_empty,
@@ -327,7 +334,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             "Degraded",
             true,
             "NoHealthyTarget",
-            no_healthy_message(&services_without_ready, &decision, reserved),
+            no_healthy_message(&services_without_ready, &decision, newest),
         ),
         _ => endpoint_condition(
             endpoint,
@@ -357,22 +364,26 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             if !still_leading(&context.leadership, token) {
                 return Ok(Action::await_change());
             }
-            // Reserve the generation: compare-and-set on the resourceVersion we planned from.
-            apply_endpoint_status(
-                &context.client,
-                endpoint,
-                FIELD_MANAGER,
-                serde_json::json!({
-                    "latestPlanGeneration": generation,
-                    "observedGeneration": endpoint.metadata.generation,
-                }),
-                &[degraded],
-                endpoint.resource_version().as_deref(),
-            )
-            .await?;
-            if !still_leading(&context.leadership, token) {
-                // A newer leader sees the reservation without a plan and mints the next one.
-                return Ok(Action::await_change());
+            // A status write made anyway (a new endpoint's first Degraded condition) reserves
+            // the generation too: enactors then know a plan is on its way.
+            if needs_reservation(generation, reserved, live) || degraded_changed {
+                // Compare-and-set on the resourceVersion we planned from.
+                apply_endpoint_status(
+                    &context.client,
+                    endpoint,
+                    FIELD_MANAGER,
+                    serde_json::json!({
+                        "latestPlanGeneration": generation,
+                        "observedGeneration": endpoint.metadata.generation,
+                    }),
+                    &[degraded],
+                    endpoint.resource_version().as_deref(),
+                )
+                .await?;
+                if !still_leading(&context.leadership, token) {
+                    // A newer leader sees the reservation without a plan and mints the next one.
+                    return Ok(Action::await_change());
+                }
             }
             create_plan(endpoint, context, generation, rrsets, content_hash, token).await?;
             context.minted_now(endpoint, generation);
@@ -383,14 +394,17 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
                     EventType::Warning,
                     "LivePlanRecovered",
                     format!(
-                        "the object of plan {reserved} is gone and no target is healthy; plan {generation} carries the records the server serves"
+                        "the object of plan {newest} is gone and no target is healthy; plan {generation} carries the records the server serves"
                     ),
                 )
                 .await;
             }
         }
         PlanDecision::Unchanged | PlanDecision::WithheldEmpty | PlanDecision::ReadServer => {
-            let observed_changed = endpoint.status.as_ref().and_then(|s| s.observed_generation)
+            // A plan minted from this spec carries its generation, which the enactor records
+            // as observedGeneration when it goes live: writing it here too raced that write.
+            let minted_from = newest_plan.and_then(|p| p.spec.endpoint_generation);
+            let observed_changed = status.and_then(|s| s.observed_generation).max(minted_from)
                 != endpoint.metadata.generation;
             if (degraded_changed || observed_changed) && still_leading(&context.leadership, token) {
                 apply_endpoint_status(
@@ -467,13 +481,13 @@ async fn read_server(endpoint: &DnsEndpoint, context: &Context) -> Result<Server
 fn no_healthy_message(
     services_without_ready: &[String],
     decision: &PlanDecision,
-    reserved: u64,
+    newest: u64,
 ) -> String {
     let keeping = match decision {
         PlanDecision::Mint { generation, .. } => {
             format!("plan {generation} keeps the records the server serves")
         }
-        _ if reserved > 0 => "the live plan stays live".into(),
+        _ if newest > 0 => "the live plan stays live".into(),
         _ => "no plan is minted".into(),
     };
     if services_without_ready.is_empty() {
@@ -506,13 +520,10 @@ async fn create_plan(
             name: Some(plan_name(endpoint, generation)),
             namespace: Some(namespace.clone()),
             labels: Some(BTreeMap::from([(ENDPOINT_LABEL.into(), name.clone())])),
-            annotations: Some(BTreeMap::from([
-                (
-                    MINTED_AT_ANNOTATION.into(),
-                    k8s_openapi::jiff::Timestamp::now().to_string(),
-                ),
-                (LEADER_TOKEN_ANNOTATION.into(), token.to_string()),
-            ])),
+            annotations: Some(BTreeMap::from([(
+                LEADER_TOKEN_ANNOTATION.into(),
+                token.to_string(),
+            )])),
             owner_references: endpoint.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
@@ -522,6 +533,8 @@ async fn create_plan(
             generation,
             rrsets,
             content_hash,
+            minted_at: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            endpoint_generation: endpoint.metadata.generation,
         },
         status: None,
     };

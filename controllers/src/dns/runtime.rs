@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase, TsigAlgorithm};
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, TsigAlgorithm};
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
@@ -83,13 +83,14 @@ impl EndpointsAndPlans {
         }
     }
 
-    /// Plan changes for a task beside the controllers; `gate` opens once plans are listed.
-    pub fn subscribe_plans(
+    /// Endpoint changes for a task beside the controllers; `gate` opens once endpoints are
+    /// listed.
+    pub fn subscribe_endpoints(
         &mut self,
-        changes: Changes<DnsPlan>,
+        changes: Changes<DnsEndpoint>,
         gate: Gate,
-    ) -> UnboundedReceiver<Arc<DnsPlan>> {
-        self.plans.subscribe(changes, gate)
+    ) -> UnboundedReceiver<Arc<DnsEndpoint>> {
+        self.endpoints.subscribe(changes, gate)
     }
 
     /// Runs both watches until shutdown.
@@ -100,22 +101,14 @@ impl EndpointsAndPlans {
 }
 
 /// Drops from a cached plan what only people and audits read (the cache holds every plan of
-/// every endpoint, up to three each): its label, leader-token annotation, status message and
-/// enactedAt, and of its owner reference all but the UID, which tells the plans of an endpoint
-/// created again under the same name apart ([`plans_of`]). Once the plan is live and verified,
-/// or superseded, its minted-at annotation has timed all it times (the wait for a pending plan,
-/// the enactment latency), and the annotation map, a B-tree node of about 600 bytes, goes too.
+/// every endpoint, up to three each): its label, its annotations (the leader token; the map alone
+/// is a B-tree node of about 600 bytes), a refusal's message, and of its owner reference all but
+/// the UID, which tells the plans of an endpoint created again under the same name apart
+/// ([`plans_of`]).
 fn keep_what_enactment_reads(plan: &mut DnsPlan) {
-    let settled = plan.status.as_ref().is_some_and(|s| {
-        s.phase == PlanPhase::Superseded || (s.phase == PlanPhase::Live && s.verified_at.is_some())
-    });
     let meta = &mut plan.metadata;
     meta.labels = None;
-    if settled {
-        meta.annotations = None;
-    } else if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove(LEADER_TOKEN_ANNOTATION);
-    }
+    meta.annotations = None;
     for owner in meta.owner_references.iter_mut().flatten() {
         *owner = OwnerReference {
             uid: std::mem::take(&mut owner.uid),
@@ -124,7 +117,6 @@ fn keep_what_enactment_reads(plan: &mut DnsPlan) {
     }
     if let Some(status) = plan.status.as_mut() {
         status.message = None;
-        status.enacted_at = None;
     }
 }
 
@@ -157,8 +149,6 @@ fn followed_services(endpoint: &DnsEndpoint) -> Vec<String> {
 
 /// Label on every DnsPlan naming its DnsEndpoint.
 pub const ENDPOINT_LABEL: &str = "bulwark.dev/endpoint";
-/// When the planner minted a plan, with nanoseconds (creationTimestamp has whole seconds only).
-pub const MINTED_AT_ANNOTATION: &str = "bulwark.dev/minted-at";
 
 /// How long a plan's reservation may lag behind the plan in a replica's caches (two watches).
 pub const RESERVATION_LAG: Duration = Duration::from_secs(10);
@@ -170,7 +160,7 @@ pub const LEADER_TOKEN_ANNOTATION: &str = "bulwark.dev/leader-token";
 pub struct DnsSettings {
     /// The namespaces whose objects this replica manages.
     pub scope: Scope,
-    /// This replica's identity, recorded as a plan's `enactedBy`.
+    /// This replica's identity, recorded as an endpoint's `enactedBy`.
     pub identity: String,
     pub strategy: Strategy,
     /// Plans kept below the live generation.
@@ -548,6 +538,7 @@ pub fn endpoint_condition_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulwark_crds::dns::PlanPhase;
 
     #[test]
     fn a_trimmed_plan_still_belongs_to_its_endpoint_and_not_to_a_namesake() {
@@ -563,18 +554,20 @@ mod tests {
         let mut plan: DnsPlan = serde_json::from_value(serde_json::json!({
             "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
             "metadata": {"name": "api-1", "namespace": "ns",
+                "annotations": {LEADER_TOKEN_ANNOTATION: "3"},
                 "ownerReferences": [{"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
                     "name": "api", "uid": "first", "controller": true}]},
             "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
-                     "rrsets": [], "contentHash": "0".repeat(64)},
-            "status": {"phase": "Live", "enactedBy": "replica-0",
-                       "enactedAt": "2026-12-02T00:00:00Z", "message": "live"},
+                     "rrsets": [], "contentHash": "0".repeat(64),
+                     "mintedAt": "2026-12-02T00:00:00.123456Z"},
+            "status": {"phase": "Rejected", "message": "generation 1 was never reserved"},
         }))
         .unwrap();
         keep_what_enactment_reads(&mut plan);
         let status = plan.status.as_ref().unwrap();
-        assert_eq!(status.enacted_by.as_deref(), Some("replica-0"));
-        assert!(status.message.is_none() && status.enacted_at.is_none());
+        assert_eq!(status.phase, Some(PlanPhase::Rejected));
+        assert!(status.message.is_none() && plan.metadata.annotations.is_none());
+        assert!(plan.spec.minted_at.is_some(), "the enactment latency is timed from it");
         assert_eq!(
             endpoint_of(Arc::new(plan.clone())),
             Some(ObjectRef::new("api").within("ns"))
@@ -582,46 +575,6 @@ mod tests {
         let plans = Indexed::listed([plan], |p| vec![in_namespace(p, &p.spec.endpoint_ref)]);
         assert_eq!(plans_of(&plans, &endpoint("first")).len(), 1);
         assert!(plans_of(&plans, &endpoint("second")).is_empty());
-    }
-
-    #[test]
-    fn a_cached_plan_keeps_its_minted_at_until_it_is_live_and_verified_or_superseded() {
-        let cached = |status: serde_json::Value| -> DnsPlan {
-            let mut plan: DnsPlan = serde_json::from_value(serde_json::json!({
-                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
-                "metadata": {"name": "api-1", "namespace": "ns", "annotations": {
-                    MINTED_AT_ANNOTATION: "2026-12-02T00:00:00Z", LEADER_TOKEN_ANNOTATION: "3"}},
-                "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
-                         "rrsets": [], "contentHash": "0".repeat(64)},
-                "status": status,
-            }))
-            .unwrap();
-            keep_what_enactment_reads(&mut plan);
-            plan
-        };
-        let minted_at = |plan: &DnsPlan| plan.annotations().get(MINTED_AT_ANNOTATION).cloned();
-        for unsettled in [
-            serde_json::json!({"phase": "Pending"}),
-            serde_json::json!({"phase": "Live"}),
-            serde_json::json!({"phase": "Rejected"}),
-        ] {
-            let plan = cached(unsettled.clone());
-            assert_eq!(
-                minted_at(&plan).as_deref(),
-                Some("2026-12-02T00:00:00Z"),
-                "{unsettled}"
-            );
-            assert!(!plan.annotations().contains_key(LEADER_TOKEN_ANNOTATION));
-        }
-        for settled in [
-            serde_json::json!({"phase": "Live", "verifiedAt": "2026-12-02T00:00:01Z"}),
-            serde_json::json!({"phase": "Superseded"}),
-        ] {
-            assert!(
-                cached(settled.clone()).metadata.annotations.is_none(),
-                "{settled}"
-            );
-        }
     }
 
     #[test]

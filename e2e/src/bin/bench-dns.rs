@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bulwark_controllers::dns::provider::DnsProvider;
 use bulwark_controllers::dns::rfc2136::Rfc2136;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, PlanPhase, RRSet, RecordType};
+use bulwark_crds::dns::{DnsEndpoint, RRSet, RecordType};
 use bulwark_e2e::binaries::pinned;
 use bulwark_e2e::bind::{Bind, KEY_NAME};
 use bulwark_e2e::dns::{
@@ -302,7 +302,7 @@ async fn bench_external_dns(
     sample
 }
 
-/// 1,000 DnsEndpoints changed at once: time until every new plan is Live.
+/// 1,000 DnsEndpoints changed at once: time until every endpoint records its new plan live.
 async fn bench_throughput(
     client: &kube::Client,
     kubeconfig: &Path,
@@ -312,21 +312,21 @@ async fn bench_throughput(
     let ns = cluster().namespace("bench-1k").await;
     create_zone_for(client, &ns, "bench", bind, ZONE_THROUGHPUT).await?;
     let _operators = start_replicas(kubeconfig, &ns, logs)?;
-    let plans: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
+    let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
     let live_count = |generation: u64| {
-        let plans = plans.clone();
+        let endpoints = endpoints.clone();
         async move {
-            plans
+            endpoints
                 .list(&ListParams::default())
                 .await
                 .map(|list| {
                     list.items
                         .iter()
-                        .filter(|p| p.spec.generation == generation)
-                        .filter(|p| {
-                            p.status
+                        .filter(|e| {
+                            e.status
                                 .as_ref()
-                                .is_some_and(|s| s.phase == PlanPhase::Live)
+                                .and_then(|s| s.live_generation)
+                                .is_some_and(|live| live >= generation)
                         })
                         .count()
                 })
