@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -367,19 +367,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             // A status write made anyway (a new endpoint's first Degraded condition) reserves
             // the generation too: enactors then know a plan is on its way.
             if needs_reservation(generation, reserved, live) || degraded_changed {
-                // Compare-and-set on the resourceVersion we planned from.
-                apply_endpoint_status(
-                    &context.client,
-                    endpoint,
-                    FIELD_MANAGER,
-                    serde_json::json!({
-                        "latestPlanGeneration": generation,
-                        "observedGeneration": endpoint.metadata.generation,
-                    }),
-                    &[degraded],
-                    endpoint.resource_version().as_deref(),
-                )
-                .await?;
+                write_status(context, endpoint, generation, degraded).await?;
                 if !still_leading(&context.leadership, token) {
                     // A newer leader sees the reservation without a plan and mints the next one.
                     return Ok(Action::await_change());
@@ -407,25 +395,37 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             let observed_changed = status.and_then(|s| s.observed_generation).max(minted_from)
                 != endpoint.metadata.generation;
             if (degraded_changed || observed_changed) && still_leading(&context.leadership, token) {
-                apply_endpoint_status(
-                    &context.client,
-                    endpoint,
-                    FIELD_MANAGER,
-                    serde_json::json!({
-                        "latestPlanGeneration": reserved,
-                        "observedGeneration": endpoint.metadata.generation,
-                    }),
-                    &[degraded],
-                    endpoint.resource_version().as_deref(),
-                )
-                .await?;
+                write_status(context, endpoint, reserved, degraded).await?;
             }
         }
     }
     Ok(Action::await_change())
 }
 
-/// A plan's deterministic name: a second guard against minting one generation twice.
+/// The planner's status fields: the reserved generation, the spec planned from, and Degraded. A
+/// compare-and-set on the resourceVersion planned from.
+async fn write_status(
+    context: &Context,
+    endpoint: &DnsEndpoint,
+    reserved: u64,
+    degraded: Condition,
+) -> Result<(), Error> {
+    apply_endpoint_status(
+        &context.client,
+        endpoint,
+        FIELD_MANAGER,
+        serde_json::json!({
+            "latestPlanGeneration": reserved,
+            "observedGeneration": endpoint.metadata.generation,
+        }),
+        &[degraded],
+        endpoint.resource_version().as_deref(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A plan's deterministic name: under it, the create is the compare-and-set between planners.
 fn plan_name(endpoint: &DnsEndpoint, generation: u64) -> String {
     format!("{}-{generation}", endpoint.name_any())
 }
