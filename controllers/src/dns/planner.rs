@@ -33,7 +33,7 @@ use super::desired::{
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
-    RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition,
+    RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition_for,
     endpoint_of, in_namespace, key, namespaced_key, plans_of, provider_for, publish,
     zone_not_found,
 };
@@ -325,19 +325,24 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
         input.server = Some(&server);
         decision = decide_plan(input);
     }
+    // Degraded carries no observedGeneration: it is the planner's view as of the endpoint's
+    // observedGeneration. One of its own changed with every spec change, and so cost a status
+    // write per change that a plan minted without a reservation does not otherwise need.
     let (degraded, degraded_changed) = match &decision {
         PlanDecision::WithheldEmpty
         | PlanDecision::Mint {
             recovered: true, ..
-        } => endpoint_condition(
+        } => endpoint_condition_for(
             endpoint,
+            None,
             "Degraded",
             true,
             "NoHealthyTarget",
             no_healthy_message(&services_without_ready, &decision, newest),
         ),
-        _ => endpoint_condition(
+        _ => endpoint_condition_for(
             endpoint,
+            None,
             "Degraded",
             false,
             "TargetsHealthy",
