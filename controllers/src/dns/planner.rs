@@ -62,7 +62,15 @@ struct Context {
     /// Plans this planner created in the last [`RESERVATION_LAG`], by endpoint: a reservation
     /// whose plan is not cached yet is known to be this planner's own without asking the API
     /// server (a GET for most plans in a burst, the reservation's watch event being first).
-    minted: Mutex<HashMap<ObjectRef<DnsEndpoint>, (u64, Instant)>>,
+    minted: Mutex<HashMap<ObjectRef<DnsEndpoint>, Minted>>,
+}
+
+/// A plan this planner created, and whether its status write reserved the generation.
+#[derive(Clone, Copy)]
+struct Minted {
+    generation: u64,
+    reserved: bool,
+    at: Instant,
 }
 
 /// The planner's task; subscribes to the shared caches at once, so call it before running them.
@@ -248,13 +256,13 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
 }
 
 impl Context {
-    /// The generation this planner minted for the endpoint in the last [`RESERVATION_LAG`].
-    fn minted_recently(&self, endpoint: &DnsEndpoint) -> Option<u64> {
+    /// What this planner minted for the endpoint in the last [`RESERVATION_LAG`].
+    fn minted_recently(&self, endpoint: &DnsEndpoint) -> Option<Minted> {
         let minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
         minted
             .get(&name_ref(endpoint))
-            .filter(|(_, at)| at.elapsed() < RESERVATION_LAG)
-            .map(|(generation, _)| *generation)
+            .filter(|minted| minted.at.elapsed() < RESERVATION_LAG)
+            .copied()
     }
 
     fn forget_minted(&self, endpoint: &DnsEndpoint) {
@@ -262,10 +270,18 @@ impl Context {
         minted.remove(&name_ref(endpoint));
     }
 
-    fn minted_now(&self, endpoint: &DnsEndpoint, generation: u64) {
+    fn minted_now(&self, endpoint: &DnsEndpoint, generation: u64, reserved: bool) {
         let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
-        minted.retain(|_, (_, at)| at.elapsed() < RESERVATION_LAG);
-        minted.insert(name_ref(endpoint), (generation, Instant::now()));
+        minted.retain(|_, minted| minted.at.elapsed() < RESERVATION_LAG);
+        let at = Instant::now();
+        minted.insert(
+            name_ref(endpoint),
+            Minted {
+                generation,
+                reserved,
+                at,
+            },
+        );
     }
 }
 
@@ -293,9 +309,10 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     // lost the reservation's compare-and-set (a 409 for nearly every plan in a burst), and
     // asking the API server cost a GET for most plans.
     let minted = context.minted_recently(endpoint);
-    if minted.is_some_and(|minted| minted > newest) {
-        // The reservation or the plan is not cached yet: its watch event brings the endpoint
-        // back.
+    if minted.is_some_and(|m| m.generation > newest || (m.reserved && m.generation > reserved)) {
+        // The plan or its reservation is not cached yet (the plan's event may come first: a
+        // condition written from the endpoint without its reservation lost the compare-and-set,
+        // for most new endpoints): its watch event brings the endpoint back.
         return Ok(Action::await_change());
     }
     if newest_plan.is_some() {
@@ -303,7 +320,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     } else if newest > 0 {
         // The plan is not cached yet: its watch event brings the endpoint back (and, for one this
         // planner remembers minting, this requeue if it was deleted before it was cached).
-        if minted == Some(newest) {
+        if minted.is_some_and(|m| m.generation == newest) {
             return Ok(Action::requeue(RESERVATION_LAG));
         }
         if plan_exists(context, endpoint, newest).await? {
@@ -371,7 +388,8 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
             }
             // A status write made anyway (a new endpoint's first Degraded condition) reserves
             // the generation too: enactors then know a plan is on its way.
-            if needs_reservation(generation, reserved, live) || degraded_changed {
+            let reserve = needs_reservation(generation, reserved, live) || degraded_changed;
+            if reserve {
                 write_status(context, endpoint, generation, degraded).await?;
                 if !still_leading(&context.leadership, token) {
                     // A newer leader sees the reservation without a plan and mints the next one.
@@ -379,7 +397,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
                 }
             }
             create_plan(endpoint, context, generation, rrsets, content_hash, token).await?;
-            context.minted_now(endpoint, generation);
+            context.minted_now(endpoint, generation, reserve);
             if recovered {
                 publish(
                     &context.recorder,
