@@ -217,10 +217,16 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
     let plan1 = &plans(&client, &ns, "api").await.unwrap()[0];
     assert_eq!(plan1.spec.generation, 1);
     assert!(plan1.spec.minted_at.is_some());
-    assert!(plan1.status.is_none(), "a plan no enactor refused is never written");
+    assert!(
+        plan1.status.is_none(),
+        "a plan no enactor refused is never written"
+    );
     let status = endpoints.get("api").await.unwrap().status.unwrap();
     assert_eq!(status.live_generation, Some(1));
-    assert!(status.verified_at.is_some(), "Ready=True follows verification");
+    assert!(
+        status.verified_at.is_some(),
+        "Ready=True follows verification"
+    );
     let enacted_by = status.enacted_by.unwrap();
     assert!(
         operator_pods.contains(&enacted_by),
@@ -627,8 +633,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
         "live generation 4, latest 4",
         || async {
             let status = endpoints.get("web").await.ok()?.status?;
-            (status.live_generation == Some(4) && status.latest_plan_generation == 4)
-                .then_some(())
+            (status.live_generation == Some(4) && status.latest_plan_generation == 4).then_some(())
         },
     )
     .await

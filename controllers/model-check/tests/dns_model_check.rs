@@ -562,7 +562,9 @@ impl World {
                 found.push(Invariant::NeverSpuriousConflict);
                 Enactor::Idle
             }
-            PassStep::Done(PassOutcome::Live { .. }) if self.status.live < Some(pass.generation()) => {
+            PassStep::Done(PassOutcome::Live { .. })
+                if self.status.live < Some(pass.generation()) =>
+            {
                 Enactor::Recording {
                     basis: self.status,
                     generation: pass.generation(),

@@ -36,9 +36,9 @@ use super::metrics::DnsMetrics;
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, EndpointsAndPlans, Error, RESERVATION_LAG,
-    ZoneClients, apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
-    endpoint_of, endpoints_in_zone, key, plans_of, publish, zone_provider,
+    Backoff, DnsSettings, EndpointsAndPlans, Error, RESERVATION_LAG, ZoneClients,
+    apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for, endpoint_of,
+    endpoints_in_zone, key, plans_of, publish, zone_provider,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, name_ref, new_generation};
@@ -211,7 +211,10 @@ fn planner_observed(endpoint: &DnsEndpoint) -> Option<i64> {
 /// The spec generation the planner last planned from: its status write, or the newest of the
 /// endpoint's plans, which is all a plan minted without a reservation writes.
 fn planned_from(endpoint: &DnsEndpoint, plans: &[Arc<DnsPlan>]) -> Option<i64> {
-    let minted_from = plans.iter().filter_map(|p| p.spec.endpoint_generation).max();
+    let minted_from = plans
+        .iter()
+        .filter_map(|p| p.spec.endpoint_generation)
+        .max();
     planner_observed(endpoint).max(minted_from)
 }
 
@@ -247,9 +250,12 @@ async fn count_pending_and_verified(
             .iter()
             // Reserved 0: nothing to enact (no plan yet, or none minted for want of a target).
             .filter(|e| {
-                let generations: Vec<u64> =
-                    plans_of(&plans, e).iter().map(|p| p.spec.generation).collect();
-                let newest = newest_minted(reserved_generation(e), live_generation(e), &generations);
+                let generations: Vec<u64> = plans_of(&plans, e)
+                    .iter()
+                    .map(|p| p.spec.generation)
+                    .collect();
+                let newest =
+                    newest_minted(reserved_generation(e), live_generation(e), &generations);
                 newest > 0 && live_generation(e) < Some(newest)
             })
             .count();
@@ -293,10 +299,12 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     let result = match (deleting, has_finalizer) {
         (true, _) => remove(&endpoint, &context).await,
         // Both replicas adding it raced each other (and the leader's status writes) to a 409.
-        (false, false) => match standby_wait(&context, &endpoint, &plans_of(&context.plans, &endpoint)) {
-            Some(wait) => Ok(Action::requeue(wait)),
-            None => add_records_finalizer(&context, &endpoint).await,
-        },
+        (false, false) => {
+            match standby_wait(&context, &endpoint, &plans_of(&context.plans, &endpoint)) {
+                Some(wait) => Ok(Action::requeue(wait)),
+                None => add_records_finalizer(&context, &endpoint).await,
+            }
+        }
         (false, true) => enact(&endpoint, &context).await,
     };
     timer.done(result.as_ref().err().map(Error::kind));
@@ -992,7 +1000,10 @@ async fn track_others_progress(
     progress: OthersProgress,
 ) {
     while let Some(endpoint) = endpoints_gone_live.next().await {
-        let enacted_by = endpoint.status.as_ref().and_then(|s| s.enacted_by.as_deref());
+        let enacted_by = endpoint
+            .status
+            .as_ref()
+            .and_then(|s| s.enacted_by.as_deref());
         if enacted_by.is_some_and(|by| by != identity) {
             *progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         }
@@ -1214,7 +1225,10 @@ mod tests {
         assert_eq!(verified.enacted_by.as_deref(), Some("replica-0"));
         assert_eq!(verified.verified_at, Some(Time(at(1))));
         let again = verified.clone().after_pass(3, None, true, at(9));
-        assert_eq!(again, verified, "a resync changes nothing, so writes nothing");
+        assert_eq!(
+            again, verified,
+            "a resync changes nothing, so writes nothing"
+        );
 
         let next = verified.after_pass(4, None, true, at(20));
         assert_eq!(next.generation, Some(4));

@@ -415,7 +415,9 @@ pub fn plan_refusal(plan: &PlanFacts<'_>, endpoint: &EndpointFacts<'_>) -> Optio
             "generation {} was never reserved: the endpoint's newest reserved generation is {}, and only the generation right after the live one ({}) needs no reservation",
             plan.generation,
             endpoint.reserved_generation,
-            endpoint.live_generation.map_or("none".into(), |g| g.to_string()),
+            endpoint
+                .live_generation
+                .map_or("none".into(), |g| g.to_string()),
         ));
     }
     if plan.empty && !endpoint.allow_empty {

@@ -33,9 +33,8 @@ use super::desired::{
 use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
-    RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition_for,
-    endpoint_of, in_namespace, key, namespaced_key, plans_of, provider_for, publish,
-    zone_not_found,
+    RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition_for, endpoint_of,
+    in_namespace, key, namespaced_key, plans_of, provider_for, publish, zone_not_found,
 };
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, indexed, name_ref, new_generation};

@@ -567,7 +567,10 @@ mod tests {
         let status = plan.status.as_ref().unwrap();
         assert_eq!(status.phase, Some(PlanPhase::Rejected));
         assert!(status.message.is_none() && plan.metadata.annotations.is_none());
-        assert!(plan.spec.minted_at.is_some(), "the enactment latency is timed from it");
+        assert!(
+            plan.spec.minted_at.is_some(),
+            "the enactment latency is timed from it"
+        );
         assert_eq!(
             endpoint_of(Arc::new(plan.clone())),
             Some(ObjectRef::new("api").within("ns"))
