@@ -51,6 +51,12 @@ const CONTROLLER: &str = "dns-enactor";
 /// Keeps a deleted DnsEndpoint until its records and fence are gone from the DNS server.
 pub const RECORDS_FINALIZER: &str = "bulwark.dev/dns-records";
 const FIELD_MANAGER: &str = "bulwark-dns-enactor";
+/// The field manager of the enactor's status writes. Not `FIELD_MANAGER`, which earlier versions
+/// applied status under without `latestPlanGeneration` and `observedGeneration`: an enactor of
+/// such a version (in a rolling upgrade, or after a rollback) would have removed those fields
+/// wherever this one had become their only owner, and its planner, reading no reservation, would
+/// have minted from generation 1 again, below the fence.
+const STATUS_MANAGER: &str = "bulwark-dns-live-record";
 /// How long the enactors of replicas that do not lead leave a new plan to the leader's: two
 /// replicas racing on every plan doubled the API writes per plan (the fence keeps either
 /// winner safe). A leader whose enactor is stalled or gone costs a change about this much; one
@@ -703,7 +709,7 @@ async fn write_endpoint_status(
     match apply_endpoint_status(
         &context.client,
         endpoint,
-        FIELD_MANAGER,
+        STATUS_MANAGER,
         fields,
         &[ready],
         endpoint.resource_version().as_deref(),
