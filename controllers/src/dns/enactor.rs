@@ -619,11 +619,16 @@ fn live_generation(endpoint: &DnsEndpoint) -> Option<u64> {
 /// What the endpoint's status records of its live generation: which it is, who enacted it, when,
 /// and when its answer was verified. The only record of which plan is live: writing it on the
 /// plans as well cost two writes per change (the new plan's Live, the older one's Superseded).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct LiveRecord {
+    #[serde(rename = "liveGeneration", skip_serializing_if = "Option::is_none")]
     generation: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     enacted_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     enacted_at: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     verified_at: Option<Time>,
 }
 
@@ -666,20 +671,10 @@ impl LiveRecord {
         self
     }
 
-    /// The status fields of the record. All of them go in every enactor write: server-side apply
-    /// removes a field its manager no longer sends.
+    /// The status fields of the record, unset ones left out. All of them go in every enactor
+    /// write: server-side apply removes a field its manager no longer sends.
     fn fields(&self) -> serde_json::Value {
-        let mut fields = serde_json::Map::new();
-        let mut set = |name: &str, value: serde_json::Value| {
-            if !value.is_null() {
-                fields.insert(name.into(), value);
-            }
-        };
-        set("liveGeneration", serde_json::json!(self.generation));
-        set("enactedBy", serde_json::json!(self.enacted_by));
-        set("enactedAt", serde_json::json!(self.enacted_at));
-        set("verifiedAt", serde_json::json!(self.verified_at));
-        fields.into()
+        serde_json::to_value(self).expect("a live record serializes")
     }
 }
 
