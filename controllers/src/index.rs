@@ -10,8 +10,8 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use kube::Resource;
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, Lookup, ObjectRef, Store, store::Writer};
+use kube::runtime::watcher;
 use tracing::warn;
 
 use crate::readiness::Gate;
@@ -20,14 +20,15 @@ use crate::runtime::{Watched, trimmed_watch};
 /// The index keys of one object.
 pub type Keys<K> = fn(&K) -> Vec<String>;
 
-/// A cache of `K` and, for each key, the objects that have it.
+/// A cache of `K` (an API object, or what a replica keeps of one) and, for each key, the objects
+/// that have it.
 #[derive(Clone)]
-pub struct Indexed<K: Resource<DynamicType = ()> + 'static> {
+pub struct Indexed<K: Lookup<DynamicType = ()> + 'static> {
     store: Store<K>,
     index: Arc<RwLock<Index<K>>>,
 }
 
-struct Index<K: Resource<DynamicType = ()> + 'static> {
+struct Index<K: Lookup<DynamicType = ()> + 'static> {
     keys: Keys<K>,
     live: Entries<K>,
     /// Filled during a (re)list, then swapped in whole: a relist after a broken watch brings
@@ -40,11 +41,11 @@ struct Index<K: Resource<DynamicType = ()> + 'static> {
 /// keys an object is filed under are computed again from its cached copy to move it), where a
 /// `HashSet` per key and a map of every object's keys was the largest part of the index at
 /// 10,000 endpoints.
-struct Entries<K: Resource<DynamicType = ()> + 'static> {
+struct Entries<K: Lookup<DynamicType = ()> + 'static> {
     by_key: HashMap<String, Vec<ObjectRef<K>>>,
 }
 
-impl<K: Resource<DynamicType = ()> + 'static> Default for Entries<K> {
+impl<K: Lookup<DynamicType = ()> + 'static> Default for Entries<K> {
     fn default() -> Self {
         Entries {
             by_key: HashMap::new(),
@@ -52,7 +53,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Default for Entries<K> {
     }
 }
 
-impl<K: Resource<DynamicType = ()> + 'static> Entries<K> {
+impl<K: Lookup<DynamicType = ()> + 'static> Entries<K> {
     fn add(&mut self, reference: &ObjectRef<K>, keys: Vec<String>) {
         for key in keys {
             let refs = self.by_key.entry(key).or_default();
@@ -75,7 +76,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Entries<K> {
 
 impl<K> Indexed<K>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Lookup<DynamicType = ()> + Clone + 'static,
 {
     /// The objects with `key`, as the cache holds them now.
     pub fn get(&self, key: &str) -> Vec<Arc<K>> {
@@ -138,16 +139,15 @@ where
 
 /// A reference by namespace and name alone: `ObjectRef::from_obj` also carries the uid and
 /// resourceVersion, which lookups ignore and which the index would hold twice per object.
-pub fn name_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
-    let meta = object.meta();
-    let reference = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
-    match meta.namespace.as_deref() {
-        Some(namespace) => reference.within(namespace),
+pub fn name_ref<K: Lookup<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let reference = ObjectRef::new(&object.name().unwrap_or_default());
+    match object.namespace() {
+        Some(namespace) => reference.within(&namespace),
         None => reference,
     }
 }
 
-impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
+impl<K: Lookup<DynamicType = ()> + 'static> Index<K> {
     /// The keys `object` is filed under, each once.
     fn keys_of(&self, object: &K) -> Vec<String> {
         let mut keys = (self.keys)(object);
@@ -189,30 +189,45 @@ impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
     }
 }
 
-/// [`crate::runtime::cached_trimmed`], indexed by `keys`.
-pub fn indexed<K: Watched>(
+/// A cache of what `project` keeps of each `K`, indexed by `keys`, and the watch events that fill
+/// it, whose whole objects (without what [`crate::runtime::strip_unread`] drops) triggers read
+/// and drop. For kinds a cluster holds thousands of, of which a controller reads a few fields:
+/// an API object costs its full struct and a map node per label or annotation even when trimmed.
+pub fn projected<K: Watched, P: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static>(
     client: &kube::Client,
     namespace: Option<&str>,
     config: watcher::Config,
     gate: Gate,
-    keys: Keys<K>,
-    trim: fn(&mut K),
+    keys: Keys<P>,
+    project: fn(&K) -> P,
 ) -> (
-    Indexed<K>,
+    Indexed<P>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 ) {
-    let (store, writer) = reflector::store();
+    let (store, mut writer) = reflector::store();
     let indexed = Indexed::new(store, keys);
     let observer = indexed.clone();
     let events = gate
-        .open_when_listed(trimmed_watch(client, namespace, config, trim))
+        .open_when_listed(trimmed_watch(client, namespace, config, |_| {}))
         .inspect(move |event| {
             if let Ok(event) = event {
-                observer.observe(event);
+                let event = projected_event(event, project);
+                observer.observe(&event);
+                writer.apply_watcher_event(&event);
             }
-        })
-        .reflect(writer);
+        });
     (indexed, events)
+}
+
+fn projected_event<K, P>(event: &watcher::Event<K>, project: fn(&K) -> P) -> watcher::Event<P> {
+    use watcher::Event::*;
+    match event {
+        Apply(object) => Apply(project(object)),
+        Delete(object) => Delete(project(object)),
+        Init => Init,
+        InitApply(object) => InitApply(project(object)),
+        InitDone => InitDone,
+    }
 }
 
 /// Which of a shared watch's changes a subscriber is sent.

@@ -90,9 +90,22 @@ type OthersProgress = Arc<Mutex<Option<std::time::Instant>>>;
 
 /// The endpoints whose live plan this replica has read back from the server: the
 /// `dns_endpoints_verified` gauge, which tells when a restarted replica has checked every name.
-/// A set of names, not a metric series per endpoint: 10,000 series cost megabytes in every
-/// replica and were never removed with their endpoint.
-type Verified = Arc<Mutex<HashSet<ObjectRef<DnsEndpoint>>>>;
+/// A set of UIDs (an endpoint created again under its name is not verified yet), not a metric
+/// series per endpoint: 10,000 series cost megabytes in every replica and were never removed with
+/// their endpoint. A UID as 16 bytes, not a reference of four strings: 2.5 MB at 10,000.
+type Verified = Arc<Mutex<HashSet<u128>>>;
+
+/// An endpoint's UID as a set key: its 128 bits, or a hash of it if it is not a UUID.
+fn uid_key(endpoint: &DnsEndpoint) -> u128 {
+    let uid = endpoint.metadata.uid.as_deref().unwrap_or_default();
+    let hex: String = uid.chars().filter(|c| *c != '-').collect();
+    u128::from_str_radix(&hex, 16).unwrap_or_else(|_| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        uid.hash(&mut hasher);
+        u128::from(hasher.finish())
+    })
+}
 
 /// The enactor's task; subscribes to the shared caches at once, so call it before running them.
 #[allow(clippy::too_many_arguments)]
@@ -251,8 +264,8 @@ async fn count_pending_and_verified(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
-        let pending = endpoints
-            .state()
+        let listed = endpoints.state();
+        let pending = listed
             .iter()
             // Reserved 0: nothing to enact (no plan yet, or none minted for want of a target).
             .filter(|e| {
@@ -266,8 +279,10 @@ async fn count_pending_and_verified(
             })
             .count();
         metrics.pending_endpoints.set(pending as i64);
+        let present: HashSet<u128> = listed.iter().map(|e| uid_key(e)).collect();
+        drop(listed);
         let mut verified = verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified.retain(|endpoint| endpoints.get(endpoint).is_some());
+        verified.retain(|uid| present.contains(uid));
         metrics.endpoints_verified.set(verified.len() as i64);
         drop(verified);
         let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
@@ -946,7 +961,7 @@ fn mark_verified(context: &Context, endpoint: &DnsEndpoint) {
         .verified
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(name_ref(endpoint));
+        .insert(uid_key(endpoint));
 }
 
 /// How long an enactor that found a plan already live at the server (it read it back, another

@@ -102,13 +102,15 @@ impl EndpointsAndPlans {
 
 /// Drops from a cached plan what only people and audits read (the cache holds every plan of
 /// every endpoint, up to three each): its label, its annotations (the leader token; the map alone
-/// is a B-tree node of about 600 bytes), a refusal's message, and of its owner reference all but
-/// the UID, which tells the plans of an endpoint created again under the same name apart
-/// ([`plans_of`]).
+/// is a B-tree node of about 600 bytes), its resourceVersion (no write to a plan is a
+/// compare-and-set on it; the cache's key held a copy too), a refusal's message, and of its owner
+/// reference all but the UID, which tells the plans of an endpoint created again under the same
+/// name apart ([`plans_of`]).
 fn keep_what_enactment_reads(plan: &mut DnsPlan) {
     let meta = &mut plan.metadata;
     meta.labels = None;
     meta.annotations = None;
+    meta.resource_version = None;
     for owner in meta.owner_references.iter_mut().flatten() {
         *owner = OwnerReference {
             uid: std::mem::take(&mut owner.uid),
@@ -553,7 +555,7 @@ mod tests {
         };
         let mut plan: DnsPlan = serde_json::from_value(serde_json::json!({
             "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
-            "metadata": {"name": "api-1", "namespace": "ns",
+            "metadata": {"name": "api-1", "namespace": "ns", "resourceVersion": "812",
                 "annotations": {LEADER_TOKEN_ANNOTATION: "3"},
                 "ownerReferences": [{"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
                     "name": "api", "uid": "first", "controller": true}]},
@@ -567,6 +569,7 @@ mod tests {
         let status = plan.status.as_ref().unwrap();
         assert_eq!(status.phase, Some(PlanPhase::Rejected));
         assert!(status.message.is_none() && plan.metadata.annotations.is_none());
+        assert!(plan.metadata.resource_version.is_none());
         assert!(
             plan.spec.minted_at.is_some(),
             "the enactment latency is timed from it"
