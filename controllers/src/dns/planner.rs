@@ -8,15 +8,14 @@
 //! compare-and-set on its resourceVersion, since enactors accept nothing above the reservation
 //! but the generation after the live one ([`trusted_bound`](super::fencing::trusted_bound)).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
-use std::borrow::Cow;
-use std::net::IpAddr;
-
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
@@ -104,7 +103,7 @@ pub fn run(
             namespace,
             watcher::Config::default().labels(SERVICE_NAME_LABEL),
             readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
-            |slice| slice.service.iter().cloned().collect(),
+            ServiceAddresses::keys,
             ServiceAddresses::of,
         );
         let endpoints = caches.endpoints;
@@ -181,6 +180,11 @@ impl ServiceAddresses {
             service: service_of(slice),
             addresses,
         }
+    }
+
+    /// Its index key: the Service it belongs to.
+    fn keys(&self) -> Vec<String> {
+        self.service.iter().cloned().collect()
     }
 }
 
@@ -668,9 +672,10 @@ mod tests {
             "targets": [{"serviceRef": {"name": "web"}, "weight": 3, "group": 1}, {"address": "192.0.2.9"}]
         }))
         .unwrap();
-        let cached = Indexed::listed(slices.iter().map(ServiceAddresses::of), |slice| {
-            slice.service.iter().cloned().collect()
-        });
+        let cached = Indexed::listed(
+            slices.iter().map(ServiceAddresses::of),
+            ServiceAddresses::keys,
+        );
         let (mut found, without_ready) = candidates(&spec, "shop", &cached);
         found.sort_by_key(|c| (c.address, c.healthy));
         let candidate = |address: &str, weight, group, healthy| Candidate {
@@ -694,9 +699,10 @@ mod tests {
             "web-1",
             serde_json::json!([endpoint("10.0.0.2", Some(false))]),
         )];
-        let cached = Indexed::listed(only_unready.iter().map(ServiceAddresses::of), |slice| {
-            slice.service.iter().cloned().collect()
-        });
+        let cached = Indexed::listed(
+            only_unready.iter().map(ServiceAddresses::of),
+            ServiceAddresses::keys,
+        );
         assert_eq!(candidates(&spec, "shop", &cached).1, ["web"]);
     }
 }
