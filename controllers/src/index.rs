@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use futures::StreamExt;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
-use kube::Resource;
 use kube::runtime::reflector::{self, Lookup, ObjectRef, Store, store::Writer};
 use kube::runtime::watcher;
 use tracing::warn;
@@ -189,37 +188,9 @@ impl<K: Lookup<DynamicType = ()> + 'static> Index<K> {
     }
 }
 
-/// A cache of what `project` keeps of each `K`, indexed by `keys`, and the watch events that fill
-/// it, whose whole objects (without what [`crate::runtime::strip_unread`] drops) triggers read
-/// and drop. For kinds a cluster holds thousands of, of which a controller reads a few fields:
-/// an API object costs its full struct and a map node per label or annotation even when trimmed.
-pub fn projected<K: Watched, P: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static>(
-    client: &kube::Client,
-    namespace: Option<&str>,
-    config: watcher::Config,
-    gate: Gate,
-    keys: Keys<P>,
-    project: fn(&K) -> P,
-) -> (
-    Indexed<P>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-) {
-    let (store, mut writer) = reflector::store();
-    let indexed = Indexed::new(store, keys);
-    let observer = indexed.clone();
-    let events = gate
-        .open_when_listed(trimmed_watch(client, namespace, config, |_| {}))
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                let event = projected_event(event, project);
-                observer.observe(&event);
-                writer.apply_watcher_event(&event);
-            }
-        });
-    (indexed, events)
-}
-
-fn projected_event<K, P>(event: &watcher::Event<K>, project: fn(&K) -> P) -> watcher::Event<P> {
+/// The event with its object (if any) replaced by what `project` makes of it. kube-runtime's
+/// `watcher::Event` only has `modify`, in place.
+fn map_event<K, P>(event: watcher::Event<K>, project: fn(K) -> P) -> watcher::Event<P> {
     use watcher::Event::*;
     match event {
         Apply(object) => Apply(project(object)),
@@ -244,44 +215,45 @@ pub enum Changes<K> {
     TouchedIf(fn(&K, &K) -> bool),
 }
 
-/// [`Changes::AppliedIf`] for a new `metadata.generation`: spec changes, not status writes.
-pub fn new_generation<K: Resource>(cached: &K, new: &K) -> bool {
-    cached.meta().generation != new.meta().generation
-}
-
-/// One watch of `K` for several controllers of a replica: one cache and index for all of them,
+/// One watch of a kind for several controllers of a replica: one cache and index for all of them,
 /// and for each subscriber its own stream of changes. A watch per controller held every object
-/// once per controller, and the API server sent every write once per controller.
-pub struct SharedWatch<K: Watched> {
-    indexed: Indexed<K>,
-    writer: Writer<K>,
-    events: BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
-    subscribers: Vec<Subscriber<K>>,
+/// once per controller, and the API server sent every write once per controller. The cache holds
+/// `P`: the API object itself, or what a replica keeps of one (for kinds a cluster holds thousands
+/// of, of which controllers read a few fields: even trimmed, an API object costs its whole
+/// `ObjectMeta` and a map node per label or annotation).
+pub struct SharedWatch<P: Lookup<DynamicType = ()> + Clone + 'static> {
+    indexed: Indexed<P>,
+    writer: Writer<P>,
+    events: BoxStream<'static, Result<watcher::Event<P>, watcher::Error>>,
+    subscribers: Vec<Subscriber<P>>,
 }
 
-struct Subscriber<K> {
-    changes: Changes<K>,
+struct Subscriber<P> {
+    changes: Changes<P>,
     /// Opened with the first full list.
     gate: Gate,
-    sender: UnboundedSender<Arc<K>>,
+    sender: UnboundedSender<Arc<P>>,
 }
 
-impl<K: Watched> SharedWatch<K> {
-    /// Objects are cached without what [`trimmed_watch`] drops.
-    pub fn new(
+impl<P: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static> SharedWatch<P> {
+    /// A watch of `K`, each object cached as what `project` makes of it (after what
+    /// [`trimmed_watch`] drops).
+    pub fn new<K: Watched>(
         client: &kube::Client,
         namespace: Option<&str>,
         config: watcher::Config,
-        keys: Keys<K>,
-        trim: fn(&mut K),
+        keys: Keys<P>,
+        project: fn(K) -> P,
     ) -> Self {
-        let events = trimmed_watch(client, namespace, config, trim).boxed();
+        let events = trimmed_watch(client, namespace, config, |_| {})
+            .map(move |event| event.map(|event| map_event(event, project)))
+            .boxed();
         Self::from_events(events, keys)
     }
 
     fn from_events(
-        events: BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>,
-        keys: Keys<K>,
+        events: BoxStream<'static, Result<watcher::Event<P>, watcher::Error>>,
+        keys: Keys<P>,
     ) -> Self {
         let (store, writer) = reflector::store();
         SharedWatch {
@@ -292,12 +264,12 @@ impl<K: Watched> SharedWatch<K> {
         }
     }
 
-    pub fn indexed(&self) -> Indexed<K> {
+    pub fn indexed(&self) -> Indexed<P> {
         self.indexed.clone()
     }
 
     /// A stream of the `changes` for one controller; `gate` opens once the cache is listed.
-    pub fn subscribe(&mut self, changes: Changes<K>, gate: Gate) -> UnboundedReceiver<Arc<K>> {
+    pub fn subscribe(&mut self, changes: Changes<P>, gate: Gate) -> UnboundedReceiver<Arc<P>> {
         let (sender, receiver) = futures::channel::mpsc::unbounded();
         self.subscribers.push(Subscriber {
             changes,
@@ -310,7 +282,7 @@ impl<K: Watched> SharedWatch<K> {
     /// Fills the cache and index and sends each subscriber its changes, for as long as the
     /// watch runs (it retries with backoff on its own).
     pub async fn run(mut self) {
-        let kind = K::kind(&());
+        let kind = P::kind(&()).into_owned();
         while let Some(event) = self.events.next().await {
             let event = match event {
                 Ok(event) => event,
@@ -322,7 +294,7 @@ impl<K: Watched> SharedWatch<K> {
             // The cached copy before this event, which `AppliedIf` compares with.
             let before = match &event {
                 watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                    self.indexed.store.get(&ObjectRef::from_obj(object))
+                    self.indexed.store.get(&name_ref(object))
                 }
                 _ => None,
             };
@@ -331,7 +303,7 @@ impl<K: Watched> SharedWatch<K> {
             let (object, deleted) = match event {
                 // The store's own copy; a relisted one is in the store only once the list is done.
                 watcher::Event::Apply(object) => {
-                    let cached = self.indexed.store.get(&ObjectRef::from_obj(&object));
+                    let cached = self.indexed.store.get(&name_ref(&object));
                     (cached.unwrap_or_else(|| Arc::new(object)), false)
                 }
                 watcher::Event::InitApply(object) => (Arc::new(object), false),
@@ -437,6 +409,11 @@ mod tests {
             "empty keys are dropped"
         );
         assert_eq!(indexed.get("blue").len(), 1);
+    }
+
+    /// A spec change, not a status write.
+    fn new_generation(cached: &ConfigMap, new: &ConfigMap) -> bool {
+        cached.metadata.generation != new.metadata.generation
     }
 
     fn versioned(name: &str, generation: i64, label: &str) -> ConfigMap {

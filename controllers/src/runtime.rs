@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::Stream;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -316,10 +317,18 @@ pub async fn publish<K: Resource<DynamicType = ()>>(
     reason: &str,
     note: String,
 ) {
-    if let Err(e) = recorder
-        .publish(object.object_ref(&()), type_, reason, note)
-        .await
-    {
+    publish_regarding(recorder, object.object_ref(&()), type_, reason, note).await;
+}
+
+/// [`publish`] for an object a replica caches as less than the API object.
+pub async fn publish_regarding(
+    recorder: &Recorder,
+    regarding: ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    if let Err(e) = recorder.publish(regarding, type_, reason, note).await {
         warn!(error = %e, reason, "could not record Event");
     }
 }

@@ -13,6 +13,7 @@ use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase};
 use bulwark_crds::drills::SLOW_ENACTOR_ANNOTATION;
 use futures::channel::mpsc::UnboundedReceiver;
+use futures::future::ready;
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -36,12 +37,12 @@ use super::metrics::DnsMetrics;
 use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
-    Backoff, DnsSettings, EndpointsAndPlans, Error, RESERVATION_LAG, ZoneClients,
-    apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for, endpoint_of,
-    endpoints_in_zone, key, plans_of, publish, zone_provider,
+    Backoff, CachedPlan, DnsSettings, EndpointsAndPlans, Error, RESERVATION_LAG, ZoneClients,
+    another_plan, apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
+    endpoint_of, endpoints_in_zone, key, plans_of, publish, publish_regarding, zone_provider,
 };
 use crate::events::Recorder;
-use crate::index::{Changes, Indexed, name_ref, new_generation};
+use crate::index::{Changes, Indexed, name_ref};
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -73,7 +74,7 @@ struct Context {
     metrics: Metrics,
     recorder: Recorder,
     settings: DnsSettings,
-    plans: Indexed<DnsPlan>,
+    plans: Indexed<CachedPlan>,
     zones: Store<DnsZone>,
     zone_clients: ZoneClients,
     leadership: watch::Receiver<Leadership>,
@@ -126,7 +127,7 @@ pub fn run(
         &readiness,
         CONTROLLER,
         Changes::AppliedIf(enactment_inputs_differ),
-        Changes::AppliedIf(new_generation),
+        Changes::AppliedIf(another_plan),
     );
     async move {
         let others_progress = OthersProgress::default();
@@ -173,7 +174,11 @@ pub fn run(
             others_progress,
         });
         let results = controller
-            .watches_shared_stream(caches.plan_changes, endpoint_of)
+            .reconcile_on(
+                caches
+                    .plan_changes
+                    .filter_map(|plan| ready(endpoint_of(&plan))),
+            )
             // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
             // writes would re-check every endpoint in the zone each time.
             .watches_stream(
@@ -225,7 +230,7 @@ fn planner_observed(endpoint: &DnsEndpoint) -> Option<i64> {
 
 /// The spec generation the planner last planned from: its status write, or the newest of the
 /// endpoint's plans, which is all a plan minted without a reservation writes.
-fn planned_from(endpoint: &DnsEndpoint, plans: &[Arc<DnsPlan>]) -> Option<i64> {
+fn planned_from(endpoint: &DnsEndpoint, plans: &[Arc<CachedPlan>]) -> Option<i64> {
     let minted_from = plans
         .iter()
         .filter_map(|p| p.spec.endpoint_generation)
@@ -252,7 +257,7 @@ fn enactment_inputs_differ(cached: &DnsEndpoint, new: &DnsEndpoint) -> bool {
 /// `bulwark_dns_endpoints_verified`, forgetting endpoints deleted since (their held writes too).
 async fn count_pending_and_verified(
     endpoints: Store<DnsEndpoint>,
-    plans: Indexed<DnsPlan>,
+    plans: Indexed<CachedPlan>,
     verified: Verified,
     held: Held,
     metrics: DnsMetrics,
@@ -528,11 +533,6 @@ fn slow_enactor(configured: SlowEnactor, endpoint: &DnsEndpoint) -> SlowEnactor 
         .map_or(configured, SlowEnactor::new)
 }
 
-/// Why an enactor refused the plan, if one did.
-fn phase(plan: &DnsPlan) -> Option<PlanPhase> {
-    plan.status.as_ref().and_then(|s| s.phase)
-}
-
 /// The newest plan the enactor may write. Superseded plans are never retried; a plan the planner
 /// could not have minted for this endpoint is marked Rejected with the reason and skipped (the
 /// check is repeated each time, so a plan Rejected for a fault that has since cleared, such as a
@@ -540,12 +540,12 @@ fn phase(plan: &DnsPlan) -> Option<PlanPhase> {
 async fn enactable_plan(
     endpoint: &DnsEndpoint,
     context: &Context,
-    plans: &[Arc<DnsPlan>],
-) -> Result<Option<Arc<DnsPlan>>, Error> {
+    plans: &[Arc<CachedPlan>],
+) -> Result<Option<Arc<CachedPlan>>, Error> {
     let mut fresh: Option<DnsEndpoint> = None;
     let mut newest = None;
     for plan in plans.iter().rev() {
-        if phase(plan) == Some(PlanPhase::Superseded) {
+        if plan.refusal == Some(PlanPhase::Superseded) {
             continue;
         }
         let facts = PlanFacts {
@@ -578,7 +578,7 @@ async fn enactable_plan(
             None => {
                 newest.get_or_insert_with(|| plan.clone());
             }
-            Some(reason) if phase(plan) != Some(PlanPhase::Rejected) => {
+            Some(reason) if plan.refusal != Some(PlanPhase::Rejected) => {
                 mark_plan(context, plan, PlanPhase::Rejected, &reason).await?
             }
             Some(_) => {}
@@ -592,12 +592,12 @@ async fn enactable_plan(
 const STATUS_CONFLICT_RETRY: Duration = Duration::from_secs(5);
 
 /// Whether the plan was minted less than `within` ago.
-fn minted_within(plan: &DnsPlan, within: Duration) -> bool {
+fn minted_within(plan: &CachedPlan, within: Duration) -> bool {
     age(plan).is_some_and(|age| age < within)
 }
 
 /// Time since the planner minted the plan.
-fn age(plan: &DnsPlan) -> Option<Duration> {
+fn age(plan: &CachedPlan) -> Option<Duration> {
     let minted = plan.spec.minted_at.as_ref()?.0;
     Some(Timestamp::now().duration_since(minted).unsigned_abs())
 }
@@ -778,7 +778,7 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     {
         Ok((_, dns)) => dns,
         Err(error @ Error::Invalid { .. }) => {
-            if phase(&plan) != Some(PlanPhase::Rejected) {
+            if plan.refusal != Some(PlanPhase::Rejected) {
                 mark_plan(context, &plan, PlanPhase::Rejected, &error.to_string()).await?;
             }
             return Err(error);
@@ -1032,7 +1032,7 @@ async fn track_others_progress(
 fn standby_wait(
     context: &Context,
     endpoint: &DnsEndpoint,
-    plans: &[Arc<DnsPlan>],
+    plans: &[Arc<CachedPlan>],
 ) -> Option<Duration> {
     if context.leadership.borrow().token().is_some() {
         return None;
@@ -1040,7 +1040,7 @@ fn standby_wait(
     let live = live_generation(endpoint);
     let oldest_pending = plans
         .iter()
-        .find(|p| Some(p.spec.generation) > live && phase(p).is_none())?;
+        .find(|p| Some(p.spec.generation) > live && p.refusal.is_none())?;
     let pending_for = age(oldest_pending)?;
     let plan_wait = STANDBY_GRACE.checked_sub(pending_for);
     let busy_wait = context
@@ -1055,7 +1055,7 @@ fn standby_wait(
 /// Records why the plan is refused, and tells it in an Event.
 async fn mark_plan(
     context: &Context,
-    plan: &DnsPlan,
+    plan: &CachedPlan,
     phase: PlanPhase,
     message: &str,
 ) -> Result<(), Error> {
@@ -1073,9 +1073,9 @@ async fn mark_plan(
     } else {
         EventType::Normal
     };
-    publish(
+    publish_regarding(
         &context.recorder,
-        plan,
+        plan.regarding(),
         type_,
         &format!("{phase:?}"),
         message.to_owned(),
@@ -1085,7 +1085,7 @@ async fn mark_plan(
 }
 
 /// One Event per change, on the endpoint where `kubectl describe` shows it.
-async fn announce_live(context: &Context, endpoint: &DnsEndpoint, plan: &DnsPlan) {
+async fn announce_live(context: &Context, endpoint: &DnsEndpoint, plan: &CachedPlan) {
     let generation = plan.spec.generation;
     info!(endpoint = %key(endpoint), generation, "plan live");
     let note = format!(
@@ -1108,7 +1108,7 @@ async fn announce_live(context: &Context, endpoint: &DnsEndpoint, plan: &DnsPlan
 async fn collect(
     context: &Context,
     dns: &Rfc2136,
-    plans: &[Arc<DnsPlan>],
+    plans: &[Arc<CachedPlan>],
     fqdn: &str,
     owner: &str,
     live_at_most: u64,
@@ -1135,18 +1135,15 @@ async fn collect(
         if !cleanup.delete_plans.contains(&generation) {
             continue;
         }
-        let api: Api<DnsPlan> = Api::namespaced(
-            context.client.clone(),
-            &plan.namespace().unwrap_or_default(),
-        );
+        let api: Api<DnsPlan> = Api::namespaced(context.client.clone(), &plan.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
-                uid: plan.uid(),
+                uid: Some(plan.uid.clone()),
                 resource_version: None,
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&plan.name_any(), &params).await {
+        match api.delete(&plan.name, &params).await {
             Ok(_) => context.metrics.dns.plans_collected.inc(),
             // Another enactor collected it first.
             Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
@@ -1158,16 +1155,13 @@ async fn collect(
 
 async fn patch_plan_status(
     context: &Context,
-    plan: &DnsPlan,
+    plan: &CachedPlan,
     status: serde_json::Value,
 ) -> Result<(), Error> {
-    let api: Api<DnsPlan> = Api::namespaced(
-        context.client.clone(),
-        &plan.namespace().unwrap_or_default(),
-    );
+    let api: Api<DnsPlan> = Api::namespaced(context.client.clone(), &plan.namespace);
     match api
         .patch_status(
-            &plan.name_any(),
+            &plan.name,
             &PatchParams::default(),
             &Patch::Merge(serde_json::json!({ "status": status })),
         )

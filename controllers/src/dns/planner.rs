@@ -16,13 +16,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
+use futures::StreamExt;
+use futures::future::ready;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,12 +36,13 @@ use super::desired::{
 };
 use super::provider::DnsProvider;
 use super::runtime::{
-    Backoff, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error, LEADER_TOKEN_ANNOTATION,
-    RESERVATION_LAG, apply_endpoint_status, drain, endpoint_condition_for, endpoint_of,
-    in_namespace, key, namespaced_key, plans_of, provider_for, publish, zone_not_found,
+    Backoff, CachedPlan, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error,
+    LEADER_TOKEN_ANNOTATION, RESERVATION_LAG, another_plan, apply_endpoint_status, drain,
+    endpoint_condition_for, endpoint_of, in_namespace, key, namespaced_key, plans_of, provider_for,
+    publish, zone_not_found,
 };
 use crate::events::Recorder;
-use crate::index::{Changes, Indexed, name_ref, new_generation, projected};
+use crate::index::{Changes, Indexed, SharedWatch, name_ref};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -54,7 +57,7 @@ struct Context {
     metrics: Metrics,
     recorder: Recorder,
     leadership: watch::Receiver<Leadership>,
-    plans: Indexed<DnsPlan>,
+    plans: Indexed<CachedPlan>,
     slices: Indexed<ServiceAddresses>,
     readiness: Readiness,
     backoff: Backoff,
@@ -93,18 +96,22 @@ pub fn run(
         &readiness,
         CONTROLLER,
         Changes::Applied,
-        Changes::TouchedIf(new_generation),
+        Changes::TouchedIf(another_plan),
     );
     async move {
         let scope = settings.scope;
         let namespace = scope.namespace();
-        let (slices, slice_events) = projected::<EndpointSlice, _>(
+        let mut slice_watch = SharedWatch::new::<EndpointSlice>(
             &client,
             namespace,
             watcher::Config::default().labels(SERVICE_NAME_LABEL),
-            readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
             ServiceAddresses::keys,
             ServiceAddresses::of,
+        );
+        let slices = slice_watch.indexed();
+        let slice_changes = slice_watch.subscribe(
+            Changes::Touched,
+            readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
         );
         let endpoints = caches.endpoints;
         let controller =
@@ -123,15 +130,24 @@ pub fn run(
             scope: scope.clone(),
             minted: Mutex::default(),
         });
+        let plan_triggers = caches
+            .plan_changes
+            .filter_map(|plan| ready(endpoint_of(&plan)));
+        let slice_triggers = slice_changes.flat_map(move |slice| {
+            let followers = slice
+                .service
+                .as_deref()
+                .map(|service| endpoints.refs(service));
+            futures::stream::iter(followers.unwrap_or_default())
+        });
         let results = controller
-            .watches_shared_stream(caches.plan_changes, endpoint_of)
-            .watches_stream(slice_events.touched_objects(), move |slice| {
-                endpoints_using_service(&endpoints, &slice)
-            })
+            .reconcile_on(plan_triggers)
+            .reconcile_on(slice_triggers)
             .reconcile_all_on(became_leader(leadership))
-            .graceful_shutdown_on(async move { shutdown.cancelled().await })
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(reconcile, error_policy, context);
-        drain(CONTROLLER, results).await;
+        let slice_watch = shutdown.run_until_cancelled_owned(slice_watch.run());
+        futures::future::join(drain(CONTROLLER, results), slice_watch).await;
     }
 }
 
@@ -156,7 +172,7 @@ pub struct ServiceAddresses {
 }
 
 impl ServiceAddresses {
-    fn of(slice: &EndpointSlice) -> Self {
+    fn of(slice: EndpointSlice) -> Self {
         let addresses = slice
             .endpoints
             .iter()
@@ -175,9 +191,9 @@ impl ServiceAddresses {
             })
             .collect();
         ServiceAddresses {
-            name: slice.name_any(),
-            namespace: slice.namespace().unwrap_or_default(),
-            service: service_of(slice),
+            service: service_of(&slice),
+            name: slice.metadata.name.unwrap_or_default(),
+            namespace: slice.metadata.namespace.unwrap_or_default(),
             addresses,
         }
     }
@@ -223,13 +239,6 @@ impl kube::runtime::reflector::Lookup for ServiceAddresses {
     fn uid(&self) -> Option<Cow<'_, str>> {
         None
     }
-}
-
-fn endpoints_using_service(
-    endpoints: &Indexed<DnsEndpoint>,
-    slice: &EndpointSlice,
-) -> Vec<ObjectRef<DnsEndpoint>> {
-    service_of(slice).map_or_else(Vec::new, |service| endpoints.refs(&service))
 }
 
 /// Every address the endpoint's targets stand for, with readiness from EndpointSlices.
@@ -353,7 +362,7 @@ async fn plan(endpoint: &DnsEndpoint, context: &Context, token: u64) -> Result<A
     let newest_name = plan_name(endpoint, newest);
     let newest_plan = plans
         .iter()
-        .find(|p| p.spec.generation == newest && p.name_any() == newest_name);
+        .find(|p| p.spec.generation == newest && p.name == newest_name);
     // This planner's own writes that its caches have not caught up with: planning from them
     // lost the reservation's compare-and-set (a 409 for nearly every plan in a burst), and
     // asking the API server cost a GET for most plans.
@@ -673,7 +682,7 @@ mod tests {
         }))
         .unwrap();
         let cached = Indexed::listed(
-            slices.iter().map(ServiceAddresses::of),
+            slices.into_iter().map(ServiceAddresses::of),
             ServiceAddresses::keys,
         );
         let (mut found, without_ready) = candidates(&spec, "shop", &cached);
@@ -700,7 +709,7 @@ mod tests {
             serde_json::json!([endpoint("10.0.0.2", Some(false))]),
         )];
         let cached = Indexed::listed(
-            only_unready.iter().map(ServiceAddresses::of),
+            only_unready.into_iter().map(ServiceAddresses::of),
             ServiceAddresses::keys,
         );
         assert_eq!(candidates(&spec, "shop", &cached).1, ["web"]);

@@ -1,22 +1,25 @@
 //! What the planner and enactor controllers share: settings, errors, backoff, plan lookup,
 //! endpoint status writes and Events.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, TsigAlgorithm};
+use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsPlanSpec, DnsZone, PlanPhase, TsigAlgorithm};
 use futures::channel::mpsc::UnboundedReceiver;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::runtime::{Backoff, apply_status, cached, drain, publish, scoped_api};
+pub use crate::runtime::{
+    Backoff, apply_status, cached, drain, publish, publish_regarding, scoped_api,
+};
 
 use super::fencing::Strategy;
 use super::provider::ProviderError;
@@ -31,7 +34,7 @@ use crate::scope::Scope;
 /// every write twice.
 pub struct EndpointsAndPlans {
     endpoints: SharedWatch<DnsEndpoint>,
-    plans: SharedWatch<DnsPlan>,
+    plans: SharedWatch<CachedPlan>,
 }
 
 /// One controller's view of [`EndpointsAndPlans`]: the caches (endpoints indexed by the Services
@@ -40,26 +43,26 @@ pub struct EndpointsAndPlans {
 pub struct Subscription {
     pub endpoints: Indexed<DnsEndpoint>,
     pub endpoint_changes: UnboundedReceiver<Arc<DnsEndpoint>>,
-    pub plans: Indexed<DnsPlan>,
-    pub plan_changes: UnboundedReceiver<Arc<DnsPlan>>,
+    pub plans: Indexed<CachedPlan>,
+    pub plan_changes: UnboundedReceiver<Arc<CachedPlan>>,
 }
 
 impl EndpointsAndPlans {
     pub fn new(client: &kube::Client, namespace: Option<&str>) -> Self {
         EndpointsAndPlans {
-            endpoints: SharedWatch::new(
+            endpoints: SharedWatch::new::<DnsEndpoint>(
                 client,
                 namespace,
                 watcher::Config::default(),
                 followed_services,
-                |_| {},
+                std::convert::identity,
             ),
-            plans: SharedWatch::new(
+            plans: SharedWatch::new::<DnsPlan>(
                 client,
                 namespace,
                 watcher::Config::default(),
-                |plan| vec![in_namespace(plan, &plan.spec.endpoint_ref)],
-                keep_what_enactment_reads,
+                CachedPlan::keys,
+                CachedPlan::of,
             ),
         }
     }
@@ -70,7 +73,7 @@ impl EndpointsAndPlans {
         readiness: &Readiness,
         controller: &str,
         endpoint_changes: Changes<DnsEndpoint>,
-        plan_changes: Changes<DnsPlan>,
+        plan_changes: Changes<CachedPlan>,
     ) -> Subscription {
         let gate = |kind: &str| readiness.gate(format!("{controller}/{kind}"));
         Subscription {
@@ -100,33 +103,107 @@ impl EndpointsAndPlans {
     }
 }
 
-/// Drops from a cached plan what only people and audits read (the cache holds every plan of
-/// every endpoint, up to three each): its label, its annotations (the leader token; the map alone
-/// is a B-tree node of about 600 bytes), its resourceVersion (no write to a plan is a
-/// compare-and-set on it; the cache's key held a copy too), a refusal's message, and of its owner
-/// reference all but the UID, which tells the plans of an endpoint created again under the same
-/// name apart ([`plans_of`]).
-fn keep_what_enactment_reads(plan: &mut DnsPlan) {
-    let meta = &mut plan.metadata;
-    meta.labels = None;
-    meta.annotations = None;
-    meta.resource_version = None;
-    for owner in meta.owner_references.iter_mut().flatten() {
-        *owner = OwnerReference {
-            uid: std::mem::take(&mut owner.uid),
-            ..OwnerReference::default()
-        };
+/// What a replica keeps of a DnsPlan: what enactment and planning read. The cache holds every
+/// plan of every endpoint (up to three each); as a trimmed API object a plan cost its whole
+/// `ObjectMeta` and owner reference besides (about 500 bytes), and the cache's key a copy of its
+/// UID. Left out: the label, the annotations (the leader token, for audits), the resourceVersion
+/// (no write to a plan is a compare-and-set on it) and a refusal's message.
+#[derive(Clone, Debug)]
+pub struct CachedPlan {
+    pub name: String,
+    pub namespace: String,
+    /// The precondition of its deletion, so a plan minted again under the same name survives it.
+    pub uid: String,
+    /// Its endpoint's UID: tells the plans of an endpoint created again under the same name apart
+    /// ([`plans_of`]).
+    pub owner_uid: Option<String>,
+    pub spec: DnsPlanSpec,
+    /// Why an enactor refused it, if one did.
+    pub refusal: Option<PlanPhase>,
+}
+
+impl CachedPlan {
+    fn of(plan: DnsPlan) -> Self {
+        let meta = plan.metadata;
+        CachedPlan {
+            name: meta.name.unwrap_or_default(),
+            namespace: meta.namespace.unwrap_or_default(),
+            uid: meta.uid.unwrap_or_default(),
+            owner_uid: meta
+                .owner_references
+                .into_iter()
+                .flatten()
+                .find(|owner| owner.kind == <DnsEndpoint as Resource>::kind(&()))
+                .map(|owner| owner.uid),
+            spec: plan.spec,
+            refusal: plan.status.and_then(|status| status.phase),
+        }
     }
-    if let Some(status) = plan.status.as_mut() {
-        status.message = None;
+
+    /// Its index key: its endpoint.
+    fn keys(&self) -> Vec<String> {
+        vec![namespaced_key(&self.namespace, &self.spec.endpoint_ref)]
+    }
+
+    /// What an Event about the plan is about.
+    pub fn regarding(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(<DnsPlan as Resource>::api_version(&()).into_owned()),
+            kind: Some(<DnsPlan as Resource>::kind(&()).into_owned()),
+            name: Some(self.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            uid: Some(self.uid.clone()),
+            ..ObjectReference::default()
+        }
     }
 }
 
-/// The endpoint a plan's change concerns, by the plan's spec: the cached plan's owner reference
-/// keeps only a UID (see [`keep_what_enactment_reads`]).
-pub fn endpoint_of(plan: Arc<DnsPlan>) -> Option<ObjectRef<DnsEndpoint>> {
-    let namespace = plan.namespace()?;
-    Some(ObjectRef::new(&plan.spec.endpoint_ref).within(&namespace))
+impl kube::runtime::reflector::Lookup for CachedPlan {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <DnsPlan as Resource>::kind(&())
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        <DnsPlan as Resource>::group(&())
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        <DnsPlan as Resource>::version(&())
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        <DnsPlan as Resource>::plural(&())
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.name))
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(&self.namespace))
+    }
+
+    /// None, as for the uid: the cache's key is then the name alone, not four strings.
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+}
+
+/// [`Changes::AppliedIf`] for plans: another plan under the name (plans are immutable but for
+/// refusals, which enactors write themselves; relisted ones are always sent).
+pub fn another_plan(cached: &CachedPlan, new: &CachedPlan) -> bool {
+    cached.uid != new.uid
+}
+
+/// The endpoint a plan's change concerns.
+pub fn endpoint_of(plan: &CachedPlan) -> Option<ObjectRef<DnsEndpoint>> {
+    Some(ObjectRef::new(&plan.spec.endpoint_ref).within(&plan.namespace))
 }
 
 /// `<namespace>/<name>`: an index key for `name` in the object's namespace.
@@ -218,17 +295,13 @@ pub fn key(endpoint: &DnsEndpoint) -> String {
 }
 
 /// The endpoint's plans in the cache, oldest first.
-pub fn plans_of(plans: &Indexed<DnsPlan>, endpoint: &DnsEndpoint) -> Vec<Arc<DnsPlan>> {
+pub fn plans_of(plans: &Indexed<CachedPlan>, endpoint: &DnsEndpoint) -> Vec<Arc<CachedPlan>> {
     let uid = endpoint.uid();
-    let mut found: Vec<Arc<DnsPlan>> = plans
+    let mut found: Vec<Arc<CachedPlan>> = plans
         .get(&in_namespace(endpoint, &endpoint.name_any()))
         .into_iter()
         // A same-named endpoint that was deleted and recreated does not inherit plans.
-        .filter(|p| {
-            p.owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == uid.as_ref())
-        })
+        .filter(|p| p.owner_uid.is_some() && p.owner_uid == uid)
         .collect();
     found.sort_by_key(|p| p.spec.generation);
     found
@@ -540,10 +613,9 @@ pub fn endpoint_condition_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bulwark_crds::dns::PlanPhase;
 
     #[test]
-    fn a_trimmed_plan_still_belongs_to_its_endpoint_and_not_to_a_namesake() {
+    fn a_cached_plan_still_belongs_to_its_endpoint_and_not_to_a_namesake() {
         let endpoint = |uid: &str| -> DnsEndpoint {
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
@@ -553,34 +625,54 @@ mod tests {
             }))
             .unwrap()
         };
-        let mut plan: DnsPlan = serde_json::from_value(serde_json::json!({
-            "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
-            "metadata": {"name": "api-1", "namespace": "ns", "resourceVersion": "812",
-                "annotations": {LEADER_TOKEN_ANNOTATION: "3"},
-                "ownerReferences": [{"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
-                    "name": "api", "uid": "first", "controller": true}]},
-            "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
-                     "rrsets": [], "contentHash": "0".repeat(64),
-                     "mintedAt": "2026-12-02T00:00:00.123456Z"},
-            "status": {"phase": "Rejected", "message": "generation 1 was never reserved"},
-        }))
-        .unwrap();
-        keep_what_enactment_reads(&mut plan);
-        let status = plan.status.as_ref().unwrap();
-        assert_eq!(status.phase, Some(PlanPhase::Rejected));
-        assert!(status.message.is_none() && plan.metadata.annotations.is_none());
-        assert!(plan.metadata.resource_version.is_none());
+        let plan = |uid: &str, owners: serde_json::Value| -> DnsPlan {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
+                "metadata": {"name": "api-1", "namespace": "ns", "uid": uid,
+                    "resourceVersion": "812", "annotations": {LEADER_TOKEN_ANNOTATION: "3"},
+                    "ownerReferences": owners},
+                "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
+                         "rrsets": [], "contentHash": "0".repeat(64),
+                         "mintedAt": "2026-12-02T00:00:00.123456Z"},
+                "status": {"phase": "Rejected", "message": "generation 1 was never reserved"},
+            }))
+            .unwrap()
+        };
+        let owned_by_first = serde_json::json!([
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "audit", "uid": "other"},
+            {"apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint", "name": "api",
+             "uid": "first", "controller": true}
+        ]);
+        let cached = CachedPlan::of(plan("p1", owned_by_first));
+        assert_eq!(cached.refusal, Some(PlanPhase::Rejected));
+        assert_eq!((cached.uid.as_str(), cached.name.as_str()), ("p1", "api-1"));
         assert!(
-            plan.spec.minted_at.is_some(),
+            cached.spec.minted_at.is_some(),
             "the enactment latency is timed from it"
         );
         assert_eq!(
-            endpoint_of(Arc::new(plan.clone())),
+            endpoint_of(&cached),
             Some(ObjectRef::new("api").within("ns"))
         );
-        let plans = Indexed::listed([plan], |p| vec![in_namespace(p, &p.spec.endpoint_ref)]);
-        assert_eq!(plans_of(&plans, &endpoint("first")).len(), 1);
+        let regarding = cached.regarding();
+        assert_eq!(regarding.kind.as_deref(), Some("DnsPlan"));
+        assert_eq!(regarding.uid.as_deref(), Some("p1"));
+        let mut orphan = CachedPlan::of(plan("p2", serde_json::json!([])));
+        orphan.name = "api-2".into();
+        let plans = Indexed::listed([cached.clone(), orphan], CachedPlan::keys);
+        assert_eq!(plans.get("ns/api").len(), 2);
+        let of_first = plans_of(&plans, &endpoint("first"));
+        assert_eq!(of_first.iter().map(|p| &p.uid).collect::<Vec<_>>(), ["p1"]);
         assert!(plans_of(&plans, &endpoint("second")).is_empty());
+        let mut minted_again = cached.clone();
+        minted_again.uid = "p3".into();
+        assert!(another_plan(&cached, &minted_again));
+        let mut refused = cached.clone();
+        refused.refusal = Some(PlanPhase::Superseded);
+        assert!(
+            !another_plan(&cached, &refused),
+            "a refusal is not a new plan"
+        );
     }
 
     #[test]
