@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use std::time::Duration;
+use tracing::info;
 
 /// A set of named gates; ready when every gate is open and at least one was registered.
 #[derive(Clone, Default)]
@@ -61,7 +62,13 @@ impl Readiness {
 
 impl Gate {
     pub fn open(&self) {
-        self.readiness.gates.lock().unwrap()[self.index].1 = true;
+        let mut gates = self.readiness.gates.lock().unwrap();
+        let (name, open) = &mut gates[self.index];
+        // Once, at the first full list: when each cache was in is where a slow start's time went.
+        if !*open {
+            info!(cache = %name, "listed");
+        }
+        *open = true;
     }
 
     /// Passes a watch stream through and opens the gate once its first full list is in.
