@@ -28,6 +28,12 @@ use tracing::{error, info, warn};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's settings (`_RJEM_MALLOC_CONF` overrides them): one arena, not four per CPU, and freed
+/// pages handed back after one second, not ten, by a background thread even while a replica idles:
+/// a replica's RSS is then its live heap more closely.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: &[u8; 53] = b"narenas:1,background_thread:true,dirty_decay_ms:1000\0";
+
 #[derive(Parser)]
 #[command(
     name = "bulwark",
