@@ -27,50 +27,15 @@ pub struct Indexed<K: Lookup<DynamicType = ()> + 'static> {
     index: Arc<RwLock<Index<K>>>,
 }
 
-struct Index<K: Lookup<DynamicType = ()> + 'static> {
-    keys: Keys<K>,
-    live: Entries<K>,
-    /// Filled during a (re)list, then swapped in whole: a relist after a broken watch brings
-    /// no Delete events for what went meanwhile.
-    relisting: Option<Entries<K>>,
-}
-
 /// Most keys have one or two objects (an endpoint's plans, a Service's slice), and half the
 /// objects have no key at all (literal endpoints): a `Vec` per key and nothing per object (the
 /// keys an object is filed under are computed again from its cached copy to move it), where a
 /// `HashSet` per key and a map of every object's keys was the largest part of the index at
-/// 10,000 endpoints.
-struct Entries<K: Lookup<DynamicType = ()> + 'static> {
-    by_key: HashMap<String, Vec<ObjectRef<K>>>,
-}
-
-impl<K: Lookup<DynamicType = ()> + 'static> Default for Entries<K> {
-    fn default() -> Self {
-        Entries {
-            by_key: HashMap::new(),
-        }
-    }
-}
-
-impl<K: Lookup<DynamicType = ()> + 'static> Entries<K> {
-    fn add(&mut self, reference: &ObjectRef<K>, keys: Vec<String>) {
-        for key in keys {
-            let refs = self.by_key.entry(key).or_default();
-            refs.push(reference.clone());
-            refs.shrink_to_fit();
-        }
-    }
-
-    fn remove(&mut self, reference: &ObjectRef<K>, keys: Vec<String>) {
-        for key in keys {
-            if let Some(refs) = self.by_key.get_mut(&key) {
-                refs.retain(|r| r != reference);
-                if refs.is_empty() {
-                    self.by_key.remove(&key);
-                }
-            }
-        }
-    }
+/// 10,000 endpoints. The entries are the store's own `Arc`s, not references to look up in it:
+/// a reference held the object's name and namespace again (about 150 bytes an entry).
+struct Index<K: Lookup<DynamicType = ()> + 'static> {
+    keys: Keys<K>,
+    by_key: HashMap<String, Vec<Arc<K>>>,
 }
 
 impl<K> Indexed<K>
@@ -80,15 +45,15 @@ where
     /// The objects with `key`, as the cache holds them now.
     pub fn get(&self, key: &str) -> Vec<Arc<K>> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        index.live.by_key.get(key).map_or_else(Vec::new, |refs| {
-            refs.iter().filter_map(|r| self.store.get(r)).collect()
-        })
+        index.by_key.get(key).cloned().unwrap_or_default()
     }
 
     /// References of the objects with `key`.
     pub fn refs(&self, key: &str) -> Vec<ObjectRef<K>> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        index.live.by_key.get(key).cloned().unwrap_or_default()
+        self.get(key)
+            .iter()
+            .map(|object| name_ref(&**object))
+            .collect()
     }
 
     pub fn store(&self) -> &Store<K> {
@@ -98,8 +63,7 @@ where
     fn new(store: Store<K>, keys: Keys<K>) -> Self {
         let index = Index {
             keys,
-            live: Entries::default(),
-            relisting: None,
+            by_key: HashMap::new(),
         };
         Indexed {
             store,
@@ -112,32 +76,57 @@ where
     pub fn listed(objects: impl IntoIterator<Item = K>, keys: Keys<K>) -> Self {
         let (store, mut writer) = reflector::store();
         let indexed = Indexed::new(store, keys);
+        indexed.apply(&mut writer, &watcher::Event::Init);
         for object in objects {
-            let event = watcher::Event::Apply(object);
-            indexed.observe(&event);
-            writer.apply_watcher_event(&event);
+            indexed.apply(&mut writer, &watcher::Event::InitApply(object));
         }
+        indexed.apply(&mut writer, &watcher::Event::InitDone);
         indexed
     }
 
-    /// Brings the index up to date with an event the store is about to be given: the store's
-    /// copy tells what the object was filed under.
-    fn observe(&self, event: &watcher::Event<K>) {
-        let cached = match event {
-            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
-                self.store.get(&name_ref(object))
-            }
+    /// Gives the event to the store through `writer`, and brings the index up to date with it.
+    /// Returns the cached copy of the event's object from before it.
+    fn apply(&self, writer: &mut Writer<K>, event: &watcher::Event<K>) -> Option<Arc<K>> {
+        let before = match event {
+            watcher::Event::Apply(object)
+            | watcher::Event::Delete(object)
+            | watcher::Event::InitApply(object) => self.store.get(&name_ref(object)),
             _ => None,
         };
-        self.index
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(event, cached.as_deref());
+        writer.apply_watcher_event(event);
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            watcher::Event::Apply(object) => {
+                let new = self.store.get(&name_ref(object));
+                match (&before, new) {
+                    // Most changes (status writes) leave the keys as they were.
+                    (Some(old), Some(new)) if index.keys_of(old) == index.keys_of(&new) => {
+                        index.replace(new)
+                    }
+                    (old, new) => {
+                        old.iter().for_each(|old| index.remove(old));
+                        new.into_iter().for_each(|new| index.add(new));
+                    }
+                }
+            }
+            watcher::Event::Delete(object) => index.remove(before.as_deref().unwrap_or(object)),
+            // A relist is in the store once complete, and brings no Delete events for what went
+            // while the watch was down: the index is made again from the store.
+            watcher::Event::InitDone => {
+                index.by_key.clear();
+                for object in self.store.state() {
+                    index.add(object);
+                }
+                index.by_key.shrink_to_fit();
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+        before
     }
 }
 
 /// A reference by namespace and name alone: `ObjectRef::from_obj` also carries the uid and
-/// resourceVersion, which lookups ignore and which the index would hold twice per object.
+/// resourceVersion, which lookups ignore.
 pub fn name_ref<K: Lookup<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
     let reference = ObjectRef::new(&object.name().unwrap_or_default());
     match object.namespace() {
@@ -155,37 +144,40 @@ impl<K: Lookup<DynamicType = ()> + 'static> Index<K> {
         keys
     }
 
-    /// `cached` is the cache's copy of the event's object before the event: what it is filed
-    /// under until now.
-    fn observe(&mut self, event: &watcher::Event<K>, cached: Option<&K>) {
-        match event {
-            watcher::Event::Apply(object) => {
-                let old = cached.map(|c| self.keys_of(c)).unwrap_or_default();
-                let new = self.keys_of(object);
-                // Most changes (status writes) leave the keys as they were.
-                if old != new {
-                    let reference = name_ref(object);
-                    self.live.remove(&reference, old);
-                    self.live.add(&reference, new);
-                }
-            }
-            watcher::Event::Delete(object) => {
-                let keys = self.keys_of(cached.unwrap_or(object));
-                self.live.remove(&name_ref(object), keys);
-            }
-            watcher::Event::Init => self.relisting = Some(Entries::default()),
-            watcher::Event::InitApply(object) => {
-                let keys = self.keys_of(object);
-                let fresh = self.relisting.get_or_insert_with(Entries::default);
-                fresh.add(&name_ref(object), keys);
-            }
-            watcher::Event::InitDone => {
-                if let Some(fresh) = self.relisting.take() {
-                    self.live = fresh;
+    fn add(&mut self, object: Arc<K>) {
+        for key in self.keys_of(&object) {
+            let objects = self.by_key.entry(key).or_default();
+            objects.push(object.clone());
+            objects.shrink_to_fit();
+        }
+    }
+
+    /// Removes the object filed as `object` (the cached copy: what it is filed under).
+    fn remove(&mut self, object: &K) {
+        for key in self.keys_of(object) {
+            if let Some(objects) = self.by_key.get_mut(&key) {
+                objects.retain(|filed| !same_object(&**filed, object));
+                if objects.is_empty() {
+                    self.by_key.remove(&key);
                 }
             }
         }
     }
+
+    /// Files `object` where its older copy is, under the same keys.
+    fn replace(&mut self, object: Arc<K>) {
+        for key in self.keys_of(&object) {
+            let mut filed = self.by_key.get_mut(&key).into_iter().flatten();
+            if let Some(filed) = filed.find(|filed| same_object(&***filed, &*object)) {
+                *filed = object.clone();
+            }
+        }
+    }
+}
+
+/// Whether `a` and `b` are copies of one object (by namespace and name).
+fn same_object<K: Lookup>(a: &K, b: &K) -> bool {
+    a.name() == b.name() && a.namespace() == b.namespace()
 }
 
 /// The event with its object (if any) replaced by what `project` makes of it. kube-runtime's
@@ -292,14 +284,7 @@ impl<P: Lookup<DynamicType = ()> + Clone + Send + Sync + 'static> SharedWatch<P>
                 }
             };
             // The cached copy before this event, which `AppliedIf` compares with.
-            let before = match &event {
-                watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
-                    self.indexed.store.get(&name_ref(object))
-                }
-                _ => None,
-            };
-            self.indexed.observe(&event);
-            self.writer.apply_watcher_event(&event);
+            let before = self.indexed.apply(&mut self.writer, &event);
             let (object, deleted) = match event {
                 // The store's own copy; a relisted one is in the store only once the list is done.
                 watcher::Event::Apply(object) => {
@@ -351,29 +336,20 @@ mod tests {
         }
     }
 
-    fn index() -> Index<ConfigMap> {
-        Index {
-            keys: |m: &ConfigMap| {
-                m.metadata
-                    .labels
-                    .iter()
-                    .flatten()
-                    .map(|(_, v)| v.clone())
-                    .collect()
-            },
-            live: Entries::default(),
-            relisting: None,
-        }
+    fn groups(m: &ConfigMap) -> Vec<String> {
+        m.metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
-    fn names(index: &Index<ConfigMap>, key: &str) -> Vec<String> {
-        let mut names: Vec<String> = index
-            .live
-            .by_key
+    fn names(indexed: &Indexed<ConfigMap>, key: &str) -> Vec<String> {
+        let mut names: Vec<String> = indexed
             .get(key)
-            .into_iter()
-            .flatten()
-            .map(|r| r.name.clone())
+            .iter()
+            .map(|m| m.metadata.name.clone().unwrap_or_default())
             .collect();
         names.sort();
         names
@@ -382,30 +358,30 @@ mod tests {
     #[test]
     fn objects_move_between_keys_and_leave_on_delete() {
         let (store, mut writer) = reflector::store();
-        let indexed = Indexed::new(store, index().keys);
-        // As a watch fills them: the index first, while the store still has the old copy.
-        let mut observe = |event: watcher::Event<ConfigMap>| {
-            indexed.observe(&event);
-            writer.apply_watcher_event(&event);
-        };
-        let names = |key: &str| names(&indexed.index.read().unwrap(), key);
-        observe(watcher::Event::Apply(map("a", "red")));
-        observe(watcher::Event::Apply(map("b", "red")));
-        assert_eq!(names("red"), ["a", "b"]);
-        observe(watcher::Event::Apply(map("a", "blue")));
-        assert_eq!(names("red"), ["b"]);
-        assert_eq!(names("blue"), ["a"]);
+        let indexed = Indexed::new(store, groups);
+        let mut apply = |event| indexed.apply(&mut writer, &event);
+        apply(watcher::Event::Apply(map("a", "red")));
+        apply(watcher::Event::Apply(map("b", "red")));
+        assert_eq!(names(&indexed, "red"), ["a", "b"]);
+        // A change that keeps the keys (a status write): lookups give the new copy.
+        let mut written = map("a", "red");
+        written.data = Some([("written".to_string(), "yes".to_string())].into());
+        let before = apply(watcher::Event::Apply(written));
+        assert!(before.is_some_and(|before| before.data.is_none()));
+        let a = indexed
+            .get("red")
+            .into_iter()
+            .find(|m| m.metadata.name.as_deref() == Some("a"));
+        assert!(a.is_some_and(|a| a.data.is_some()), "the store's new copy");
+        apply(watcher::Event::Apply(map("a", "blue")));
+        assert_eq!(names(&indexed, "red"), ["b"]);
+        assert_eq!(names(&indexed, "blue"), ["a"]);
+        assert_eq!(indexed.refs("blue"), [ObjectRef::new("a").within("ns")]);
         // The deleted object's last state may carry other keys than the copy it was filed as.
-        observe(watcher::Event::Delete(map("b", "green")));
-        assert!(names("red").is_empty());
+        apply(watcher::Event::Delete(map("b", "green")));
+        assert!(names(&indexed, "red").is_empty());
         assert!(
-            !indexed
-                .index
-                .read()
-                .unwrap()
-                .live
-                .by_key
-                .contains_key("red"),
+            !indexed.index.read().unwrap().by_key.contains_key("red"),
             "empty keys are dropped"
         );
         assert_eq!(indexed.get("blue").len(), 1);
@@ -442,7 +418,7 @@ mod tests {
             Delete(versioned("b", 1, "blue")),
         ];
         let events = futures::stream::iter(events.into_iter().map(Ok)).boxed();
-        let mut watch = SharedWatch::from_events(events, index().keys);
+        let mut watch = SharedWatch::from_events(events, groups);
         let readiness = crate::readiness::Readiness::default();
         let mut applied = watch.subscribe(Changes::Applied, readiness.gate("one/ConfigMap"));
         let mut touched = watch.subscribe(Changes::Touched, readiness.gate("two/ConfigMap"));
@@ -475,14 +451,16 @@ mod tests {
 
     #[test]
     fn a_relist_replaces_the_index_whole_once_done() {
-        let mut index = index();
-        index.observe(&watcher::Event::Apply(map("gone", "red")), None);
-        index.observe(&watcher::Event::Init, None);
-        index.observe(&watcher::Event::InitApply(map("kept", "red")), None);
+        let (store, mut writer) = reflector::store();
+        let indexed = Indexed::new(store, groups);
+        let mut apply = |event| indexed.apply(&mut writer, &event);
+        apply(watcher::Event::Apply(map("gone", "red")));
+        apply(watcher::Event::Init);
+        apply(watcher::Event::InitApply(map("kept", "red")));
         // Until the list is complete, lookups still answer from the old index.
-        assert_eq!(names(&index, "red"), ["gone"]);
-        index.observe(&watcher::Event::InitDone, None);
+        assert_eq!(names(&indexed, "red"), ["gone"]);
+        apply(watcher::Event::InitDone);
         // Deleted while the watch was down: no Delete event ever came for it.
-        assert_eq!(names(&index, "red"), ["kept"]);
+        assert_eq!(names(&indexed, "red"), ["kept"]);
     }
 }
