@@ -625,17 +625,29 @@ async fn main() -> Result<()> {
         .map(|o| usage(pid(o)?))
         .collect::<Result<_>>()?;
     progress("settling for 60 s");
-    tokio::time::sleep(Duration::from_secs(60)).await;
-    for (operator, first) in operators.iter().zip(&peak_at_start) {
-        let now = usage(pid(operator)?)?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // One reading can land on a passing spike of several MiB: steady is the median of a reading
+    // a second over the last 30 s.
+    let mut readings: Vec<Vec<Usage>> = vec![Vec::new(); operators.len()];
+    for _ in 0..30 {
+        for (operator, readings) in operators.iter().zip(&mut readings) {
+            readings.push(usage(pid(operator)?)?);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for ((operator, first), mut readings) in operators.iter().zip(&peak_at_start).zip(readings) {
+        let now = *readings.last().expect("30 readings");
+        readings.sort_by(|a, b| a.rss_mib.total_cmp(&b.rss_mib));
+        let steady = readings[readings.len() / 2];
+        let (low, high) = (readings[0].rss_mib, readings[readings.len() - 1].rss_mib);
         row(
             &mut rows,
             format!("{}: RSS peak / steady", operator.identity),
             format!(
-                "{:.0} MiB / {:.0} MiB = {} (peak {:.0} MiB when all names were served)",
+                "{:.0} MiB / {:.0} MiB = {} ({low:.0} to {high:.0} MiB over 30 s; peak {:.0} MiB when all names were served)",
                 now.peak_rss_mib,
-                now.rss_mib,
-                now.resident_parts(),
+                steady.rss_mib,
+                steady.resident_parts(),
                 first.peak_rss_mib
             ),
         );
