@@ -1,5 +1,6 @@
 //! `bulwark`: the operator binary.
 
+mod api_client;
 mod http;
 mod leader;
 mod slo_cli;
@@ -421,7 +422,7 @@ async fn connect() -> anyhow::Result<(kube::Client, String, String)> {
     config.read_timeout = Some(Duration::from_secs(295));
     let url = config.cluster_url.clone();
     let namespace = config.default_namespace.clone();
-    let client = kube::Client::try_from(config)
+    let client = api_client::client(config)
         .map_err(|e| anyhow::anyhow!("invalid Kubernetes client config ({source}): {e}; {hint}"))?;
     let version = match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
         .await
