@@ -1,12 +1,13 @@
 //! Scale benchmark: DnsEndpoints over several zones on one BIND9 (half following Services backed
 //! by kwok pods through EndpointSlices, half literal) and SLOs against one Prometheus, run by two
 //! operator replicas (release build), then external-dns on the same names. Prints a table: per
-//! replica peak and steady RSS and CPU seconds; start → every name served; API requests per plan
-//! (from the API server's own metrics); bursts of changes; Prometheus queries per SLO status
-//! interval (from Prometheus's own metrics); a restart with everything live. Run:
+//! replica peak and steady RSS, connections to the API server and CPU seconds; start → every name
+//! served; API requests per plan (from the API server's own metrics); bursts of changes;
+//! Prometheus queries per SLO status interval (from Prometheus's own metrics); a restart with
+//! everything live. Run:
 //! `./dev bench scale [ENDPOINTS] [SLOS]` (defaults 10000 and 1000).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -401,6 +402,50 @@ fn replicas(kubeconfig: &Path, ns: &str, prometheus: &str, logs: &Path) -> Resul
         .collect()
 }
 
+/// The port of the API server `kubeconfig` points at.
+fn api_server_port(kubeconfig: &Path) -> Result<u16> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let server = config
+        .clusters
+        .iter()
+        .find_map(|c| c.cluster.as_ref()?.server.clone())
+        .context("the kubeconfig names no server")?;
+    let url: http::Uri = server.parse()?;
+    Ok(url.port_u16().unwrap_or(443))
+}
+
+/// Established TCP connections of process `pid` to `port`: its sockets (`/proc/<pid>/fd`) found
+/// in the kernel's connection tables, by inode.
+fn connections_to(pid: i32, port: u16) -> Result<usize> {
+    let sockets: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let mut count = 0;
+    for table in ["tcp", "tcp6"] {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))?;
+        // After the header: local and remote address as hex `IP:PORT`, state (01 established),
+        // and the socket's inode as the tenth field.
+        count += table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 9 && f[3] == "01" && sockets.contains(f[9]))
+            .filter(|f| {
+                let remote_port = f[2].rsplit_once(':').map(|(_, p)| p);
+                remote_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port)
+            })
+            .count();
+    }
+    Ok(count)
+}
+
 fn pid(operator: &Operator) -> Result<i32> {
     operator
         .process
@@ -624,6 +669,7 @@ async fn main() -> Result<()> {
         .iter()
         .map(|o| usage(pid(o)?))
         .collect::<Result<_>>()?;
+    let api_port = api_server_port(&cluster.kubeconfig)?;
     progress("settling for 60 s");
     tokio::time::sleep(Duration::from_secs(30)).await;
     // One reading can land on a passing spike of several MiB: steady is the median of a reading
@@ -650,6 +696,14 @@ async fn main() -> Result<()> {
                 steady.resident_parts(),
                 first.peak_rss_mib
             ),
+        );
+        row(
+            &mut rows,
+            format!(
+                "{}: connections to the API server, steady",
+                operator.identity
+            ),
+            connections_to(pid(operator)?, api_port)?.to_string(),
         );
         row(
             &mut rows,
