@@ -180,6 +180,50 @@ fn same_object<K: Lookup>(a: &K, b: &K) -> bool {
     a.name() == b.name() && a.namespace() == b.namespace()
 }
 
+/// `Lookup` for `$projection`, what a replica caches of API kind `$kind`, whose `name` and
+/// `namespace` fields name it. Its UID and resourceVersion are `None`, so the cache's key is the
+/// namespace and name alone, not four strings.
+macro_rules! projection_lookup {
+    ($projection:ty, $kind:ty) => {
+        impl kube::runtime::reflector::Lookup for $projection {
+            type DynamicType = ();
+
+            fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::kind(&())
+            }
+
+            fn group(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::group(&())
+            }
+
+            fn version(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::version(&())
+            }
+
+            fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+                <$kind as kube::Resource>::plural(&())
+            }
+
+            fn name(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(std::borrow::Cow::Borrowed(&self.name))
+            }
+
+            fn namespace(&self) -> Option<std::borrow::Cow<'_, str>> {
+                Some(std::borrow::Cow::Borrowed(&self.namespace))
+            }
+
+            fn resource_version(&self) -> Option<std::borrow::Cow<'_, str>> {
+                None
+            }
+
+            fn uid(&self) -> Option<std::borrow::Cow<'_, str>> {
+                None
+            }
+        }
+    };
+}
+pub(crate) use projection_lookup;
+
 /// The event with its object (if any) replaced by what `project` makes of it. kube-runtime's
 /// `watcher::Event` only has `modify`, in place.
 fn map_event<K, P>(event: watcher::Event<K>, project: fn(K) -> P) -> watcher::Event<P> {

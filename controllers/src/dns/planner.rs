@@ -8,7 +8,6 @@
 //! compare-and-set on its resourceVersion, since enactors accept nothing above the reservation
 //! but the generation after the live one ([`trusted_bound`](super::fencing::trusted_bound)).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -42,7 +41,7 @@ use super::runtime::{
     publish, zone_not_found,
 };
 use crate::events::Recorder;
-use crate::index::{Changes, Indexed, SharedWatch, name_ref};
+use crate::index::{Changes, Indexed, SharedWatch, name_ref, projection_lookup};
 use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -204,42 +203,7 @@ impl ServiceAddresses {
     }
 }
 
-impl kube::runtime::reflector::Lookup for ServiceAddresses {
-    type DynamicType = ();
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as Resource>::kind(&())
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as Resource>::group(&())
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as Resource>::version(&())
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        <EndpointSlice as Resource>::plural(&())
-    }
-
-    fn name(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.name))
-    }
-
-    fn namespace(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.namespace))
-    }
-
-    /// None, as for the uid: the cache's key is then the name alone, not four strings.
-    fn resource_version(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-
-    fn uid(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-}
+projection_lookup!(ServiceAddresses, EndpointSlice);
 
 /// Every address the endpoint's targets stand for, with readiness from EndpointSlices.
 /// Returns the candidates and, for the Degraded message, the Services with no ready address.

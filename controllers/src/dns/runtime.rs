@@ -1,7 +1,6 @@
 //! What the planner and enactor controllers share: settings, errors, backoff, plan lookup,
 //! endpoint status writes and Events.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,7 +24,7 @@ use super::fencing::Strategy;
 use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
-use crate::index::{Changes, Indexed, SharedWatch};
+use crate::index::{Changes, Indexed, SharedWatch, projection_lookup};
 use crate::readiness::{Gate, Readiness};
 use crate::scope::Scope;
 
@@ -158,42 +157,7 @@ impl CachedPlan {
     }
 }
 
-impl kube::runtime::reflector::Lookup for CachedPlan {
-    type DynamicType = ();
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        <DnsPlan as Resource>::kind(&())
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        <DnsPlan as Resource>::group(&())
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        <DnsPlan as Resource>::version(&())
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        <DnsPlan as Resource>::plural(&())
-    }
-
-    fn name(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.name))
-    }
-
-    fn namespace(&self) -> Option<Cow<'_, str>> {
-        Some(Cow::Borrowed(&self.namespace))
-    }
-
-    /// None, as for the uid: the cache's key is then the name alone, not four strings.
-    fn resource_version(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-
-    fn uid(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-}
+projection_lookup!(CachedPlan, DnsPlan);
 
 /// [`Changes::AppliedIf`] for plans: another plan under the name (plans are immutable but for
 /// refusals, which enactors write themselves; relisted ones are always sent).
