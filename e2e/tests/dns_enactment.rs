@@ -956,3 +956,158 @@ async fn unfenced_enactors_let_the_poller_see_the_outage() {
         "without fencing the slow enactor must regress or empty the answer: {seen:?}"
     );
 }
+
+/// A plan deleted before its endpoint recorded it live is minted again under the same generation
+/// with the records of the moment. The slow enactor still holds the deleted plan; the other
+/// replica enacts its successor while it stalls. The deleted plan's records are never served:
+/// the fence carries which plan's records it guards, and only the generation's current object
+/// (asked of the API server) may write over another's. Before, the slow enactor took the
+/// successor's records for an edit and "repaired" the name back to its own.
+#[tokio::test]
+async fn a_plan_minted_again_under_its_generation_is_never_reverted_by_a_stale_enactor() {
+    let test = "reminted";
+    let TestBed {
+        client,
+        ns,
+        bind,
+        dns,
+    } = test_bed(test, test).await;
+    let cluster = cluster();
+    let fqdn = format!("api.{test}.test");
+    let plan_api: Api<DnsPlan> = Api::namespaced(client.clone(), &ns);
+    let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let apply = PatchParams::apply("bulwark-e2e").force();
+    let set_slice = |address: &'static str, ready: bool| {
+        let slices = slices.clone();
+        let apply = apply.clone();
+        async move {
+            let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}]});
+            slices
+                .patch("web-1", &apply, &Patch::Apply(slice))
+                .await
+                .unwrap();
+        }
+    };
+    // The slow enactor leads and stalls long after the other replica (which leaves a new plan to
+    // the leader for 2 s) has enacted the successor.
+    let stall = Duration::from_secs(20);
+    let slow = start_operator(
+        &cluster.kubeconfig,
+        &ns,
+        &format!("{ns}-slow-enactor"),
+        &[&format!("--chaos-slow-enactor={}s", stall.as_secs())],
+        &log_dir(test),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the slow enactor leads",
+        || async {
+            let (_, metrics) = slow.get("/metrics").await.ok()?;
+            metrics.contains("\nbulwark_leader 1\n").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let other = start_operators(&cluster.kubeconfig, &ns, 1, &[], &log_dir(test)).unwrap();
+
+    let (first, deleted, successor) = ("10.78.0.1", "10.78.0.2", "10.78.0.3");
+    set_slice(first, true).await;
+    endpoints
+        .patch(
+            "api",
+            &apply,
+            &Patch::Apply(serde_json::json!({"apiVersion": "bulwark.dev/v1alpha1",
+                "kind": "DnsEndpoint", "metadata": {"name": "api"},
+                "spec": {"zoneRef": test, "fqdn": fqdn, "ttl": 30,
+                         "targets": [{"serviceRef": {"name": "web"}}]}})),
+        )
+        .await
+        .unwrap();
+    wait_for_answer(&dns, &fqdn, &a(&[first]), "plan 1").await;
+    eventually(Duration::from_secs(20), "plan 1 recorded live", || async {
+        let status = endpoints.get("api").await.ok()?.status?;
+        (status.live_generation == Some(1)).then_some(())
+    })
+    .await
+    .unwrap();
+    // The slow enactor's own pass over plan 1 (a stalled write, refused) must be over, or it
+    // would still be busy with this endpoint when plan 2 comes.
+    tokio::time::sleep(stall + Duration::from_secs(1)).await;
+
+    let poller = Poller::start(bind.provider(), &fqdn);
+    set_slice(deleted, true).await;
+    let minted = eventually(Duration::from_secs(10), "plan 2 minted", || async {
+        plan_api.get_opt("api-2").await.ok()?
+    })
+    .await
+    .unwrap();
+    assert_eq!(minted.spec.rrsets, a(&[deleted]));
+    // Within the other replica's grace, before anyone enacted plan 2, and once the slow enactor
+    // has picked it up: the target goes unready (nothing to mint while plan 1 stays live), then
+    // plan 2 is deleted by hand.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_slice(deleted, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    plan_api.delete("api-2", &Default::default()).await.unwrap();
+    assert_eq!(
+        dns.served_records(&fqdn).await.unwrap(),
+        a(&[first]),
+        "plan 2 was deleted before anyone enacted it"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A healthy target again: generation 2 is minted again, with its address.
+    set_slice(successor, true).await;
+    let again = eventually(Duration::from_secs(10), "plan 2 minted again", || async {
+        let plan = plan_api.get_opt("api-2").await.ok()??;
+        (plan.metadata.uid != minted.metadata.uid).then_some(plan)
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.spec.rrsets, a(&[successor]));
+    wait_for_answer(&dns, &fqdn, &a(&[successor]), "plan 2 minted again").await;
+    // The slow enactor wakes with the deleted plan and finds its successor live.
+    tokio::time::sleep(stall).await;
+    let samples = poller.finish().await;
+    let successor_from = samples
+        .iter()
+        .position(|s| s.values == [successor])
+        .expect("the poller saw the successor served");
+    let reverted = samples[successor_from..]
+        .iter()
+        .filter(|s| s.values != [successor])
+        .count();
+    let outdated = std::fs::read_to_string(log_dir(test).join(format!("{}.log", slow.identity)))
+        .unwrap()
+        .matches("this plan's object is gone: writing nothing")
+        .count();
+    println!(
+        "{} polls, the successor served from poll {successor_from}; {reverted} answers other than the successor's after it; the slow enactor stood down {outdated} times",
+        samples.len()
+    );
+    assert!(
+        samples.iter().all(|s| s.values != [deleted]),
+        "the deleted plan's records were served"
+    );
+    assert_eq!(reverted, 0, "the answer moved away from the successor");
+    assert!(
+        outdated > 0,
+        "the slow enactor must have woken with the deleted plan and stood down"
+    );
+    assert_eq!(
+        endpoints
+            .get("api")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .live_generation,
+        Some(2)
+    );
+    drop(other);
+}

@@ -15,9 +15,11 @@ fn a(values: &[&str]) -> RRSet {
 }
 
 const OWNER: &str = "uid-of-the-endpoint";
+/// The content hash every plan here is written with (fences carry its first 16 digits).
+const CONTENT: &str = "5c0f9e2d7b4a1c8e6f3d0b9a7c5e2f8d1a4b7c0e3f6a9d2c5b8e1f4a7d0c3b6e";
 
 fn fence(generation: u64) -> Fence {
-    Fence::live(generation, OWNER)
+    Fence::live(generation, OWNER, CONTENT)
 }
 
 fn guard(expect: Option<u64>) -> Option<FenceGuard> {
@@ -60,13 +62,30 @@ async fn fenced_writes_apply_all_or_nothing_at_the_server() {
             .unwrap(),
         WriteOutcome::FenceMismatch
     );
-    // So is one that expects a fence value the server does not hold.
+    // So is one that expects a fence value the server does not hold: another generation, or
+    // this one with other records (the holder of a plan that was deleted and minted again).
     assert_eq!(
         dns.write_plan(name, &fence(3), &stale, guard(Some(2)).as_ref())
             .await
             .unwrap(),
         WriteOutcome::FenceMismatch
     );
+    let other_content = Fence::live(1, OWNER, &"e".repeat(64));
+    assert_eq!(
+        dns.write_plan(
+            name,
+            &other_content,
+            &stale,
+            Some(&FenceGuard {
+                expect: Some(other_content.clone()),
+                name_unclaimed: false,
+            })
+        )
+        .await
+        .unwrap(),
+        WriteOutcome::FenceMismatch
+    );
+    assert_eq!(dns.read_fence(name).await.unwrap(), Some(fence(1)));
     assert_eq!(generation(&dns, name).await, Some(1));
     assert_eq!(
         dns.served_records(name).await.unwrap(),

@@ -5,8 +5,9 @@
 //! the world: the API server (compare-and-set status writes, create by name), the DNS server
 //! (guarded UPDATEs), and
 //! everything else that happens to a running system: targets losing and regaining health, a
-//! target change, a user deleting any plan, the planner crashing between reserving a generation
-//! and creating its plan (or between its reads), and someone editing the records at the server.
+//! target change, a user deleting any plan (which the planner may then mint again under the same
+//! generation, with other records), the planner crashing between reserving a generation and
+//! creating its plan (or between its reads), and someone editing the records at the server.
 //!
 //! Every actor does one I/O per step, so any actor can stall between any two of its steps while
 //! the others run: the slow enactor of the October 2025 outage is one of the explored schedules.
@@ -76,14 +77,38 @@ enum Admission {
     AnyPlan,
 }
 
+/// What a fence tells of the records written with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FenceContent {
+    /// Production: the start of the plan's content hash.
+    Recorded,
+    /// Fences as written before the fix: the generation alone, so the plan minted again under a
+    /// generation cannot be told from the deleted one it replaces.
+    Absent,
+}
+
 struct Config {
     strategy: Strategy,
     recovery: Recovery,
     admission: Admission,
+    fence_content: FenceContent,
     enactors: usize,
     retention: u64,
     allow_empty: bool,
     budget: Budget,
+}
+
+impl Config {
+    /// A fence as this configuration writes it, so as the server compares it in a prerequisite.
+    fn as_written(&self, fence: Fence) -> Fence {
+        match self.fence_content {
+            FenceContent::Recorded => fence,
+            FenceContent::Absent => Fence {
+                content: None,
+                ..fence
+            },
+        }
+    }
 }
 
 /// How often each outside event may happen in one run.
@@ -138,7 +163,9 @@ enum Enactor {
     Idle,
     Running {
         content: Content,
-        pass: EnactmentPass,
+        /// Boxed: a pass holds two fences and its plan's hash, and most enactors in most
+        /// states are idle.
+        pass: Box<EnactmentPass>,
         next: PassStep,
     },
     /// The pass found `generation` live, with the endpoint's status at `basis` (the version its
@@ -167,7 +194,8 @@ struct World {
     /// DnsPlan objects that exist: generation → records.
     plans: BTreeMap<u64, Content>,
     planner: Planner,
-    fence: Option<u64>,
+    /// The fence at the server: the live generation and the records it was written with.
+    fence: Option<(u64, Content)>,
     served: Content,
     enactors: Vec<Enactor>,
     cleanup: Cleanup,
@@ -181,6 +209,10 @@ enum Invariant {
     /// Nobody but Bulwark writes the name without its fence here, so a Conflict is spurious:
     /// the endpoint would stop and report its own records as someone else's.
     NeverSpuriousConflict,
+    /// A write never replaces the records of its generation's current plan object, live under
+    /// their own fence, with other records: what the stale holder of a plan that was deleted and
+    /// minted again did.
+    NeverOverwriteCurrentPlan,
     Convergence,
 }
 
@@ -212,8 +244,18 @@ impl World {
     }
 
     /// The fence record the server holds.
-    fn fence_record(&self) -> Option<Fence> {
-        self.fence.map(|generation| Fence::live(generation, OWNER))
+    fn fence_record(&self, config: &Config) -> Option<Fence> {
+        self.fence.map(|(generation, content)| {
+            config.as_written(Fence::live(
+                generation,
+                OWNER,
+                &content_hash(&records(content)),
+            ))
+        })
+    }
+
+    fn fence_generation(&self) -> Option<u64> {
+        self.fence.map(|(generation, _)| generation)
     }
 
     fn desired(&self) -> Content {
@@ -250,7 +292,7 @@ impl World {
 
     fn server_view(&self) -> ServerView {
         ServerView {
-            fence: self.fence,
+            fence: self.fence_generation(),
             records: records(self.served),
         }
     }
@@ -422,7 +464,7 @@ impl World {
                 let decision = self.planner_decision(config, *basis, *desired, Some(&server));
                 let label = format!(
                     "planner reads the server (fence {}, {})",
-                    show(self.fence),
+                    show(self.fence_generation()),
                     show_content(self.served)
                 );
                 let mut w = self.clone();
@@ -486,15 +528,23 @@ impl World {
             }
             Enactor::Idle => {
                 let (generation, content) = self.enactable_plan(config)?;
-                let mut pass = EnactmentPass::new(generation, OWNER, false, config.strategy);
+                let hash = content_hash(&records(content));
+                let mut pass = Box::new(EnactmentPass::new(
+                    generation,
+                    &hash,
+                    OWNER,
+                    false,
+                    config.strategy,
+                ));
                 assert_eq!(pass.step(Observation::Start), PassStep::ReadFence);
                 let label = format!(
-                    "enactor {i} picks plan {generation} and reads fence {}",
-                    show(self.fence)
+                    "enactor {i} picks plan {generation} ({}) and reads fence {}",
+                    show_content(content),
+                    show_fence(self.fence)
                 );
                 (
                     label,
-                    Observation::Fence(self.fence_record()),
+                    Observation::Fence(self.fence_record(config)),
                     content,
                     pass,
                 )
@@ -507,18 +557,19 @@ impl World {
                 let generation = pass.generation();
                 let (label, observation) = match next {
                     PassStep::ReadFence => (
-                        format!("enactor {i} re-reads fence {}", show(self.fence)),
-                        Observation::Fence(self.fence_record()),
+                        format!("enactor {i} re-reads fence {}", show_fence(self.fence)),
+                        Observation::Fence(self.fence_record(config)),
                     ),
                     PassStep::Write { guard, repair } => {
                         let holds = guard.as_ref().is_none_or(|g| {
-                            g.expect == self.fence_record()
+                            g.expect.clone().map(|f| config.as_written(f))
+                                == self.fence_record(config)
                                 && (!g.name_unclaimed || self.served == 0)
                         });
                         let what = if *repair { "repairs to" } else { "writes" };
                         if holds {
                             w.served = *content;
-                            w.fence = Some(generation);
+                            w.fence = Some((generation, *content));
                             (
                                 format!("enactor {i} {what} plan {generation}"),
                                 Observation::Written(WriteOutcome::Applied),
@@ -527,7 +578,7 @@ impl World {
                             (
                                 format!(
                                     "enactor {i}'s write of plan {generation} is refused (fence {}, expected {})",
-                                    show(self.fence),
+                                    show_fence(self.fence),
                                     show(
                                         guard
                                             .as_ref()
@@ -538,6 +589,18 @@ impl World {
                                 Observation::Written(WriteOutcome::FenceMismatch),
                             )
                         }
+                    }
+                    PassStep::ReadPlan => {
+                        let current = self.plans.get(&generation) == Some(content);
+                        let found = if current {
+                            "still its"
+                        } else {
+                            "deleted or minted again"
+                        };
+                        (
+                            format!("enactor {i} reads plan {generation} from the API ({found})"),
+                            Observation::Plan { current },
+                        )
                     }
                     PassStep::ReadServed => (
                         format!(
@@ -590,13 +653,18 @@ impl World {
         match &self.cleanup {
             Cleanup::Idle => {
                 let plans: Vec<u64> = self.plans.keys().copied().collect();
-                let decided = decide_cleanup(config.strategy, &plans, self.fence, config.retention);
+                let decided = decide_cleanup(
+                    config.strategy,
+                    &plans,
+                    self.fence_generation(),
+                    config.retention,
+                );
                 if decided.delete_plans.is_empty() {
                     return None;
                 }
                 let label = format!(
                     "cleanup reads fence {} and picks plans {:?}",
-                    show(self.fence),
+                    show(self.fence_generation()),
                     decided.delete_plans
                 );
                 w.cleanup = Cleanup::Holding {
@@ -688,24 +756,35 @@ impl World {
             && self.cleanup == Cleanup::Idle
             && self
                 .enactable_plan(config)
-                .is_none_or(|(generation, content)| {
-                    self.fence >= Some(generation)
-                        && (self.fence > Some(generation) || self.served == content)
+                .is_none_or(|(generation, content)| match self.fence {
+                    Some((live, _)) if live > generation => true,
+                    Some((live, written)) if live == generation => {
+                        written == content && self.served == content
+                    }
+                    _ => false,
                 })
     }
 }
 
 fn violations(config: &Config, before: &World, after: &World, label: &str) -> Vec<Invariant> {
     let mut found = Vec::new();
-    if let Some(live) = before.fence
+    if let Some(live) = before.fence_generation()
         && label.starts_with("cleanup deletes")
         && before.plans.contains_key(&live)
         && !after.plans.contains_key(&live)
     {
         found.push(Invariant::NeverDeleteActive);
     }
-    if after.fence < before.fence {
+    if after.fence_generation() < before.fence_generation() {
         found.push(Invariant::NeverRegress);
+    }
+    if let Some((generation, content)) = before.fence
+        && before.plans.get(&generation) == Some(&content)
+        && before.served == content
+        && after.fence_generation() == Some(generation)
+        && after.served != content
+    {
+        found.push(Invariant::NeverOverwriteCurrentPlan);
     }
     if !config.allow_empty && before.served != 0 && after.served == 0 {
         found.push(Invariant::NeverEmpty);
@@ -715,6 +794,12 @@ fn violations(config: &Config, before: &World, after: &World, label: &str) -> Ve
 
 fn show(generation: Option<u64>) -> String {
     generation.map_or("none".into(), |g| format!("gen={g}"))
+}
+
+fn show_fence(fence: Option<(u64, Content)>) -> String {
+    fence.map_or("none".into(), |(g, content)| {
+        format!("gen={g} of {}", show_content(content))
+    })
 }
 
 fn show_content(content: Content) -> String {
@@ -739,7 +824,7 @@ impl fmt::Display for Trace {
             f,
             "      => server answers with {}, fence {}, plans left {:?}",
             show_content(self.end.served),
-            show(self.end.fence),
+            show_fence(self.end.fence),
             self.end.plans.keys().collect::<Vec<_>>()
         )
     }
@@ -754,6 +839,9 @@ struct Report {
     /// reaches the situations the invariants are about.
     states_with_no_healthy_target_and_records_served: usize,
     states_with_the_live_plan_deleted: usize,
+    /// States where the live generation's plan object holds other records than the fence was
+    /// written with: it was deleted and minted again.
+    states_with_the_live_generation_minted_again: usize,
     /// States with a plan minted without a reservation and not yet recorded live.
     states_with_an_unreserved_plan_pending: usize,
 }
@@ -821,7 +909,20 @@ fn check(config: &Config) -> Report {
             .count(),
         states_with_the_live_plan_deleted: space
             .iter()
-            .filter(|w| w.fence.is_some_and(|live| !w.plans.contains_key(&live)))
+            .filter(|w| {
+                w.fence
+                    .is_some_and(|(live, _)| !w.plans.contains_key(&live))
+            })
+            .count(),
+        states_with_the_live_generation_minted_again: space
+            .iter()
+            .filter(|w| {
+                w.fence.is_some_and(|(live, written)| {
+                    w.plans
+                        .get(&live)
+                        .is_some_and(|content| *content != written)
+                })
+            })
             .count(),
         states_with_an_unreserved_plan_pending: space
             .iter()
@@ -859,6 +960,7 @@ fn production(enactors: usize, retention: u64, budget: Budget) -> Config {
         strategy: Strategy::Fenced,
         recovery: Recovery::Production,
         admission: Admission::Production,
+        fence_content: FenceContent::Recorded,
         enactors,
         retention,
         allow_empty: false,
@@ -866,14 +968,17 @@ fn production(enactors: usize, retention: u64, budget: Budget) -> Config {
     }
 }
 
-fn assert_no_violation(name: &str, config: &Config) {
+/// Checks `config` and returns how many states had the live generation minted again, which only
+/// searches with both a target change and a plan deletion reach.
+fn assert_no_violation(name: &str, config: &Config) -> usize {
     let report = check(config);
     println!(
-        "{name}: {} states, {} transitions; {} with no healthy target while records are served, {} with the live plan's object deleted, {} with a plan minted without a reservation pending; no violation",
+        "{name}: {} states, {} transitions; {} with no healthy target while records are served, {} with the live plan's object deleted, {} with the live generation minted again, {} with a plan minted without a reservation pending; no violation",
         report.states,
         report.transitions,
         report.states_with_no_healthy_target_and_records_served,
         report.states_with_the_live_plan_deleted,
+        report.states_with_the_live_generation_minted_again,
         report.states_with_an_unreserved_plan_pending,
     );
     // The invariants must not hold vacuously: the search reaches the situations they guard.
@@ -886,13 +991,18 @@ fn assert_no_violation(name: &str, config: &Config) {
     if let Some((invariant, trace)) = found.first() {
         panic!("{name} violates {invariant:?}:\n{trace}");
     }
+    report.states_with_the_live_generation_minted_again
 }
 
 #[test]
 fn production_protocol_keeps_every_invariant_under_deletions_crashes_and_outages() {
-    assert_no_violation(
+    let minted_again = assert_no_violation(
         "production, 2 enactors, retention 0, every event",
         &production(2, 0, every_event()),
+    );
+    assert!(
+        minted_again > 0,
+        "the search must reach a generation minted again"
     );
     assert_no_violation(
         "production, 3 enactors, retention 0, outage + deletion + crash",
@@ -968,6 +1078,46 @@ fn old_recovery_empties_the_name_after_the_live_plan_is_deleted() {
             report.violations[&Invariant::NeverEmpty]
         );
     }
+}
+
+/// The plan of a generation not yet recorded live is deleted, and the planner mints that
+/// generation again for a new target. With fences that hold the generation alone, an enactor still
+/// holding the deleted plan takes the new records for an edit and "repairs" them back.
+#[test]
+fn fences_without_content_let_a_stale_enactor_revert_a_plan_minted_again() {
+    // One health flip: the production search asserts it reaches an outage too.
+    let deletion_and_change = Budget {
+        health_flips: 1,
+        target_changes: 1,
+        plan_deletions: 1,
+        planner_crashes: 0,
+        record_edits: 0,
+    };
+    let old = Config {
+        fence_content: FenceContent::Absent,
+        ..production(2, 0, deletion_and_change)
+    };
+    let report = check(&old);
+    let trace = report
+        .violations
+        .get(&Invariant::NeverOverwriteCurrentPlan)
+        .expect("the checker must find the stale enactor's revert");
+    println!(
+        "fences without content, {} states; counterexample for NeverOverwriteCurrentPlan:\n{trace}\n",
+        report.states
+    );
+    assert!(
+        trace
+            .steps
+            .iter()
+            .any(|s| s.starts_with("user deletes plan"))
+    );
+    assert!(trace.steps.iter().any(|s| s.starts_with("target changes")));
+    let minted_again = assert_no_violation(
+        "production, 2 enactors, a deletion and a target change",
+        &production(2, 0, deletion_and_change),
+    );
+    assert!(minted_again > 0);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::desired::newest_minted;
+use super::desired::{content_hash, newest_minted};
 use super::fencing::{
     Conflict, EnactmentPass, EndpointFacts, FenceGuard, MAX_FENCE_REFUSALS, Observation,
     PassOutcome, PassStep, PlanFacts, Strategy, cleanup_may_delete, decide_cleanup, plan_refusal,
@@ -790,7 +790,15 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
 
     // The protocol is the pure step function; this loop only performs its I/O.
     let owner = endpoint.uid().unwrap_or_default();
-    let mut pass = EnactmentPass::new(generation, &owner, endpoint.spec.adopt, settings.strategy);
+    // Hashed here rather than taken from the plan's contentHash field: the fence must say which
+    // records it guards, whoever wrote that field.
+    let mut pass = EnactmentPass::new(
+        generation,
+        &content_hash(&plan.spec.rrsets),
+        &owner,
+        endpoint.spec.adopt,
+        settings.strategy,
+    );
     let fence = pass.fence();
     let mut observation = Observation::Start;
     let pass_started = std::time::Instant::now();
@@ -817,6 +825,9 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
                 }
                 Observation::Written(written)
             }
+            PassStep::ReadPlan => Observation::Plan {
+                current: still_in_api(context, &plan).await?,
+            },
             PassStep::ReadServed => {
                 let served = dns.served_records(fqdn).await?;
                 Observation::Served {
@@ -845,6 +856,15 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
             return Ok(Action::await_change());
         }
         PassOutcome::Live { applied, verified } => (applied, verified),
+        PassOutcome::Outdated => {
+            info!(
+                fqdn,
+                generation,
+                "another plan of this generation is live and this plan's object is gone: writing nothing"
+            );
+            // The successor's creation brings the endpoint back.
+            return Ok(Action::await_change());
+        }
         // Being deleted: the finalizer's removal is under way.
         PassOutcome::Removed => return Ok(Action::await_change()),
         PassOutcome::Conflict(Conflict::ForeignRecords) => {
@@ -950,6 +970,14 @@ async fn enact(endpoint: &DnsEndpoint, context: &Context) -> Result<Action, Erro
     mark_verified(context, endpoint);
     // Checked again by the resync sweep.
     Ok(Action::await_change())
+}
+
+/// Whether the API server still holds this very plan object (same UID), read from it rather than
+/// from the cache, which is what is behind when another plan of the generation is live.
+async fn still_in_api(context: &Context, plan: &CachedPlan) -> Result<bool, Error> {
+    let plans: Api<DnsPlan> = Api::namespaced(context.client.clone(), &plan.namespace);
+    let found = plans.get_metadata_opt(&plan.name).await?;
+    Ok(found.is_some_and(|found| found.metadata.uid.as_deref() == Some(plan.uid.as_str())))
 }
 
 fn mark_verified(context: &Context, endpoint: &DnsEndpoint) {

@@ -3,11 +3,12 @@
 //! ships.
 //!
 //! The token is the plan generation. It lives at the DNS server in a TXT record next to the
-//! managed name (`_bulwark.<fqdn>` = `"gen=N owner=<endpoint UID>"`), and every enactment is one
-//! RFC 2136 UPDATE whose prerequisite is the exact fence value the enactor last read: the server,
-//! not the enactor, decides whether a write is stale, and whose name it is. The owner part is
-//! the record registry (as external-dns's TXT registry): a name with records but no fence was
-//! not written by Bulwark, and a name fenced by another endpoint is that endpoint's.
+//! managed name (`_bulwark.<fqdn>` = `"gen=N owner=<endpoint UID> content=<hash prefix>"`), and
+//! every enactment is one RFC 2136 UPDATE whose prerequisite is the exact fence value the enactor
+//! last read: the server, not the enactor, decides whether a write is stale, and whose name it
+//! is. The owner part is the record registry (as external-dns's TXT registry): a name with
+//! records but no fence was not written by Bulwark, and a name fenced by another endpoint is that
+//! endpoint's. The content part tells which plan of the generation the records are.
 
 /// How enactors and cleanup protect the live plan.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -29,22 +30,38 @@ pub fn fence_name(fqdn: &str) -> String {
 }
 
 /// The fence TXT record: the generation live at the server, the DnsEndpoint (UID) that owns the
-/// name, and whether that owner removed the name. A removed fence is a tombstone: it stays, so a
-/// lagging replica's UPDATE (whose prerequisite is the old value) cannot bring the records back.
+/// name, which records of that generation it serves, and whether that owner removed the name. A
+/// removed fence is a tombstone: it stays, so a lagging replica's UPDATE (whose prerequisite is the
+/// old value) cannot bring the records back.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Fence {
     pub generation: u64,
     /// `None` only for fences written before owners were recorded (`gen=N`): Bulwark wrote them,
     /// so any endpoint of that name takes them as its own.
     pub owner: Option<String>,
+    /// The start of the live plan's content hash. A plan deleted before its endpoint recorded it
+    /// live is minted again under the same generation, with the records of the spec then: the
+    /// generation alone cannot tell the two apart, and an enactor still holding the deleted one
+    /// "repaired" the name back to its records. `None` in tombstones and in fences written before
+    /// the content was recorded.
+    pub content: Option<String>,
     pub removed: bool,
 }
 
+/// Hex digits of a plan's content hash a fence carries: 64 bits, for telling apart two plans of
+/// one endpoint and generation.
+const FENCE_CONTENT_DIGITS: usize = 16;
+
 impl Fence {
-    pub fn live(generation: u64, owner: &str) -> Self {
+    /// The fence of plan `generation` with content hash `content_hash`, owned by `owner`.
+    pub fn live(generation: u64, owner: &str, content_hash: &str) -> Self {
+        let digits = content_hash
+            .get(..FENCE_CONTENT_DIGITS)
+            .unwrap_or(content_hash);
         Fence {
             generation,
             owner: Some(owner.to_owned()),
+            content: Some(digits.to_owned()),
             removed: false,
         }
     }
@@ -54,20 +71,33 @@ impl Fence {
         Fence {
             generation: self.generation,
             owner: Some(owner.to_owned()),
+            content: None,
             removed: true,
         }
+    }
+
+    /// Whether the server serves the plan with content hash `content_hash` under this fence, as
+    /// far as the fence says: one written before contents were recorded says nothing against it.
+    pub fn holds_content(&self, content_hash: &str) -> bool {
+        self.content
+            .as_deref()
+            .is_none_or(|digits| content_hash.starts_with(digits))
     }
 
     pub fn owned_by(&self, owner: &str) -> bool {
         self.owner.as_deref().is_none_or(|o| o == owner)
     }
 
-    /// The TXT value, for example `gen=4 owner=2f0c… removed`.
+    /// The TXT value, for example `gen=4 owner=2f0c… content=9a1e…` or `gen=4 owner=2f0c… removed`.
     pub fn value(&self) -> String {
         let mut value = format!("gen={}", self.generation);
         if let Some(owner) = &self.owner {
             value.push_str(" owner=");
             value.push_str(owner);
+        }
+        if let Some(content) = &self.content {
+            value.push_str(" content=");
+            value.push_str(content);
         }
         if self.removed {
             value.push_str(" removed");
@@ -87,12 +117,22 @@ impl Fence {
                 return Some(Fence {
                     generation,
                     owner: None,
+                    content: None,
                     removed: false,
                 });
             }
             Some(part) => part.strip_prefix("owner=").filter(|o| !o.is_empty())?,
         };
-        let removed = match parts.next() {
+        let mut next = parts.next();
+        let content = match next.and_then(|part| part.strip_prefix("content=")) {
+            Some("") => return None,
+            Some(digits) => {
+                next = parts.next();
+                Some(digits.to_owned())
+            }
+            None => None,
+        };
+        let removed = match next {
             None => false,
             Some("removed") => true,
             Some(_) => return None,
@@ -103,6 +143,7 @@ impl Fence {
         Some(Fence {
             generation,
             owner: Some(owner.to_owned()),
+            content,
             removed,
         })
     }
@@ -131,6 +172,12 @@ pub enum Enactment {
     },
     /// The server already serves this generation; only verification is left.
     AlreadyLive,
+    /// The server serves another plan of this generation (this one's object was deleted and the
+    /// planner minted the generation again, or the reverse): only the generation's current
+    /// object may be written, over exactly this fence.
+    OtherContentLive {
+        expect: Fence,
+    },
     /// The server serves a newer generation: the plan is marked Superseded and never retried.
     Superseded {
         live: u64,
@@ -140,10 +187,15 @@ pub enum Enactment {
     Conflict(Conflict),
 }
 
-/// Decide from the plan's generation and the fence just read from the server. A missing fence or
-/// an older one (server restored from backup, manual edit) is repaired by applying the plan.
-/// Called again with a fresh read after the server rejects a prerequisite.
-pub fn decide_enactment(plan_generation: u64, fence: Option<&Fence>, owner: &str) -> Enactment {
+/// Decide from the plan's generation and content hash and the fence just read from the server. A
+/// missing fence or an older one (server restored from backup, manual edit) is repaired by
+/// applying the plan. Called again with a fresh read after the server rejects a prerequisite.
+pub fn decide_enactment(
+    plan_generation: u64,
+    plan_content_hash: &str,
+    fence: Option<&Fence>,
+    owner: &str,
+) -> Enactment {
     match fence {
         None => Enactment::Claim { expect: None },
         Some(f) if !f.owned_by(owner) && f.removed => Enactment::Claim {
@@ -154,7 +206,12 @@ pub fn decide_enactment(plan_generation: u64, fence: Option<&Fence>, owner: &str
         }
         Some(f) if f.removed => Enactment::Removed,
         Some(f) if f.generation > plan_generation => Enactment::Superseded { live: f.generation },
-        Some(f) if f.generation == plan_generation => Enactment::AlreadyLive,
+        Some(f) if f.generation == plan_generation && f.holds_content(plan_content_hash) => {
+            Enactment::AlreadyLive
+        }
+        Some(f) if f.generation == plan_generation => {
+            Enactment::OtherContentLive { expect: f.clone() }
+        }
         Some(f) => Enactment::Apply {
             expect: Some(f.clone()),
         },
@@ -187,6 +244,7 @@ pub const MAX_FENCE_REFUSALS: u32 = 5;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct EnactmentPass {
     generation: u64,
+    content_hash: String,
     owner: String,
     adopt: bool,
     strategy: Strategy,
@@ -213,6 +271,8 @@ enum Awaiting {
     Write,
     Served,
     Repair,
+    /// Whether this pass's plan is still its generation's current object.
+    Plan,
 }
 
 /// What the server answered to the last [`PassStep`].
@@ -227,6 +287,10 @@ pub enum Observation {
         matches_plan: bool,
         empty: bool,
     },
+    /// Whether the API server (a read from it, not a cache) still holds this pass's plan object.
+    Plan {
+        current: bool,
+    },
 }
 
 /// The next I/O the driver performs, or the pass's end.
@@ -240,6 +304,9 @@ pub enum PassStep {
         repair: bool,
     },
     ReadServed,
+    /// Read the pass's plan object from the API server: the fence holds another plan of its
+    /// generation.
+    ReadPlan,
     Done(PassOutcome),
 }
 
@@ -257,17 +324,27 @@ pub enum PassOutcome {
     },
     /// The fence kept moving under this pass; try again shortly.
     Contended,
+    /// The plan's object is gone from the API server while another plan of its generation is
+    /// live: nothing is written, and the cache brings the generation's current plan.
+    Outdated,
     /// The name was removed by this endpoint: nothing is written.
     Removed,
     Conflict(Conflict),
 }
 
 impl EnactmentPass {
-    /// A pass writing plan `generation` for the endpoint `owner` (its UID); `adopt` lets it take
-    /// over a name whose records Bulwark did not write.
-    pub fn new(generation: u64, owner: &str, adopt: bool, strategy: Strategy) -> Self {
+    /// A pass writing plan `generation` (content hash `content_hash`) for the endpoint `owner`
+    /// (its UID); `adopt` lets it take over a name whose records Bulwark did not write.
+    pub fn new(
+        generation: u64,
+        content_hash: &str,
+        owner: &str,
+        adopt: bool,
+        strategy: Strategy,
+    ) -> Self {
         EnactmentPass {
             generation,
+            content_hash: content_hash.to_owned(),
             owner: owner.to_owned(),
             adopt,
             strategy,
@@ -286,7 +363,7 @@ impl EnactmentPass {
 
     /// The fence this pass writes.
     pub fn fence(&self) -> Fence {
-        Fence::live(self.generation, &self.owner)
+        Fence::live(self.generation, &self.owner, &self.content_hash)
     }
 
     fn write(&self, expect: Option<Fence>, name_unclaimed: bool, repair: bool) -> PassStep {
@@ -308,7 +385,12 @@ impl EnactmentPass {
             (Awaiting::Fence, Observation::Fence(fence)) => {
                 let seen_under = self.records_seen_under.take();
                 self.fence = fence;
-                match decide_enactment(self.generation, self.fence.as_ref(), &self.owner) {
+                match decide_enactment(
+                    self.generation,
+                    &self.content_hash,
+                    self.fence.as_ref(),
+                    &self.owner,
+                ) {
                     Enactment::Apply { expect } => self.write(expect, false, false),
                     Enactment::Claim { expect } if self.adopt => self.write(expect, false, false),
                     Enactment::Claim { ref expect } if seen_under.as_ref() == Some(expect) => {
@@ -316,6 +398,9 @@ impl EnactmentPass {
                     }
                     Enactment::Claim { .. } => PassStep::ReadServed,
                     Enactment::AlreadyLive => PassStep::ReadServed,
+                    // Which of the two is current is the API server's to say: the holder of a
+                    // deleted one must not write, the holder of its successor must.
+                    Enactment::OtherContentLive { .. } => PassStep::ReadPlan,
                     Enactment::Superseded { live } => {
                         PassStep::Done(PassOutcome::Superseded { live })
                     }
@@ -324,6 +409,14 @@ impl EnactmentPass {
                         PassStep::Done(PassOutcome::Conflict(conflict))
                     }
                 }
+            }
+            (Awaiting::Plan, Observation::Plan { current: true }) => {
+                // Over exactly the fence read: if it moved since, the server refuses the write and
+                // the pass decides again.
+                self.write(self.fence.clone(), false, false)
+            }
+            (Awaiting::Plan, Observation::Plan { current: false }) => {
+                PassStep::Done(PassOutcome::Outdated)
             }
             (Awaiting::Unclaimed, Observation::Served { empty: true, .. }) => {
                 // The UPDATE re-checks both at the server: records added meanwhile refuse it.
@@ -384,6 +477,7 @@ impl EnactmentPass {
                 Awaiting::Unclaimed
             }
             PassStep::ReadServed => Awaiting::Served,
+            PassStep::ReadPlan => Awaiting::Plan,
             PassStep::Done(_) => self.awaiting,
         };
         step
@@ -532,9 +626,12 @@ mod tests {
 
     const ME: &str = "6b1c0e4e-uid-of-this-endpoint";
     const OTHER: &str = "0d2a7f51-uid-of-another";
+    /// The content hash of the plan every pass here writes, and of another plan.
+    const CONTENT: &str = "9a1e6f0c2b7d4e58a3c1f09b6d2e7a4c5b8f1e3d0a9c6b2f7e4d1a8c5b3f0e6d";
+    const OTHER_CONTENT: &str = "41d7c09e8b2a6f35e1c4d8b7a0f3e6c9d2b5a8f1e4c7b0d3a6f9e2c5b8a1d4e7";
 
     fn mine(generation: u64) -> Fence {
-        Fence::live(generation, ME)
+        Fence::live(generation, ME, CONTENT)
     }
 
     #[test]
@@ -550,9 +647,23 @@ mod tests {
             Some(Fence {
                 generation: 3,
                 owner: None,
+                content: None,
                 removed: false
             }),
             "fences written before owners were recorded"
+        );
+        let before_contents = Fence::parse("gen=3 owner=a").unwrap();
+        assert_eq!(before_contents.content, None);
+        assert!(before_contents.holds_content(CONTENT));
+        assert_eq!(
+            mine(3).value(),
+            format!("gen=3 owner={ME} content=9a1e6f0c2b7d4e58")
+        );
+        assert!(mine(3).holds_content(CONTENT));
+        assert!(!mine(3).holds_content(OTHER_CONTENT));
+        assert_eq!(
+            mine(3).tombstone(ME).value(),
+            format!("gen=3 owner={ME} removed")
         );
         for foreign in [
             "",
@@ -566,6 +677,9 @@ mod tests {
             "gen=3 owner=a deleted",
             "gen=3 owner=a removed x",
             "gen=3  owner=a",
+            "gen=3 owner=a content=",
+            "gen=3 owner=a removed content=9a1e",
+            "gen=3 owner=a content=9a1e content=9a1e",
         ] {
             assert_eq!(Fence::parse(foreign), None, "{foreign:?}");
         }
@@ -574,7 +688,7 @@ mod tests {
 
     #[test]
     fn enactment_applies_only_over_older_own_fences_and_claims_only_unowned_names() {
-        let decide = |fence: Option<Fence>| decide_enactment(3, fence.as_ref(), ME);
+        let decide = |fence: Option<Fence>| decide_enactment(3, CONTENT, fence.as_ref(), ME);
         assert_eq!(decide(None), Enactment::Claim { expect: None });
         assert_eq!(
             decide(Some(mine(2))),
@@ -583,6 +697,17 @@ mod tests {
             }
         );
         assert_eq!(decide(Some(mine(3))), Enactment::AlreadyLive);
+        let reminted = Fence::live(3, ME, OTHER_CONTENT);
+        assert_eq!(
+            decide(Some(reminted.clone())),
+            Enactment::OtherContentLive { expect: reminted },
+            "another plan of generation 3 is live"
+        );
+        assert_eq!(
+            decide(Some(Fence::parse(&format!("gen=3 owner={ME}")).unwrap())),
+            Enactment::AlreadyLive,
+            "a fence from before contents were recorded"
+        );
         assert_eq!(decide(Some(mine(7))), Enactment::Superseded { live: 7 });
         let legacy = Fence::parse("gen=2").unwrap();
         assert_eq!(
@@ -592,10 +717,10 @@ mod tests {
             }
         );
         assert_eq!(
-            decide(Some(Fence::live(1, OTHER))),
+            decide(Some(Fence::live(1, OTHER, CONTENT))),
             Enactment::Conflict(Conflict::OwnedBy(OTHER.into()))
         );
-        let released = Fence::live(9, OTHER).tombstone(OTHER);
+        let released = Fence::live(9, OTHER, OTHER_CONTENT).tombstone(OTHER);
         assert_eq!(
             decide(Some(released.clone())),
             Enactment::Claim {
@@ -607,7 +732,7 @@ mod tests {
 
     /// Runs a pass against a scripted server: `answers` are fed in order.
     fn run(generation: u64, adopt: bool, answers: &[Observation]) -> Vec<PassStep> {
-        let mut pass = EnactmentPass::new(generation, ME, adopt, Strategy::Fenced);
+        let mut pass = EnactmentPass::new(generation, CONTENT, ME, adopt, Strategy::Fenced);
         let mut steps = vec![pass.step(Observation::Start)];
         for answer in answers {
             steps.push(pass.step(answer.clone()));
@@ -712,7 +837,11 @@ mod tests {
         );
         let adopted = run(1, true, &[Observation::Fence(None)]);
         assert_eq!(adopted.last(), Some(&write(None, false, false)));
-        let taken = run(1, false, &[Observation::Fence(Some(Fence::live(1, OTHER)))]);
+        let taken = run(
+            1,
+            false,
+            &[Observation::Fence(Some(Fence::live(1, OTHER, CONTENT)))],
+        );
         assert_eq!(
             taken.last(),
             Some(&PassStep::Done(PassOutcome::Conflict(Conflict::OwnedBy(
@@ -739,6 +868,55 @@ mod tests {
         assert_eq!(
             steps.last(),
             Some(&PassStep::Done(PassOutcome::Superseded { live: 4 }))
+        );
+    }
+
+    /// The plan of generation 3 was deleted before it was recorded live and minted again with
+    /// other records. The holder of the deleted one must never put its records back over its
+    /// successor's; before fences carried the content, its repair did, and the name flapped
+    /// between the two until its cache caught up.
+    #[test]
+    fn only_the_current_plan_of_a_generation_minted_again_is_written() {
+        let successor = Fence::live(3, ME, OTHER_CONTENT);
+        let stale = run(
+            3,
+            false,
+            &[
+                Observation::Fence(Some(mine(2))),
+                Observation::Written(Applied),
+                // The successor's holder wrote its records over this pass's.
+                served(false, false),
+                Observation::Written(FenceMismatch),
+                Observation::Fence(Some(successor.clone())),
+                Observation::Plan { current: false },
+            ],
+        );
+        assert_eq!(stale[3], write(Some(mine(3)), false, true), "{stale:?}");
+        assert_eq!(stale[5], PassStep::ReadPlan);
+        assert_eq!(stale.last(), Some(&PassStep::Done(PassOutcome::Outdated)));
+
+        let current = run(
+            3,
+            false,
+            &[
+                Observation::Fence(Some(successor.clone())),
+                Observation::Plan { current: true },
+                Observation::Written(Applied),
+                served(true, false),
+            ],
+        );
+        assert_eq!(
+            current,
+            vec![
+                PassStep::ReadFence,
+                PassStep::ReadPlan,
+                write(Some(successor), false, false),
+                PassStep::ReadServed,
+                PassStep::Done(PassOutcome::Live {
+                    applied: true,
+                    verified: true
+                }),
+            ]
         );
     }
 
@@ -859,18 +1037,21 @@ mod tests {
         fn a_pass_never_writes_over_a_newer_or_foreign_fence(
             plan in 1u64..6,
             fences in proptest::collection::vec(
-                proptest::option::of((1u64..8, proptest::bool::ANY, proptest::bool::ANY)),
+                proptest::option::of((1u64..8, proptest::bool::ANY, proptest::bool::ANY, proptest::bool::ANY)),
                 1..12,
             ),
             answers_match in proptest::collection::vec(proptest::bool::ANY, 12),
+            plan_current in proptest::collection::vec(proptest::bool::ANY, 12),
             adopt in proptest::bool::ANY,
         ) {
-            let to_fence = |(generation, foreign, removed): (u64, bool, bool)| Fence {
-                generation,
-                owner: Some(if foreign { OTHER } else { ME }.to_owned()),
-                removed,
+            let to_fence = |(generation, foreign, removed, other_content): (u64, bool, bool, bool)| {
+                let owner = if foreign { OTHER } else { ME };
+                let content = if other_content { OTHER_CONTENT } else { CONTENT };
+                let live = Fence::live(generation, owner, content);
+                if removed { live.tombstone(owner) } else { live }
             };
-            let mut pass = EnactmentPass::new(plan, ME, adopt, Strategy::Fenced);
+            let mut pass = EnactmentPass::new(plan, CONTENT, ME, adopt, Strategy::Fenced);
+            let mut said_current = false;
             let mut observation = Observation::Start;
             let mut fences = fences.into_iter().map(|f| f.map(to_fence));
             let mut current: Option<Fence> = None;
@@ -889,6 +1070,10 @@ mod tests {
                                 "wrote plan {} over {:?}", plan, fence
                             );
                             proptest::prop_assert!(fence.owned_by(ME) || fence.removed);
+                            proptest::prop_assert!(
+                                fence.generation != plan || fence.holds_content(CONTENT) || said_current,
+                                "wrote plan {} over another plan of its generation, {:?}, unasked", plan, fence
+                            );
                         }
                         // The write lands: the server now holds this plan's fence.
                         current = Some(pass.fence());
@@ -897,6 +1082,10 @@ mod tests {
                     PassStep::ReadServed => {
                         let matches_plan = answers_match[step % answers_match.len()];
                         observation = served(matches_plan, !matches_plan);
+                    }
+                    PassStep::ReadPlan => {
+                        said_current = plan_current[step % plan_current.len()];
+                        observation = Observation::Plan { current: said_current };
                     }
                     PassStep::Done(_) => return Ok(()),
                 }
