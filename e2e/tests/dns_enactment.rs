@@ -15,7 +15,7 @@ use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsZone, PlanPhase, RRSet, RecordT
 use bulwark_e2e::bind::Bind;
 use bulwark_e2e::chart::Release;
 use bulwark_e2e::dns::{apply_endpoint, create_zone, plans, set_tsig_secret, start_operators};
-use bulwark_e2e::operator::start_operator;
+use bulwark_e2e::operator::{Operator, start_operator};
 use bulwark_e2e::{cluster, eventually, install_crds};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -181,6 +181,49 @@ async fn test_bed(test: &str, zone: &str) -> TestBed {
         bind,
         dns,
     }
+}
+
+/// Applies the one EndpointSlice of Service `web`: `address`, ready or not.
+async fn set_web_slice(slices: &Api<EndpointSlice>, address: &str, ready: bool) {
+    let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}]});
+    slices
+        .patch(
+            "web-1",
+            &PatchParams::apply("bulwark-e2e").force(),
+            &Patch::Apply(slice),
+        )
+        .await
+        .unwrap();
+}
+
+/// Starts a slow enactor (stalling `stall` before each write) with `args`, and waits until it
+/// leads: started before the others, it enacts each new plan first and its writes land last.
+async fn start_slow_leader(ns: &str, test: &str, stall: &str, args: &[&str]) -> Operator {
+    let mut args = args.to_vec();
+    let stall = format!("--chaos-slow-enactor={stall}");
+    args.push(&stall);
+    let slow = start_operator(
+        &cluster().kubeconfig,
+        ns,
+        &format!("{ns}-slow-enactor"),
+        &args,
+        &log_dir(test),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the slow enactor leads",
+        || async {
+            let (_, metrics) = slow.get("/metrics").await.ok()?;
+            metrics.contains("\nbulwark_leader 1\n").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    slow
 }
 
 async fn point_api_at(client: &kube::Client, ns: &str, addresses: &[&str]) {
@@ -394,17 +437,8 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
 
     // A Service target follows EndpointSlice readiness; with none ready the answer stays.
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
-    let slice = |ready: bool| {
-        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": ["10.9.0.1"], "conditions": {"ready": ready}}]})
-    };
     let apply = PatchParams::apply("bulwark-e2e").force();
-    slices
-        .patch("web-1", &apply, &Patch::Apply(slice(true)))
-        .await
-        .unwrap();
+    set_web_slice(&slices, "10.9.0.1", true).await;
     endpoints
         .patch(
             "web",
@@ -425,10 +459,7 @@ async fn endpoints_converge_and_every_fault_surfaces_then_heals() {
         "Service target served",
     )
     .await;
-    slices
-        .patch("web-1", &apply, &Patch::Apply(slice(false)))
-        .await
-        .unwrap();
+    set_web_slice(&slices, "10.9.0.1", false).await;
     let degraded = eventually(Duration::from_secs(20), "web Degraded", || async {
         let status = endpoints.get("web").await.ok()?.status?;
         let c = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
@@ -468,16 +499,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let fqdn = "web.recover.test";
     let apply = PatchParams::apply("bulwark-e2e").force();
-    let slice = |address: &str, ready: bool| {
-        serde_json::json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}]})
-    };
-    slices
-        .patch("web-1", &apply, &Patch::Apply(slice("10.9.0.1", true)))
-        .await
-        .unwrap();
+    set_web_slice(&slices, "10.9.0.1", true).await;
     endpoints
         .patch(
             "web",
@@ -494,10 +516,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
     let poller = Poller::start(bind.provider(), fqdn);
 
     // Every pod goes away: plan 1 stays live.
-    slices
-        .patch("web-1", &apply, &Patch::Apply(slice("10.9.0.1", false)))
-        .await
-        .unwrap();
+    set_web_slice(&slices, "10.9.0.1", false).await;
     eventually(Duration::from_secs(20), "web Degraded", || async {
         let status = endpoints.get("web").await.ok()?.status?;
         let c = status.conditions.iter().find(|c| c.type_ == "Degraded")?;
@@ -607,10 +626,7 @@ async fn a_deleted_live_plan_or_a_lost_reservation_never_empties_the_name() {
     assert_eq!(generation_at(&dns, fqdn).await.unwrap(), Some(3));
 
     // Pods come back with a new address: generation 4.
-    slices
-        .patch("web-1", &apply, &Patch::Apply(slice("10.9.0.2", true)))
-        .await
-        .unwrap();
+    set_web_slice(&slices, "10.9.0.2", true).await;
     wait_for_answer(&dns, fqdn, &a(&["10.9.0.2"]), "plan 4 served").await;
     let samples = poller.finish().await;
     let empty = samples.iter().filter(|s| s.values.is_empty()).count();
@@ -808,28 +824,9 @@ async fn churn_with_slow_enactor(test: &str, extra_args: &[&str], rounds: usize)
 
     let mut args = vec!["--dns-plan-retention=0", "--dns-resync=2s"];
     args.extend_from_slice(extra_args);
-    let mut slow_args = args.clone();
     // The slow enactor leads and stalls longer than the others leave a new plan to the
     // leader's (2 s): they enact it and newer ones meanwhile, so its writes land after theirs.
-    slow_args.push("--chaos-slow-enactor=3s");
-    let slow = start_operator(
-        &cluster.kubeconfig,
-        &ns,
-        &format!("{ns}-slow-enactor"),
-        &slow_args,
-        &log_dir(test),
-    )
-    .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the slow enactor leads",
-        || async {
-            let (_, metrics) = slow.get("/metrics").await.ok()?;
-            metrics.contains("\nbulwark_leader 1\n").then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    let slow = start_slow_leader(&ns, test, "3s", &args).await;
     let mut operators =
         start_operators(&cluster.kubeconfig, &ns, 2, &args, &log_dir(test)).unwrap();
     operators.push(slow);
@@ -978,46 +975,14 @@ async fn a_plan_minted_again_under_its_generation_is_never_reverted_by_a_stale_e
     let endpoints: Api<DnsEndpoint> = Api::namespaced(client.clone(), &ns);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
     let apply = PatchParams::apply("bulwark-e2e").force();
-    let set_slice = |address: &'static str, ready: bool| {
-        let slices = slices.clone();
-        let apply = apply.clone();
-        async move {
-            let slice = serde_json::json!({"apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}]});
-            slices
-                .patch("web-1", &apply, &Patch::Apply(slice))
-                .await
-                .unwrap();
-        }
-    };
     // The slow enactor leads and stalls long after the other replica (which leaves a new plan to
     // the leader for 2 s) has enacted the successor.
     let stall = Duration::from_secs(20);
-    let slow = start_operator(
-        &cluster.kubeconfig,
-        &ns,
-        &format!("{ns}-slow-enactor"),
-        &[&format!("--chaos-slow-enactor={}s", stall.as_secs())],
-        &log_dir(test),
-    )
-    .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the slow enactor leads",
-        || async {
-            let (_, metrics) = slow.get("/metrics").await.ok()?;
-            metrics.contains("\nbulwark_leader 1\n").then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    let slow = start_slow_leader(&ns, test, "20s", &[]).await;
     let other = start_operators(&cluster.kubeconfig, &ns, 1, &[], &log_dir(test)).unwrap();
 
     let (first, deleted, successor) = ("10.78.0.1", "10.78.0.2", "10.78.0.3");
-    set_slice(first, true).await;
+    set_web_slice(&slices, first, true).await;
     endpoints
         .patch(
             "api",
@@ -1041,7 +1006,7 @@ async fn a_plan_minted_again_under_its_generation_is_never_reverted_by_a_stale_e
     tokio::time::sleep(stall + Duration::from_secs(1)).await;
 
     let poller = Poller::start(bind.provider(), &fqdn);
-    set_slice(deleted, true).await;
+    set_web_slice(&slices, deleted, true).await;
     let minted = eventually(Duration::from_secs(10), "plan 2 minted", || async {
         plan_api.get_opt("api-2").await.ok()?
     })
@@ -1052,7 +1017,7 @@ async fn a_plan_minted_again_under_its_generation_is_never_reverted_by_a_stale_e
     // has picked it up: the target goes unready (nothing to mint while plan 1 stays live), then
     // plan 2 is deleted by hand.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    set_slice(deleted, false).await;
+    set_web_slice(&slices, deleted, false).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     plan_api.delete("api-2", &Default::default()).await.unwrap();
     assert_eq!(
@@ -1062,7 +1027,7 @@ async fn a_plan_minted_again_under_its_generation_is_never_reverted_by_a_stale_e
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A healthy target again: generation 2 is minted again, with its address.
-    set_slice(successor, true).await;
+    set_web_slice(&slices, successor, true).await;
     let again = eventually(Duration::from_secs(10), "plan 2 minted again", || async {
         let plan = plan_api.get_opt("api-2").await.ok()??;
         (plan.metadata.uid != minted.metadata.uid).then_some(plan)
