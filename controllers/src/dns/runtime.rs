@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulwark_chaos::slow_enactor::SlowEnactor;
-use bulwark_crds::dns::{DnsEndpoint, DnsPlan, DnsPlanSpec, DnsZone, PlanPhase, TsigAlgorithm};
+use bulwark_crds::dns::{
+    DnsEndpoint, DnsPlan, DnsPlanSpec, DnsZone, PlanPhase, RRSet, TsigAlgorithm,
+};
 use futures::channel::mpsc::UnboundedReceiver;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -54,7 +56,7 @@ impl EndpointsAndPlans {
                 namespace,
                 watcher::Config::default(),
                 followed_services,
-                std::convert::identity,
+                compact_endpoint,
             ),
             plans: SharedWatch::new::<DnsPlan>(
                 client,
@@ -134,7 +136,10 @@ impl CachedPlan {
                 .flatten()
                 .find(|owner| owner.kind == <DnsEndpoint as Resource>::kind(&()))
                 .map(|owner| owner.uid),
-            spec: plan.spec,
+            spec: DnsPlanSpec {
+                rrsets: compact_rrsets(plan.spec.rrsets),
+                ..plan.spec
+            },
             refusal: plan.status.and_then(|status| status.phase),
         }
     }
@@ -158,6 +163,24 @@ impl CachedPlan {
 }
 
 projection_lookup!(CachedPlan, DnsPlan);
+
+/// An endpoint as cached: its lists without spare capacity (see [`crate::runtime::strip_unread`]).
+fn compact_endpoint(mut endpoint: DnsEndpoint) -> DnsEndpoint {
+    endpoint.spec.targets.shrink_to_fit();
+    if let Some(status) = endpoint.status.as_mut() {
+        status.conditions.shrink_to_fit();
+    }
+    endpoint
+}
+
+/// A plan's RRsets as cached: without spare capacity, as [`compact_endpoint`].
+fn compact_rrsets(mut rrsets: Vec<RRSet>) -> Vec<RRSet> {
+    rrsets.shrink_to_fit();
+    for rrset in &mut rrsets {
+        rrset.values.shrink_to_fit();
+    }
+    rrsets
+}
 
 /// [`Changes::AppliedIf`] for plans: another plan under the name (plans are immutable but for
 /// refusals, which enactors write themselves; relisted ones are always sent).
@@ -637,6 +660,57 @@ mod tests {
             !another_plan(&cached, &refused),
             "a refusal is not a new plan"
         );
+    }
+
+    #[test]
+    fn cached_endpoints_and_plans_keep_no_spare_list_capacity() {
+        // Parsed from text, as the watch's bytes are: a `Value` would tell serde the lengths.
+        let mut endpoint: DnsEndpoint = serde_json::from_str(
+            &serde_json::json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsEndpoint",
+                "metadata": {"name": "api", "namespace": "ns", "uid": "e1",
+                             "finalizers": ["bulwark.dev/dns-records"]},
+                "spec": {"zoneRef": "zone", "fqdn": "api.example.com",
+                         "targets": [{"serviceRef": {"name": "web"}}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Verified",
+                    "message": "live", "lastTransitionTime": "2026-12-03T00:00:00Z"}]},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let as_listed = endpoint.clone();
+        assert!(
+            endpoint.spec.targets.capacity() > 1,
+            "serde_json leaves room to spare, or this test shows nothing"
+        );
+        crate::runtime::strip_unread(&mut endpoint);
+        let cached = compact_endpoint(endpoint);
+        assert_eq!(
+            serde_json::to_value(&cached).unwrap(),
+            serde_json::to_value(&as_listed).unwrap(),
+            "only capacity is dropped"
+        );
+        assert_eq!(cached.spec.targets.capacity(), 1);
+        assert_eq!(cached.status.as_ref().unwrap().conditions.capacity(), 1);
+        assert_eq!(cached.metadata.finalizers.as_ref().unwrap().capacity(), 1);
+
+        let plan: DnsPlan = serde_json::from_str(
+            &serde_json::json!({
+                "apiVersion": "bulwark.dev/v1alpha1", "kind": "DnsPlan",
+                "metadata": {"name": "api-1", "namespace": "ns", "uid": "p1"},
+                "spec": {"endpointRef": "api", "fqdn": "api.example.com", "generation": 1,
+                         "rrsets": [{"recordType": "A", "ttl": 60,
+                                     "values": ["192.0.2.1", "192.0.2.2"]}],
+                         "contentHash": "0".repeat(64)},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let rrsets = plan.spec.rrsets.clone();
+        let cached = CachedPlan::of(plan);
+        assert_eq!(cached.spec.rrsets, rrsets);
+        assert_eq!(cached.spec.rrsets.capacity(), 1);
+        assert_eq!(cached.spec.rrsets[0].values.capacity(), 2);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::leadership::{Leadership, became_leader, still_leading};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::runtime::{
-    Backoff, apply_status, as_leader, cached, cached_trimmed, drain, forget_deleted, is_not_found,
+    Backoff, apply_status, as_leader, cached_trimmed, drain, forget_deleted, is_not_found,
     object_key, publish,
 };
 use crate::scope::Scope;
@@ -118,11 +118,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let namespace = settings.scope.namespace();
-    let (slos, slo_events) = cached::<ServiceLevelObjective>(
+    // Without spare list capacity, as every cache (`strip_unread`).
+    let (slos, slo_events) = cached_trimmed::<ServiceLevelObjective>(
         &client,
         namespace,
         watcher::Config::default(),
         readiness.gate(format!("{CONTROLLER}/ServiceLevelObjective")),
+        |slo| {
+            if let Some(status) = slo.status.as_mut() {
+                status.burn_rates.shrink_to_fit();
+                status.conditions.shrink_to_fit();
+            }
+        },
     );
     // Dashboards deleted or edited by hand are restored at once.
     let (dashboards, dashboard_events) = cached_trimmed::<ConfigMap>(
