@@ -322,6 +322,15 @@ async fn operator_serves_metrics_health_and_readiness() {
         let (code, metrics) = operator.get("/metrics").await.unwrap();
         assert_eq!(code, 200);
         assert!(metrics.contains("# TYPE bulwark_leader gauge"), "{metrics}");
+        // The heap as jemalloc counts it: a running operator holds some, in resident pages.
+        let heap = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        };
+        let allocated = heap("bulwark_heap_allocated_bytes");
+        assert!(allocated > 0.0 && heap("bulwark_heap_resident_bytes") >= allocated);
         if metrics.contains("\nbulwark_leader 1\n") {
             assert!(
                 metrics.contains("bulwark_leader_fencing_token 0"),

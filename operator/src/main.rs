@@ -1,6 +1,7 @@
 //! `bulwark`: the operator binary.
 
 mod api_client;
+mod heap;
 mod http;
 mod leader;
 mod slo_cli;
@@ -478,6 +479,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     info!(%server, "connected to the Kubernetes API");
     let metrics = Metrics::new();
+    metrics
+        .registry
+        .register(Box::new(heap::HeapCollector::new()))
+        .expect("metric names are unique");
     let readiness = Readiness::default();
     readiness.gate("apiserver").open();
 

@@ -1,7 +1,8 @@
 //! Scale benchmark: DnsEndpoints over several zones on one BIND9 (half following Services backed
 //! by kwok pods through EndpointSlices, half literal) and SLOs against one Prometheus, run by two
 //! operator replicas (release build), then external-dns on the same names. Prints a table: per
-//! replica peak and steady RSS, connections to the API server and CPU seconds; start → every name
+//! replica peak and steady RSS, its live heap against the resident heap, connections to the API
+//! server and CPU seconds; start → every name
 //! served; API requests per plan (from the API server's own metrics); bursts of changes;
 //! Prometheus queries per SLO status interval (from Prometheus's own metrics); a restart with
 //! everything live. Run:
@@ -456,13 +457,18 @@ fn pid(operator: &Operator) -> Result<i32> {
 /// Endpoints whose live plan this replica has read back from the server
 /// (`bulwark_dns_endpoints_verified`).
 async fn verified_by(operator: &Operator) -> Result<usize> {
+    Ok(unlabelled_metric(operator, "bulwark_dns_endpoints_verified").await? as usize)
+}
+
+/// The value of one of the replica's metrics that has no labels.
+async fn unlabelled_metric(operator: &Operator, name: &str) -> Result<f64> {
     let (_, body) = operator.get("/metrics").await?;
     body.lines()
-        .find_map(|l| l.strip_prefix("bulwark_dns_endpoints_verified "))
-        .context("no bulwark_dns_endpoints_verified in /metrics")?
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("no {name} in /metrics"))?
         .trim()
         .parse()
-        .context("bulwark_dns_endpoints_verified is not a count")
+        .with_context(|| format!("{name} is not a number"))
 }
 
 /// `bulwark_dns_endpoint_write_conflicts_total` of one replica, by writer.
@@ -695,6 +701,19 @@ async fn main() -> Result<()> {
                 steady.rss_mib,
                 steady.resident_parts(),
                 first.peak_rss_mib
+            ),
+        );
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
+        row(
+            &mut rows,
+            format!(
+                "{}: heap allocated / resident, at the end",
+                operator.identity
+            ),
+            format!(
+                "{:.1} MiB / {:.1} MiB (jemalloc: live allocations / the resident pages it holds)",
+                mib(unlabelled_metric(operator, "bulwark_heap_allocated_bytes").await?),
+                mib(unlabelled_metric(operator, "bulwark_heap_resident_bytes").await?),
             ),
         );
         row(
