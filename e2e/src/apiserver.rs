@@ -1,5 +1,5 @@
-//! The API server's own metrics: what benchmarks and tests read to count and time requests as
-//! the API server saw them.
+//! Metrics in Prometheus text format, the API server's own above all: what benchmarks and tests
+//! read to count and time requests as the API server saw them, and to read a replica's gauges.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,17 @@ use anyhow::Result;
 pub async fn api_metrics(client: &kube::Client) -> Result<String> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     Ok(client.request_text(request).await?)
+}
+
+/// The value of `metric` in `text` (Prometheus text format), a metric without labels.
+pub fn unlabelled(text: &str, metric: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(metric)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Sums of the series of `metric` in `text`, by the values of `labels` joined with spaces.

@@ -1,6 +1,7 @@
 //! Foundation tests against a real API server: CRDs, the operator's endpoints, leader election
 //! handover, and failing fast without a cluster.
 
+use bulwark_e2e::apiserver::unlabelled;
 use bulwark_e2e::operator::{Operator, bulwark_binary};
 use bulwark_e2e::{cluster, install_crds};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -323,11 +324,8 @@ async fn operator_serves_metrics_health_and_readiness() {
         assert_eq!(code, 200);
         assert!(metrics.contains("# TYPE bulwark_leader gauge"), "{metrics}");
         // The heap as jemalloc counts it: a running operator holds some, in resident pages.
-        let heap = |name: &str| -> f64 {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        let heap = |name: &str| {
+            unlabelled(&metrics, name).unwrap_or_else(|| panic!("no {name} in {metrics}"))
         };
         let allocated = heap("bulwark_heap_allocated_bytes");
         assert!(allocated > 0.0 && heap("bulwark_heap_resident_bytes") >= allocated);

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bulwark_e2e::apiserver::{api_metrics, api_requests, sum_by};
+use bulwark_e2e::apiserver::{api_metrics, api_requests, sum_by, unlabelled};
 use bulwark_e2e::binaries::pinned;
 use bulwark_e2e::bind::{Bind, KEY_NAME};
 use bulwark_e2e::control_plane::{KWOK_TAINT, ZONES as NODE_ZONES};
@@ -463,12 +463,7 @@ async fn verified_by(operator: &Operator) -> Result<usize> {
 /// The value of one of the replica's metrics that has no labels.
 async fn unlabelled_metric(operator: &Operator, name: &str) -> Result<f64> {
     let (_, body) = operator.get("/metrics").await?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .with_context(|| format!("no {name} in /metrics"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{name} is not a number"))
+    unlabelled(&body, name).with_context(|| format!("no number for {name} in /metrics"))
 }
 
 /// `bulwark_dns_endpoint_write_conflicts_total` of one replica, by writer.
