@@ -3,6 +3,7 @@
 //! Decision logic lives in pure functions inside each module so unit tests and model checks
 //! call exactly what production runs; Kubernetes and network I/O stays at the edges.
 
+pub mod backlog;
 pub mod conditions;
 pub mod dns;
 pub mod drills;

@@ -18,7 +18,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
@@ -38,9 +38,11 @@ use super::provider::{DnsProvider, WriteOutcome};
 use super::rfc2136::Rfc2136;
 use super::runtime::{
     Backoff, CachedPlan, DnsSettings, EndpointsAndPlans, Error, RESERVATION_LAG, ZoneClients,
-    another_plan, apply_endpoint_status, cached, drain, endpoint_condition, endpoint_condition_for,
-    endpoint_of, endpoints_in_zone, key, plans_of, publish, publish_regarding, zone_provider,
+    another_plan, apply_endpoint_status, cached, drain, endpoint_and_plan_triggers,
+    endpoint_condition, endpoint_condition_for, endpoints_in_zone, key, plans_of, publish,
+    publish_regarding, zone_provider,
 };
+use crate::backlog::{self, QueueBound};
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, name_ref};
 use crate::leadership::Leadership;
@@ -83,6 +85,8 @@ struct Context {
     verified: Verified,
     held: Held,
     others_progress: OthersProgress,
+    /// The endpoints queued in kube-runtime's scheduler (see `backlog`).
+    backlog: Arc<QueueBound<DnsEndpoint>>,
 }
 
 /// When this replica last saw another replica's enactor put a plan live. A standby leaves new
@@ -145,9 +149,28 @@ pub fn run(
             readiness.gate(format!("{CONTROLLER}/DnsZone")),
         );
         let endpoints = caches.endpoints.store().clone();
-        let controller = Controller::for_shared_stream(caches.endpoint_changes, endpoints.clone())
-            .with_config(crate::runtime::bounded());
-        let sweep = resync_sweep(endpoints.clone(), settings.resync);
+        let backlog = QueueBound::new();
+        // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
+        // writes would re-check every endpoint in the zone each time.
+        let zone_triggers = zone_events
+            .touched_objects()
+            .predicate_filter(predicates::generation, Default::default())
+            .filter_map(|zone| {
+                ready(
+                    zone.inspect_err(|error| warn!(%error, "DnsZone watch failed"))
+                        .ok(),
+                )
+            })
+            .flat_map({
+                let endpoints = endpoints.clone();
+                move |zone| futures::stream::iter(endpoints_in_zone(&endpoints, &zone))
+            });
+        let sources = [
+            endpoint_and_plan_triggers(caches.endpoint_changes, caches.plan_changes),
+            zone_triggers.boxed(),
+            resync_sweep(endpoints.clone(), settings.resync).boxed(),
+        ];
+        let controller = backlog::controller(endpoints.clone(), sources, backlog.clone());
         let verified = Verified::default();
         let held = Held::default();
         tokio::spawn(count_pending_and_verified(
@@ -172,22 +195,9 @@ pub fn run(
             verified,
             held: held.clone(),
             others_progress,
+            backlog,
         });
         let results = controller
-            .reconcile_on(
-                caches
-                    .plan_changes
-                    .filter_map(|plan| ready(endpoint_of(&plan))),
-            )
-            // Only a spec change of a zone concerns its endpoints' enactment; the prober's status
-            // writes would re-check every endpoint in the zone each time.
-            .watches_stream(
-                zone_events
-                    .touched_objects()
-                    .predicate_filter(predicates::generation, Default::default()),
-                move |zone| endpoints_in_zone(&endpoints, &zone),
-            )
-            .reconcile_on(sweep)
             .graceful_shutdown_on(async move { shutdown.cancelled().await })
             .run(reconcile, error_policy, context);
         drain(CONTROLLER, results).await;
@@ -295,6 +305,7 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     if let Some(action) = context.readiness.until_synced(CONTROLLER) {
         return Ok(action);
     }
+    context.backlog.reconciling(&endpoint);
     if let Some(action) = context
         .settings
         .scope

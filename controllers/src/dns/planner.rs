@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 
 use bulwark_crds::dns::{DnsEndpoint, DnsEndpointSpec, DnsPlan, DnsPlanSpec, DnsZone};
 use futures::StreamExt;
-use futures::future::ready;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -37,9 +36,10 @@ use super::provider::DnsProvider;
 use super::runtime::{
     Backoff, CachedPlan, DnsSettings, ENDPOINT_LABEL, EndpointsAndPlans, Error,
     LEADER_TOKEN_ANNOTATION, RESERVATION_LAG, another_plan, apply_endpoint_status, drain,
-    endpoint_condition_for, endpoint_of, in_namespace, key, namespaced_key, plans_of, provider_for,
-    publish, zone_not_found,
+    endpoint_and_plan_triggers, endpoint_condition_for, in_namespace, key, namespaced_key,
+    plans_of, provider_for, publish, zone_not_found,
 };
+use crate::backlog::{self, QueueBound};
 use crate::events::Recorder;
 use crate::index::{Changes, Indexed, SharedWatch, name_ref, projection_lookup};
 use crate::leadership::{Leadership, became_leader, still_leading};
@@ -66,6 +66,8 @@ struct Context {
     /// whose plan is not cached yet is known to be this planner's own without asking the API
     /// server (a GET for most plans in a burst, the reservation's watch event being first).
     minted: Mutex<HashMap<ObjectRef<DnsEndpoint>, Minted>>,
+    /// The endpoints queued in kube-runtime's scheduler (see `backlog`).
+    backlog: Arc<QueueBound<DnsEndpoint>>,
 }
 
 /// A plan this planner created, and whether its status write reserved the generation.
@@ -113,9 +115,7 @@ pub fn run(
             readiness.gate(format!("{CONTROLLER}/EndpointSlice")),
         );
         let endpoints = caches.endpoints;
-        let controller =
-            Controller::for_shared_stream(caches.endpoint_changes, endpoints.store().clone())
-                .with_config(crate::runtime::bounded());
+        let backlog = QueueBound::new();
         let context = Arc::new(Context {
             client,
             metrics,
@@ -128,21 +128,32 @@ pub fn run(
             server_timeout: settings.server_timeout,
             scope: scope.clone(),
             minted: Mutex::default(),
+            backlog: backlog.clone(),
         });
-        let plan_triggers = caches
-            .plan_changes
-            .filter_map(|plan| ready(endpoint_of(&plan)));
-        let slice_triggers = slice_changes.flat_map(move |slice| {
-            let followers = slice
-                .service
-                .as_deref()
-                .map(|service| endpoints.refs(service));
-            futures::stream::iter(followers.unwrap_or_default())
+        let slice_triggers = slice_changes.flat_map({
+            let endpoints = endpoints.clone();
+            move |slice| {
+                let followers = slice
+                    .service
+                    .as_deref()
+                    .map(|service| endpoints.refs(service));
+                futures::stream::iter(followers.unwrap_or_default())
+            }
         });
-        let results = controller
-            .reconcile_on(plan_triggers)
-            .reconcile_on(slice_triggers)
-            .reconcile_all_on(became_leader(leadership))
+        // A new leader plans every endpoint.
+        let all_on_leading = became_leader(leadership).flat_map({
+            let store = endpoints.store().clone();
+            move |()| {
+                let all: Vec<_> = store.state().iter().map(|e| name_ref(&**e)).collect();
+                futures::stream::iter(all)
+            }
+        });
+        let sources = [
+            endpoint_and_plan_triggers(caches.endpoint_changes, caches.plan_changes),
+            slice_triggers.boxed(),
+            all_on_leading.boxed(),
+        ];
+        let results = backlog::controller(endpoints.store().clone(), sources, backlog)
             .graceful_shutdown_on(shutdown.clone().cancelled_owned())
             .run(reconcile, error_policy, context);
         let slice_watch = shutdown.run_until_cancelled_owned(slice_watch.run());
@@ -250,6 +261,7 @@ async fn reconcile(endpoint: Arc<DnsEndpoint>, context: Arc<Context>) -> Result<
     if let Some(action) = context.readiness.until_synced(CONTROLLER) {
         return Ok(action);
     }
+    context.backlog.reconciling(&endpoint);
     let Some(token) = context.leadership.borrow().token() else {
         return Ok(Action::await_change());
     };

@@ -9,7 +9,9 @@ use bulwark_chaos::slow_enactor::SlowEnactor;
 use bulwark_crds::dns::{
     DnsEndpoint, DnsPlan, DnsPlanSpec, DnsZone, PlanPhase, RRSet, TsigAlgorithm,
 };
+use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
+use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
@@ -26,7 +28,7 @@ use super::fencing::Strategy;
 use super::provider::ProviderError;
 use super::rfc2136::Rfc2136;
 use crate::conditions;
-use crate::index::{Changes, Indexed, SharedWatch, projection_lookup};
+use crate::index::{Changes, Indexed, SharedWatch, name_ref, projection_lookup};
 use crate::readiness::{Gate, Readiness};
 use crate::scope::Scope;
 
@@ -191,6 +193,15 @@ pub fn another_plan(cached: &CachedPlan, new: &CachedPlan) -> bool {
 /// The endpoint a plan's change concerns.
 pub fn endpoint_of(plan: &CachedPlan) -> Option<ObjectRef<DnsEndpoint>> {
     Some(ObjectRef::new(&plan.spec.endpoint_ref).within(&plan.namespace))
+}
+
+/// The endpoints a controller's subscription triggers: those changed, and those whose plans did.
+pub fn endpoint_and_plan_triggers(
+    endpoint_changes: UnboundedReceiver<Arc<DnsEndpoint>>,
+    plan_changes: UnboundedReceiver<Arc<CachedPlan>>,
+) -> BoxStream<'static, ObjectRef<DnsEndpoint>> {
+    let plan_triggers = plan_changes.filter_map(|plan| std::future::ready(endpoint_of(&plan)));
+    futures::stream::select(endpoint_changes.map(|e| name_ref(&*e)), plan_triggers).boxed()
 }
 
 /// `<namespace>/<name>`: an index key for `name` in the object's namespace.
