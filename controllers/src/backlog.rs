@@ -59,7 +59,7 @@ impl<K: Lookup<DynamicType = ()>> QueueBound<K> {
     }
 
     /// Whether `object` may go to the scheduler now; if so it counts as queued until its
-    /// reconcile begins. An object already queued goes again (the scheduler merges the two).
+    /// reconcile begins.
     fn admit(&self, object: &ObjectRef<K>) -> bool {
         let mut queued = self.queued();
         let now = Instant::now();
@@ -71,6 +71,20 @@ impl<K: Lookup<DynamicType = ()>> QueueBound<K> {
         }
         queued.insert(object.clone(), now);
         true
+    }
+
+    /// Whether `object` is in the scheduler, not yet reconciled: a new trigger for it goes there
+    /// at once, where it merges with the request already queued. Sent to the back of the backlog
+    /// instead, it would become a second pass later (in a burst: a plan's trigger arriving while
+    /// its endpoint's own change is queued).
+    fn still_queued(&self, object: &ObjectRef<K>) -> bool {
+        match self.queued().get_mut(object) {
+            Some(at) => {
+                *at = Instant::now();
+                true
+            }
+            None => false,
+        }
     }
 
     fn queued(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<K>, Instant>> {
@@ -135,32 +149,33 @@ where
         (triggers.fuse(), waiting, bound),
         |(mut triggers, mut waiting, bound)| async move {
             loop {
-                let admitted = {
+                let passed = {
                     let freed = bound.freed.notified();
                     tokio::pin!(freed);
                     // Registered before the check, so a place freed after it still wakes this.
                     freed.as_mut().enable();
                     if waiting.order.front().is_some_and(|next| bound.admit(next)) {
-                        true
+                        waiting.pop()
                     } else if waiting.order.is_empty() && triggers.is_terminated() {
                         return None;
                     } else {
                         tokio::select! {
-                            trigger = triggers.next(), if !triggers.is_terminated() => {
-                                if let Some(object) = trigger {
+                            trigger = triggers.next(), if !triggers.is_terminated() => match trigger {
+                                Some(object) if bound.still_queued(&object) => Some(object),
+                                Some(object) => {
                                     waiting.push(object);
+                                    None
                                 }
-                            }
-                            _ = freed, if !waiting.order.is_empty() => {}
+                                None => None,
+                            },
+                            _ = freed, if !waiting.order.is_empty() => None,
                             // Places held by requests kube-runtime dropped are taken back in
                             // `admit`.
-                            _ = tokio::time::sleep(bound.unanswered_after), if !waiting.order.is_empty() => {}
+                            _ = tokio::time::sleep(bound.unanswered_after), if !waiting.order.is_empty() => None,
                         }
-                        false
                     }
                 };
-                if admitted {
-                    let next = waiting.pop().expect("admitted the first waiting");
+                if let Some(next) = passed {
                     return Some((next, (triggers, waiting, bound)));
                 }
             }
@@ -201,6 +216,11 @@ mod tests {
             seen.push(passed.next().await.unwrap().name);
         }
         // The bound is full: every other trigger is read meanwhile, and waits.
+        // Triggered again while still in the scheduler, the first eight go again at once (the
+        // scheduler merges each with its queued request) ahead of the 992 waiting.
+        for _ in 0..8 {
+            seen.push(passed.next().await.unwrap().name);
+        }
         let held = tokio::time::timeout(Duration::from_millis(200), passed.next()).await;
         assert!(held.is_err(), "a ninth object went to the scheduler");
         while seen.len() < 1008 {
@@ -216,9 +236,8 @@ mod tests {
                     .name,
             );
         }
-        // The first eight had gone to the scheduler when triggered again, so they go again
-        // (the scheduler merges or reruns them); the other 992 waited, and go once.
-        let expected: Vec<String> = names.iter().chain(&names[..8]).cloned().collect();
+        // The other 992 waited, and go once, in the order first triggered.
+        let expected: Vec<String> = names[..8].iter().chain(&names).cloned().collect();
         assert_eq!(seen, expected);
         for name in &seen[seen.len() - 8..] {
             bound.reconciling(&map(name));
@@ -245,13 +264,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_trigger_for_an_object_already_queued_goes_at_once() {
+    async fn a_trigger_for_an_object_already_queued_goes_at_once_ahead_of_the_backlog() {
         let bound = QueueBound::<ConfigMap>::with_limit(1, Duration::from_secs(3600));
-        let names = vec!["a".into(), "a".into()];
+        let names = vec!["a".into(), "b".into(), "c".into(), "a".into()];
         let mut passed = Box::pin(within(triggers(names), bound.clone()));
         assert_eq!(passed.next().await.unwrap().name, "a");
-        // The first is not yet reconciled, and the bound is full; the scheduler merges the two.
+        // "a" is not yet reconciled and the bound is full, so "b" and "c" wait; the scheduler
+        // merges the second "a" with the first.
         let again = tokio::time::timeout(Duration::from_secs(5), passed.next()).await;
         assert_eq!(again.expect("not held back").unwrap().name, "a");
+        let held = tokio::time::timeout(Duration::from_millis(200), passed.next()).await;
+        assert!(held.is_err(), "the bound let a waiting object through");
+        bound.reconciling(&map("a"));
+        assert_eq!(passed.next().await.unwrap().name, "b");
+        bound.reconciling(&map("b"));
+        assert_eq!(passed.next().await.unwrap().name, "c");
     }
 }
